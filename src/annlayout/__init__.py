@@ -1,0 +1,54 @@
+"""annlayout: declarative storage layouts for AnnData stores.
+
+    import annlayout
+    layout = annlayout.load_layout("ml-minibatch")
+    plan = annlayout.plan(layout, "data.h5ad")
+    annlayout.write(adata, "data.zarr", layout)
+    ad.experimental.write_dispatched(group, "/", adata, callback=layout.callback())
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("annlayout")
+except PackageNotFoundError:  # running from a source tree without installing
+    __version__ = "0.0.0+unknown"
+
+from annlayout.spec import Layout, LayoutError, json_schema, load_layout, shipped_layouts  # noqa: E402
+from annlayout.survey import Survey, survey_adata, survey_store  # noqa: E402
+from annlayout.plan import Plan, PlanError, make_plan  # noqa: E402
+from annlayout.apply import ApplyError, WriteResult, apply, write  # noqa: E402
+
+
+def survey(source) -> Survey:
+    """Survey a store path or an in-memory AnnData (metadata only)."""
+    if isinstance(source, str | bytes) or hasattr(source, "__fspath__"):
+        return survey_store(source)
+    return survey_adata(source)
+
+
+def plan(layout, source) -> Plan:
+    """Plan ``layout`` (a name, path or Layout) against a store path or an in-memory AnnData."""
+    return make_plan(load_layout(layout), survey(source))
+
+
+__all__ = [
+    "ApplyError",
+    "Layout",
+    "LayoutError",
+    "Plan",
+    "PlanError",
+    "Survey",
+    "WriteResult",
+    "__version__",
+    "apply",
+    "json_schema",
+    "load_layout",
+    "make_plan",
+    "plan",
+    "shipped_layouts",
+    "survey",
+    "write",
+]

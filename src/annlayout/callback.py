@@ -1,0 +1,166 @@
+"""A layout compiled into a callback for :func:`anndata.experimental.write_dispatched`.
+
+The callback sizes every array from the element being written, with the same planning
+functions ``annlayout plan`` uses, so it needs no survey and works for any AnnData::
+
+    ad.experimental.write_dispatched(group, "/", adata, callback=layout.callback())
+
+Containers (the AnnData, dicts, dataframes) pass through. Arrays get their planned
+``dataset_kwargs``. Composite elements (categoricals, nullables, awkward arrays) are written by
+anndata and their parts sized by the element's rule. Sparse matrices are written here, not by
+anndata, because anndata gives ``data``, ``indices`` and ``indptr`` the same keyword arguments:
+each part needs its own chunks, and the index dtypes and orientation come from the layout.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+from annlayout.plan import ElementPlan, plan_array, plan_element
+from annlayout.spec import SPARSE_ENCODINGS, Layout, ResolvedSettings
+from annlayout.storage import array_kwargs, backend_of, create_array, target_of
+from annlayout.survey import (
+    CONTAINER_ENCODINGS,
+    COMPOSITE_ENCODINGS,
+    describe_in_memory,
+    element_path,
+    in_memory_parts,
+)
+
+WriteCallback = Callable[..., None]
+
+
+class LayoutCallback:
+    """Callable passed to ``write_dispatched``; records the plan of every element it wrote."""
+
+    def __init__(self, layout: Layout):
+        self.layout = layout
+        self.plans: dict[str, ElementPlan] = {}
+        self._owners: dict[str, ResolvedSettings] = {}  # composite path -> its rule's settings
+        self.notes: list[str] = []  # what the layout asked for and this write could not do
+        self._warned: set[str] = set()
+
+    def __call__(
+        self,
+        func: Callable[..., Any],
+        store: Any,
+        elem_name: str,
+        elem: Any,
+        *,
+        iospec: Any,
+        dataset_kwargs: Any = None,
+    ) -> None:
+        encoding = iospec.encoding_type
+        if encoding in CONTAINER_ENCODINGS:
+            func(store, elem_name, elem, dataset_kwargs={})
+            return
+        path = element_path(store, elem_name)
+        backend = backend_of(store)
+        target = target_of(backend)
+        self._check_target(target)
+
+        parent = path.rpartition("/")[0]
+        if parent in self._owners:  # a part of a categorical, nullable or awkward array
+            settings = self._owners[parent]
+            part = next(in_memory_parts(encoding, elem))
+            kind = "scalar" if part.shape == () else "dense"
+            plan = plan_array(path, part.shape, part.dtype, part.itemsize, settings, target, kind)
+            func(store, elem_name, elem, dataset_kwargs=array_kwargs(plan, settings.codecs, backend))
+            return
+
+        rule, settings = self.layout.rule_for(path, encoding)
+        if encoding in SPARSE_ENCODINGS:
+            self._write_sparse(store, elem_name, path, encoding, elem, settings, rule, backend)
+            return
+        info = describe_in_memory(path, encoding, elem)
+        element_plan = plan_element(info, settings, target, rule, self.layout)
+        self.plans[path] = element_plan
+        if encoding in COMPOSITE_ENCODINGS:
+            self._owners[path] = settings
+            try:
+                func(store, elem_name, elem, dataset_kwargs={})
+            finally:
+                del self._owners[path]
+            return
+        plan = element_plan.arrays[0]
+        func(store, elem_name, elem, dataset_kwargs=array_kwargs(plan, settings.codecs, backend))
+
+    def _write_sparse(
+        self,
+        store: Any,
+        key: str,
+        path: str,
+        encoding: str,
+        matrix: Any,
+        settings: ResolvedSettings,
+        rule: int | None,
+        backend: Any,
+    ) -> None:
+        if hasattr(matrix, "compute"):  # a dask array of sparse blocks
+            matrix = matrix.compute()
+        info = describe_in_memory(path, encoding, matrix)
+        plan = plan_element(info, settings, target_of(backend), rule, self.layout)
+        self.plans[path] = plan
+        if plan.copies:
+            self._warn_once(
+                f"copies:{path}",
+                f"{path}: the {'/'.join(plan.copies)} copy that the layout asks for is planned "
+                "but not written yet (dual orientations are not implemented in this version)",
+            )
+        if plan.orientation != encoding[:3]:
+            matrix = matrix.tocsr() if plan.orientation == "csr" else matrix.tocsc()
+        write_sparse_group(store, key, matrix, plan, settings, backend)
+
+    def _check_target(self, target: Any) -> None:
+        wanted = self.layout.target
+        if wanted.format == target.format and (
+            target.format == "h5ad" or wanted.zarr_format == target.zarr_format
+        ):
+            return
+        self._warn_once(
+            "target",
+            f"layout {self.layout.name!r} targets {_target_text(wanted)} but is writing "
+            f"{_target_text(target)}: settings that target cannot store are left out",
+        )
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            self.notes.append(message)
+            warnings.warn(message, UserWarning, stacklevel=3)
+
+
+def _target_text(target: Any) -> str:
+    return "h5ad" if target.format == "h5ad" else f"zarr v{target.zarr_format}"
+
+
+def write_sparse_group(
+    store: Any,
+    key: str,
+    matrix: Any,
+    plan: ElementPlan,
+    settings: ResolvedSettings,
+    backend: Any,
+) -> Any:
+    """Write a CSR/CSC matrix as anndata's sparse encoding, each part as planned."""
+    group = store.require_group(key)
+    group.attrs.update(
+        {
+            "encoding-type": f"{plan.orientation}_matrix",
+            "encoding-version": "0.1.0",
+            "shape": [int(n) for n in matrix.shape],
+        }
+    )
+    for array_plan in plan.arrays:
+        values = getattr(matrix, array_plan.name)
+        create_array(
+            group, array_plan.name, values.astype(array_plan.dtype, copy=False), array_plan,
+            settings.codecs, backend,
+        )  # fmt: skip
+    return group
+
+
+def make_callback(layout: Layout) -> LayoutCallback:
+    return LayoutCallback(layout)

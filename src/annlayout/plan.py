@@ -1,0 +1,408 @@
+"""Pure planning: layout x survey -> concrete chunks, shards, codecs and sizes per array.
+
+No IO happens here. The callback calls the same functions element by element while anndata
+writes, so a plan and a write can never disagree.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel
+
+from annlayout.codecs import describe
+from annlayout.spec import SPARSE_ENCODINGS, Layout, ResolvedSettings, Target
+from annlayout.survey import ArrayInfo, ElementInfo, Survey
+
+SMALL_CHUNK = 64 << 10
+LARGE_CHUNK = 64 << 20
+MANY_OBJECTS = 10_000
+#: indptr is read whole for any row selection; one chunk holds up to 1 Mi offsets (8 MiB).
+INDPTR_CHUNK = 1 << 20
+
+Kind = Literal["dense", "scalar", "sparse", "indptr"]
+
+
+class PlanError(ValueError):
+    """A layout cannot be applied to an element (e.g. int32 indices for 3 billion nonzeros)."""
+
+
+class ArrayPlan(BaseModel):
+    """How one stored array is written."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    chunks: tuple[int, ...] | None  # None: contiguous (scalars, empty arrays in h5ad)
+    shards: tuple[int, ...] | None
+    codecs: str
+    chunk_bytes: int
+    n_chunks: int
+    n_objects: int
+    warnings: list[str] = []
+
+
+class ElementPlan(BaseModel):
+    path: str
+    encoding: str
+    rule: int | None  # index into the layout's rules, None: defaults
+    rule_origin: str = ""
+    shape: tuple[int, ...] | None = None
+    nnz: int | None = None
+    orientation: str | None = None  # sparse: the primary's orientation
+    copies: list[str] = []  # sparse: extra orientations the layout asks for
+    index_dtype: str | None = None
+    arrays: list[ArrayPlan]
+    copy_arrays: list[ArrayPlan] = []
+    copies_written: bool = False
+
+    @property
+    def warnings(self) -> list[str]:
+        return [w for a in (*self.arrays, *self.copy_arrays) for w in a.warnings]
+
+    @property
+    def n_objects(self) -> int:
+        return sum(a.n_objects for a in (*self.arrays, *self.copy_arrays))
+
+    @property
+    def nbytes(self) -> int:
+        return sum(
+            math.prod(a.shape) * _itemsize(a.dtype) for a in (*self.arrays, *self.copy_arrays)
+        )
+
+
+class Plan(BaseModel):
+    layout: str
+    layout_sha256: str
+    target: Target
+    source: str
+    elements: list[ElementPlan]
+    warnings: list[str] = []  # layout-level: rules that matched nothing
+
+    @property
+    def n_objects(self) -> int:
+        return sum(e.n_objects for e in self.elements)
+
+    def element(self, path: str) -> ElementPlan:
+        return next(e for e in self.elements if e.path == path)
+
+    def all_warnings(self) -> list[str]:
+        out = list(self.warnings)
+        for element in self.elements:
+            for array in (*element.arrays, *element.copy_arrays):
+                name = f"{element.path}/{array.name}" if array.name else element.path
+                out += [f"{name}: {w}" for w in array.warnings]
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        data = self.model_dump(mode="json")
+        data["n_objects"] = self.n_objects
+        data["warnings"] = self.all_warnings()
+        return data
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def make_plan(layout: Layout, survey: Survey) -> Plan:
+    """Resolve ``layout`` against ``survey``: every element gets concrete storage settings."""
+    used: set[int] = set()
+    elements = []
+    for element in survey.elements:
+        rule, settings = layout.rule_for(element.path, element.encoding)
+        if rule is not None:
+            used.add(rule)
+        elements.append(plan_element(element, settings, layout.target, rule, layout))
+    warnings = [
+        f"rule {i} ({rule.origin or 'rules[' + str(i) + ']'}) matched no element"
+        for i, rule in enumerate(layout.rules)
+        if i not in used
+    ]
+    return Plan(
+        layout=layout.name,
+        layout_sha256=layout.sha256(),
+        target=layout.target,
+        source=survey.source,
+        elements=elements,
+        warnings=warnings,
+    )
+
+
+def plan_element(
+    element: ElementInfo,
+    settings: ResolvedSettings,
+    target: Target,
+    rule: int | None = None,
+    layout: Layout | None = None,
+) -> ElementPlan:
+    origin = layout.rules[rule].origin if layout is not None and rule is not None else ""
+    plan = ElementPlan(
+        path=element.path,
+        encoding=element.encoding,
+        rule=rule,
+        rule_origin=origin,
+        shape=element.shape,
+        nnz=element.nnz,
+        arrays=[],
+    )
+    if element.encoding in SPARSE_ENCODINGS:
+        _plan_sparse(plan, element, settings, target)
+    else:
+        plan.arrays = [
+            plan_array(a.name, a.shape, a.dtype, a.itemsize, settings, target, _kind(a))
+            for a in element.arrays
+        ]
+    return plan
+
+
+def _kind(array: ArrayInfo) -> Kind:
+    return "scalar" if array.shape == () else "dense"
+
+
+def _plan_sparse(
+    plan: ElementPlan, element: ElementInfo, settings: ResolvedSettings, target: Target
+) -> None:
+    assert element.shape is not None and element.nnz is not None
+    current = "csr" if element.encoding == "csr_matrix" else "csc"
+    orientations = list(settings.orientations or [current])
+    plan.orientation, plan.copies = orientations[0], orientations[1:]
+    data = element.array("data")
+    indices_dtype, indptr_dtype = index_dtypes(
+        settings.index_dtype,
+        minor=element.shape[plan.orientation == "csr"],
+        nnz=element.nnz,
+        current=(element.array("indices").dtype, element.array("indptr").dtype),
+        where=element.path,
+    )
+    plan.index_dtype = f"indices {indices_dtype}, indptr {indptr_dtype}"
+    for orientation in orientations:
+        major = element.shape[orientation == "csc"]
+        arrays = sparse_arrays(
+            nnz=element.nnz,
+            n_major=major,
+            data_dtype=data.dtype,
+            data_itemsize=data.itemsize,
+            indices_dtype=indices_dtype,
+            indptr_dtype=indptr_dtype,
+            settings=settings,
+            target=target,
+        )
+        if orientation == plan.orientation:
+            plan.arrays = arrays
+        else:
+            plan.copy_arrays = [a.model_copy(update={"name": f"{orientation}/{a.name}"}) for a in arrays]
+
+
+def sparse_arrays(
+    *,
+    nnz: int,
+    n_major: int,
+    data_dtype: str,
+    data_itemsize: int,
+    indices_dtype: str,
+    indptr_dtype: str,
+    settings: ResolvedSettings,
+    target: Target,
+) -> list[ArrayPlan]:
+    """Plans for data, indices and indptr; data and indices share chunk boundaries."""
+    per_major = nnz / n_major if n_major else 0.0
+    context = {"per_major": per_major, "data_itemsize": data_itemsize}
+    return [
+        plan_array("data", (nnz,), data_dtype, data_itemsize, settings, target, "sparse", context),
+        plan_array(
+            "indices",
+            (nnz,),
+            indices_dtype,
+            _itemsize(indices_dtype),
+            settings,
+            target,
+            "sparse",
+            context,
+        ),
+        plan_array(
+            "indptr", (n_major + 1,), indptr_dtype, _itemsize(indptr_dtype), settings, target, "indptr"
+        ),
+    ]
+
+
+def index_dtypes(
+    policy: str, *, minor: int, nnz: int, current: tuple[str, str], where: str
+) -> tuple[str, str]:
+    """(indices dtype, indptr dtype) for an index dtype policy."""
+    if policy == "keep":
+        return current
+    if policy == "minimal":
+        # indices hold minor-axis positions: the smallest unsigned type that fits, as anndata's
+        # write_csr_csc_indices_with_min_possible_dtype does; indptr stays signed for scipy.
+        indices = next(t for t in ("uint8", "uint16", "uint32", "uint64") if minor <= np.iinfo(t).max)
+        indptr = "int32" if nnz <= np.iinfo(np.int32).max else "int64"
+        return indices, indptr
+    limit = np.iinfo(policy).max
+    if nnz > limit or minor > limit:
+        raise PlanError(
+            f"{where}: index_dtype {policy} cannot hold {max(nnz, minor):,} "
+            f"(nonzeros or columns); use int64 or minimal"
+        )
+    return policy, policy
+
+
+def plan_array(
+    name: str,
+    shape: tuple[int, ...],
+    dtype: str,
+    itemsize: int,
+    settings: ResolvedSettings,
+    target: Target,
+    kind: Kind = "dense",
+    context: dict[str, float] | None = None,
+) -> ArrayPlan:
+    """Concrete chunks, shards and codecs for one array."""
+    shape = tuple(int(n) for n in shape)
+    codecs = describe(settings.codecs)
+    if kind == "scalar" or shape == ():
+        # anndata cannot compress or chunk scalars; zarr stores them as one object
+        return ArrayPlan(
+            name=name, shape=shape, dtype=dtype, chunks=None, shards=None, codecs="none",
+            chunk_bytes=itemsize, n_chunks=1, n_objects=1,
+        )  # fmt: skip
+    if 0 in shape:
+        # nothing to chunk; h5py refuses chunks on empty datasets, zarr needs positive chunks
+        chunks = None if target.format == "h5ad" else tuple(max(1, n) for n in shape)
+        return ArrayPlan(
+            name=name, shape=shape, dtype=dtype, chunks=chunks, shards=None, codecs=codecs,
+            chunk_bytes=0, n_chunks=0, n_objects=0,
+        )  # fmt: skip
+    warnings: list[str] = []
+    chunks = _chunk_shape(shape, itemsize, settings, kind, context or {}, warnings)
+    shards = None
+    # zarr's sharding codec cannot hash structured fill values: record arrays stay unsharded
+    shardable = dtype != "record"
+    if target.format == "zarr" and target.zarr_format == 3 and settings.shards.enabled and shardable:
+        shards = _shard_shape(shape, chunks, itemsize, settings, kind, warnings)
+    n_chunks = math.prod(math.ceil(n / c) for n, c in zip(shape, chunks, strict=True))
+    n_objects = (
+        math.prod(math.ceil(n / s) for n, s in zip(shape, shards, strict=True))
+        if shards
+        else n_chunks
+    )
+    chunk_bytes = math.prod(chunks) * itemsize
+    if chunk_bytes < SMALL_CHUNK and n_chunks > 1:
+        warnings.append(
+            f"chunks of {_size(chunk_bytes)} are under 64 KiB: every chunk costs a request and "
+            "an index entry (the anndata guide's 2^8-element chunks write 50x slower)"
+        )
+    if chunk_bytes > LARGE_CHUNK:
+        warnings.append(
+            f"chunks of {_size(chunk_bytes)} are over 64 MiB: reading one row decompresses "
+            "the whole chunk, and writers hold several in memory"
+        )
+    if target.format == "zarr" and n_objects > MANY_OBJECTS:
+        warnings.append(
+            f"{n_objects:,} objects in one array: file systems and object stores slow down; "
+            "use larger chunks or shards"
+        )
+    return ArrayPlan(
+        name=name,
+        shape=shape,
+        dtype=dtype,
+        chunks=chunks,
+        shards=shards,
+        codecs=codecs,
+        chunk_bytes=chunk_bytes,
+        n_chunks=n_chunks,
+        n_objects=n_objects,
+        warnings=warnings,
+    )
+
+
+def _chunk_shape(
+    shape: tuple[int, ...],
+    itemsize: int,
+    settings: ResolvedSettings,
+    kind: Kind,
+    context: dict[str, float],
+    warnings: list[str],
+) -> tuple[int, ...]:
+    spec = settings.chunks
+    row_size = math.prod(shape[1:]) * itemsize  # bytes in one index of axis 0
+    if kind == "indptr":
+        return (min(shape[0], INDPTR_CHUNK),)
+    if spec.shape is not None:
+        given = [shape[i] if v in (None, -1) else v for i, v in enumerate(spec.shape[: len(shape)])]
+        if len(spec.shape) != len(shape):
+            warnings.append(
+                f"chunks {list(spec.shape)} has {len(spec.shape)} axes, the array "
+                f"{len(shape)}: used the first, whole extent for the rest"
+            )
+        given += list(shape[len(given) :])
+        return tuple(max(1, min(int(c), n)) for c, n in zip(given, shape, strict=True))
+    if kind == "sparse":
+        per_major, data_itemsize = context["per_major"], int(context["data_itemsize"])
+        if spec.rows is not None or spec.major is not None:
+            first = math.ceil((spec.rows or spec.major or 1) * per_major)
+        elif spec.elements is not None:
+            first = spec.elements
+        else:  # bytes: counted in data values, so data and indices share chunk boundaries
+            first = int(spec.bytes or 0) // data_itemsize
+    elif spec.rows is not None or spec.major is not None:
+        first = spec.rows or spec.major or 1
+    elif spec.elements is not None:
+        first = spec.elements // max(1, math.prod(shape[1:]))
+    else:
+        first = int(spec.bytes or 0) // max(1, row_size)
+    return (max(1, min(int(first), shape[0])), *shape[1:])
+
+
+def _shard_shape(
+    shape: tuple[int, ...],
+    chunks: tuple[int, ...],
+    itemsize: int,
+    settings: ResolvedSettings,
+    kind: Kind,
+    warnings: list[str],
+) -> tuple[int, ...]:
+    """Shards are whole multiples of chunks, and no larger than the array rounded up to chunks."""
+    spec = settings.shards
+    whole = tuple(math.ceil(n / c) for n, c in zip(shape, chunks, strict=True))  # chunks per axis
+    if kind == "indptr":
+        multiples = whole  # one shard: indptr is small and always read whole
+    elif spec.shape is not None:
+        wanted = list(spec.shape[: len(shape)]) + list(shape[len(spec.shape) :])
+        multiples = tuple(max(1, math.ceil(w / c)) for w, c in zip(wanted, chunks, strict=True))
+        if any(w % c for w, c in zip(wanted, chunks, strict=True)):
+            warnings.append(
+                f"shards {list(spec.shape)} rounded up to a multiple of chunks {list(chunks)}"
+            )
+    elif spec.chunks is not None:
+        per_axis = [spec.chunks] if isinstance(spec.chunks, int) else list(spec.chunks)
+        multiples = tuple(per_axis[:len(shape)] + [1] * (len(shape) - len(per_axis)))
+    else:
+        chunk_bytes = math.prod(chunks) * itemsize
+        multiples = (max(1, int(spec.bytes or 0) // max(1, chunk_bytes)), *([1] * (len(shape) - 1)))
+    return tuple(c * min(m, w) for c, m, w in zip(chunks, multiples, whole, strict=True))
+
+
+_ITEMSIZE = {"string": 16, "record": 0, "category": 0, "awkward": 0}
+
+
+def _itemsize(dtype: str) -> int:
+    if dtype in _ITEMSIZE:
+        return _ITEMSIZE[dtype]
+    try:
+        return np.dtype(dtype).itemsize
+    except TypeError:
+        return 0
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def human_size(n: float | None) -> str:
+    return "-" if n is None else _size(n)

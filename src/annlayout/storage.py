@@ -1,0 +1,90 @@
+"""Creating arrays as planned, in zarr v2, zarr v3 or h5py groups.
+
+One place turns an :class:`~annlayout.plan.ArrayPlan` into the keyword arguments each backend
+wants, so the callback (via anndata's writers) and annlayout's own writers agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, Literal
+
+import numpy as np
+
+from annlayout.codecs import CodecModel, h5py_kwargs, zarr_v2_compressor, zarr_v3_compressors
+from annlayout.plan import ArrayPlan
+from annlayout.spec import Target
+
+Backend = Literal["zarr2", "zarr3", "h5py"]
+CODEC_PIPELINES = {
+    "zarrs": "zarrs.ZarrsCodecPipeline",
+    "zarr": "zarr.core.codec_pipeline.BatchedCodecPipeline",
+}
+
+
+def backend_of(group: Any) -> Backend:
+    import h5py
+
+    if isinstance(group, h5py.Group | h5py.File):
+        return "h5py"
+    return "zarr3" if group.metadata.zarr_format == 3 else "zarr2"
+
+
+def target_of(backend: Backend, consolidate: bool = False) -> Target:
+    """The storage target a group can hold (the callback plans against what it is given)."""
+    if backend == "h5py":
+        return Target(format="h5ad", consolidate_metadata=False)
+    return Target(format="zarr", zarr_format=3 if backend == "zarr3" else 2,
+                  consolidate_metadata=consolidate)  # fmt: skip
+
+
+def array_kwargs(plan: ArrayPlan, codecs: Sequence[CodecModel], backend: Backend) -> dict[str, Any]:
+    """Keyword arguments for anndata's dataset creation (``dataset_kwargs``)."""
+    if plan.shape == ():
+        return {}  # scalars take no chunks, shards or compressors (anndata raises on some)
+    empty = 0 in plan.shape
+    if backend == "h5py":
+        if empty:
+            return {}
+        return {"chunks": plan.chunks, **h5py_kwargs(codecs)}
+    if backend == "zarr2":
+        return {"chunks": plan.chunks, "compressors": zarr_v2_compressor(codecs)}
+    compressors = zarr_v3_compressors(codecs)
+    # shards=None explicitly: anndata 0.13 auto-shards when the key is missing
+    return {"chunks": plan.chunks, "shards": plan.shards, "compressors": compressors or None}
+
+
+def create_array(
+    group: Any,
+    name: str,
+    values: np.ndarray | None,
+    plan: ArrayPlan,
+    codecs: Sequence[CodecModel],
+    backend: Backend,
+) -> Any:
+    """Create ``group[name]`` as planned and, if given, write ``values`` into it whole."""
+    dtype = np.dtype(plan.dtype)
+    kwargs = array_kwargs(plan, codecs, backend)
+    if backend == "h5py":
+        return group.create_dataset(name, data=values, shape=plan.shape, dtype=dtype, **kwargs)
+    array = group.create_array(name, shape=plan.shape, dtype=dtype, **kwargs)
+    if values is not None and values.size:
+        array[...] = values
+    return array
+
+
+@contextmanager
+def codec_pipeline(name: str | None) -> Iterator[None]:
+    """Use the zarrs (Rust) codec pipeline, or zarr-python's own, for the duration."""
+    import zarr
+
+    if name is None:
+        yield
+        return
+    if name not in CODEC_PIPELINES:
+        raise ValueError(f"codec pipeline must be one of {', '.join(CODEC_PIPELINES)}, not {name!r}")
+    if name == "zarrs":
+        import zarrs  # noqa: F401  (registers the pipeline)
+    with zarr.config.set({"codec_pipeline.path": CODEC_PIPELINES[name]}):
+        yield
