@@ -42,7 +42,8 @@ def target_of(backend: Backend, consolidate: bool = False) -> Target:
 def array_kwargs(plan: ArrayPlan, codecs: Sequence[CodecModel], backend: Backend) -> dict[str, Any]:
     """Keyword arguments for anndata's dataset creation (``dataset_kwargs``)."""
     if plan.shape == ():
-        return {}  # scalars take no chunks, shards or compressors (anndata raises on some)
+        # scalars take no chunks or shards (anndata raises); zarr would compress them by default
+        return {} if backend == "h5py" else {"compressors": None}
     empty = 0 in plan.shape
     if backend == "h5py":
         if empty:

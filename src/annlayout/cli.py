@@ -1,0 +1,288 @@
+"""The ``annlayout`` command: parse, call the API, render with rich. Nothing else lives here."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from annlayout.plan import Plan, human_size
+
+# Piped output (CI logs, files) gets wide tables instead of rich's 80-column default.
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 220)
+err = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() else 220)
+
+EXIT_ERROR, EXIT_LAYOUT = 1, 2
+
+
+def _fail(message: str, code: int = EXIT_ERROR) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+    sys.exit(code)
+
+
+def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """One-line errors and exit codes; tracebacks only with ``annlayout --debug``."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from annlayout.apply import ApplyError
+        from annlayout.plan import PlanError
+        from annlayout.spec import LayoutError
+        from annlayout.survey import NotAnnDataError
+
+        debug = click.get_current_context().find_root().params.get("debug", False)
+        try:
+            with warnings.catch_warnings():
+                if not debug:
+                    warnings.simplefilter("ignore")
+                return command(*args, **kwargs)
+        except LayoutError as error:
+            if debug:
+                raise
+            for message in error.messages:
+                err.print(f"[bold red]error:[/] {message}", highlight=False)
+            sys.exit(EXIT_LAYOUT)
+        except (ApplyError, PlanError, NotAnnDataError) as error:
+            if debug:
+                raise
+            _fail(str(error))
+        except KeyboardInterrupt:
+            err.print("interrupted")
+            sys.exit(130)
+        except Exception as error:
+            if debug:
+                raise
+            _fail(f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+                  " (rerun with --debug for a traceback)")  # fmt: skip
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks and library warnings.")
+@click.version_option(package_name="annlayout")
+def main(debug: bool) -> None:
+    """Declarative storage layouts for AnnData stores (zarr v2/v3, h5ad).
+
+    LAYOUT is a shipped layout name (see `annlayout layouts`) or a path to a YAML file.
+    """
+
+
+@main.command("layouts")
+@handle_errors
+def layouts_command() -> None:
+    """List the shipped layouts."""
+    from annlayout.spec import load_layout, shipped_layouts
+
+    table = Table("name", "target", "description", box=None, header_style="bold")
+    for name in shipped_layouts():
+        layout = load_layout(name)
+        target = layout.target
+        where = "h5ad" if target.format == "h5ad" else f"zarr v{target.zarr_format}"
+        table.add_row(f"[cyan]{name}[/]", where, " ".join(layout.description.split()))
+    out.print(table)
+
+
+@main.command("schema")
+@handle_errors
+def schema_command() -> None:
+    """Print the JSON Schema of layout files (for editors and validators)."""
+    from annlayout.spec import json_schema
+
+    click.echo(json.dumps(json_schema(), indent=2))
+
+
+@main.command("plan")
+@click.argument("layout")
+@click.argument("input", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+@handle_errors
+def plan_command(layout: str, input: Path, as_json: bool) -> None:
+    """Show how LAYOUT would store INPUT, element by element (writes nothing)."""
+    import annlayout
+
+    plan = annlayout.plan(layout, input)
+    if as_json:
+        click.echo(json.dumps(plan.to_json(), indent=2))
+        return
+    render_plan(plan)
+
+
+def _shape(value: Any) -> str:
+    return "-" if value is None else "×".join(f"{n:,}" for n in value) or "()"
+
+
+def render_plan(plan: Plan) -> None:
+    target = plan.target
+    where = "h5ad" if target.format == "h5ad" else f"zarr v{target.zarr_format}"
+    out.print(f"[bold]{plan.layout}[/] → {where}  ({plan.source})", highlight=False)
+    table = Table(
+        "element", "encoding", "rule", "array", "shape", "dtype", "chunks", "shards", "codecs",
+        "chunk", "objects", header_style="bold", box=None, pad_edge=False,
+    )  # fmt: skip
+    for element in plan.elements:
+        rule = "-" if element.rule is None else str(element.rule)
+        label = element.path
+        if element.orientation:
+            label += f" ({'+'.join([element.orientation, *element.copies])})"
+        for i, array in enumerate((*element.arrays, *element.copy_arrays)):
+            table.add_row(
+                label if i == 0 else "",
+                element.encoding if i == 0 else "",
+                rule if i == 0 else "",
+                array.name or "·",
+                _shape(array.shape),
+                array.dtype,
+                _shape(array.chunks),
+                _shape(array.shards),
+                array.codecs,
+                human_size(array.chunk_bytes),
+                f"{array.n_objects:,}",
+                style="yellow" if array.warnings else None,
+            )
+    out.print(table)
+    out.print(f"{len(plan.elements)} elements, {plan.n_objects:,} objects", highlight=False)
+    for warning in plan.all_warnings():
+        err.print(f"[yellow]warning:[/] {warning}", highlight=False)
+
+
+@main.command("inspect")
+@click.argument("store", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the survey as JSON.")
+@handle_errors
+def inspect_command(store: Path, as_json: bool) -> None:
+    """Show how STORE is stored now, and the layout it was written with, if any."""
+    from annlayout.survey import survey_store
+
+    survey = survey_store(store)
+    if as_json:
+        click.echo(survey.model_dump_json(indent=2))
+        return
+    where = "h5ad" if survey.format == "h5ad" else f"zarr v{survey.zarr_format}"
+    out.print(f"[bold]{store}[/]: {where}, {_shape(survey.shape)}", highlight=False)
+    if survey.provenance:
+        p = survey.provenance
+        out.print(
+            f"written with layout [cyan]{p.get('layout')}[/] (sha256 {str(p.get('layout_sha256'))[:12]}, "
+            f"annlayout {p.get('annlayout_version')})",
+            highlight=False,
+        )
+    else:
+        out.print("written without annlayout (no layout recorded)")
+    table = Table(
+        "element", "encoding", "array", "shape", "dtype", "chunks", "shards", "codecs", "stored",
+        header_style="bold", box=None, pad_edge=False,
+    )  # fmt: skip
+    total = 0
+    for element in survey.elements:
+        for i, array in enumerate(element.arrays):
+            total += array.stored_bytes or 0
+            table.add_row(
+                element.path if i == 0 else "",
+                element.encoding if i == 0 else "",
+                array.name or "·",
+                _shape(array.shape),
+                array.dtype,
+                _shape(array.chunks),
+                _shape(array.shards),
+                array.codecs or "-",
+                human_size(array.stored_bytes),
+            )
+    out.print(table)
+    out.print(f"{len(survey.elements)} elements, {human_size(total)} stored", highlight=False)
+
+
+@main.command("apply")
+@click.argument("layout")
+@click.argument("input", type=click.Path(path_type=Path))
+@click.argument("output", type=click.Path(path_type=Path))
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+@click.option(
+    "--codec-pipeline",
+    type=click.Choice(["zarrs", "zarr"]),
+    default="zarrs",
+    show_default=True,
+    help="zarr codec pipeline: zarrs (Rust, parallel) or zarr-python's own.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
+@click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
+@handle_errors
+def apply_command(
+    layout: str,
+    input: Path,
+    output: Path,
+    overwrite: bool,
+    codec_pipeline: str,
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    """Rewrite INPUT (h5ad or zarr) into OUTPUT with LAYOUT.
+
+    The input is only read. OUTPUT is written beside its final path and renamed into place
+    when complete, so it is either the whole new store or untouched.
+    """
+    import annlayout
+
+    result = annlayout.apply(
+        layout, input, output, overwrite=overwrite, codec_pipeline=codec_pipeline
+    )
+    summary = {
+        "output": str(result.path),
+        "layout": result.layout,
+        "seconds": round(result.seconds, 3),
+        "elements": len(result.plans),
+        "objects": result.n_objects,
+        "notes": result.notes,
+    }
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    elif not quiet:
+        for note in result.notes:
+            err.print(f"[yellow]note:[/] {note}", highlight=False)
+        out.print(
+            f"wrote [bold]{result.path}[/] with layout [cyan]{result.layout}[/]: "
+            f"{summary['elements']} elements, {summary['objects']:,} objects, "
+            f"{result.seconds:.1f} s",
+            highlight=False,
+        )
+
+
+@main.command("generate")
+@click.argument("output", type=click.Path(path_type=Path))
+@click.option("--cells", default=5_000, show_default=True, help="Number of cells (obs).")
+@click.option("--genes", default=2_000, show_default=True, help="Number of genes (var).")
+@click.option("--nnz-per-cell", default=900.0, show_default=True, help="Mean nonzeros per cell.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+@handle_errors
+def generate_command(
+    output: Path, cells: int, genes: int, nnz_per_cell: float, seed: int, overwrite: bool
+) -> None:
+    """Write a synthetic dataset with realistic skewed counts to OUTPUT (.h5ad or .zarr)."""
+    from annlayout.apply import ApplyError, remove
+    from annlayout.datagen import make_dataset
+
+    if output.exists() and not overwrite:
+        raise ApplyError(f"{output}: already exists (use --overwrite to replace it)")
+    adata = make_dataset(cells, genes, nnz_per_cell=nnz_per_cell, seed=seed)
+    remove(output)
+    if output.suffix == ".zarr":
+        adata.write_zarr(output)
+    else:
+        adata.write_h5ad(output)
+    out.print(
+        f"wrote [bold]{output}[/]: {cells:,} cells × {genes:,} genes, {adata.X.nnz:,} nonzeros",
+        highlight=False,
+    )
+
+
+if __name__ == "__main__":
+    main()
