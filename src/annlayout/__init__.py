@@ -1,10 +1,10 @@
 """annlayout: declarative storage layouts for AnnData stores.
 
-    import annlayout
-    layout = annlayout.load_layout("ml-minibatch")
-    plan = annlayout.plan(layout, "data.h5ad")
-    annlayout.write(adata, "data.zarr", layout)
-    ad.experimental.write_dispatched(group, "/", adata, callback=layout.callback())
+import annlayout
+layout = annlayout.load_layout("ml-minibatch")
+plan = annlayout.plan(layout, "data.h5ad")
+annlayout.write(adata, "data.zarr", layout)
+ad.experimental.write_dispatched(group, "/", adata, callback=layout.callback())
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ try:
 except PackageNotFoundError:  # running from a source tree without installing
     __version__ = "0.0.0+unknown"
 
-from annlayout.spec import Layout, LayoutError, json_schema, load_layout, shipped_layouts  # noqa: E402
-from annlayout.survey import Survey, survey_adata, survey_store  # noqa: E402
-from annlayout.plan import Plan, PlanError, make_plan  # noqa: E402
-from annlayout.apply import ApplyError, WriteResult, apply, write  # noqa: E402
+from annlayout.apply import ApplyError, WriteResult, apply, write
+from annlayout.plan import Plan, PlanError, make_plan
+from annlayout.spec import Layout, LayoutError, json_schema, load_layout, shipped_layouts
+from annlayout.survey import Survey, survey_adata, survey_store
 
 
 def survey(source) -> Survey:

@@ -22,8 +22,8 @@ from annlayout.plan import ElementPlan, plan_array, plan_element
 from annlayout.spec import SPARSE_ENCODINGS, Layout, ResolvedSettings
 from annlayout.storage import array_kwargs, backend_of, create_array, target_of
 from annlayout.survey import (
-    CONTAINER_ENCODINGS,
     COMPOSITE_ENCODINGS,
+    CONTAINER_ENCODINGS,
     describe_in_memory,
     element_path,
     in_memory_parts,
@@ -67,7 +67,9 @@ class LayoutCallback:
             part = next(in_memory_parts(encoding, elem))
             kind = "scalar" if part.shape == () else "dense"
             plan = plan_array(path, part.shape, part.dtype, part.itemsize, settings, target, kind)
-            func(store, elem_name, elem, dataset_kwargs=array_kwargs(plan, settings.codecs, backend))
+            func(
+                store, elem_name, elem, dataset_kwargs=array_kwargs(plan, settings.codecs, backend)
+            )
             return
 
         rule, settings = self.layout.rule_for(path, encoding)

@@ -10,6 +10,18 @@ from annlayout.spec import Blosc, Gzip, NoCodec, Zstd
 CodecModel = Zstd | Blosc | Gzip | NoCodec
 
 
+def storable(codecs: Sequence[CodecModel], fmt: str, zarr_format: int) -> tuple[CodecModel, ...]:
+    """The codecs a target can hold: h5ad only gzip, zarr v2 one compressor, zarr v3 all.
+
+    Layout files are checked against their own target; this covers a layout's callback used
+    with another kind of group, which keeps what it can.
+    """
+    real = tuple(c for c in codecs if not isinstance(c, NoCodec))
+    if fmt == "h5ad":
+        return tuple(c for c in real if isinstance(c, Gzip))[:1]
+    return real[:1] if zarr_format == 2 else real
+
+
 def zarr_v3_compressors(codecs: Sequence[CodecModel]) -> list[Any]:
     from zarr.codecs import BloscCodec, GzipCodec, ZstdCodec
 

@@ -12,7 +12,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel
 
-from annlayout.codecs import describe
+from annlayout.codecs import describe, storable
 from annlayout.spec import SPARSE_ENCODINGS, Layout, ResolvedSettings, Target
 from annlayout.survey import ArrayInfo, ElementInfo, Survey
 
@@ -176,7 +176,10 @@ def _plan_sparse(
         current=(element.array("indices").dtype, element.array("indptr").dtype),
         where=element.path,
     )
-    plan.index_dtype = f"indices {indices_dtype}, indptr {indptr_dtype}"
+    plan.index_dtype = (
+        f"indices {np.dtype(indices_dtype).name}, indptr {np.dtype(indptr_dtype).name}"
+    )
+    indices_dtype, indptr_dtype = _short(indices_dtype), _short(indptr_dtype)
     for orientation in orientations:
         major = element.shape[orientation == "csc"]
         arrays = sparse_arrays(
@@ -192,7 +195,9 @@ def _plan_sparse(
         if orientation == plan.orientation:
             plan.arrays = arrays
         else:
-            plan.copy_arrays = [a.model_copy(update={"name": f"{orientation}/{a.name}"}) for a in arrays]
+            plan.copy_arrays = [
+                a.model_copy(update={"name": f"{orientation}/{a.name}"}) for a in arrays
+            ]
 
 
 def sparse_arrays(
@@ -222,7 +227,13 @@ def sparse_arrays(
             context,
         ),
         plan_array(
-            "indptr", (n_major + 1,), indptr_dtype, _itemsize(indptr_dtype), settings, target, "indptr"
+            "indptr",
+            (n_major + 1,),
+            indptr_dtype,
+            _itemsize(indptr_dtype),
+            settings,
+            target,
+            "indptr",
         ),
     ]
 
@@ -236,7 +247,9 @@ def index_dtypes(
     if policy == "minimal":
         # indices hold minor-axis positions: the smallest unsigned type that fits, as anndata's
         # write_csr_csc_indices_with_min_possible_dtype does; indptr stays signed for scipy.
-        indices = next(t for t in ("uint8", "uint16", "uint32", "uint64") if minor <= np.iinfo(t).max)
+        indices = next(
+            t for t in ("uint8", "uint16", "uint32", "uint64") if minor <= np.iinfo(t).max
+        )
         indptr = "int32" if nnz <= np.iinfo(np.int32).max else "int64"
         return indices, indptr
     limit = np.iinfo(policy).max
@@ -260,7 +273,7 @@ def plan_array(
 ) -> ArrayPlan:
     """Concrete chunks, shards and codecs for one array."""
     shape = tuple(int(n) for n in shape)
-    codecs = describe(settings.codecs)
+    codecs = describe(storable(settings.codecs, target.format, target.zarr_format))
     if kind == "scalar" or shape == ():
         # anndata cannot compress or chunk scalars; zarr stores them as one object
         return ArrayPlan(
@@ -269,9 +282,11 @@ def plan_array(
         )  # fmt: skip
     if 0 in shape:
         # nothing to chunk; h5py refuses chunks on empty datasets, zarr needs positive chunks
-        chunks = None if target.format == "h5ad" else tuple(max(1, n) for n in shape)
+        h5ad = target.format == "h5ad"  # contiguous, and so uncompressed
+        chunks = None if h5ad else tuple(max(1, n) for n in shape)
         return ArrayPlan(
-            name=name, shape=shape, dtype=dtype, chunks=chunks, shards=None, codecs=codecs,
+            name=name, shape=shape, dtype=dtype, chunks=chunks, shards=None,
+            codecs="none" if h5ad else codecs,
             chunk_bytes=0, n_chunks=0, n_objects=0,
         )  # fmt: skip
     warnings: list[str] = []
@@ -279,7 +294,12 @@ def plan_array(
     shards = None
     # zarr's sharding codec cannot hash structured fill values: record arrays stay unsharded
     shardable = dtype != "record"
-    if target.format == "zarr" and target.zarr_format == 3 and settings.shards.enabled and shardable:
+    if (
+        target.format == "zarr"
+        and target.zarr_format == 3
+        and settings.shards.enabled
+        and shardable
+    ):
         shards = _shard_shape(shape, chunks, itemsize, settings, kind, warnings)
     n_chunks = math.prod(math.ceil(n / c) for n, c in zip(shape, chunks, strict=True))
     n_objects = (
@@ -377,7 +397,7 @@ def _shard_shape(
             )
     elif spec.chunks is not None:
         per_axis = [spec.chunks] if isinstance(spec.chunks, int) else list(spec.chunks)
-        multiples = tuple(per_axis[:len(shape)] + [1] * (len(shape) - len(per_axis)))
+        multiples = tuple(per_axis[: len(shape)] + [1] * (len(shape) - len(per_axis)))
     else:
         chunk_bytes = math.prod(chunks) * itemsize
         multiples = (max(1, int(spec.bytes or 0) // max(1, chunk_bytes)), *([1] * (len(shape) - 1)))
@@ -385,6 +405,11 @@ def _shard_shape(
 
 
 _ITEMSIZE = {"string": 16, "record": 0, "category": 0, "awkward": 0}
+
+
+def _short(dtype: str) -> str:
+    """numpy's short form (``u2``, ``i8``): what surveys report, so plans compare equal."""
+    return np.dtype(dtype).str.lstrip("<>|=")
 
 
 def _itemsize(dtype: str) -> int:

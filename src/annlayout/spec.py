@@ -68,7 +68,9 @@ class Zstd(_Model):
     """Zstandard: the best ratio for the speed; zarr only (h5py cannot store it without plugins)."""
 
     name: Literal["zstd"]
-    level: int = Field(3, ge=-7, le=22, description="Compression level; 0 means zstd's default (3).")
+    level: int = Field(
+        3, ge=-7, le=22, description="Compression level; 0 means zstd's default (3)."
+    )
     checksum: bool = Field(False, description="Store a checksum with every chunk (zarr v3).")
 
 
@@ -616,7 +618,9 @@ def _describe(error: dict) -> str:
     if kind == "literal_error":
         return f"{where}: must be {error['ctx']['expected']} (got {error['input']!r})"
     if kind == "union_tag_invalid":
-        return f"{where}: unknown codec {error['ctx']['tag']!r}; use {error['ctx']['expected_tags']}"
+        return (
+            f"{where}: unknown codec {error['ctx']['tag']!r}; use {error['ctx']['expected_tags']}"
+        )
     message = error["msg"].removeprefix("Value error, ")
     return f"{where}: {message[0].lower()}{message[1:]}" if message else where
 

@@ -84,7 +84,9 @@ def codec_pipeline(name: str | None) -> Iterator[None]:
         yield
         return
     if name not in CODEC_PIPELINES:
-        raise ValueError(f"codec pipeline must be one of {', '.join(CODEC_PIPELINES)}, not {name!r}")
+        raise ValueError(
+            f"codec pipeline must be one of {', '.join(CODEC_PIPELINES)}, not {name!r}"
+        )
     if name == "zarrs":
         import zarrs  # noqa: F401  (registers the pipeline)
     with zarr.config.set({"codec_pipeline.path": CODEC_PIPELINES[name]}):

@@ -207,7 +207,7 @@ def _array_info(node: Any, name: str) -> ArrayInfo:
             codecs += f"({node.compression_opts})"
         return ArrayInfo(
             name=name,
-            shape=tuple(node.shape),
+            shape=tuple(node.shape or ()),  # h5py.Empty (null) has no shape
             dtype=dtype,
             itemsize=itemsize,
             chunks=node.chunks,
@@ -283,9 +283,7 @@ def survey_adata(adata: Any, source: str = "<memory>") -> Survey:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ad.experimental.write_dispatched(group, "/", adata, callback=record)
-    return Survey(
-        source=source, format="memory", shape=tuple(adata.shape), elements=elements
-    )
+    return Survey(source=source, format="memory", shape=tuple(adata.shape), elements=elements)
 
 
 def element_path(store: Any, key: str) -> str:
@@ -316,7 +314,9 @@ def describe_in_memory(path: str, encoding: str, elem: Any) -> ElementInfo:
 def in_memory_parts(encoding: str, elem: Any) -> Iterator[ArrayInfo]:
     def info(name: str, shape: tuple, dtype: Any) -> ArrayInfo:
         text, itemsize = _dtype_text(dtype)
-        return ArrayInfo(name=name, shape=tuple(int(n) for n in shape), dtype=text, itemsize=itemsize)
+        return ArrayInfo(
+            name=name, shape=tuple(int(n) for n in shape), dtype=text, itemsize=itemsize
+        )
 
     if encoding in ("csr_matrix", "csc_matrix"):
         yield info("data", elem.data.shape, elem.data.dtype)

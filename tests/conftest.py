@@ -1,0 +1,86 @@
+"""Shared fixtures: real AnnData objects and real h5ad/zarr stores on disk."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pytest
+from anndata.tests.helpers import GEN_ADATA_NO_XARRAY_ARGS, gen_adata
+
+from annlayout.datagen import make_dataset
+from annlayout.spec import shipped_layouts
+
+SHIPPED = sorted(shipped_layouts())
+
+
+@pytest.fixture(autouse=True)
+def _quiet_anndata():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.filterwarnings("ignore", message=".*autosharding.*")
+        yield
+
+
+def full_adata(shape=(40, 25), seed=0) -> ad.AnnData:
+    """Every element type gen_adata makes that anndata can write, plus raw."""
+    adata = gen_adata(shape, random_state=np.random.default_rng(seed), **GEN_ADATA_NO_XARRAY_ARGS)
+    adata.raw = adata.copy()
+    return adata
+
+
+@pytest.fixture(scope="session")
+def small_dataset() -> ad.AnnData:
+    return make_dataset(600, 300, nnz_per_cell=40, n_pcs=8, seed=1)
+
+
+@pytest.fixture(scope="session")
+def stores(tmp_path_factory, small_dataset) -> dict[str, Path]:
+    """The same small dataset as h5ad, zarr v2 and zarr v3, written by plain anndata."""
+    root = tmp_path_factory.mktemp("inputs")
+    h5ad, z2, z3 = root / "in.h5ad", root / "in2.zarr", root / "in3.zarr"
+    small_dataset.write_h5ad(h5ad)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with ad.settings.override(zarr_write_format=2):
+            small_dataset.write_zarr(z2)
+        with ad.settings.override(zarr_write_format=3):
+            small_dataset.write_zarr(z3)
+    return {"h5ad": h5ad, "zarr2": z2, "zarr3": z3}
+
+
+def output_name(layout: str) -> str:
+    from annlayout.spec import load_layout
+
+    return "out.h5ad" if load_layout(layout).target.format == "h5ad" else "out.zarr"
+
+
+def read_any(path: Path) -> ad.AnnData:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return ad.read_h5ad(path) if str(path).endswith(".h5ad") else ad.read_zarr(path)
+
+
+def assert_matches_plan(plans, store: Path) -> None:
+    """Every planned array exists in ``store`` with the planned dtype, chunks, shards, codecs."""
+    from annlayout.survey import survey_store
+
+    survey = {e.path: e for e in survey_store(store).elements}
+    checked = 0
+    for path, plan in plans.items():
+        if plan.encoding == "null":
+            continue  # anndata writes null markers itself and ignores dataset_kwargs
+        assert path in survey, f"{path} planned but not written"
+        stored = {a.name: a for a in survey[path].arrays}
+        for array in plan.arrays:
+            got = stored[array.name]
+            where = f"{path}/{array.name}"
+            if array.dtype != "string":
+                assert got.dtype == array.dtype, where
+            assert got.chunks == array.chunks, f"{where}: chunks {got.chunks} != {array.chunks}"
+            assert got.shards == array.shards, f"{where}: shards {got.shards} != {array.shards}"
+            assert got.codecs == array.codecs, f"{where}: codecs {got.codecs} != {array.codecs}"
+            checked += 1
+    assert checked
