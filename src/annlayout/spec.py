@@ -510,23 +510,23 @@ def _unwritable(target: dict, data: dict) -> list[tuple[tuple, str]]:
         shards = settings.get("shards")
         if shards not in (None, "none", False, {}):
             if fmt == "h5ad":
-                problems.append((loc + ("shards",), "h5ad cannot store shards; use shards: none"))
+                problems.append(((*loc, "shards"), "h5ad cannot store shards; use shards: none"))
             elif zarr_format == 2:
                 problems.append(
-                    (loc + ("shards",), "shards need zarr_format: 3 (zarr v2 has no sharding)")
+                    ((*loc, "shards"), "shards need zarr_format: 3 (zarr v2 has no sharding)")
                 )
         codecs = settings.get("codecs")
         codecs = codecs if isinstance(codecs, list) else []
         compressors = [c for c in codecs if not (isinstance(c, dict) and c.get("name") == "none")]
         if (fmt == "h5ad" or zarr_format == 2) and len(compressors) > 1:
             store = "h5ad" if fmt == "h5ad" else "zarr v2"
-            problems.append((loc + ("codecs",), f"{store} stores one compressor per array"))
+            problems.append(((*loc, "codecs"), f"{store} stores one compressor per array"))
         for j, codec in enumerate(codecs):
             name = codec.get("name") if isinstance(codec, dict) else None
             if fmt == "h5ad" and name not in (None, "gzip", "none"):
                 problems.append(
                     (
-                        loc + ("codecs", j, "name"),
+                        (*loc, "codecs", j, "name"),
                         f"h5ad cannot store {name} without HDF5 plugins; use gzip or none",
                     )
                 )
