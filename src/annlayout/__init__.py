@@ -16,8 +16,8 @@ try:
 except PackageNotFoundError:  # running from a source tree without installing
     __version__ = "0.0.0+unknown"
 
-from annlayout.apply import ApplyError, WriteResult, apply, write
 from annlayout.plan import Plan, PlanError, make_plan
+from annlayout.rewrite import ApplyError, WriteResult, apply, write
 from annlayout.spec import Layout, LayoutError, json_schema, load_layout, shipped_layouts
 from annlayout.survey import Survey, survey_adata, survey_store
 

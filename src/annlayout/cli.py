@@ -33,8 +33,8 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from annlayout.apply import ApplyError
         from annlayout.plan import PlanError
+        from annlayout.rewrite import ApplyError
         from annlayout.spec import LayoutError
         from annlayout.survey import NotAnnDataError
 
@@ -267,8 +267,8 @@ def generate_command(
     output: Path, cells: int, genes: int, nnz_per_cell: float, seed: int, overwrite: bool
 ) -> None:
     """Write a synthetic dataset with realistic skewed counts to OUTPUT (.h5ad or .zarr)."""
-    from annlayout.apply import ApplyError, remove
     from annlayout.datagen import make_dataset
+    from annlayout.rewrite import ApplyError, remove
 
     if output.exists() and not overwrite:
         raise ApplyError(f"{output}: already exists (use --overwrite to replace it)")

@@ -1,0 +1,234 @@
+"""The annlayout command, end to end on real h5ad and zarr stores."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import zarr
+from anndata.tests.helpers import assert_equal
+from click.testing import CliRunner
+
+import annlayout.rewrite
+from annlayout.cli import main
+from annlayout.survey import survey_store
+
+from .conftest import SHIPPED, output_name, read_any
+
+
+def run(*args: str, code: int = 0):
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exit_code == code, (result.output, result.stderr, result.exception)
+    assert "Traceback" not in result.output + result.stderr
+    return result
+
+
+def tree_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        digest.update(str(file.relative_to(path.parent)).encode())
+        digest.update(file.read_bytes())
+    return digest.hexdigest()
+
+
+def test_layouts_lists_every_shipped_layout():
+    output = run("layouts").output
+    for name in SHIPPED:
+        assert name in output
+    assert "Random minibatches of cells" in output
+
+
+def test_schema_is_json_schema():
+    schema = json.loads(run("schema").output)
+    assert schema["$schema"].startswith("https://json-schema.org/")
+    assert {"annlayout", "name", "rules", "target", "defaults"} <= set(schema["properties"])
+
+
+@pytest.mark.parametrize("layout", SHIPPED)
+@pytest.mark.parametrize("source", ["h5ad", "zarr2", "zarr3"])
+def test_plan_and_apply_every_shipped_layout(tmp_path, stores, layout, source):
+    src = stores[source]
+    before = tree_digest(src)
+    plan = json.loads(run("plan", layout, src, "--json").output)
+    out = tmp_path / output_name(layout)
+    run("apply", layout, src, out, "--quiet")
+
+    assert tree_digest(src) == before  # the input is only read
+    assert_equal(read_any(src), read_any(out))
+    stored = {e.path: e for e in survey_store(out).elements}
+    compared = 0
+    for element in plan["elements"]:
+        if element["path"] not in stored or element["encoding"] != stored[element["path"]].encoding:
+            continue  # anndata versions may re-encode a column (e.g. strings as nullable)
+        if element["encoding"] == "null":
+            continue  # anndata writes null markers itself and ignores dataset_kwargs
+        arrays = {a.name: a for a in stored[element["path"]].arrays}
+        for planned in element["arrays"]:
+            got = arrays[planned["name"]]
+            assert list(got.chunks or []) == list(planned["chunks"] or []), element["path"]
+            assert list(got.shards or []) == list(planned["shards"] or []), element["path"]
+            assert got.codecs == planned["codecs"], element["path"]
+            compared += 1
+    assert "X" in stored and compared >= 3
+
+
+def test_plan_table_shows_elements_and_warnings(stores):
+    result = run("plan", "ml-minibatch", stores["h5ad"])
+    assert "X (csr)" in result.output
+    assert "blosc(lz4,3,shuffle)" in result.output
+    assert "obsm/X_pca" in result.output
+    # ml-minibatch's dense X rule matches nothing in a sparse dataset
+    assert "matched no element" in result.stderr
+
+
+def test_plan_shows_second_orientation(stores):
+    plan = json.loads(run("plan", "cell-browser", stores["h5ad"], "--json").output)
+    x = next(e for e in plan["elements"] if e["path"] == "X")
+    assert x["copies"] == ["csc"]
+    assert [a["name"] for a in x["copy_arrays"]] == ["csc/data", "csc/indices", "csc/indptr"]
+
+
+def test_apply_says_the_second_orientation_is_not_written_yet(tmp_path, stores):
+    result = run("apply", "cell-browser", stores["h5ad"], tmp_path / "cb.zarr")
+    assert "not written yet" in result.stderr
+
+
+def test_inspect_shows_layout_and_storage(tmp_path, stores):
+    out = tmp_path / "a.zarr"
+    run("apply", "archive", stores["h5ad"], out)
+    text = run("inspect", out).output
+    assert "written with layout archive" in text
+    assert "blosc(zstd,5,bitshuffle)" in text
+    assert "without annlayout" in run("inspect", stores["zarr3"]).output
+    survey = json.loads(run("inspect", out, "--json").output)
+    assert survey["provenance"]["layout"] == "archive"
+
+
+def test_three_mistakes_give_three_located_errors_and_exit_2(tmp_path, stores):
+    bad = tmp_path / "cell-browser.yaml"
+    bad.write_text(
+        textwrap.dedent(
+            """\
+            annlayout: 1
+            name: cell-browser
+            rules:
+              - match: {path: X}
+                chunks: {major: 0}
+                codecs: [{name: zstd, level: 99}]
+                orientation: [csr, csc]
+            """
+        )
+    )
+    for command in (["plan", bad, stores["h5ad"]], ["apply", bad, stores["h5ad"], tmp_path / "o"]):
+        result = run(*command, code=2)
+        lines = result.stderr.strip().splitlines()
+        assert lines == [
+            "error: cell-browser.yaml:5: rules[0].chunks.major: must be a positive integer",
+            "error: cell-browser.yaml:6: rules[0].codecs[0].level: input should be less than or equal to 22",
+            "error: cell-browser.yaml:7: rules[0].orientation: unknown key 'orientation'; did you mean 'orientations'?",
+        ]
+    assert not (tmp_path / "o").exists()
+
+
+def test_missing_and_non_anndata_inputs(tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    plain = tmp_path / "plain.zarr"
+    zarr.open_group(plain, mode="w").create_array("x", shape=(3,), dtype="i4")
+    empty_dir = tmp_path / "empty"
+    empty_dir.mkdir()
+    cases = {
+        tmp_path / "missing.h5ad": "no such file or directory",
+        text: "not an AnnData store",
+        plain: "not an AnnData store",
+        empty_dir: "not a zarr store",
+    }
+    for path, expected in cases.items():
+        for command in (["plan", "analysis", path], ["inspect", path]):
+            result = run(*command, code=1)
+            (line,) = result.stderr.strip().splitlines()
+            assert line.startswith("error: ") and str(path) in line and expected in line
+        run("apply", "analysis", path, tmp_path / "out.zarr", code=1)
+        assert not (tmp_path / "out.zarr").exists()
+
+
+def test_existing_output_is_refused_unless_overwrite(tmp_path, stores):
+    out = tmp_path / "o.zarr"
+    run("apply", "analysis", stores["h5ad"], out)
+    before = tree_digest(out)
+    result = run("apply", "archive", stores["h5ad"], out, code=1)
+    assert "already exists (use --overwrite" in result.stderr
+    assert tree_digest(out) == before
+    run("apply", "archive", stores["h5ad"], out, "--overwrite")
+    assert survey_store(out).provenance["layout"] == "archive"
+    assert [p.name for p in tmp_path.iterdir()] == ["o.zarr"]  # no temporary siblings left
+
+
+def test_output_inside_input_is_refused(stores):
+    result = run("apply", "analysis", stores["zarr3"], stores["zarr3"] / "nested.zarr", code=1)
+    assert "inside it" in result.stderr
+    run("apply", "analysis", stores["zarr3"], stores["zarr3"], "--overwrite", code=1)
+
+
+def test_failed_write_leaves_no_output_and_no_temporary(tmp_path, stores, monkeypatch):
+    real_write = annlayout.rewrite.write
+
+    def failing_write(adata, path, layout, **kwargs):
+        real_write(adata, path, layout, **kwargs)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(annlayout.rewrite, "write", failing_write)
+    result = run("apply", "analysis", stores["h5ad"], tmp_path / "o.zarr", code=1)
+    assert "No space left on device" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_stale_temporary_from_a_killed_run_is_replaced(tmp_path, stores):
+    stale = tmp_path / f".o.zarr{annlayout.rewrite.TMP_SUFFIX}"
+    stale.mkdir()
+    (stale / "junk").write_text("left by kill -9")
+    run("apply", "analysis", stores["h5ad"], tmp_path / "o.zarr")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.zarr"]
+
+
+def test_apply_json_summary_and_codec_pipeline(tmp_path, stores):
+    out = tmp_path / "o.zarr"
+    result = run(
+        "apply", "ml-minibatch", stores["zarr2"], out, "--json", "--codec-pipeline", "zarr"
+    )
+    summary = json.loads(result.output)
+    assert summary["layout"] == "ml-minibatch" and summary["objects"] > 0
+    assert summary["output"] == str(out)
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    result = CliRunner().invoke(main, ["--debug", "inspect", str(tmp_path / "nope.h5ad")])
+    assert result.exit_code != 0 and result.exception is not None
+
+
+def test_generate_writes_a_dataset_and_refuses_to_clobber(tmp_path):
+    out = tmp_path / "g.h5ad"
+    run("generate", out, "--cells", "300", "--genes", "120")
+    adata = read_any(out)
+    assert adata.shape == (300, 120) and adata.X.nnz > 0
+    run("generate", out, code=1)
+
+
+def test_console_script_end_to_end(tmp_path):
+    """The README's first command, through the installed console script."""
+    exe = Path(sys.executable).with_name("annlayout")
+    data, out = tmp_path / "demo.h5ad", tmp_path / "demo.zarr"
+    subprocess.run([exe, "generate", data, "--cells", "500", "--genes", "200"], check=True)
+    done = subprocess.run(
+        [exe, "apply", "ml-minibatch", data, out], check=True, capture_output=True, text=True
+    )
+    assert "wrote" in done.stdout
+    assert_equal(read_any(data), read_any(out))
+    bad = subprocess.run([exe, "plan", "nope", data], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
