@@ -16,6 +16,7 @@ from click.testing import CliRunner
 
 import annlayout.rewrite
 from annlayout.cli import main
+from annlayout.rewrite import stream
 from annlayout.survey import survey_store
 
 from .conftest import SHIPPED, output_name, read_any
@@ -177,13 +178,13 @@ def test_output_inside_input_is_refused(stores):
 
 
 def test_failed_write_leaves_no_output_and_no_temporary(tmp_path, stores, monkeypatch):
-    real_write = annlayout.rewrite.write
+    real_finish = stream.Rewriter.finish
 
-    def failing_write(adata, path, layout, **kwargs):
-        real_write(adata, path, layout, **kwargs)
+    def failing_finish(self, target):
+        real_finish(self, target)
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(annlayout.rewrite, "write", failing_write)
+    monkeypatch.setattr(stream.Rewriter, "finish", failing_finish)
     result = run("apply", "analysis", stores["h5ad"], tmp_path / "o.zarr", code=1)
     assert "No space left on device" in result.stderr
     assert list(tmp_path.iterdir()) == []

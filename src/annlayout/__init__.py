@@ -17,7 +17,7 @@ except PackageNotFoundError:  # running from a source tree without installing
     __version__ = "0.0.0+unknown"
 
 from annlayout.plan import Plan, PlanError, make_plan
-from annlayout.rewrite import ApplyError, WriteResult, apply, write
+from annlayout.rewrite import ApplyError, ApplyResult, WriteResult, apply, verify_stores, write
 from annlayout.spec import Layout, LayoutError, json_schema, load_layout, shipped_layouts
 from annlayout.survey import Survey, survey_adata, survey_store
 
@@ -34,8 +34,14 @@ def plan(layout, source) -> Plan:
     return make_plan(load_layout(layout), survey(source))
 
 
+def verify(source, rewritten) -> list[str]:
+    """Elements that differ between two AnnData stores (one line each); empty when equal."""
+    return verify_stores(source, rewritten)
+
+
 __all__ = [
     "ApplyError",
+    "ApplyResult",
     "Layout",
     "LayoutError",
     "Plan",
@@ -50,5 +56,6 @@ __all__ = [
     "plan",
     "shipped_layouts",
     "survey",
+    "verify",
     "write",
 ]

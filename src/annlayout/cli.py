@@ -7,6 +7,7 @@ import json
 import sys
 import warnings
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,9 @@ def main(debug: bool) -> None:
 
     LAYOUT is a shipped layout name (see `annlayout layouts`) or a path to a YAML file.
     """
+    from annlayout.rewrite.memory_limits import bound_malloc_arenas
+
+    bound_malloc_arenas()  # before zarr and zarrs start their threads
 
 
 @main.command("layouts")
@@ -206,6 +210,21 @@ def inspect_command(store: Path, as_json: bool) -> None:
 @click.argument("output", type=click.Path(path_type=Path))
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 @click.option(
+    "--memory",
+    default="2GiB",
+    show_default=True,
+    help="Memory budget for copying large elements (e.g. 512MiB, 4GB).",
+)
+@click.option("--workers", default=1, show_default=True, help="Copy with N local threads (dask).")
+@click.option("--scheduler", metavar="ADDRESS", help="Copy on a dask.distributed cluster.")
+@click.option("--no-verify", is_flag=True, help="Skip comparing the output with the input.")
+@click.option(
+    "--whole-below",
+    default="16MiB",
+    show_default=True,
+    help="Copy elements smaller than this whole, through anndata; stream the rest in blocks.",
+)
+@click.option(
     "--codec-pipeline",
     type=click.Choice(["zarrs", "zarr"]),
     default="zarrs",
@@ -220,39 +239,102 @@ def apply_command(
     input: Path,
     output: Path,
     overwrite: bool,
+    memory: str,
+    workers: int,
+    scheduler: str | None,
+    no_verify: bool,
+    whole_below: str,
     codec_pipeline: str,
     as_json: bool,
     quiet: bool,
 ) -> None:
-    """Rewrite INPUT (h5ad or zarr) into OUTPUT with LAYOUT.
+    """Rewrite INPUT (h5ad or zarr) into OUTPUT with LAYOUT, out of core.
 
-    The input is only read. OUTPUT is written beside its final path and renamed into place
-    when complete, so it is either the whole new store or untouched.
+    Large elements are copied shard by shard within --memory; the input is only read. OUTPUT
+    is built beside its final path, verified against INPUT, and renamed into place only when
+    complete, so it is either the whole new store or untouched.
     """
     import annlayout
 
-    result = annlayout.apply(
-        layout, input, output, overwrite=overwrite, codec_pipeline=codec_pipeline
-    )
-    summary = {
-        "output": str(result.path),
-        "layout": result.layout,
-        "seconds": round(result.seconds, 3),
-        "elements": len(result.plans),
-        "objects": result.n_objects,
-        "notes": result.notes,
-    }
+    with _progress(enabled=not (quiet or as_json)) as progress:
+        result = annlayout.apply(
+            layout,
+            input,
+            output,
+            overwrite=overwrite,
+            codec_pipeline_name=codec_pipeline,
+            memory=memory,
+            workers=workers,
+            scheduler=scheduler,
+            verify=not no_verify,
+            progress=progress,
+            small_element=whole_below,
+        )
+    summary = result.summary()
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     elif not quiet:
         for note in result.notes:
             err.print(f"[yellow]note:[/] {note}", highlight=False)
+        checked = f", verified in {result.verify_seconds:.1f} s" if result.verified else ""
         out.print(
-            f"wrote [bold]{result.path}[/] with layout [cyan]{result.layout}[/]: "
-            f"{summary['elements']} elements, {summary['objects']:,} objects, "
-            f"{result.seconds:.1f} s",
+            f"wrote [bold]{result.path}[/] with layout [cyan]{result.layout}[/] in "
+            f"{result.seconds:.1f} s{checked}: {summary['elements']} elements, "
+            f"{summary['objects']:,} objects, read {human_size(result.bytes_read)}, "
+            f"wrote {human_size(result.bytes_written)}, peak memory {human_size(result.peak_rss)}",
             highlight=False,
         )
+
+
+@contextmanager
+def _progress(enabled: bool):
+    """A progress bar (bytes copied, rate, ETA) on a terminal; nothing otherwise."""
+    if not enabled or not err.is_terminal:
+        yield None
+        return
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+               TransferSpeedColumn(), TimeRemainingColumn())  # fmt: skip
+    with Progress(*columns, console=err, transient=True) as bar:
+        task = bar.add_task("copying", total=None)
+
+        def update(what: str, done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
+
+
+@main.command("verify")
+@click.argument("source", type=click.Path(path_type=Path))
+@click.argument("rewritten", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the differences as JSON.")
+@handle_errors
+def verify_command(source: Path, rewritten: Path, as_json: bool) -> None:
+    """Compare every element of REWRITTEN with SOURCE; exit 1 if any differs.
+
+    Values, dtypes, shapes, encodings, obs/var indexes, categories and uns are compared, large
+    arrays in bounded memory. Chunks, shards, codecs and sparse index dtypes may differ.
+    """
+    import annlayout
+
+    differences = annlayout.verify(source, rewritten)
+    if as_json:
+        click.echo(json.dumps({"equal": not differences, "differences": differences}, indent=2))
+    else:
+        for line in differences:
+            out.print(f"[red]differs:[/] {line}", highlight=False)
+        if not differences:
+            out.print(f"{rewritten} holds the same data as {source}", highlight=False)
+    if differences:
+        sys.exit(EXIT_ERROR)
 
 
 @main.command("generate")
@@ -268,7 +350,8 @@ def generate_command(
 ) -> None:
     """Write a synthetic dataset with realistic skewed counts to OUTPUT (.h5ad or .zarr)."""
     from annlayout.datagen import make_dataset
-    from annlayout.rewrite import ApplyError, remove
+    from annlayout.rewrite import ApplyError
+    from annlayout.rewrite.atomic import remove
 
     if output.exists() and not overwrite:
         raise ApplyError(f"{output}: already exists (use --overwrite to replace it)")

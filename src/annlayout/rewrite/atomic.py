@@ -1,0 +1,106 @@
+"""Outputs that appear whole or not at all.
+
+A local output is built in a hidden temporary sibling and renamed into place only when it is
+complete (and verified). SIGTERM is turned into an exception so the same cleanup runs as for
+Ctrl-C; a kill -9 leaves the sibling behind, and the next run removes it first.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+TMP_SUFFIX = ".annlayout-tmp"
+OLD_SUFFIX = ".annlayout-old"
+
+
+class ApplyError(RuntimeError):
+    """Apply refused or failed; the message is one line that names the path."""
+
+
+def temporary_sibling(output: Path) -> Path:
+    return output.with_name(f".{output.name}{TMP_SUFFIX}")
+
+
+def check_paths(source: Path, output: Path, *, overwrite: bool) -> None:
+    source, output = source.resolve(), output.resolve()
+    if output == source or source in output.parents:
+        raise ApplyError(f"{output}: the output is the input or inside it; choose another path")
+    if output.exists() and not overwrite:
+        raise ApplyError(f"{output}: already exists (use --overwrite to replace it)")
+    if not output.parent.is_dir():
+        raise ApplyError(f"{output.parent}: the output's directory does not exist")
+
+
+def check_free_space(directory: Path, needed: int) -> None:
+    free = shutil.disk_usage(directory).free
+    if needed > free:
+        raise ApplyError(
+            f"{directory}: not enough free disk: the output needs about {_gib(needed)}, "
+            f"{_gib(free)} is free"
+        )
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def replace(tmp: Path, output: Path) -> None:
+    """Move ``tmp`` to ``output``; an existing output is set aside first, then removed."""
+    if output.exists():
+        old = output.with_name(f".{output.name}{OLD_SUFFIX}")
+        remove(old)
+        output.rename(old)
+        tmp.rename(output)
+        remove(old)
+    else:
+        tmp.rename(output)
+
+
+def remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=False)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so cleanup runs as for Ctrl-C."""
+
+
+@contextmanager
+def terminate_as_exception() -> Iterator[None]:
+    def handler(signum, frame):
+        raise Terminated(f"terminated by signal {signum}")
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def atomic_output(output: Path) -> Iterator[Path]:
+    """Yield a temporary path; on success it becomes ``output``, on any failure it is removed."""
+    tmp = temporary_sibling(output)
+    remove(tmp)  # left by a run that was killed
+    old = output.with_name(f".{output.name}{OLD_SUFFIX}")
+    if old.exists() and output.exists():
+        remove(old)  # a kill between the two renames of replace()
+    elif old.exists():
+        old.rename(output)
+    with terminate_as_exception():
+        try:
+            yield tmp
+            replace(tmp, output)
+        except BaseException:
+            remove(tmp)
+            raise

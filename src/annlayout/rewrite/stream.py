@@ -1,0 +1,462 @@
+"""Streaming apply: rewrite a store into a layout without holding any large element whole.
+
+The rewrite has three phases:
+
+1. *prepare* (main process): walk the input, create every group and array of the output with
+   its planned chunks, shards, codecs and attributes; write small elements (uns, strings,
+   categoricals, small columns) through anndata and the layout's callback; collect one
+   :class:`Block` per output shard (or per run of chunks where unsharded) of every large array;
+2. *copy* the blocks: independent tasks, run in order, on dask's threads (``workers``), or on a
+   dask.distributed cluster (``scheduler``). Each block reads one slice of the input and
+   writes whole shards of the output, so no shard is written twice and memory stays bounded;
+3. *finish*: provenance, consolidated metadata, verification, and the atomic rename.
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import ByteSize, TypeAdapter
+
+from annlayout.callback import LayoutCallback
+from annlayout.plan import ArrayPlan, ElementPlan, Plan, PlanError, make_plan
+from annlayout.rewrite.atomic import (
+    ApplyError,
+    atomic_output,
+    check_free_space,
+    check_paths,
+)
+from annlayout.rewrite.memory import provenance
+from annlayout.rewrite.memory_limits import bound_malloc_arenas, release_memory
+from annlayout.spec import SPARSE_ENCODINGS, Layout, load_layout
+from annlayout.storage import backend_of, codec_pipeline, create_array
+from annlayout.survey import (
+    CONTAINER_ENCODINGS,
+    PROVENANCE_KEY,
+    Survey,
+    detect_format,
+    open_store,
+    survey_store,
+)
+
+DEFAULT_MEMORY = "2GiB"  # holds a 512 MiB shard (archive) with room to encode it
+#: Elements smaller than this go through anndata whole (strings, categoricals, uns, ...).
+SMALL_ELEMENT = 16 << 20
+#: A block holds its input slice, a converted copy and the encoded shard: about 3x its size.
+BLOCK_OVERHEAD = 3
+
+
+def parse_size(value: str | int) -> int:
+    try:
+        return int(TypeAdapter(ByteSize).validate_python(value))
+    except Exception:
+        raise ApplyError(f"{value!r}: not a byte size (e.g. 2GiB, 512MB, 0)") from None
+
+
+@dataclass(frozen=True)
+class Block:
+    """Copy ``source[start:stop]`` (axis 0) into ``target[start:stop]``, converting dtype."""
+
+    element: str
+    source_array: str
+    target_array: str
+    start: int
+    stop: int
+    dtype: str
+    nbytes: int
+
+
+@dataclass
+class ApplyResult:
+    path: Path
+    layout: str
+    seconds: float = 0.0
+    plan: Plan | None = None
+    notes: list[str] = field(default_factory=list)
+    n_blocks: int = 0
+    bytes_read: int = 0
+    bytes_written: int = 0
+    peak_rss: int = 0
+    verified: bool = False
+    verify_seconds: float = 0.0
+    streamed: list[str] = field(default_factory=list)
+
+    @property
+    def n_objects(self) -> int:
+        return self.plan.n_objects if self.plan else 0
+
+    @property
+    def plans(self) -> dict[str, ElementPlan]:
+        return {e.path: e for e in self.plan.elements} if self.plan else {}
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "output": str(self.path),
+            "layout": self.layout,
+            "seconds": round(self.seconds, 3),
+            "elements": len(self.plans),
+            "streamed_elements": self.streamed,
+            "blocks": self.n_blocks,
+            "objects": self.n_objects,
+            "bytes_read": self.bytes_read,
+            "bytes_written": self.bytes_written,
+            "peak_rss": self.peak_rss,
+            "verified": self.verified,
+            "verify_seconds": round(self.verify_seconds, 3),
+            "notes": self.notes,
+        }
+
+
+Progress = Callable[[str, int, int], None]  # (what, done, total)
+
+
+def apply(
+    layout: str | Path | Layout,
+    source: str | Path,
+    output: str | Path,
+    *,
+    overwrite: bool = False,
+    codec_pipeline_name: str | None = "zarrs",
+    memory: str | int = DEFAULT_MEMORY,
+    workers: int = 1,
+    scheduler: str | None = None,
+    verify: bool = True,
+    progress: Progress | None = None,
+    small_element: str | int = SMALL_ELEMENT,
+) -> ApplyResult:
+    """Rewrite the AnnData store ``source`` into ``output`` with ``layout``, out of core.
+
+    Large elements are copied block by block within ``memory`` (a byte size); the input is
+    only read; ``output`` appears only when complete and (unless ``verify=False``) verified.
+    """
+    start = time.perf_counter()
+    bound_malloc_arenas()  # best before codec threads start: the CLI calls it first
+    layout = load_layout(layout)
+    source, output = Path(source), Path(output)
+    detect_format(source)
+    check_paths(source, output, overwrite=overwrite)
+    budget = parse_size(memory)
+    workers = max(1, int(workers))
+    survey = survey_store(source)
+    plan = make_plan(layout, survey)
+    if layout.target.format == "h5ad" and (workers > 1 or scheduler):
+        raise ApplyError(
+            f"{output}: h5ad is one file and is written by one process; drop --workers/--scheduler"
+        )
+    needed = sum(e.stored_bytes or 0 for e in survey.elements)
+    check_free_space(output.parent, needed)
+
+    result = ApplyResult(path=output, layout=layout.name, plan=plan)
+    with (
+        atomic_output(output) as tmp,
+        codec_pipeline(codec_pipeline_name if layout.target.format == "zarr" else None),
+    ):
+        rewriter = Rewriter(layout, plan, survey, budget // workers, parse_size(small_element))
+        blocks = rewriter.prepare(source, tmp)
+        result.notes, result.streamed = rewriter.callback.notes, rewriter.streamed
+        result.n_blocks = len(blocks)
+        result.bytes_read = sum(b.nbytes for b in blocks)
+        run_blocks(
+            blocks, rewriter, source, tmp, workers=workers, scheduler=scheduler, progress=progress
+        )
+        rewriter.finish(tmp)
+        if verify:
+            from annlayout.rewrite.verify import verify_stores
+
+            started = time.perf_counter()
+            differences = verify_stores(source, tmp, memory=budget)
+            result.verify_seconds = time.perf_counter() - started
+            if differences:
+                raise ApplyError(
+                    f"{output}: verification failed, output discarded: {differences[0]}"
+                    + (f" (and {len(differences) - 1} more)" if len(differences) > 1 else "")
+                )
+            result.verified = True
+        result.bytes_written = _du(tmp)
+    result.seconds = time.perf_counter() - start
+    result.peak_rss = peak_rss()
+    return result
+
+
+def peak_rss() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _du(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+class Rewriter:
+    """Builds the output store's structure and the list of blocks to copy."""
+
+    def __init__(self, layout: Layout, plan: Plan, survey: Survey, budget: int, small: int):
+        self.layout = layout
+        self.plan = plan
+        self.plans = {e.path: e for e in plan.elements}
+        self.budget = budget
+        self.small = small
+        self.callback = LayoutCallback(layout)
+        self.streamed: list[str] = []
+        self.source_root: Any = None
+        self.target_root: Any = None
+        self._source_format = survey.format
+
+    # -- phase 1 ------------------------------------------------------------------------
+
+    def prepare(self, source: Path, target: Path) -> list[Block]:
+        self.source_root = open_store(source)
+        self.target_root = _create_root(target, self.layout)
+        root_attrs = {k: v for k, v in _attrs(self.source_root).items() if k != PROVENANCE_KEY}
+        root_attrs.setdefault("encoding-type", "anndata")
+        root_attrs.setdefault("encoding-version", "0.1.0")
+        self.target_root.attrs.update(root_attrs)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", module="annlayout")
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            blocks = list(self._walk(self.source_root, self.target_root, ""))
+        release_memory()  # what anndata freed writing the small elements, before the copy
+        return blocks
+
+    def _walk(self, source: Any, target: Any, prefix: str) -> Iterator[Block]:
+        for key in sorted(source.keys()):
+            node = source[key]
+            path = f"{prefix}{key}"
+            encoding = _attrs(node).get("encoding-type")
+            if encoding in CONTAINER_ENCODINGS or (encoding is None and _is_group(node)):
+                group = target.require_group(key)
+                group.attrs.update(_attrs(node))
+                yield from self._walk(node, group, path + "/")
+            elif path in self.plans and self._streamable(path, node):
+                self.streamed.append(path)
+                yield from self._stream(node, target, key, self.plans[path])
+            else:
+                self._write_whole(node, target, key, path)
+
+    def _streamable(self, path: str, node: Any) -> bool:
+        plan = self.plans[path]
+        if plan.nbytes <= self.small:
+            return False
+        if plan.encoding in SPARSE_ENCODINGS:
+            if plan.orientation != plan.encoding[:3]:
+                if plan.nbytes * BLOCK_OVERHEAD > self.budget:
+                    raise ApplyError(
+                        f"{path}: changing {plan.encoding[:3].upper()} to "
+                        f"{plan.orientation.upper()} needs the whole matrix in memory "
+                        f"({plan.nbytes / 2**20:,.0f} MiB) and --memory does not allow it"
+                    )
+                return False
+            return True
+        array = plan.arrays[0]
+        return plan.encoding == "array" and len(array.shape) >= 1 and array.dtype not in (
+            "string", "record"
+        )  # fmt: skip
+
+    def _write_whole(self, node: Any, target: Any, key: str, path: str) -> None:
+        import anndata as ad
+        from anndata.io import read_elem
+
+        value = read_elem(node)
+        ad.experimental.write_dispatched(target, key, value, callback=self.callback)
+
+    def _stream(self, node: Any, target: Any, key: str, plan: ElementPlan) -> Iterator[Block]:
+        _, settings = self.layout.rule_for(plan.path, plan.encoding)
+        backend = backend_of(target)
+        if plan.encoding in SPARSE_ENCODINGS:
+            group = target.require_group(key)
+            group.attrs.update(
+                {"encoding-type": plan.encoding, "encoding-version": "0.1.0",
+                 "shape": [int(n) for n in plan.shape or ()]}
+            )  # fmt: skip
+            if plan.copies:
+                self.callback._warn_once(
+                    f"copies:{plan.path}",
+                    f"{plan.path}: the {'/'.join(plan.copies)} copy that the layout asks for "
+                    "is planned but not written yet (dual orientations are not implemented "
+                    "in this version)",
+                )
+            arrays = {a.name: a for a in plan.arrays}
+            for name, array in arrays.items():
+                create_array(group, name, None, array, settings.codecs, backend)
+            indptr = node["indptr"][...].astype(arrays["indptr"].dtype)
+            group["indptr"][...] = indptr
+            for name in ("data", "indices"):
+                yield from self._blocks(plan.path, f"{plan.path}/{name}", arrays[name])
+        else:
+            array = plan.arrays[0]
+            created = create_array(target, key, None, array, settings.codecs, backend)
+            created.attrs.update(_attrs(node))
+            yield from self._blocks(plan.path, plan.path, array)
+
+    def _blocks(self, element: str, name: str, plan: ArrayPlan) -> Iterator[Block]:
+        """One block per shard, or per run of whole chunks within the budget if unsharded."""
+        rows = plan.shape[0]
+        row_bytes = math.prod(plan.shape[1:]) * np.dtype(plan.dtype).itemsize
+        unit = (plan.shards or plan.chunks or (rows,))[0]
+        unit_bytes = unit * row_bytes * BLOCK_OVERHEAD
+        if plan.shards and unit_bytes > self.budget:
+            raise ApplyError(
+                f"{name}: one shard is {unit * row_bytes / 2**20:,.0f} MiB; writing it needs "
+                f"about {unit_bytes / 2**20:,.0f} MiB, more than --memory per worker "
+                f"({self.budget / 2**20:,.0f} MiB): raise --memory or use smaller shards"
+            )
+        if not plan.shards:
+            unit *= max(1, self.budget // max(1, unit_bytes))
+        for start in range(0, rows, unit):
+            stop = min(rows, start + unit)
+            yield Block(element, name, name, start, stop, plan.dtype, (stop - start) * row_bytes)
+
+    # -- phase 3 ------------------------------------------------------------------------
+
+    def finish(self, target: Path) -> None:
+        root = self.target_root
+        if backend_of(root) == "h5py":
+            import json
+
+            root.attrs[PROVENANCE_KEY] = json.dumps(provenance(self.layout))
+            root.close()
+        else:
+            import zarr
+
+            root.attrs[PROVENANCE_KEY] = provenance(self.layout)
+            if self.layout.target.consolidate_metadata:
+                zarr.consolidate_metadata(str(target), zarr_format=self.layout.target.zarr_format)
+        if self._source_format == "h5ad":
+            self.source_root.close()
+
+    def copy(self, block: Block) -> int:
+        return copy_block(
+            self.source_root[block.source_array], self.target_root[block.target_array], block
+        )
+
+
+def copy_block(source: Any, target: Any, block: Block) -> int:
+    values = np.asarray(source[block.start : block.stop])
+    if values.dtype != np.dtype(block.dtype):
+        values = values.astype(block.dtype)
+    target[block.start : block.stop] = values
+    del values
+    release_memory()
+    return block.nbytes
+
+
+def _create_root(path: Path, layout: Layout) -> Any:
+    if layout.target.format == "h5ad":
+        import h5py
+
+        return h5py.File(path, "w")
+    import zarr
+
+    return zarr.open_group(str(path), mode="w", zarr_format=layout.target.zarr_format)
+
+
+def _is_group(node: Any) -> bool:
+    return hasattr(node, "keys") and not hasattr(node, "dtype")
+
+
+def _attrs(node: Any) -> dict[str, Any]:
+    """Attributes as plain JSON-able values (h5py gives numpy arrays and bytes)."""
+    return {k: _plain(v) for k, v in node.attrs.items()}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.ndarray):
+        return [_plain(v) for v in value.tolist()]
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+# --------------------------------------------------------------------------- execution
+
+
+def run_blocks(
+    blocks: list[Block],
+    rewriter: Rewriter,
+    source: Path,
+    target: Path,
+    *,
+    workers: int = 1,
+    scheduler: str | None = None,
+    progress: Progress | None = None,
+) -> None:
+    total = sum(b.nbytes for b in blocks)
+    done = 0
+
+    def advance(nbytes: int) -> None:
+        nonlocal done
+        done += nbytes
+        if progress:
+            progress("copy", done, total)
+
+    if progress:
+        progress("copy", 0, total)
+    if scheduler:
+        _run_distributed(blocks, scheduler, source, target, advance)
+    elif workers > 1:
+        _run_threads(blocks, rewriter, workers, advance)
+    else:
+        for block in blocks:
+            advance(rewriter.copy(block))
+
+
+def _run_threads(blocks: list[Block], rewriter: Rewriter, workers: int, advance) -> None:
+    import dask
+    from dask.callbacks import Callback
+
+    class Advance(Callback):
+        def _posttask(self, key, result, dsk, state, worker_id):
+            if isinstance(result, int):
+                advance(result)
+
+    tasks = [dask.delayed(rewriter.copy, pure=False)(b) for b in blocks]
+    with Advance():
+        dask.compute(*tasks, scheduler="threads", num_workers=workers)
+
+
+def _run_distributed(
+    blocks: list[Block], address: str, source: Path, target: Path, advance
+) -> None:
+    from dask.distributed import Client, as_completed
+
+    with Client(address) as client:
+        futures = client.map(
+            copy_block_by_path, blocks, source=str(source), target=str(target), pure=False
+        )
+        for future in as_completed(futures):
+            advance(future.result())
+
+
+def copy_block_by_path(block: Block, *, source: str, target: str) -> int:
+    """The task a dask.distributed worker runs: opens the stores itself (cached per process)."""
+    with codec_pipeline("zarrs"):
+        target_array = _open_target(target, block.target_array)
+        return copy_block(_open_source(source)[block.source_array], target_array, block)
+
+
+@cache
+def _open_source(path: str) -> Any:
+    return open_store(path)
+
+
+def _open_target(path: str, name: str) -> Any:
+    import zarr
+
+    return zarr.open_array(store=path, path=name, mode="r+")
+
+
+__all__ = ["DEFAULT_MEMORY", "ApplyResult", "Block", "PlanError", "apply", "copy_block_by_path"]

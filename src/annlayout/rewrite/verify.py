@@ -1,0 +1,188 @@
+"""Does a rewritten store hold exactly what its source holds? Compared element by element.
+
+Large arrays are compared in blocks within a memory budget; small elements (strings,
+categoricals, nullables, scalars, awkward arrays) are read whole and compared by value. Layout
+changes are not differences: chunks, shards, codecs, and the dtype of sparse indices and
+indptr (``index_dtype``) may change; values, value dtypes, shapes and encodings may not.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from annlayout.spec import SPARSE_ENCODINGS
+from annlayout.survey import ElementInfo, open_store, survey_store
+
+DEFAULT_VERIFY_MEMORY = 512 << 20
+
+
+def verify_stores(
+    source: str | Path, rewritten: str | Path, *, memory: int = DEFAULT_VERIFY_MEMORY
+) -> list[str]:
+    """Differences between two AnnData stores, one line each; empty when they are equal."""
+    source_survey, rewritten_survey = survey_store(source), survey_store(rewritten)
+    source_root, rewritten_root = open_store(source), open_store(rewritten)
+    block_bytes = max(1 << 20, memory // 4)
+    differences: list[str] = []
+    try:
+        remaining = {e.path: e for e in rewritten_survey.elements}
+        for element in source_survey.elements:
+            other = remaining.pop(element.path, None)
+            if other is None:
+                if element.encoding != "null":
+                    differences.append(f"{element.path}: missing from {rewritten}")
+                continue
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                differences += compare_element(
+                    element,
+                    other,
+                    source_root[element.path],
+                    rewritten_root[element.path],
+                    block_bytes,
+                )
+        differences += [
+            f"{path}: not in {source}" for path, e in remaining.items() if e.encoding != "null"
+        ]
+    finally:
+        for root in (source_root, rewritten_root):
+            if hasattr(root, "close"):
+                root.close()
+    return differences
+
+
+def compare_element(
+    a: ElementInfo, b: ElementInfo, node_a: Any, node_b: Any, block_bytes: int
+) -> list[str]:
+    path = a.path
+    if a.encoding in SPARSE_ENCODINGS and b.encoding in SPARSE_ENCODINGS:
+        return _compare_sparse(a, b, node_a, node_b, block_bytes)
+    if a.encoding != b.encoding:
+        return [f"{path}: encoding {a.encoding} became {b.encoding}"]
+    if a.encoding == "array" and a.dtype not in ("string", "record") and a.shape:
+        return _compare_dense(path, node_a, node_b, block_bytes)
+    from anndata.io import read_elem
+
+    value_a, value_b = read_elem(node_a), read_elem(node_b)
+    problem = difference(value_a, value_b)
+    return [f"{path}: {problem}"] if problem else []
+
+
+def _compare_sparse(
+    a: ElementInfo, b: ElementInfo, node_a: Any, node_b: Any, block_bytes: int
+) -> list[str]:
+    path = a.path
+    if a.shape != b.shape:
+        return [f"{path}: shape {a.shape} became {b.shape}"]
+    if a.array("data").dtype != b.array("data").dtype:
+        return [f"{path}: dtype {a.array('data').dtype} became {b.array('data').dtype}"]
+    if a.encoding != b.encoding:  # another orientation: compare as matrices, in memory
+        from anndata.io import read_elem
+
+        problem = difference(read_elem(node_a), read_elem(node_b))
+        return [f"{path}: {problem}"] if problem else []
+    if a.nnz != b.nnz:
+        return [f"{path}: {a.nnz:,} nonzeros became {b.nnz:,}"]
+    out = []
+    for part in ("indptr", "indices", "data"):
+        problem = _compare_blocks(node_a[part], node_b[part], block_bytes, check_dtype=False)
+        if problem:
+            out.append(f"{path}/{part}: {problem}")
+    return out
+
+
+def _compare_dense(path: str, node_a: Any, node_b: Any, block_bytes: int) -> list[str]:
+    if tuple(node_a.shape) != tuple(node_b.shape):
+        return [f"{path}: shape {tuple(node_a.shape)} became {tuple(node_b.shape)}"]
+    problem = _compare_blocks(node_a, node_b, block_bytes, check_dtype=True)
+    return [f"{path}: {problem}"] if problem else []
+
+
+def _compare_blocks(a: Any, b: Any, block_bytes: int, *, check_dtype: bool) -> str | None:
+    if check_dtype and np.dtype(a.dtype) != np.dtype(b.dtype):
+        return f"dtype {np.dtype(a.dtype)} became {np.dtype(b.dtype)}"
+    if tuple(a.shape) != tuple(b.shape):
+        return f"shape {tuple(a.shape)} became {tuple(b.shape)}"
+    rows = a.shape[0] if a.shape else 0
+    row_bytes = max(1, math.prod(a.shape[1:]) * np.dtype(a.dtype).itemsize)
+    step = max(1, block_bytes // row_bytes)
+    for start in range(0, rows, step):
+        block_a = np.asarray(a[start : start + step])
+        block_b = np.asarray(b[start : start + step])
+        unequal = ~_equal_values(block_a, block_b)
+        if unequal.any():
+            first = start + int(np.argwhere(unequal)[0][0])
+            return f"{int(unequal.sum()):,} values differ (first at index {first:,})"
+    return None
+
+
+def _equal_values(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    equal = a == b
+    if a.dtype.kind in "fc" and b.dtype.kind in "fc":
+        equal |= np.isnan(a) & np.isnan(b)
+    return np.asarray(equal)
+
+
+def difference(a: Any, b: Any) -> str | None:
+    """Why two in-memory element values differ, or None."""
+    import scipy.sparse as sp
+
+    if a is None or b is None:
+        return None if a is b else f"{_kind(a)} became {_kind(b)}"
+    if sp.issparse(a) or sp.issparse(b):
+        if not (sp.issparse(a) and sp.issparse(b)):
+            return f"{_kind(a)} became {_kind(b)}"
+        if a.shape != b.shape or a.dtype != b.dtype:
+            return f"{a.shape} {a.dtype} became {b.shape} {b.dtype}"
+        return None if (a != b).nnz == 0 else "values differ"
+    if isinstance(a, pd.Categorical):
+        if not isinstance(b, pd.Categorical):
+            return f"categorical became {_kind(b)}"
+        if list(a.categories) != list(b.categories) or a.ordered != b.ordered:
+            return "categories differ"
+        return None if np.array_equal(a.codes, b.codes) else "values differ"
+    if isinstance(a, pd.api.extensions.ExtensionArray):
+        if type(a) is not type(b) or a.dtype != b.dtype:
+            return f"{a.dtype} became {getattr(b, 'dtype', _kind(b))}"
+        return None if a.equals(b) else "values differ"
+    if type(a).__module__.startswith("awkward"):
+        import awkward as ak
+
+        return None if ak.to_list(a) == ak.to_list(b) else "values differ"
+    if isinstance(a, dict):
+        if not isinstance(b, dict) or set(a) != set(b):
+            return "keys differ"
+        for key in a:
+            problem = difference(a[key], b[key])
+            if problem:
+                return f"{key}: {problem}"
+        return None
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        a, b = np.asarray(a), np.asarray(b)
+        if a.shape != b.shape:
+            return f"shape {a.shape} became {b.shape}"
+        if a.dtype.kind in "OUST" or b.dtype.kind in "OUST":
+            same = [str(x) for x in a.ravel().tolist()] == [str(x) for x in b.ravel().tolist()]
+            return None if same else "values differ"
+        if a.dtype != b.dtype:
+            return f"dtype {a.dtype} became {b.dtype}"
+        return None if _equal_values(a, b).all() else "values differ"
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return None
+    if (
+        type(a) is not type(b)
+        and not (isinstance(a, str) and isinstance(b, str))
+        and np.asarray(a).dtype != np.asarray(b).dtype
+    ):
+        return f"{_kind(a)} became {_kind(b)}"
+    return None if a == b else f"{a!r} became {b!r}"
+
+
+def _kind(value: Any) -> str:
+    return "nothing" if value is None else type(value).__name__
