@@ -36,6 +36,7 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from annlayout.plan import PlanError
         from annlayout.rewrite import ApplyError
+        from annlayout.rewrite.atomic import Interrupted
         from annlayout.spec import LayoutError
         from annlayout.survey import NotAnnDataError
 
@@ -55,6 +56,9 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             if debug:
                 raise
             _fail(str(error))
+        except Interrupted as interrupted:
+            err.print(f"{interrupted}: nothing was written at the output path")
+            sys.exit(128 + interrupted.signum)
         except KeyboardInterrupt:
             err.print("interrupted")
             sys.exit(130)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import signal
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -61,30 +62,60 @@ def replace(tmp: Path, output: Path) -> None:
 
 
 def remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=False)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
+    """Remove a file or directory tree, waiting out writers that are still finishing."""
+    for _ in range(50):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.exists() or path.is_symlink():
+            path.unlink(missing_ok=True)
+        if not (path.exists() or path.is_symlink()):
+            return
+        time.sleep(0.1)
+    raise ApplyError(f"{path}: could not remove it; remove it by hand")
 
 
-class Terminated(BaseException):
-    """SIGTERM, raised in the main thread so cleanup runs as for Ctrl-C."""
+class Interrupted(BaseException):
+    """Ctrl-C or SIGTERM arrived; raised between blocks, so no write is left in flight."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+
+
+_pending: list[int] = []
+
+
+def check_interrupted() -> None:
+    """Raise :class:`Interrupted` if a signal arrived; called between units of work."""
+    if _pending:
+        raise Interrupted(_pending[0])
 
 
 @contextmanager
-def terminate_as_exception() -> Iterator[None]:
-    def handler(signum, frame):
-        raise Terminated(f"terminated by signal {signum}")
+def deferred_interrupts() -> Iterator[None]:
+    """Turn SIGINT and SIGTERM into a flag that :func:`check_interrupted` raises on.
 
+    Raising inside a signal handler would interrupt zarr while its event loop still writes
+    chunks in another thread; cleanup would race those writes.
+    """
+    _pending.clear()
+
+    def handler(signum, frame):
+        _pending.append(signum)
+
+    previous = {}
     try:
-        previous = signal.signal(signal.SIGTERM, handler)
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            previous[signum] = signal.signal(signum, handler)
     except ValueError:  # not the main thread: leave signals alone
         yield
         return
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+        _pending.clear()
 
 
 @contextmanager
@@ -97,7 +128,7 @@ def atomic_output(output: Path) -> Iterator[Path]:
         remove(old)  # a kill between the two renames of replace()
     elif old.exists():
         old.rename(output)
-    with terminate_as_exception():
+    with deferred_interrupts():
         try:
             yield tmp
             replace(tmp, output)

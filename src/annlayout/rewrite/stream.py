@@ -33,6 +33,7 @@ from annlayout.rewrite.atomic import (
     ApplyError,
     atomic_output,
     check_free_space,
+    check_interrupted,
     check_paths,
 )
 from annlayout.rewrite.memory import provenance
@@ -230,6 +231,7 @@ class Rewriter:
 
     def _walk(self, source: Any, target: Any, prefix: str) -> Iterator[Block]:
         for key in sorted(source.keys()):
+            check_interrupted()
             node = source[key]
             path = f"{prefix}{key}"
             encoding = _attrs(node).get("encoding-type")
@@ -266,7 +268,10 @@ class Rewriter:
         import anndata as ad
         from anndata.io import read_elem
 
-        value = read_elem(node)
+        try:
+            value = read_elem(node)
+        except Exception as err:
+            raise ApplyError(f"{path}: cannot read the input: {_first_line(err)}") from None
         ad.experimental.write_dispatched(target, key, value, callback=self.callback)
 
     def _stream(self, node: Any, target: Any, key: str, plan: ElementPlan) -> Iterator[Block]:
@@ -285,6 +290,7 @@ class Rewriter:
                     "is planned but not written yet (dual orientations are not implemented "
                     "in this version)",
                 )
+            _check_complete(plan.path, node)
             arrays = {a.name: a for a in plan.arrays}
             for name, array in arrays.items():
                 create_array(group, name, None, array, settings.codecs, backend)
@@ -335,13 +341,40 @@ class Rewriter:
             self.source_root.close()
 
     def copy(self, block: Block) -> int:
-        return copy_block(
-            self.source_root[block.source_array], self.target_root[block.target_array], block
-        )
+        check_interrupted()
+        source = self.source_root[block.source_array]
+        return copy_block(source, self.target_root[block.target_array], block)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+def _check_complete(path: str, group: Any) -> None:
+    """Missing chunks of a sparse matrix in a zarr input would read as zeros: refuse them.
+
+    (Dense arrays may legitimately lack chunks that hold only the fill value.)
+    """
+    for part in ("data", "indices", "indptr"):
+        array = group[part]
+        if hasattr(array, "nchunks_initialized") and array.size:
+            missing = array.nchunks - array.nchunks_initialized
+            if missing:
+                raise ApplyError(
+                    f"{path}/{part}: {missing:,} of {array.nchunks:,} chunks are missing in the "
+                    "input store"
+                )
 
 
 def copy_block(source: Any, target: Any, block: Block) -> int:
-    values = np.asarray(source[block.start : block.stop])
+    try:
+        values = np.asarray(source[block.start : block.stop])
+    except Exception as err:  # a corrupt chunk: codecs raise many kinds of errors
+        raise ApplyError(
+            f"{block.source_array}: cannot read the input at {block.start:,}-{block.stop:,}: "
+            f"{_first_line(err)}"
+        ) from None
     if values.dtype != np.dtype(block.dtype):
         values = values.astype(block.dtype)
     target[block.start : block.stop] = values
@@ -411,6 +444,7 @@ def run_blocks(
         _run_threads(blocks, rewriter, workers, advance)
     else:
         for block in blocks:
+            check_interrupted()
             advance(rewriter.copy(block))
 
 
@@ -438,7 +472,18 @@ def _run_distributed(
             copy_block_by_path, blocks, source=str(source), target=str(target), pure=False
         )
         for future in as_completed(futures):
+            if _interrupted():
+                client.cancel(futures)
+                check_interrupted()
             advance(future.result())
+
+
+def _interrupted() -> bool:
+    try:
+        check_interrupted()
+    except BaseException:
+        return True
+    return False
 
 
 def copy_block_by_path(block: Block, *, source: str, target: str) -> int:
