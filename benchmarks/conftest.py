@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 
 REPORT_KEY = pytest.StashKey[list[str]]()
+SETTINGS_KEY = pytest.StashKey["BenchSettings"]()
 
 
 def env_int(name: str, default: int, *, minimum: int = 0) -> int:
@@ -75,6 +76,7 @@ def _version(package: str) -> str:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    config.stash[SETTINGS_KEY] = BenchSettings.from_env()  # a bad setting stops the run here
     # the project runs with --strict-markers: markers used here must be registered
     config.addinivalue_line(
         "markers",
@@ -84,7 +86,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
-    s = BenchSettings.from_env()
+    s = config.stash[SETTINGS_KEY]
     packages = ", ".join(f"{p} {_version(p)}" for p in ("anndata", "zarr", "zarrs", "numcodecs"))
     return [
         f"annlayout benchmarks: {s.cells:,} cells x {s.genes:,} genes, {s.rounds} rounds "
@@ -94,7 +96,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if env_flag("ANNLAYOUT_BENCH_GUIDE"):
+    if config.stash[SETTINGS_KEY].guide:
         return
     skip = pytest.mark.skip(
         reason="the zarr-v3 guide recipe runs only with ANNLAYOUT_BENCH_GUIDE=1"
@@ -112,12 +114,13 @@ def _quiet_warnings():
         warnings.filterwarnings("ignore", message=".*autoshard.*")
         warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
         warnings.filterwarnings("ignore", message=".*zarr v2 data will no longer be the default.*")
+        warnings.filterwarnings("ignore", message=".*future.infer_string.*")
         yield
 
 
 @pytest.fixture(scope="session")
-def bench_settings() -> BenchSettings:
-    return BenchSettings.from_env()
+def bench_settings(pytestconfig: pytest.Config) -> BenchSettings:
+    return pytestconfig.stash[SETTINGS_KEY]
 
 
 @pytest.fixture(scope="session")
