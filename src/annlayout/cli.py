@@ -110,10 +110,10 @@ def schema_command() -> None:
 
 @main.command("plan")
 @click.argument("layout")
-@click.argument("input", type=click.Path(path_type=Path))
+@click.argument("input", metavar="PATH_OR_URL")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 @handle_errors
-def plan_command(layout: str, input: Path, as_json: bool) -> None:
+def plan_command(layout: str, input: str, as_json: bool) -> None:
     """Show how LAYOUT would store INPUT, element by element (writes nothing)."""
     import annlayout
 
@@ -163,10 +163,10 @@ def render_plan(plan: Plan) -> None:
 
 
 @main.command("inspect")
-@click.argument("store", type=click.Path(path_type=Path))
+@click.argument("store", metavar="PATH_OR_URL")
 @click.option("--json", "as_json", is_flag=True, help="Print the survey as JSON.")
 @handle_errors
-def inspect_command(store: Path, as_json: bool) -> None:
+def inspect_command(store: str, as_json: bool) -> None:
     """Show how STORE is stored now, and the layout it was written with, if any."""
     from annlayout.survey import survey_store
 
@@ -210,8 +210,8 @@ def inspect_command(store: Path, as_json: bool) -> None:
 
 @main.command("apply")
 @click.argument("layout")
-@click.argument("input", type=click.Path(path_type=Path))
-@click.argument("output", type=click.Path(path_type=Path))
+@click.argument("input", metavar="PATH_OR_URL")
+@click.argument("output", metavar="PATH_OR_URL")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 @click.option(
     "--memory",
@@ -240,8 +240,8 @@ def inspect_command(store: Path, as_json: bool) -> None:
 @handle_errors
 def apply_command(
     layout: str,
-    input: Path,
-    output: Path,
+    input: str,
+    output: str,
     overwrite: bool,
     memory: str,
     workers: int,
@@ -317,11 +317,11 @@ def _progress(enabled: bool):
 
 
 @main.command("verify")
-@click.argument("source", type=click.Path(path_type=Path))
-@click.argument("rewritten", type=click.Path(path_type=Path))
+@click.argument("source", metavar="PATH_OR_URL")
+@click.argument("rewritten", metavar="PATH_OR_URL")
 @click.option("--json", "as_json", is_flag=True, help="Print the differences as JSON.")
 @handle_errors
-def verify_command(source: Path, rewritten: Path, as_json: bool) -> None:
+def verify_command(source: str, rewritten: str, as_json: bool) -> None:
     """Compare every element of REWRITTEN with SOURCE; exit 1 if any differs.
 
     Values, dtypes, shapes, encodings, obs/var indexes, categories and uns are compared, large

@@ -82,10 +82,37 @@ class NotAnnDataError(ValueError):
 # --------------------------------------------------------------------------- stores
 
 
+def is_url(location: str | Path) -> bool:
+    """``s3://bucket/data.zarr`` and other fsspec URLs, as opposed to local paths."""
+    return "://" in str(location)
+
+
+def filesystem(url: str) -> Any:
+    """The fsspec filesystem of a URL; credentials and endpoints come from the environment
+    (``AWS_ACCESS_KEY_ID``, ``AWS_ENDPOINT_URL``, ...), as for every fsspec/boto client."""
+    import fsspec
+
+    fs, _ = fsspec.core.url_to_fs(url)
+    return fs
+
+
+def remote_zarr_exists(url: str) -> bool:
+    fs = filesystem(url)
+    return any(fs.exists(f"{url.rstrip('/')}/{name}") for name in ("zarr.json", ".zgroup"))
+
+
 def detect_format(path: str | Path) -> Literal["zarr", "h5ad"]:
     """Which kind of AnnData store ``path`` is; a one-line error if it is none."""
     import h5py
 
+    if is_url(path):
+        try:
+            found = remote_zarr_exists(str(path))
+        except Exception as err:
+            raise NotAnnDataError(f"{path}: cannot reach: {str(err).splitlines()[0]}") from None
+        if not found:
+            raise NotAnnDataError(f"{path}: no zarr store there (no zarr.json/.zgroup)")
+        return "zarr"
     path = Path(path)
     if not path.exists():
         raise NotAnnDataError(f"{path}: no such file or directory")
@@ -108,7 +135,7 @@ def open_store(path: str | Path, mode: str = "r") -> Any:
     import zarr
 
     try:
-        return zarr.open_group(str(path), mode=mode)
+        return zarr.open_group(str(path), mode=mode)  # URLs go through fsspec
     except Exception as err:  # zarr raises a variety of errors for broken metadata
         raise NotAnnDataError(f"{path}: cannot open as zarr: {err}") from None
 
@@ -129,6 +156,10 @@ def survey_store(path: str | Path) -> Survey:
     provenance = attrs.get(PROVENANCE_KEY)
     if isinstance(provenance, str):
         provenance = json.loads(provenance)
+    if isinstance(provenance, dict) and provenance.get("complete") is False:
+        raise NotAnnDataError(
+            f"{path}: an incomplete annlayout store (its apply did not finish); apply again"
+        )
     return Survey(
         source=str(path),
         format=fmt,

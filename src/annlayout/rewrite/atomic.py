@@ -11,7 +11,7 @@ import shutil
 import signal
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 TMP_SUFFIX = ".annlayout-tmp"
@@ -134,4 +134,36 @@ def atomic_output(output: Path) -> Iterator[Path]:
             replace(tmp, output)
         except BaseException:
             remove(tmp)
+            raise
+
+
+def check_remote_paths(source: str, output: str, *, overwrite: bool) -> None:
+    from annlayout.survey import remote_zarr_exists
+
+    source, output = str(source).rstrip("/"), output.rstrip("/")
+    if output == source or output.startswith(source + "/"):
+        raise ApplyError(f"{output}: the output is the input or inside it; choose another path")
+    if remote_zarr_exists(output) and not overwrite:
+        raise ApplyError(f"{output}: already exists (use --overwrite to replace it)")
+
+
+@contextmanager
+def remote_output(url: str) -> Iterator[str]:
+    """Object stores cannot rename: write in place, marked incomplete until the last write.
+
+    The store's root attributes say ``complete: false`` from the first write until
+    :meth:`Rewriter.finish` replaces them, and readers refuse it meanwhile. An existing store
+    is removed first; a failed run removes what it wrote where it can.
+    """
+    from annlayout.survey import filesystem
+
+    fs = filesystem(url)
+    if fs.exists(url):
+        fs.rm(url, recursive=True)
+    with deferred_interrupts():
+        try:
+            yield url
+        except BaseException:
+            with suppress(Exception):  # unreachable store: it stays marked incomplete
+                fs.rm(url, recursive=True)
             raise

@@ -36,6 +36,7 @@ def provenance(layout: Layout) -> dict[str, Any]:
         "layout_sha256": layout.sha256(),
         "resolved_layout": layout.canonical(),
         "annlayout_version": __version__,
+        "complete": True,  # the last write; object stores have no rename to mark completion
     }
 
 

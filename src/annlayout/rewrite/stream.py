@@ -14,6 +14,7 @@ The rewrite has three phases:
 
 from __future__ import annotations
 
+import json
 import math
 import resource
 import time
@@ -35,6 +36,8 @@ from annlayout.rewrite.atomic import (
     check_free_space,
     check_interrupted,
     check_paths,
+    check_remote_paths,
+    remote_output,
 )
 from annlayout.rewrite.memory import provenance
 from annlayout.rewrite.memory_limits import bound_malloc_arenas, release_memory
@@ -45,6 +48,8 @@ from annlayout.survey import (
     PROVENANCE_KEY,
     Survey,
     detect_format,
+    filesystem,
+    is_url,
     open_store,
     survey_store,
 )
@@ -142,9 +147,17 @@ def apply(
     start = time.perf_counter()
     bound_malloc_arenas()  # best before codec threads start: the CLI calls it first
     layout = load_layout(layout)
-    source, output = Path(source), Path(output)
     detect_format(source)
-    check_paths(source, output, overwrite=overwrite)
+    remote = is_url(output)
+    if remote:
+        output = str(output).rstrip("/")
+        if layout.target.format == "h5ad":
+            raise ApplyError(f"{output}: h5ad output must be a local path")
+        check_remote_paths(str(source), output, overwrite=overwrite)
+    else:
+        output = Path(output)
+        check_paths(Path(source), output, overwrite=overwrite)
+    source = source if is_url(source) else Path(source)
     budget = parse_size(memory)
     workers = max(1, int(workers))
     survey = survey_store(source)
@@ -153,12 +166,12 @@ def apply(
         raise ApplyError(
             f"{output}: h5ad is one file and is written by one process; drop --workers/--scheduler"
         )
-    needed = sum(e.stored_bytes or 0 for e in survey.elements)
-    check_free_space(output.parent, needed)
+    if not remote:
+        check_free_space(output.parent, sum(e.stored_bytes or 0 for e in survey.elements))
 
     result = ApplyResult(path=output, layout=layout.name, plan=plan)
     with (
-        atomic_output(output) as tmp,
+        remote_output(output) if remote else atomic_output(output) as tmp,
         codec_pipeline(codec_pipeline_name if layout.target.format == "zarr" else None),
     ):
         rewriter = Rewriter(layout, plan, survey, budget // workers, parse_size(small_element))
@@ -192,7 +205,10 @@ def peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _du(path: Path) -> int:
+def _du(path: Path | str) -> int:
+    if is_url(path):
+        return int(filesystem(str(path)).du(str(path)))
+    path = Path(path)
     if path.is_file():
         return path.stat().st_size
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
@@ -215,9 +231,15 @@ class Rewriter:
 
     # -- phase 1 ------------------------------------------------------------------------
 
-    def prepare(self, source: Path, target: Path) -> list[Block]:
+    def prepare(self, source: Path | str, target: Path | str) -> list[Block]:
         self.source_root = open_store(source)
         self.target_root = _create_root(target, self.layout)
+        # marked incomplete from the first write until finish(): object stores cannot rename
+        incomplete = {"complete": False}
+        h5py_target = backend_of(self.target_root) == "h5py"
+        self.target_root.attrs[PROVENANCE_KEY] = (
+            json.dumps(incomplete) if h5py_target else incomplete
+        )
         root_attrs = {k: v for k, v in _attrs(self.source_root).items() if k != PROVENANCE_KEY}
         root_attrs.setdefault("encoding-type", "anndata")
         root_attrs.setdefault("encoding-version", "0.1.0")
@@ -324,11 +346,9 @@ class Rewriter:
 
     # -- phase 3 ------------------------------------------------------------------------
 
-    def finish(self, target: Path) -> None:
+    def finish(self, target: Path | str) -> None:
         root = self.target_root
         if backend_of(root) == "h5py":
-            import json
-
             root.attrs[PROVENANCE_KEY] = json.dumps(provenance(self.layout))
             root.close()
         else:
