@@ -74,7 +74,7 @@ def assert_matches_plan(plans, store: Path) -> None:
             continue  # anndata writes null markers itself and ignores dataset_kwargs
         assert path in survey, f"{path} planned but not written"
         stored = {a.name: a for a in survey[path].arrays}
-        for array in plan.arrays:
+        for array in (*plan.arrays, *plan.copy_arrays):
             got = stored[array.name]
             where = f"{path}/{array.name}"
             if array.dtype != "string":

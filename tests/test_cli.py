@@ -95,9 +95,10 @@ def test_plan_shows_second_orientation(stores):
     assert [a["name"] for a in x["copy_arrays"]] == ["csc/data", "csc/indices", "csc/indptr"]
 
 
-def test_apply_says_the_second_orientation_is_not_written_yet(tmp_path, stores):
-    result = run("apply", "cell-browser", stores["h5ad"], tmp_path / "cb.zarr")
-    assert "not written yet" in result.stderr
+def test_apply_writes_the_second_orientation(tmp_path, stores):
+    out = tmp_path / "cb.zarr"
+    run("apply", "cell-browser", stores["h5ad"], out)
+    assert "csc/data" in run("inspect", out).output
 
 
 def test_inspect_shows_layout_and_storage(tmp_path, stores):

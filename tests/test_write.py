@@ -120,13 +120,13 @@ def test_csc_primary_is_written_as_csc(tmp_path):
     np.testing.assert_array_equal(back.X.toarray(), adata.X.toarray())
 
 
-def test_dual_orientation_is_planned_but_not_written_yet(tmp_path):
+def test_dual_orientation_is_written_by_the_callback(tmp_path):
     adata = full_adata()
     path = tmp_path / "cb.zarr"
     result = annlayout.write(adata, path, "cell-browser")
-    assert result.plans["X"].copies == ["csc"]
-    assert any("not written yet" in note for note in result.notes)
-    assert set(zarr.open_group(path)["X"].keys()) == {"data", "indices", "indptr"}
+    assert result.plans["X"].copies == ["csc"] and not result.notes
+    assert set(zarr.open_group(path)["X"].keys()) == {"data", "indices", "indptr", "csc"}
+    assert annlayout.verify(path, path) == []
 
 
 def test_provenance_and_consolidated_metadata(tmp_path):

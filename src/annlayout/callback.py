@@ -18,6 +18,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
+from annlayout.copies import mirror_record, write_record
 from annlayout.plan import ElementPlan, plan_array, plan_element
 from annlayout.spec import SPARSE_ENCODINGS, Layout, ResolvedSettings
 from annlayout.storage import array_kwargs, backend_of, create_array, target_of
@@ -105,15 +106,11 @@ class LayoutCallback:
         info = describe_in_memory(path, encoding, matrix)
         plan = plan_element(info, settings, target_of(backend), rule, self.layout)
         self.plans[path] = plan
-        if plan.copies:
-            self._warn_once(
-                f"copies:{path}",
-                f"{path}: the {'/'.join(plan.copies)} copy that the layout asks for is planned "
-                "but not written yet (dual orientations are not implemented in this version)",
-            )
         if plan.orientation != encoding[:3]:
             matrix = matrix.tocsr() if plan.orientation == "csr" else matrix.tocsc()
-        write_sparse_group(store, key, matrix, plan, settings, backend)
+        group = write_sparse_group(store, key, matrix, plan, settings, backend)
+        if plan.copies:
+            write_copy_group(group, matrix, plan, settings, backend)
 
     def _check_target(self, target: Any) -> None:
         wanted = self.layout.target
@@ -162,6 +159,29 @@ def write_sparse_group(
             settings.codecs, backend,
         )  # fmt: skip
     return group
+
+
+def write_copy_group(
+    group: Any, primary: Any, plan: ElementPlan, settings: ResolvedSettings, backend: Any
+) -> Any:
+    """Write the second orientation of an in-memory matrix inside its element group."""
+    orientation = plan.copies[0]
+    copy = primary.tocsc() if orientation == "csc" else primary.tocsr()
+    sub = group.require_group(orientation)
+    sub.attrs.update(
+        {
+            "encoding-type": f"{orientation}_matrix",
+            "encoding-version": "0.1.0",
+            "shape": [int(n) for n in copy.shape],
+        }
+    )
+    write_record(sub, mirror_record(primary.shape, primary.nnz, primary.indptr, plan.orientation))
+    for array_plan in plan.copy_arrays:
+        name = array_plan.name.rpartition("/")[2]
+        values = getattr(copy, name).astype(array_plan.dtype, copy=False)
+        create_array(sub, name, values, array_plan.model_copy(update={"name": name}),
+                     settings.codecs, backend)  # fmt: skip
+    return sub
 
 
 def make_callback(layout: Layout) -> LayoutCallback:

@@ -55,8 +55,7 @@ class ElementPlan(BaseModel):
     copies: list[str] = []  # sparse: extra orientations the layout asks for
     index_dtype: str | None = None
     arrays: list[ArrayPlan]
-    copy_arrays: list[ArrayPlan] = []
-    copies_written: bool = False
+    copy_arrays: list[ArrayPlan] = []  # named "csc/data", ... as stored in the element group
 
     @property
     def warnings(self) -> list[str]:

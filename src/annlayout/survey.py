@@ -215,6 +215,11 @@ def _array_element(node: Any, path: str, encoding: str) -> ElementInfo:
 
 def _composite_element(group: Any, path: str, encoding: str) -> ElementInfo:
     arrays = [_array_info(group[k], k) for k in _children(group) if not _is_group(group[k])]
+    if encoding in ("csr_matrix", "csc_matrix"):  # a second orientation, as "csc/data", ...
+        for copy in ("csr", "csc"):
+            if copy in group and _is_group(group[copy]):
+                sub = group[copy]
+                arrays += [_array_info(sub[k], f"{copy}/{k}") for k in _children(sub)]
     element = ElementInfo(path=path, encoding=encoding, arrays=arrays)
     names = {a.name: a for a in arrays}
     if encoding in ("csr_matrix", "csc_matrix"):

@@ -29,6 +29,13 @@ import numpy as np
 from pydantic import ByteSize, TypeAdapter
 
 from annlayout.callback import LayoutCallback
+from annlayout.copies import (
+    SequentialWriter,
+    mirror_record,
+    transposed_indptr,
+    transposed_ranges,
+    write_record,
+)
 from annlayout.plan import ArrayPlan, ElementPlan, Plan, PlanError, make_plan
 from annlayout.rewrite.atomic import (
     ApplyError,
@@ -182,6 +189,7 @@ def apply(
         run_blocks(
             blocks, rewriter, source, tmp, workers=workers, scheduler=scheduler, progress=progress
         )
+        rewriter.transpose(progress)
         rewriter.finish(tmp)
         if verify:
             from annlayout.rewrite.verify import verify_stores
@@ -225,6 +233,10 @@ class Rewriter:
         self.small = small
         self.callback = LayoutCallback(layout)
         self.streamed: list[str] = []
+        # (element path, target group, part plans): other orientations, built after the blocks
+        self.transposes: list[tuple[str, Any, dict[str, ArrayPlan]]] = []
+        # (primary group, copy group, primary orientation): mirror records written at the end
+        self.mirrors: list[tuple[Any, Any, str]] = []
         self.source_root: Any = None
         self.target_root: Any = None
         self._source_format = survey.format
@@ -272,14 +284,6 @@ class Rewriter:
         if plan.nbytes <= self.small:
             return False
         if plan.encoding in SPARSE_ENCODINGS:
-            if plan.orientation != plan.encoding[:3]:
-                if plan.nbytes * BLOCK_OVERHEAD > self.budget:
-                    raise ApplyError(
-                        f"{path}: changing {plan.encoding[:3].upper()} to "
-                        f"{plan.orientation.upper()} needs the whole matrix in memory "
-                        f"({plan.nbytes / 2**20:,.0f} MiB) and --memory does not allow it"
-                    )
-                return False
             return True
         array = plan.arrays[0]
         return plan.encoding == "array" and len(array.shape) >= 1 and array.dtype not in (
@@ -300,33 +304,44 @@ class Rewriter:
         _, settings = self.layout.rule_for(plan.path, plan.encoding)
         backend = backend_of(target)
         if plan.encoding in SPARSE_ENCODINGS:
+            _check_complete(plan.path, node)
             group = target.require_group(key)
             group.attrs.update(
-                {"encoding-type": plan.encoding, "encoding-version": "0.1.0",
+                {"encoding-type": f"{plan.orientation}_matrix", "encoding-version": "0.1.0",
                  "shape": [int(n) for n in plan.shape or ()]}
             )  # fmt: skip
+            copies = [(plan.orientation, group, "", plan.arrays)]
             if plan.copies:
-                self.callback._warn_once(
-                    f"copies:{plan.path}",
-                    f"{plan.path}: the {'/'.join(plan.copies)} copy that the layout asks for "
-                    "is planned but not written yet (dual orientations are not implemented "
-                    "in this version)",
-                )
-            _check_complete(plan.path, node)
-            arrays = {a.name: a for a in plan.arrays}
-            for name, array in arrays.items():
-                create_array(group, name, None, array, settings.codecs, backend)
-            indptr = node["indptr"][...].astype(arrays["indptr"].dtype)
-            group["indptr"][...] = indptr
-            for name in ("data", "indices"):
-                yield from self._blocks(plan.path, f"{plan.path}/{name}", arrays[name])
+                sub = group.require_group(plan.copies[0])
+                sub.attrs.update(
+                    {"encoding-type": f"{plan.copies[0]}_matrix", "encoding-version": "0.1.0",
+                     "shape": [int(n) for n in plan.shape or ()]}
+                )  # fmt: skip
+                self.mirrors.append((group, sub, plan.orientation))
+                copies.append((plan.copies[0], sub, f"{plan.copies[0]}/", plan.copy_arrays))
+            for orientation, into, prefix, array_plans in copies:
+                arrays = {a.name.removeprefix(prefix): a for a in array_plans}
+                for name, array in arrays.items():
+                    array = array.model_copy(update={"name": name})
+                    create_array(into, name, None, array, settings.codecs, backend)
+                if orientation == plan.encoding[:3]:  # same as the input: copied in blocks
+                    into["indptr"][...] = node["indptr"][...].astype(arrays["indptr"].dtype)
+                    for name in ("data", "indices"):
+                        yield from self._blocks(
+                            plan.path, f"{plan.path}/{prefix}{name}", arrays[name],
+                            source=f"{plan.path}/{name}",
+                        )  # fmt: skip
+                else:  # the other orientation: an out-of-core transpose, after the blocks
+                    self.transposes.append((plan.path, into, arrays))
         else:
             array = plan.arrays[0]
             created = create_array(target, key, None, array, settings.codecs, backend)
             created.attrs.update(_attrs(node))
             yield from self._blocks(plan.path, plan.path, array)
 
-    def _blocks(self, element: str, name: str, plan: ArrayPlan) -> Iterator[Block]:
+    def _blocks(
+        self, element: str, name: str, plan: ArrayPlan, source: str | None = None
+    ) -> Iterator[Block]:
         """One block per shard, or per run of whole chunks within the budget if unsharded."""
         rows = plan.shape[0]
         row_bytes = math.prod(plan.shape[1:]) * np.dtype(plan.dtype).itemsize
@@ -342,12 +357,61 @@ class Rewriter:
             unit *= max(1, self.budget // max(1, unit_bytes))
         for start in range(0, rows, unit):
             stop = min(rows, start + unit)
-            yield Block(element, name, name, start, stop, plan.dtype, (stop - start) * row_bytes)
+            nbytes = (stop - start) * row_bytes
+            yield Block(element, source or name, name, start, stop, plan.dtype, nbytes)
 
     # -- phase 3 ------------------------------------------------------------------------
 
+    def transpose(self, progress: Progress | None = None) -> None:
+        """Build the other orientation of sparse elements from the input, within the budget."""
+        for path, into, arrays in self.transposes:
+            source = self.source_root[path]
+            shape = [int(n) for n in _attrs(source)["shape"]]
+            n_minor = shape[1] if _attrs(source)["encoding-type"] == "csr_matrix" else shape[0]
+            writers = {
+                name: SequentialWriter(into[name], _write_unit(arrays[name]), arrays[name].dtype)
+                for name in ("data", "indices")
+            }
+            indptr = source["indptr"][...]
+            total = int(indptr[-1]) if len(indptr) else 0
+            # the budget holds: shard writes (3x a shard each), reading blocks of the input
+            # (~40 bytes per nonzero in flight), and the pass buffers (the rest)
+            writes = sum(
+                _write_unit(a) * np.dtype(a.dtype).itemsize * BLOCK_OVERHEAD
+                for name, a in arrays.items()
+                if name != "indptr"
+            )
+            read_block = int(min(4 << 20, max(1 << 10, self.budget // 160)))
+            passes = self.budget - writes - 40 * read_block
+            if passes < self.budget // 8:
+                raise ApplyError(
+                    f"{path}: building the other orientation needs more than --memory "
+                    f"({self.budget / 2**20:,.0f} MiB per worker) with these shards: raise "
+                    "--memory or use smaller shards"
+                )
+            new_indptr = transposed_indptr(source["indices"], total, n_minor, read_block)
+            for _, stop, data, major in transposed_ranges(
+                source["data"], source["indices"], indptr, new_indptr,
+                budget=passes, read_block=read_block,
+            ):  # fmt: skip
+                check_interrupted()
+                writers["data"].write(data)
+                writers["indices"].write(major)
+                del data, major
+                release_memory()
+                if progress:
+                    progress(f"transpose {path}", stop, total)
+            for writer in writers.values():
+                writer.close()
+            into["indptr"][...] = new_indptr.astype(arrays["indptr"].dtype)
+
     def finish(self, target: Path | str) -> None:
         root = self.target_root
+        for primary, copy, orientation in self.mirrors:
+            indptr = primary["indptr"][...]
+            shape = [int(n) for n in _attrs(primary)["shape"]]
+            record = mirror_record(shape, int(primary["data"].shape[0]), indptr, orientation)
+            write_record(copy, record)
         if backend_of(root) == "h5py":
             root.attrs[PROVENANCE_KEY] = json.dumps(provenance(self.layout))
             root.close()
@@ -385,6 +449,11 @@ def _check_complete(path: str, group: Any) -> None:
                     f"{path}/{part}: {missing:,} of {array.nchunks:,} chunks are missing in the "
                     "input store"
                 )
+
+
+def _write_unit(plan: ArrayPlan) -> int:
+    """Elements written at once: a shard, or a chunk where unsharded."""
+    return (plan.shards or plan.chunks or plan.shape or (1,))[0]
 
 
 def copy_block(source: Any, target: Any, block: Block) -> int:

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from annlayout.copies import copy_group, stale_reason, transposed_indptr, transposed_ranges
 from annlayout.spec import SPARSE_ENCODINGS
 from annlayout.survey import ElementInfo, open_store, survey_store
 
@@ -47,6 +48,8 @@ def verify_stores(
                     rewritten_root[element.path],
                     block_bytes,
                 )
+                if other.encoding in SPARSE_ENCODINGS:
+                    differences += check_copy(other.path, rewritten_root[other.path], memory)
         differences += [
             f"{path}: not in {source}" for path, e in remaining.items() if e.encoding != "null"
         ]
@@ -95,6 +98,31 @@ def _compare_sparse(
         if problem:
             out.append(f"{path}/{part}: {problem}")
     return out
+
+
+def check_copy(path: str, element: Any, memory: int) -> list[str]:
+    """A second orientation must mirror its primary: recorded identity, then every value."""
+    copy = copy_group(element)
+    if copy is None:
+        return []
+    where = f"{path}/{copy.name.rpartition('/')[2]}"
+    primary_indptr = element["indptr"][...]
+    reason = stale_reason(element, copy, primary_indptr)
+    if reason:
+        return [f"{where}: stale copy: {reason}"]
+    n_minor = int(copy["indptr"].shape[0]) - 1
+    expected_indptr = transposed_indptr(element["indices"], int(primary_indptr[-1]), n_minor)
+    if not np.array_equal(expected_indptr, copy["indptr"][...]):
+        return [f"{where}/indptr: does not match the primary"]
+    for start, stop, data, major in transposed_ranges(
+        element["data"], element["indices"], primary_indptr, expected_indptr,
+        budget=max(1 << 20, memory // 2),
+    ):  # fmt: skip
+        for name, expected in (("data", data), ("indices", major)):
+            stored = np.asarray(copy[name][start:stop])
+            if not _equal_values(stored.astype(expected.dtype), expected).all():
+                return [f"{where}/{name}: does not match the primary"]
+    return []
 
 
 def _compare_dense(path: str, node_a: Any, node_b: Any, block_bytes: int) -> list[str]:
