@@ -17,6 +17,7 @@ except PackageNotFoundError:  # running from a source tree without installing
     __version__ = "0.0.0+unknown"
 
 from annlayout.plan import Plan, PlanError, make_plan
+from annlayout.reader import Dataset, open
 from annlayout.rewrite import ApplyError, ApplyResult, WriteResult, apply, verify_stores, write
 from annlayout.spec import Layout, LayoutError, json_schema, load_layout, shipped_layouts
 from annlayout.survey import Survey, survey_adata, survey_store
@@ -42,6 +43,7 @@ def verify(source, rewritten) -> list[str]:
 __all__ = [
     "ApplyError",
     "ApplyResult",
+    "Dataset",
     "Layout",
     "LayoutError",
     "Plan",
@@ -53,6 +55,7 @@ __all__ = [
     "json_schema",
     "load_layout",
     "make_plan",
+    "open",
     "plan",
     "shipped_layouts",
     "survey",

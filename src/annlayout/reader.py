@@ -1,0 +1,287 @@
+"""Layout-aware reads: ``annlayout.open(path_or_url)`` and selections that pick an orientation.
+
+``handle.X[rows, cols]`` takes ints, slices, boolean masks, integer arrays and obs/var names
+on either axis. For a sparse matrix with a second orientation it estimates, from the two
+indptrs, how many nonzeros each orientation must read for the selection and reads the
+cheaper one; a stale copy (see :mod:`annlayout.copies`) is skipped with a warning. Rows (or
+columns) are gathered as runs of nonzero positions that zarr fetches chunk by chunk,
+concurrently, in one orthogonal selection rather than one request per row.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator, Mapping
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from annlayout.copies import copy_group, stale_reason
+from annlayout.survey import NotAnnDataError, open_store, survey_store
+
+
+class StaleCopyWarning(UserWarning):
+    """A second orientation no longer mirrors its primary; reads use the primary."""
+
+
+def open(location: Any) -> Dataset:
+    """A lazy handle on an AnnData store (h5ad, zarr v2/v3, local or ``s3://``)."""
+    survey_store(location)  # refuses non-AnnData and incomplete stores, with one-line errors
+    return Dataset(open_store(location), str(location))
+
+
+class Dataset:
+    def __init__(self, root: Any, source: str):
+        self._root, self.source = root, source
+
+    def __repr__(self) -> str:
+        return f"annlayout.Dataset({self.source!r}, shape={self.shape})"
+
+    @cached_property
+    def obs(self) -> Frame:
+        return Frame(self._root["obs"])
+
+    @cached_property
+    def var(self) -> Frame:
+        return Frame(self._root["var"])
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self.obs), len(self.var)
+
+    @cached_property
+    def X(self) -> Matrix | None:
+        return Matrix(self._root["X"], self) if "X" in self._root else None
+
+    @cached_property
+    def layers(self) -> Mapping[str, Matrix]:
+        group = self._root["layers"] if "layers" in self._root else {}  # noqa: SIM401
+        return {key: Matrix(group[key], self) for key in group}
+
+    @cached_property
+    def obsm(self) -> Mapping[str, Matrix]:
+        group = self._root["obsm"] if "obsm" in self._root else {}  # noqa: SIM401
+        return {key: Matrix(group[key], self, var_axis=False) for key in group}
+
+    def to_adata(self, obs: Any = slice(None), var: Any = slice(None)) -> Any:
+        """An in-memory AnnData of a selection, with its obs, var and obsm rows."""
+        import anndata as ad
+
+        rows = self.obs.positions(obs)
+        cols = self.var.positions(var)
+        obsm = {}
+        for key, matrix in self.obsm.items():
+            if matrix.encoding in ("array", "csr_matrix", "csc_matrix"):
+                obsm[key] = matrix[rows, :]
+        return ad.AnnData(
+            X=None if self.X is None else self.X[rows, cols],
+            obs=self.obs.rows(rows),
+            var=self.var.rows(cols),
+            obsm=obsm,
+        )
+
+
+class Frame:
+    """obs or var: the index read once, columns read when asked for."""
+
+    def __init__(self, group: Any):
+        self._group = group
+
+    @cached_property
+    def index(self) -> pd.Index:
+        from anndata.io import read_elem
+
+        name = _attr(self._group, "_index")
+        return pd.Index(read_elem(self._group[name]))
+
+    @cached_property
+    def columns(self) -> list[str]:
+        return list(_attr(self._group, "column-order") or [])
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, column: str) -> pd.Series:
+        from anndata.io import read_elem
+
+        if column not in self.columns:
+            raise KeyError(f"{column!r} is not a column (columns: {', '.join(self.columns)})")
+        return pd.Series(read_elem(self._group[column]), index=self.index, name=column)
+
+    def rows(self, positions: np.ndarray) -> pd.DataFrame:
+        frame = pd.DataFrame({c: self[c].to_numpy()[positions] for c in self.columns})
+        frame.index = self.index[positions]
+        return frame
+
+    @cached_property
+    def _lookup(self) -> pd.Series:
+        return pd.Series(np.arange(len(self.index)), index=self.index)
+
+    def positions(self, key: Any) -> np.ndarray:
+        """Any selector (int, slice, mask, ints, names) as an array of positions."""
+        n = len(self.index)
+        if isinstance(key, slice):
+            return np.arange(n)[key]
+        if isinstance(key, str):
+            key = [key]
+        if np.isscalar(key):
+            key = [key]
+        key = np.asarray(key)
+        if key.dtype == bool:
+            if key.size != n:
+                raise IndexError(f"boolean mask of length {key.size} for an axis of {n}")
+            return np.flatnonzero(key)
+        if key.dtype.kind in "OUST":
+            missing = [k for k in key.tolist() if k not in self._lookup.index]
+            if missing:
+                raise KeyError(f"not in the index: {', '.join(map(str, missing[:5]))}")
+            return self._lookup.loc[key].to_numpy()
+        positions = key.astype(np.int64)
+        if positions.size and (positions.max() >= n or positions.min() < -n):
+            raise IndexError(f"index out of range for an axis of {n}")
+        return np.where(positions < 0, positions + n, positions)
+
+
+class Matrix:
+    """X, a layer or an obsm entry: sparse (with or without a second orientation) or dense."""
+
+    def __init__(self, node: Any, dataset: Dataset, *, var_axis: bool = True):
+        self._node, self._dataset, self._var_axis = node, dataset, var_axis
+        self.encoding = _attr(node, "encoding-type") or "array"
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        if self.encoding in ("csr_matrix", "csc_matrix"):
+            return tuple(int(n) for n in _attr(self._node, "shape"))
+        return tuple(self._node.shape)
+
+    def __getitem__(self, key: Any) -> Any:
+        rows_key, cols_key = key if isinstance(key, tuple) else (key, slice(None))
+        rows = self._dataset.obs.positions(rows_key)
+        if self._var_axis:
+            cols = self._dataset.var.positions(cols_key)
+        else:
+            cols = np.arange(self.shape[1])[cols_key] if isinstance(cols_key, slice) else (
+                np.asarray([cols_key]).ravel().astype(np.int64)
+            )  # fmt: skip
+        if self.encoding in ("csr_matrix", "csc_matrix"):
+            return self._sparse(rows, cols)
+        if self.encoding != "array":
+            raise TypeError(f"{self._node.name}: cannot select from a {self.encoding} element")
+        return _dense_take(self._node, rows, cols)
+
+    # -- sparse ------------------------------------------------------------------------
+
+    @cached_property
+    def _orientations(self) -> dict[str, tuple[Any, np.ndarray]]:
+        """Usable orientations: name -> (group, indptr in memory)."""
+        primary = self.encoding[:3]
+        indptr = self._node["indptr"][...]
+        found = {primary: (self._node, indptr)}
+        copy = copy_group(self._node)
+        if copy is not None:
+            reason = stale_reason(self._node, copy, indptr)
+            if reason:
+                warnings.warn(
+                    f"{self._node.name}: ignoring its stale {copy.name.rpartition('/')[2]} copy "
+                    f"({reason}); reading the primary",
+                    StaleCopyWarning,
+                    stacklevel=4,
+                )
+            else:
+                found[copy.name.rpartition("/")[2]] = (copy, copy["indptr"][...])
+        return found
+
+    def cost(self, orientation: str, rows: np.ndarray, cols: np.ndarray) -> int:
+        """Nonzeros an orientation reads for a selection (its major axis selects ranges)."""
+        _, indptr = self._orientations[orientation]
+        major = rows if orientation == "csr" else cols
+        return int(np.sum(indptr[major + 1] - indptr[major]))
+
+    def choose(self, rows: np.ndarray, cols: np.ndarray) -> str:
+        return min(self._orientations, key=lambda o: self.cost(o, rows, cols))
+
+    def _sparse(self, rows: np.ndarray, cols: np.ndarray) -> sp.csr_matrix:
+        orientation = self.choose(rows, cols)
+        group, indptr = self._orientations[orientation]
+        major, minor = (rows, cols) if orientation == "csr" else (cols, rows)
+        n_minor = self.shape[1] if orientation == "csr" else self.shape[0]
+        unique, inverse = np.unique(major, return_inverse=True)
+        data, indices, sub_indptr = _gather(group, indptr, unique)
+        cls = sp.csr_matrix if orientation == "csr" else sp.csc_matrix
+        shape = (unique.size, n_minor) if orientation == "csr" else (n_minor, unique.size)
+        block = cls((data, indices, sub_indptr), shape=shape)
+        picked = block[inverse][:, minor] if orientation == "csr" else block[:, inverse][minor, :]
+        return sp.csr_matrix(picked)
+
+
+def _gather(group: Any, indptr: np.ndarray, majors: np.ndarray):
+    """data, indices and indptr of sorted major slices, read as merged runs of positions."""
+    starts, stops = indptr[majors].astype(np.int64), indptr[majors + 1].astype(np.int64)
+    sub_indptr = np.zeros(majors.size + 1, dtype=np.int64)
+    np.cumsum(stops - starts, out=sub_indptr[1:])
+    runs = list(_runs(starts, stops))
+    if hasattr(group, "metadata"):  # zarr: arrays opened with the zarrs (parallel) pipeline
+        from annlayout.storage import codec_pipeline
+
+        with codec_pipeline("zarrs"):
+            parts = [_read_runs(group[name], runs) for name in ("data", "indices")]
+    else:
+        parts = [_read_runs(group[name], runs) for name in ("data", "indices")]
+    data, indices = parts
+    return data, indices.astype(np.int64, copy=False), sub_indptr
+
+
+def _read_runs(array: Any, runs: list[tuple[int, int]]) -> np.ndarray:
+    """Runs of positions: one slice, or one orthogonal selection that zarr fetches chunk by
+    chunk (each chunk once, concurrently); h5py reads them one by one."""
+    if not runs:
+        return np.zeros(0, dtype=array.dtype)
+    if len(runs) == 1:
+        return np.asarray(array[runs[0][0] : runs[0][1]])
+    if hasattr(array, "get_orthogonal_selection"):
+        positions = np.concatenate([np.arange(a, b) for a, b in runs])
+        return np.asarray(array.get_orthogonal_selection((positions,)))
+    return np.concatenate([array[a:b] for a, b in runs])
+
+
+def _runs(starts: np.ndarray, stops: np.ndarray) -> Iterator[tuple[int, int]]:
+    """Merge adjacent [start, stop) ranges (consecutive rows are one read)."""
+    run_start = run_stop = None
+    for a, b in zip(starts.tolist(), stops.tolist(), strict=True):
+        if a == b:
+            continue
+        if run_stop is not None and a == run_stop:
+            run_stop = b
+            continue
+        if run_start is not None:
+            yield run_start, run_stop
+        run_start, run_stop = a, b
+    if run_start is not None:
+        yield run_start, run_stop
+
+
+def _dense_take(node: Any, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    unique, inverse = np.unique(rows, return_inverse=True)
+    if hasattr(node, "get_orthogonal_selection"):
+        selection = (unique,) if len(node.shape) == 1 else (unique, cols)
+        block = node.get_orthogonal_selection(selection)
+        return block[inverse]
+    block = node[unique] if unique.size else np.zeros((0, *node.shape[1:]), node.dtype)
+    block = block[inverse]
+    return block if block.ndim == 1 else block[:, cols]
+
+
+def _attr(node: Any, key: str) -> Any:
+    value = node.attrs.get(key)
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.ndarray):
+        return [v.decode() if isinstance(v, bytes) else v for v in value.tolist()]
+    return value
+
+
+__all__ = ["Dataset", "Frame", "Matrix", "NotAnnDataError", "StaleCopyWarning", "open"]
