@@ -43,7 +43,7 @@ def selectors(n: int, names: list[str]):
             st.none() | st.integers(-n, n),
             st.none() | st.integers(-n, n),
             st.none() | st.integers(1, 7),
-        ),  # fmt: skip
+        ),
         st.lists(st.booleans(), min_size=n, max_size=n).map(np.array),
         st.lists(st.integers(0, n - 1), max_size=30).map(lambda v: np.array(v, dtype=np.int64)),
         st.lists(st.sampled_from(names), min_size=1, max_size=10),
