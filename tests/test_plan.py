@@ -166,6 +166,11 @@ def test_orientations_plan_a_second_copy_and_csc_primary():
     assert x.copy_arrays[0].chunks == (576_000,)
     assert x.copy_arrays[2].shape == (20_001,)
 
+    own = [{**rules[0], "copy": {"chunks": {"major": 32}, "codecs": [{"name": "gzip"}]}}]
+    copy = make_plan(layout(own), survey(sparse())).element("X").copy_arrays
+    assert copy[0].chunks == (72_000,) and copy[0].codecs == "gzip(4)"
+    assert make_plan(layout(own), survey(sparse())).element("X").arrays[0].codecs == "zstd(3)"
+
     csc = make_plan(layout([{**rules[0], "orientations": ["csc"]}]), survey(sparse())).element("X")
     assert csc.orientation == "csc" and not csc.copy_arrays
     assert csc.arrays[2].shape == (20_001,)

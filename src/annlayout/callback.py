@@ -180,7 +180,7 @@ def write_copy_group(
         name = array_plan.name.rpartition("/")[2]
         values = getattr(copy, name).astype(array_plan.dtype, copy=False)
         create_array(sub, name, values, array_plan.model_copy(update={"name": name}),
-                     settings.codecs, backend)  # fmt: skip
+                     settings.for_copy().codecs, backend)  # fmt: skip
     return sub
 
 

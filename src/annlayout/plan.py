@@ -181,6 +181,7 @@ def _plan_sparse(
     indices_dtype, indptr_dtype = _short(indices_dtype), _short(indptr_dtype)
     for orientation in orientations:
         major = element.shape[orientation == "csc"]
+        own = settings if orientation == plan.orientation else settings.for_copy()
         arrays = sparse_arrays(
             nnz=element.nnz,
             n_major=major,
@@ -188,7 +189,7 @@ def _plan_sparse(
             data_itemsize=data.itemsize,
             indices_dtype=indices_dtype,
             indptr_dtype=indptr_dtype,
-            settings=settings,
+            settings=own,
             target=target,
         )
         if orientation == plan.orientation:

@@ -58,7 +58,7 @@ Orientation = Literal["csr", "csc"]
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
 # --------------------------------------------------------------------------- codecs
@@ -190,6 +190,19 @@ class ShardSpec(_Model):
 # --------------------------------------------------------------------------- rules
 
 
+class CopySettings(_Model):
+    """Storage of a sparse matrix's second orientation; what is left out follows the primary."""
+
+    chunks: ChunkSpec | None = None
+    shards: ShardSpec | None = None
+    codecs: list[Codec] | None = None
+
+    @field_validator("codecs", mode="before")
+    @classmethod
+    def _codecs_none(cls, value: Any) -> Any:
+        return [] if value == "none" else value
+
+
 class ElementSettings(_Model):
     """Storage settings for an element; a field left out falls back to ``defaults``."""
 
@@ -209,6 +222,13 @@ class ElementSettings(_Model):
         None,
         description="Sparse: [csr], [csc] or [csr, csc]; the first is the primary that anndata "
         "reads, the second an extra copy in the other orientation.",
+    )
+    # "copy" in layout files; the attribute is copy_ as BaseModel has a copy() method
+    copy_: CopySettings | None = Field(
+        None,
+        alias="copy",
+        description="Sparse, with two orientations: chunks, shards and codecs of the second "
+        "copy (major counts its own major axis, e.g. genes for a CSC copy).",
     )
 
     @field_validator("codecs", mode="before")
@@ -304,7 +324,7 @@ class Layout(_Model):
 
     def canonical(self) -> dict[str, Any]:
         """The resolved layout (extends applied) as plain data; what provenance records."""
-        data = self.model_dump(mode="json", exclude_none=True)
+        data = self.model_dump(mode="json", exclude_none=True, by_alias=True)
         data.pop("extends", None)
         return data
 
@@ -337,6 +357,21 @@ class ResolvedSettings:
     codecs: tuple[Zstd | Blosc | Gzip | NoCodec, ...]
     index_dtype: str
     orientations: tuple[str, ...] | None  # None: keep the input's orientation
+    copy: CopySettings | None = None
+
+    def for_copy(self) -> ResolvedSettings:
+        """The settings of the second orientation: the copy's own, else the primary's."""
+        own = self.copy or CopySettings()
+        codecs = self.codecs if own.codecs is None else tuple(
+            c for c in own.codecs if not isinstance(c, NoCodec)
+        )  # fmt: skip
+        return ResolvedSettings(
+            chunks=own.chunks or self.chunks,
+            shards=own.shards if own.shards is not None else self.shards,
+            codecs=codecs,
+            index_dtype=self.index_dtype,
+            orientations=self.orientations,
+        )
 
 
 #: What an element gets when neither its rule nor ``defaults`` say: 1 MiB chunks (big enough
@@ -363,6 +398,7 @@ def resolve_settings(rule: ElementSettings | None, defaults: ElementSettings) ->
         codecs=tuple(c for c in pick("codecs") if not isinstance(c, NoCodec)),
         index_dtype=pick("index_dtype"),
         orientations=tuple(orientations) if orientations is not None else None,
+        copy=pick("copy_"),
     )
 
 
@@ -503,6 +539,11 @@ def _unwritable(target: dict, data: dict) -> list[tuple[tuple, str]]:
     places: list[tuple[tuple, Any]] = [(("defaults",), data.get("defaults"))]
     rules = data.get("rules")
     places += [(("rules", i), r) for i, r in enumerate(rules if isinstance(rules, list) else [])]
+    places += [
+        ((*loc, "copy"), settings["copy"])
+        for loc, settings in list(places)
+        if isinstance(settings, dict) and isinstance(settings.get("copy"), dict)
+    ]
     problems: list[tuple[tuple, str]] = []
     for loc, settings in places:
         if not isinstance(settings, dict):

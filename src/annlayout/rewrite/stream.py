@@ -310,7 +310,7 @@ class Rewriter:
                 {"encoding-type": f"{plan.orientation}_matrix", "encoding-version": "0.1.0",
                  "shape": [int(n) for n in plan.shape or ()]}
             )  # fmt: skip
-            copies = [(plan.orientation, group, "", plan.arrays)]
+            copies = [(plan.orientation, group, "", plan.arrays, settings.codecs)]
             if plan.copies:
                 sub = group.require_group(plan.copies[0])
                 sub.attrs.update(
@@ -318,12 +318,13 @@ class Rewriter:
                      "shape": [int(n) for n in plan.shape or ()]}
                 )  # fmt: skip
                 self.mirrors.append((group, sub, plan.orientation))
-                copies.append((plan.copies[0], sub, f"{plan.copies[0]}/", plan.copy_arrays))
-            for orientation, into, prefix, array_plans in copies:
+                codecs = settings.for_copy().codecs
+                copies.append((plan.copies[0], sub, f"{plan.copies[0]}/", plan.copy_arrays, codecs))
+            for orientation, into, prefix, array_plans, codecs in copies:
                 arrays = {a.name.removeprefix(prefix): a for a in array_plans}
                 for name, array in arrays.items():
                     array = array.model_copy(update={"name": name})
-                    create_array(into, name, None, array, settings.codecs, backend)
+                    create_array(into, name, None, array, codecs, backend)
                 if orientation == plan.encoding[:3]:  # same as the input: copied in blocks
                     into["indptr"][...] = node["indptr"][...].astype(arrays["indptr"].dtype)
                     for name in ("data", "indices"):
