@@ -1,4 +1,5 @@
-"""Fixtures for the benchmark suite: one realistic dataset per session and scratch output dirs.
+"""Fixtures for the benchmark suites: one realistic dataset per session (in memory, and written
+once as an h5ad file for test_apply.py) and scratch output dirs.
 
 Settings come from the environment (see README.md):
 
@@ -87,7 +88,10 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
     s = config.stash[SETTINGS_KEY]
-    packages = ", ".join(f"{p} {_version(p)}" for p in ("anndata", "zarr", "zarrs", "numcodecs"))
+    packages = ", ".join(
+        f"{p} {_version(p)}"
+        for p in ("anndata", "zarr", "zarrs", "numcodecs", "annbatch", "annizarr")
+    )
     return [
         f"annlayout benchmarks: {s.cells:,} cells x {s.genes:,} genes, {s.rounds} rounds "
         f"(+{s.warmup_rounds} warm-up), guide recipe {'on' if s.guide else 'off'}",
@@ -152,6 +156,26 @@ def output_path(bench_dir: Path, request: pytest.FixtureRequest) -> Path:
 
 
 @pytest.fixture(scope="session")
+def h5ad_input(dataset: Any, bench_dir: Path) -> Path:
+    """The dataset written once as an h5ad file with anndata's defaults (uncompressed): the
+    input of every command in test_apply.py. Removed at the end of the session (~375 MB at the
+    default size); the reports saved beside it stay."""
+    path = bench_dir / "input.h5ad"
+    with warnings.catch_warnings():  # session fixtures run before _quiet_warnings applies
+        warnings.simplefilter("ignore")
+        dataset.write_h5ad(path)
+    yield path
+    path.unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="session")
+def apply_results() -> dict[str, dict[str, Any]]:
+    """Results shared by the tests of test_apply.py: command label -> medians of wall time and
+    peak RSS and more. Filled by its measuring tests, read by its final comparison test."""
+    return {}
+
+
+@pytest.fixture(scope="session")
 def write_results() -> dict[str, dict[str, Any]]:
     """Results shared by the tests of a session: writer label -> median seconds and more.
 
@@ -170,6 +194,6 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     blocks = config.stash.get(REPORT_KEY, [])
     if not blocks or config.getoption("capture") == "no":  # with -s the tests printed them live
         return
-    terminalreporter.section("annlayout write benchmarks")
+    terminalreporter.section("annlayout benchmarks")
     for block in blocks:
         terminalreporter.write_line(block)

@@ -35,9 +35,9 @@ def plan(layout, source) -> Plan:
     return make_plan(load_layout(layout), survey(source))
 
 
-def verify(source, rewritten) -> list[str]:
+def verify(source, rewritten, *, memory: int = 512 << 20) -> list[str]:
     """Elements that differ between two AnnData stores (one line each); empty when equal."""
-    return verify_stores(source, rewritten)
+    return verify_stores(source, rewritten, memory=memory)
 
 
 __all__ = [

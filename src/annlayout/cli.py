@@ -320,16 +320,20 @@ def _progress(enabled: bool):
 @click.argument("source", metavar="PATH_OR_URL")
 @click.argument("rewritten", metavar="PATH_OR_URL")
 @click.option("--json", "as_json", is_flag=True, help="Print the differences as JSON.")
+@click.option(
+    "--memory", default="512MiB", show_default=True, help="Memory budget for comparing blocks."
+)
 @handle_errors
-def verify_command(source: str, rewritten: str, as_json: bool) -> None:
+def verify_command(source: str, rewritten: str, as_json: bool, memory: str) -> None:
     """Compare every element of REWRITTEN with SOURCE; exit 1 if any differs.
 
     Values, dtypes, shapes, encodings, obs/var indexes, categories and uns are compared, large
     arrays in bounded memory. Chunks, shards, codecs and sparse index dtypes may differ.
     """
     import annlayout
+    from annlayout.rewrite.stream import parse_size
 
-    differences = annlayout.verify(source, rewritten)
+    differences = annlayout.verify(source, rewritten, memory=parse_size(memory))
     if as_json:
         click.echo(json.dumps({"equal": not differences, "differences": differences}, indent=2))
     else:

@@ -475,19 +475,7 @@ def _load(path: Path, chain: tuple[Path, ...]) -> Layout:
         cycle = " -> ".join(p.name for p in (*chain, path))
         raise LayoutError([f"{chain[-1].name}: extends: cycle {cycle}"])
     label = path.name
-    try:
-        text = path.read_text()
-    except OSError as err:
-        raise LayoutError([f"{label}: cannot read: {err.strerror}"]) from None
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.MarkedYAMLError as err:
-        mark = err.problem_mark or err.context_mark
-        where = f"{label}:{mark.line + 1}:{mark.column + 1}" if mark else label
-        raise LayoutError([f"{where}: YAML syntax error: {err.problem or err}"]) from None
-    if not isinstance(data, dict):
-        raise LayoutError([f"{label}:1: a layout file is a mapping (annlayout: 1, name: ...)"])
+    node, data = read_yaml(path, "a layout file is a mapping (annlayout: 1, name: ...)")
 
     try:
         own = Layout.model_validate(data)
@@ -614,9 +602,39 @@ def _line(node: yaml.Node | None, loc: tuple) -> int:
     return best + 1
 
 
-def _field_names(loc: tuple) -> list[str]:
-    """Valid keys at ``loc`` in the layout model, for did-you-mean hints."""
-    model: Any = Layout
+def read_yaml(path: Path, what: str) -> tuple[yaml.Node, dict]:
+    """The YAML node tree (for line numbers) and data of a mapping file; located errors."""
+    label = path.name
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise LayoutError([f"{label}: cannot read: {err.strerror}"]) from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f"{label}:{mark.line + 1}:{mark.column + 1}" if mark else label
+        raise LayoutError([f"{where}: YAML syntax error: {err.problem or err}"]) from None
+    if not isinstance(data, dict):
+        raise LayoutError([f"{label}:1: {what}"])
+    return node, data
+
+
+def validate_file(path: Path, model: type[BaseModel], what: str) -> Any:
+    """Load a YAML file into ``model``, every problem reported with file, line and field."""
+    node, data = read_yaml(path, what)
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise LayoutError(
+            [f"{path.name}:{_line(node, e['loc'])}: {_describe(e, model)}" for e in err.errors()]
+        ) from None
+
+
+def _field_names(loc: tuple, root: Any = None) -> list[str]:
+    """Valid keys at ``loc`` in the file's model, for did-you-mean hints."""
+    model: Any = root or Layout
     for part in loc:
         if isinstance(part, int) or not (isinstance(model, type) and issubclass(model, BaseModel)):
             continue
@@ -640,14 +658,14 @@ def _inner_model(annotation: Any, tag: str) -> Any:
     return None
 
 
-def _describe(error: dict) -> str:
+def _describe(error: dict, root: Any = None) -> str:
     loc = tuple(p for p in error["loc"] if not _is_union_tag(p))
     where = _loc_text(loc)
     kind = error["type"]
     if kind == "extra_forbidden":
         key = loc[-1] if loc else "?"
         parent = loc[:-1]
-        names = _field_names(parent)
+        names = _field_names(parent, root)
         hint = difflib.get_close_matches(str(key), names, n=1)
         return f"{where}: unknown key {key!r}" + (
             f"; did you mean {hint[0]!r}?" if hint else f"; valid keys: {', '.join(names)}"

@@ -105,6 +105,8 @@ def detect_format(path: str | Path) -> Literal["zarr", "h5ad"]:
     """Which kind of AnnData store ``path`` is; a one-line error if it is none."""
     import h5py
 
+    if not isinstance(path, str | Path):  # a zarr Store object (e.g. a measured store)
+        return "zarr"
     if is_url(path):
         try:
             found = remote_zarr_exists(str(path))
@@ -135,6 +137,8 @@ def open_store(path: str | Path, mode: str = "r") -> Any:
     import zarr
 
     try:
+        if not isinstance(path, str | Path):
+            return zarr.open_group(store=path, mode=mode)
         return zarr.open_group(str(path), mode=mode)  # URLs go through fsspec
     except Exception as err:  # zarr raises a variety of errors for broken metadata
         raise NotAnnDataError(f"{path}: cannot open as zarr: {err}") from None

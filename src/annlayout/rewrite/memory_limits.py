@@ -18,7 +18,7 @@ M_ARENA_MAX = -8
 @cache
 def _glibc() -> Any:
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc = ctypes.CDLL("libc.so.6")  # glibc by name: find_library would run ldconfig
         libc.mallopt  # noqa: B018
         libc.malloc_trim  # noqa: B018
     except (OSError, AttributeError):

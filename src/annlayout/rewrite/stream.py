@@ -330,7 +330,7 @@ class Rewriter:
                     for name in ("data", "indices"):
                         yield from self._blocks(
                             plan.path, f"{plan.path}/{prefix}{name}", arrays[name],
-                            source=f"{plan.path}/{name}",
+                            source=f"{plan.path}/{name}", source_dtype=node[name].dtype,
                         )  # fmt: skip
                 else:  # the other orientation: an out-of-core transpose, after the blocks
                     self.transposes.append((plan.path, into, arrays))
@@ -341,11 +341,18 @@ class Rewriter:
             yield from self._blocks(plan.path, plan.path, array)
 
     def _blocks(
-        self, element: str, name: str, plan: ArrayPlan, source: str | None = None
+        self,
+        element: str,
+        name: str,
+        plan: ArrayPlan,
+        source: str | None = None,
+        source_dtype: Any = None,
     ) -> Iterator[Block]:
         """One block per shard, or per run of whole chunks within the budget if unsharded."""
         rows = plan.shape[0]
-        row_bytes = math.prod(plan.shape[1:]) * np.dtype(plan.dtype).itemsize
+        # a block is read in the input's dtype and written in the output's: count the larger
+        itemsize = max(np.dtype(plan.dtype).itemsize, np.dtype(source_dtype or plan.dtype).itemsize)
+        row_bytes = math.prod(plan.shape[1:]) * itemsize
         unit = (plan.shards or plan.chunks or (rows,))[0]
         unit_bytes = unit * row_bytes * BLOCK_OVERHEAD
         if plan.shards and unit_bytes > self.budget:
