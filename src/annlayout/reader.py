@@ -11,7 +11,7 @@ concurrently, in one orthogonal selection rather than one request per row.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from functools import cached_property
 from typing import Any
 
@@ -20,7 +20,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from annlayout.copies import copy_group, stale_reason
-from annlayout.survey import NotAnnDataError, open_store, survey_store
+from annlayout.survey import NotAnnDataError, check_anndata_root, open_store
 
 
 class StaleCopyWarning(UserWarning):
@@ -28,9 +28,13 @@ class StaleCopyWarning(UserWarning):
 
 
 def open(location: Any) -> Dataset:
-    """A lazy handle on an AnnData store (h5ad, zarr v2/v3, local or ``s3://``)."""
-    survey_store(location)  # refuses non-AnnData and incomplete stores, with one-line errors
-    return Dataset(open_store(location), str(location))
+    """A lazy handle on an AnnData store (h5ad, zarr v2/v3, local or ``s3://``).
+
+    Opening reads the root metadata only; indexes, indptrs and columns are read when used.
+    """
+    root = open_store(location)
+    check_anndata_root(root, location)  # one-line errors for non-AnnData or incomplete stores
+    return Dataset(root, str(location))
 
 
 class Dataset:
@@ -214,8 +218,16 @@ class Matrix:
         cls = sp.csr_matrix if orientation == "csr" else sp.csc_matrix
         shape = (unique.size, n_minor) if orientation == "csr" else (n_minor, unique.size)
         block = cls((data, indices, sub_indptr), shape=shape)
-        picked = block[inverse][:, minor] if orientation == "csr" else block[:, inverse][minor, :]
-        return sp.csr_matrix(picked)
+        # reorder or repeat majors, and select minors, only where the selection asks for it
+        if not _is_identity(inverse, unique.size):
+            block = block[inverse] if orientation == "csr" else block[:, inverse]
+        if not _is_identity(minor, n_minor):
+            block = block[:, minor] if orientation == "csr" else block[minor, :]
+        return sp.csr_matrix(block)
+
+
+def _is_identity(positions: np.ndarray, n: int) -> bool:
+    return positions.size == n and bool(np.array_equal(positions, np.arange(n)))
 
 
 def _gather(group: Any, indptr: np.ndarray, majors: np.ndarray):
@@ -232,7 +244,9 @@ def _gather(group: Any, indptr: np.ndarray, majors: np.ndarray):
     else:
         parts = [_read_runs(group[name], runs) for name in ("data", "indices")]
     data, indices = parts
-    return data, indices.astype(np.int64, copy=False), sub_indptr
+    # scipy keeps int32 indices when they fit: converting once here avoids int64 copies
+    index_dtype = np.int32 if sub_indptr[-1] < 2**31 else np.int64
+    return data, indices.astype(index_dtype, copy=False), sub_indptr.astype(index_dtype)
 
 
 def _read_runs(array: Any, runs: list[tuple[int, int]]) -> np.ndarray:
@@ -248,20 +262,16 @@ def _read_runs(array: Any, runs: list[tuple[int, int]]) -> np.ndarray:
     return np.concatenate([array[a:b] for a, b in runs])
 
 
-def _runs(starts: np.ndarray, stops: np.ndarray) -> Iterator[tuple[int, int]]:
-    """Merge adjacent [start, stop) ranges (consecutive rows are one read)."""
-    run_start = run_stop = None
-    for a, b in zip(starts.tolist(), stops.tolist(), strict=True):
-        if a == b:
-            continue
-        if run_stop is not None and a == run_stop:
-            run_stop = b
-            continue
-        if run_start is not None:
-            yield run_start, run_stop
-        run_start, run_stop = a, b
-    if run_start is not None:
-        yield run_start, run_stop
+def _runs(starts: np.ndarray, stops: np.ndarray) -> list[tuple[int, int]]:
+    """Merge adjacent [start, stop) ranges (consecutive rows are one read); drop empty ones."""
+    keep = stops > starts
+    starts, stops = starts[keep], stops[keep]
+    if not starts.size:
+        return []
+    breaks = starts[1:] != stops[:-1]
+    run_starts = starts[np.concatenate([[True], breaks])]
+    run_stops = stops[np.concatenate([breaks, [True]])]
+    return list(zip(run_starts.tolist(), run_stops.tolist(), strict=True))
 
 
 def _dense_take(node: Any, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:

@@ -149,21 +149,12 @@ def survey_store(path: str | Path) -> Survey:
     fmt = detect_format(path)
     root = open_store(path)
     try:
-        attrs = dict(root.attrs)
-        if attrs.get("encoding-type") not in (None, "anndata") or not _looks_like_anndata(root):
-            raise NotAnnDataError(f"{path}: not an AnnData store (no obs/var at its root)")
+        provenance = check_anndata_root(root, path)
         elements = list(_walk(root, ""))
         zarr_format = root.metadata.zarr_format if fmt == "zarr" else None
     finally:
         if fmt == "h5ad":
             root.close()
-    provenance = attrs.get(PROVENANCE_KEY)
-    if isinstance(provenance, str):
-        provenance = json.loads(provenance)
-    if isinstance(provenance, dict) and provenance.get("complete") is False:
-        raise NotAnnDataError(
-            f"{path}: an incomplete annlayout store (its apply did not finish); apply again"
-        )
     return Survey(
         source=str(path),
         format=fmt,
@@ -174,8 +165,22 @@ def survey_store(path: str | Path) -> Survey:
     )
 
 
-def _looks_like_anndata(root: Any) -> bool:
-    return "obs" in root and "var" in root
+def check_anndata_root(root: Any, path: Any) -> dict[str, Any] | None:
+    """Refuse what is not an AnnData store, or an annlayout store whose write did not finish.
+
+    Returns the store's annlayout provenance, if any.
+    """
+    attrs = root.attrs
+    if attrs.get("encoding-type") not in (None, "anndata") or not ("obs" in root and "var" in root):
+        raise NotAnnDataError(f"{path}: not an AnnData store (no obs/var at its root)")
+    provenance = attrs.get(PROVENANCE_KEY)
+    if isinstance(provenance, str | bytes):
+        provenance = json.loads(provenance)
+    if isinstance(provenance, dict) and provenance.get("complete") is False:
+        raise NotAnnDataError(
+            f"{path}: an incomplete annlayout store (its apply did not finish); apply again"
+        )
+    return provenance
 
 
 def _is_group(node: Any) -> bool:
