@@ -34,6 +34,7 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from annlayout.bench.runner import BenchError
         from annlayout.plan import PlanError
         from annlayout.rewrite import ApplyError
         from annlayout.rewrite.atomic import Interrupted
@@ -52,7 +53,7 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             for message in error.messages:
                 err.print(f"[bold red]error:[/] {message}", highlight=False)
             sys.exit(EXIT_LAYOUT)
-        except (ApplyError, PlanError, NotAnnDataError) as error:
+        except (ApplyError, PlanError, NotAnnDataError, BenchError) as error:
             if debug:
                 raise
             _fail(str(error))
@@ -343,6 +344,95 @@ def verify_command(source: str, rewritten: str, as_json: bool, memory: str) -> N
             out.print(f"{rewritten} holds the same data as {source}", highlight=False)
     if differences:
         sys.exit(EXIT_ERROR)
+
+
+@main.command("bench")
+@click.argument("input", metavar="PATH_OR_URL")
+@click.option("--workload", "-w", required=True, help="A shipped workload name or a YAML file.")
+@click.option(
+    "--layout",
+    "layouts",
+    multiple=True,
+    help="A candidate layout (repeatable; default: every shipped zarr layout).",
+)
+@click.option(
+    "--search",
+    is_flag=True,
+    help="Also try variants of the best candidate (chunks, codecs, orientations).",
+)
+@click.option("--sample", type=int, help="Benchmark on N cells of INPUT.")
+@click.option(
+    "--sample-mode", type=click.Choice(["random", "first"]), default="random", show_default=True
+)
+@click.option(
+    "--storage",
+    default="local",
+    show_default=True,
+    help="local, or sim:rtt=20ms,bandwidth=200MB/s,concurrency=16.",
+)
+@click.option(
+    "--max-size", help="Exclude candidates larger than this multiple of the smallest, e.g. 1.5x."
+)
+@click.option("--max-objects", type=int, help="Exclude candidates with more stored objects.")
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Directory for recommended.yaml and the reports.",
+)
+@handle_errors
+def bench_command(
+    input: str,
+    workload: str,
+    layouts: tuple[str, ...],
+    search: bool,
+    sample: int | None,
+    sample_mode: str,
+    storage: str,
+    max_size: str | None,
+    max_objects: int | None,
+    out_dir: Path,
+) -> None:
+    """Measure WORKLOAD's access patterns on candidate layouts of INPUT; recommend the best.
+
+    Writes recommended.yaml (a layout file: apply it with `annlayout apply`), report.md,
+    report.json and report.png into --out.
+    """
+    import tempfile
+
+    from annlayout.bench import load_workload, parse_storage, run_bench
+    from annlayout.bench.report import write_reports
+    from annlayout.rewrite import ApplyError
+
+    try:
+        simulation = parse_storage(storage)
+    except ValueError as error:
+        raise ApplyError(str(error)) from None
+    limit = None
+    if max_size is not None:
+        try:
+            limit = float(max_size.lower().removesuffix("x"))
+        except ValueError:
+            raise ApplyError(f"--max-size {max_size!r}: expected e.g. 1.5x") from None
+    loaded = load_workload(workload)
+    with tempfile.TemporaryDirectory(
+        prefix="annlayout-bench-", dir=out_dir.parent if out_dir.parent.is_dir() else None
+    ) as work:
+        with err.status("benchmarking") as status:
+            result = run_bench(
+                input, loaded, workdir=Path(work), layouts=list(layouts) or None,
+                storage=simulation, sample=sample, sample_mode=sample_mode, search=search,
+                max_size=limit, max_objects=max_objects,
+                progress=lambda message: status.update(message),
+            )  # fmt: skip
+        paths = write_reports(result, out_dir)
+    out.print(
+        f"recommended [cyan]{result.winner.name}[/] for workload {loaded.name} "
+        f"(score {result.winner.score:.2f}); wrote {paths['recommended']}, "
+        f"{paths['markdown'].name}, {paths['json'].name}, {paths['png'].name}",
+        highlight=False,
+    )
 
 
 @main.command("generate")

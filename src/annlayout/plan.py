@@ -168,20 +168,29 @@ def _plan_sparse(
     orientations = list(settings.orientations or [current])
     plan.orientation, plan.copies = orientations[0], orientations[1:]
     data = element.array("data")
-    indices_dtype, indptr_dtype = index_dtypes(
-        settings.index_dtype,
-        minor=element.shape[plan.orientation == "csr"],
-        nnz=element.nnz,
-        current=(element.array("indices").dtype, element.array("indptr").dtype),
-        where=element.path,
-    )
+    current = (element.array("indices").dtype, element.array("indptr").dtype)
+
+    def dtypes_for(orientation: str) -> tuple[str, str]:
+        # indices count along the orientation's minor axis: columns for CSR, rows for CSC
+        minor = element.shape[orientation == "csr"]
+        indices, indptr = index_dtypes(
+            settings.index_dtype, minor=minor, nnz=element.nnz, current=current,
+            where=element.path,
+        )  # fmt: skip
+        if np.iinfo(np.dtype(indices)).max < minor - 1:  # "keep" on a copy: too narrow
+            indices = index_dtypes(
+                "minimal", minor=minor, nnz=element.nnz, current=current, where=element.path
+            )[0]
+        return indices, indptr
+
+    indices_dtype, indptr_dtype = dtypes_for(plan.orientation)
     plan.index_dtype = (
         f"indices {np.dtype(indices_dtype).name}, indptr {np.dtype(indptr_dtype).name}"
     )
-    indices_dtype, indptr_dtype = _short(indices_dtype), _short(indptr_dtype)
     for orientation in orientations:
         major = element.shape[orientation == "csc"]
         own = settings if orientation == plan.orientation else settings.for_copy()
+        indices_dtype, indptr_dtype = (_short(t) for t in dtypes_for(orientation))
         arrays = sparse_arrays(
             nnz=element.nnz,
             n_major=major,

@@ -684,10 +684,14 @@ def _describe(error: dict, root: Any = None) -> str:
     return f"{where}: {message[0].lower()}{message[1:]}" if message else where
 
 
+#: Discriminator values of the file formats' tagged unions (codec names, pattern kinds).
+UNION_TAGS: set[str] = {"zstd", "blosc", "gzip", "none"}
+
+
 def _is_union_tag(part: Any) -> bool:
     # pydantic adds the chosen union member to loc, e.g. 'zstd', 'list[...]', 'function-after[...]'
     return isinstance(part, str) and (
-        part in ("zstd", "blosc", "gzip", "none") or "[" in part or part.startswith("function-")
+        part in UNION_TAGS or "[" in part or part.startswith("function-")
     )
 
 

@@ -1,0 +1,155 @@
+"""Stores that count what a read costs, and simulate object storage the same way every time.
+
+:class:`MeasuredStore` wraps any zarr store: it counts read requests and bytes (measured, not
+estimated) and can add what object storage adds to every request: a round-trip latency, a
+bandwidth limit, and a cap on requests in flight. ``sim:rtt=20ms,bandwidth=200MB/s,
+concurrency=16`` gives remote costs that do not depend on the network of the day.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ByteSize, TypeAdapter
+from zarr.abc.store import ByteRequest
+from zarr.core.buffer import Buffer, BufferPrototype
+from zarr.storage import WrapperStore
+
+
+@dataclass
+class Counters:
+    """Read requests and bytes, shared by a store and the copies zarr makes of it."""
+
+    requests: int = 0
+    bytes: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, nbytes: int) -> None:
+        with self._lock:
+            self.requests += 1
+            self.bytes += nbytes
+
+    def reset(self) -> None:
+        with self._lock:
+            self.requests = self.bytes = 0
+
+
+@dataclass(frozen=True)
+class Simulation:
+    """What object storage adds to each read; zeros and Nones mean local disk as it is."""
+
+    rtt: float = 0.0  # seconds per request
+    bandwidth: float | None = None  # bytes per second, shared by requests in flight
+    concurrency: int | None = None  # requests in flight at most
+
+    @property
+    def active(self) -> bool:
+        return bool(self.rtt or self.bandwidth or self.concurrency)
+
+    def describe(self) -> str:
+        if not self.active:
+            return "local"
+        parts = [f"rtt={self.rtt * 1000:g}ms"]
+        if self.bandwidth:
+            parts.append(f"bandwidth={self.bandwidth / 1e6:g}MB/s")
+        if self.concurrency:
+            parts.append(f"concurrency={self.concurrency}")
+        return "sim:" + ",".join(parts)
+
+
+def parse_storage(text: str) -> Simulation:
+    """``local`` or ``sim:rtt=20ms,bandwidth=200MB/s,concurrency=16`` (any subset)."""
+    if text in ("", "local"):
+        return Simulation()
+    if not text.startswith("sim:"):
+        raise ValueError(
+            f"--storage {text!r}: use local, sim:rtt=...,bandwidth=...,concurrency=... or an s3:// URL"
+        )
+    values: dict[str, Any] = {}
+    for item in filter(None, text[4:].split(",")):
+        key, _, value = item.partition("=")
+        key = key.strip()
+        if key == "rtt":
+            match = re.fullmatch(r"\s*([\d.]+)\s*(ms|s|us)?\s*", value)
+            if not match:
+                raise ValueError(f"--storage rtt={value!r}: expected e.g. 20ms")
+            scale = {"ms": 1e-3, "us": 1e-6, "s": 1.0, None: 1e-3}[match.group(2)]
+            values["rtt"] = float(match.group(1)) * scale
+        elif key == "bandwidth":
+            amount = value.strip().removesuffix("/s")
+            try:
+                values["bandwidth"] = float(TypeAdapter(ByteSize).validate_python(amount))
+            except Exception:
+                raise ValueError(f"--storage bandwidth={value!r}: expected e.g. 200MB/s") from None
+        elif key == "concurrency":
+            if not value.strip().isdigit() or int(value) < 1:
+                raise ValueError(f"--storage concurrency={value!r}: expected a positive integer")
+            values["concurrency"] = int(value)
+        else:
+            raise ValueError(f"--storage: unknown setting {key!r} (rtt, bandwidth, concurrency)")
+    return Simulation(**values)
+
+
+class MeasuredStore(WrapperStore):
+    """A zarr store that counts reads and, optionally, simulates object storage."""
+
+    def __init__(
+        self, store: Any, counters: Counters | None = None, simulation: Simulation | None = None
+    ):
+        super().__init__(store)
+        self.counters = counters if counters is not None else Counters()
+        self.simulation = simulation or Simulation()
+        self._slots: dict[int, asyncio.Semaphore] = {}
+        self._bandwidth_lock: dict[int, asyncio.Lock] = {}
+
+    def _with_store(self, store: Any) -> MeasuredStore:
+        return type(self)(store, self.counters, self.simulation)
+
+    def __repr__(self) -> str:
+        return f"MeasuredStore({self._store!r}, {self.simulation.describe()})"
+
+    def _slot(self) -> asyncio.Semaphore | None:
+        if not self.simulation.concurrency:
+            return None
+        loop = id(asyncio.get_running_loop())
+        if loop not in self._slots:
+            self._slots[loop] = asyncio.Semaphore(self.simulation.concurrency)
+        return self._slots[loop]
+
+    async def _transfer(self, nbytes: int) -> None:
+        """Bytes share one link: transfers take their turn at ``bandwidth``."""
+        if not self.simulation.bandwidth or not nbytes:
+            return
+        loop = id(asyncio.get_running_loop())
+        lock = self._bandwidth_lock.setdefault(loop, asyncio.Lock())
+        async with lock:
+            await asyncio.sleep(nbytes / self.simulation.bandwidth)
+
+    async def get(
+        self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None
+    ) -> Buffer | None:
+        slot = self._slot()
+        if slot is not None:
+            await slot.acquire()
+        try:
+            if self.simulation.rtt:
+                await asyncio.sleep(self.simulation.rtt)
+            buffer = await self._store.get(key, prototype, byte_range)
+            nbytes = len(buffer) if buffer is not None else 0
+            await self._transfer(nbytes)
+        finally:
+            if slot is not None:
+                slot.release()
+        self.counters.add(nbytes)
+        return buffer
+
+    async def get_partial_values(
+        self, prototype: BufferPrototype, key_ranges: Iterable[tuple[str, ByteRequest | None]]
+    ) -> list[Buffer | None]:
+        # one request per range, as an object store serves them
+        return list(await asyncio.gather(*(self.get(key, prototype, r) for key, r in key_ranges)))

@@ -1,0 +1,190 @@
+"""Workloads: weighted access patterns, in YAML, addressable by shipped name or path.
+
+Each pattern turns into a fixed list of operations (drawn from the workload's seed), so every
+candidate layout answers exactly the same reads, and the answers can be compared.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
+
+from annlayout.spec import UNION_TAGS, LayoutError, validate_file
+
+
+class _Pattern(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    weight: PositiveFloat = Field(1.0, description="Share of this pattern in the score.")
+
+
+class RandomRows(_Pattern):
+    """Random minibatches of cells, all genes (ML training)."""
+
+    kind: Literal["random-rows"]
+    batch_size: PositiveInt = 256
+    batches: PositiveInt = 8
+
+
+class RowSlices(_Pattern):
+    """Contiguous slices of cells, all genes."""
+
+    kind: Literal["row-slices"]
+    length: PositiveInt = 1000
+    slices: PositiveInt = 4
+
+
+class GeneQueries(_Pattern):
+    """A few genes over all cells."""
+
+    kind: Literal["gene-queries"]
+    genes: PositiveInt = 1
+    queries: PositiveInt = 8
+
+
+class CategoryGenes(_Pattern):
+    """The cells of one obs category, then a few genes in them (cell-browser dot plots)."""
+
+    kind: Literal["category-genes"]
+    column: str | None = Field(None, description="An obs column; default: the first categorical.")
+    genes: PositiveInt = 5
+    queries: PositiveInt = 4
+
+
+class ObsColumns(_Pattern):
+    """Whole obs columns."""
+
+    kind: Literal["obs-columns"]
+    names: list[str] | None = None
+    count: PositiveInt | None = Field(None, description="Any N columns; default: all.")
+
+
+class FullScan(_Pattern):
+    """The whole matrix in blocks of rows."""
+
+    kind: Literal["full-scan"]
+    block_rows: PositiveInt = 10_000
+
+
+Pattern = Annotated[
+    RandomRows | RowSlices | GeneQueries | CategoryGenes | ObsColumns | FullScan,
+    Field(discriminator="kind"),
+]
+
+
+UNION_TAGS.update(
+    ("random-rows", "row-slices", "gene-queries", "category-genes", "obs-columns", "full-scan")
+)
+
+
+class Workload(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    workload: Literal[1] = Field(description="Workload file format version.")
+    name: str
+    description: str = ""
+    seed: int = 0
+    patterns: list[Pattern] = Field(min_length=1)
+
+
+def workloads_dir() -> Path:
+    return Path(__file__).resolve().parents[1] / "workloads"
+
+
+def shipped_workloads() -> dict[str, Path]:
+    return {p.stem: p for p in sorted(workloads_dir().glob("*.yaml"))}
+
+
+def load_workload(name_or_path: str | Path) -> Workload:
+    shipped = shipped_workloads()
+    text = str(name_or_path)
+    if text in shipped:
+        return validate_file(shipped[text], Workload, "a workload is a mapping (workload: 1, ...)")
+    path = Path(text)
+    if not path.is_file():
+        hint = difflib.get_close_matches(text, list(shipped), n=1)
+        extra = f"; did you mean {hint[0]!r}?" if hint else f" (shipped: {', '.join(shipped)})"
+        raise LayoutError([f"{text}: no such workload file or shipped workload{extra}"])
+    return validate_file(path, Workload, "a workload is a mapping (workload: 1, ...)")
+
+
+# --------------------------------------------------------------------------- operations
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One read: ``X[rows, cols]`` or an obs column."""
+
+    rows: Any = field(default_factory=lambda: slice(None))
+    cols: Any = field(default_factory=lambda: slice(None))
+    column: str | None = None
+
+    @property
+    def n_rows(self) -> int | None:
+        return None if isinstance(self.rows, slice) else len(self.rows)
+
+
+def operations(pattern: Any, shape: tuple[int, int], obs: Any, seed: int) -> Iterator[Operation]:
+    """The reads a pattern makes on a dataset of ``shape`` (obs: the reader's obs frame)."""
+    rng = np.random.default_rng(seed)
+    n_obs, n_vars = shape
+    match pattern:
+        case RandomRows(batch_size=size, batches=batches):
+            for _ in range(batches):
+                rows = rng.choice(n_obs, min(size, n_obs), replace=False)
+                yield Operation(rows=rows, cols=slice(None))
+        case RowSlices(length=length, slices=slices):
+            for _ in range(slices):
+                start = int(rng.integers(0, max(1, n_obs - length)))
+                yield Operation(rows=slice(start, min(n_obs, start + length)), cols=slice(None))
+        case GeneQueries(genes=genes, queries=queries):
+            for _ in range(queries):
+                cols = np.sort(rng.choice(n_vars, min(genes, n_vars), replace=False))
+                yield Operation(rows=slice(None), cols=cols)
+        case CategoryGenes(column=column, genes=genes, queries=queries):
+            name = column or _first_categorical(obs)
+            values = obs[name]
+            categories = (
+                list(values.cat.categories) if hasattr(values, "cat") else sorted(set(values))
+            )
+            for _ in range(queries):
+                chosen = categories[int(rng.integers(0, len(categories)))]
+                rows = np.flatnonzero((values == chosen).to_numpy())
+                cols = np.sort(rng.choice(n_vars, min(genes, n_vars), replace=False))
+                yield Operation(rows=rows, cols=cols)
+        case ObsColumns(names=names, count=count):
+            columns = list(names or obs.columns)
+            for column in columns[: count or len(columns)]:
+                yield Operation(rows=slice(None), cols=slice(None), column=column)
+        case FullScan(block_rows=block):
+            for start in range(0, n_obs, block):
+                yield Operation(rows=slice(start, min(n_obs, start + block)), cols=slice(None))
+
+
+def _first_categorical(obs: Any) -> str:
+    for column in obs.columns:
+        if hasattr(obs[column], "cat"):
+            return column
+    raise LayoutError(["category-genes: the dataset has no categorical obs column; give column:"])
+
+
+def pattern_label(pattern: Any) -> str:
+    match pattern:
+        case RandomRows(batch_size=size):
+            return f"random rows ({size})"
+        case RowSlices(length=length):
+            return f"row slices ({length})"
+        case GeneQueries(genes=genes):
+            return f"gene queries ({genes})"
+        case CategoryGenes(genes=genes):
+            return f"category, {genes} genes"
+        case ObsColumns():
+            return "obs columns"
+        case FullScan(block_rows=block):
+            return f"full scan ({block})"
+    return str(pattern)
