@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import warnings
 from pathlib import Path
 
@@ -12,6 +14,7 @@ from anndata.tests.helpers import GEN_ADATA_NO_XARRAY_ARGS, gen_adata
 
 from annlayout.datagen import make_dataset
 from annlayout.spec import shipped_layouts
+from annlayout.survey import filesystem
 
 SHIPPED = sorted(shipped_layouts())
 
@@ -84,3 +87,39 @@ def assert_matches_plan(plans, store: Path) -> None:
             assert got.codecs == array.codecs, f"{where}: codecs {got.codecs} != {array.codecs}"
             checked += 1
     assert checked
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """A real S3-protocol server (moto) on a free loopback port, for the whole session.
+
+    The AWS environment variables point at it: clients read credentials and the endpoint from
+    the environment, as they do against real object storage.
+    """
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    moto_server = pytest.importorskip("moto.server")
+    s3fs = pytest.importorskip("s3fs")
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    s3fs.S3FileSystem.clear_instance_cache()  # cached clients know no endpoint but AWS's
+    filesystem("s3://annlayout-test").mkdir("annlayout-test")
+    try:
+        yield "s3://annlayout-test"
+    finally:
+        s3fs.S3FileSystem.clear_instance_cache()
+        server.stop()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

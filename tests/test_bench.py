@@ -26,7 +26,6 @@ from annlayout.bench import runner as bench_runner
 from annlayout.cli import main
 from annlayout.spec import LayoutError
 
-from .test_s3 import s3  # noqa: F401  (the loopback S3 server fixture)
 from .test_stream import make_input
 
 
@@ -183,7 +182,7 @@ def test_bench_cli_on_simulated_storage(tmp_path, dataset):
     assert bad.exit_code == 1 and "use local, sim:" in bad.stderr
 
 
-def test_bench_reads_its_input_from_s3(tmp_path, dataset, s3):  # noqa: F811
+def test_bench_reads_its_input_from_s3(tmp_path, dataset, s3):
     remote = f"{s3}/bench-input.zarr"
     annlayout.apply("analysis", dataset, remote)
     result = run_bench(

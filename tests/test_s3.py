@@ -1,15 +1,9 @@
-"""Object storage: apply, inspect and verify against a real S3-protocol server on loopback.
-
-The fixture starts moto's server on a free loopback port and points the AWS environment
-variables at it (credentials and endpoint are read from the environment, as by every
-boto/fsspec client); it stops the server afterwards.
-"""
+"""Object storage: apply, inspect and verify against a real S3-protocol server on loopback
+(the ``s3`` fixture in conftest.py)."""
 
 from __future__ import annotations
 
 import json
-import os
-import socket
 import warnings
 
 import anndata as ad
@@ -25,38 +19,8 @@ from annlayout.survey import NotAnnDataError, filesystem
 
 from .test_stream import blocky, make_input
 
-moto_server = pytest.importorskip("moto.server")
+pytest.importorskip("moto.server")
 pytest.importorskip("s3fs")
-
-
-@pytest.fixture(scope="module")
-def s3():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    env = {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-    }
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    import fsspec
-
-    fsspec.config.conf.pop("s3", None)
-    filesystem("s3://annlayout-test").mkdir("annlayout-test")
-    try:
-        yield "s3://annlayout-test"
-    finally:
-        server.stop()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def test_round_trip_through_s3(tmp_path, s3):
