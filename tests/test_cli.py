@@ -106,7 +106,7 @@ def test_inspect_shows_layout_and_storage(tmp_path, stores):
     run("apply", "archive", stores["h5ad"], out)
     text = run("inspect", out).output
     assert "written with layout archive" in text
-    assert "blosc(zstd,1,shuffle)" in text
+    assert "blosc(zstd,1,bitshuffle)" in text
     assert "without annlayout" in run("inspect", stores["zarr3"]).output
     survey = json.loads(run("inspect", out, "--json").output)
     assert survey["provenance"]["layout"] == "archive"
