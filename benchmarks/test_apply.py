@@ -45,9 +45,11 @@ TARGET_TIME_RATIO = 1.0  # annlayout apply --no-verify: no slower than read_h5ad
 TARGET_RSS_RATIO = 0.5  # ... with at most half its peak RSS
 
 LAYOUT = "ml-minibatch"
-MEMORY = "128MiB"  # ml-minibatch's 32 MiB shards need ~3x a shard per worker (96 MiB)
+# ml-minibatch's 16 MiB shards: an int32 -> uint16 indices shard is read (32 MiB), converted
+# (16 MiB) and encoded (~32 MiB): 80 MiB per worker
+MEMORY = "96MiB"
 BOUND_MEMORY = "64MiB"
-BOUND_SHARDS = "16MiB"  # 3 x 16 MiB fits in 64 MiB
+BOUND_SHARDS = "8MiB"  # an 8 MiB uint16 shard of int32 indices needs ~40 MiB
 MIN_X_TO_BUDGET = 4  # the memory-bound check needs X (data + indices + indptr) >= 4x --memory
 RSS_ALLOWANCE = 300 * 10**6  # peak RSS <= budget + 300 MB: interpreter, imports, small elements
 

@@ -350,14 +350,20 @@ class Rewriter:
     ) -> Iterator[Block]:
         """One block per shard, or per run of whole chunks within the budget if unsharded."""
         rows = plan.shape[0]
-        # a block is read in the input's dtype and written in the output's: count the larger
-        itemsize = max(np.dtype(plan.dtype).itemsize, np.dtype(source_dtype or plan.dtype).itemsize)
-        row_bytes = math.prod(plan.shape[1:]) * itemsize
+        # in memory at once: the slice as read (input dtype), its conversion (output dtype, if
+        # it differs), and what encoding the shard holds (about twice the output bytes)
+        read_item = np.dtype(source_dtype or plan.dtype).itemsize
+        write_item = np.dtype(plan.dtype).itemsize
+        converted = (
+            write_item if np.dtype(source_dtype or plan.dtype) != np.dtype(plan.dtype) else 0
+        )
+        per_row = math.prod(plan.shape[1:])
+        row_bytes = per_row * read_item  # what a block reads
         unit = (plan.shards or plan.chunks or (rows,))[0]
-        unit_bytes = unit * row_bytes * BLOCK_OVERHEAD
+        unit_bytes = unit * per_row * (read_item + converted + 2 * write_item)
         if plan.shards and unit_bytes > self.budget:
             raise ApplyError(
-                f"{name}: one shard is {unit * row_bytes / 2**20:,.0f} MiB; writing it needs "
+                f"{name}: one shard is {unit * per_row * write_item / 2**20:,.0f} MiB; writing it needs "
                 f"about {unit_bytes / 2**20:,.0f} MiB, more than --memory per worker "
                 f"({self.budget / 2**20:,.0f} MiB): raise --memory or use smaller shards"
             )
