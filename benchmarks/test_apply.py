@@ -40,6 +40,7 @@ import pytest
 
 import annlayout
 from annlayout.rewrite.stream import parse_size
+from tables import text_table
 
 TARGET_TIME_RATIO = 1.0  # annlayout apply --no-verify: no slower than read_h5ad + write_zarr
 TARGET_RSS_RATIO = 0.5  # ... with at most half its peak RSS
@@ -396,16 +397,7 @@ def render_table(rows: list[dict[str, Any]], baseline: Mapping[str, Any]) -> str
                 row.get("verdict", ""),
             )
         )
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    out = []
-    for i, line in enumerate(lines):
-        cells = [
-            line[0].ljust(widths[0]),
-            *(c.rjust(w) for c, w in zip(line[1:], widths[1:], strict=True)),
-        ]
-        out.append("  ".join(cells).rstrip())
-        if i == 0:
-            out.append("  ".join("-" * w for w in widths))
+    out = text_table(lines)
     for row in rows:
         if row["processes"] > 1 and row["median_largest_process_mb"] < row["median_peak_mb"]:
             out.append(

@@ -32,6 +32,7 @@ from typing import Any
 import pytest
 
 import annlayout
+from tables import text_table
 
 TARGET_RATIO = 1.25
 BASELINE = "anndata.write_zarr"
@@ -221,16 +222,7 @@ def render_table(rows: list[dict[str, Any]], baseline_s: float) -> str:
                 verdict,
             )
         )
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    out = []
-    for i, line in enumerate(lines):
-        cells = [
-            line[0].ljust(widths[0]),
-            *(c.rjust(w) for c, w in zip(line[1:], widths[1:], strict=True)),
-        ]
-        out.append("  ".join(cells).rstrip())
-        if i == 0:
-            out.append("  ".join("-" * w for w in widths))
+    out = text_table(lines)
     out.append(f"ratio = median(writer) / median({BASELINE}) = median / {baseline_s:.3f} s")
     return "\n".join(out)
 
