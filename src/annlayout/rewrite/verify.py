@@ -111,12 +111,14 @@ def check_copy(path: str, element: Any, memory: int) -> list[str]:
     if reason:
         return [f"{where}: stale copy: {reason}"]
     n_minor = int(copy["indptr"].shape[0]) - 1
-    expected_indptr = transposed_indptr(element["indices"], int(primary_indptr[-1]), n_minor)
+    read_block = int(min(4 << 20, max(1 << 10, memory // 160)))  # ~40 bytes per nonzero read
+    nnz = int(primary_indptr[-1])
+    expected_indptr = transposed_indptr(element["indices"], nnz, n_minor, read_block)
     if not np.array_equal(expected_indptr, copy["indptr"][...]):
         return [f"{where}/indptr: does not match the primary"]
     for start, stop, data, major in transposed_ranges(
         element["data"], element["indices"], primary_indptr, expected_indptr,
-        budget=max(1 << 20, memory // 2),
+        budget=max(1 << 20, memory // 4), read_block=read_block,
     ):  # fmt: skip
         for name, expected in (("data", data), ("indices", major)):
             stored = np.asarray(copy[name][start:stop])
