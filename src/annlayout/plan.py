@@ -222,7 +222,12 @@ def sparse_arrays(
 ) -> list[ArrayPlan]:
     """Plans for data, indices and indptr; data and indices share chunk boundaries."""
     per_major = nnz / n_major if n_major else 0.0
-    context = {"per_major": per_major, "data_itemsize": data_itemsize}
+    pair_itemsize = data_itemsize + _itemsize(indices_dtype)
+    context = {
+        "per_major": per_major,
+        "data_itemsize": data_itemsize,
+        "pair_itemsize": pair_itemsize,
+    }
     return [
         plan_array("data", (nnz,), data_dtype, data_itemsize, settings, target, "sparse", context),
         plan_array(
@@ -317,10 +322,15 @@ def plan_array(
         else n_chunks
     )
     chunk_bytes = math.prod(chunks) * itemsize
-    if chunk_bytes < SMALL_CHUNK and n_chunks > 1:
+    # data and indices share chunk boundaries and are always read together: judge the pair
+    read_together = (
+        chunks[0] * int(context["pair_itemsize"]) if kind == "sparse" and context else chunk_bytes
+    )
+    if read_together < SMALL_CHUNK and n_chunks > 1:
+        what = "chunks (data and indices together)" if kind == "sparse" else "chunks"
         warnings.append(
-            f"chunks of {_size(chunk_bytes)} are under 64 KiB: every chunk costs a request and "
-            "an index entry (the anndata guide's 2^8-element chunks write 50x slower)"
+            f"{what} of {_size(read_together)} are under 64 KiB: every chunk costs a request "
+            "and an index entry (the anndata guide's 2^8-element chunks write 50x slower)"
         )
     if chunk_bytes > LARGE_CHUNK:
         warnings.append(
