@@ -20,7 +20,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from annlayout.copies import copy_group, stale_reason
-from annlayout.survey import NotAnnDataError, check_anndata_root, open_store
+from annlayout.survey import NotAnnDataError, attr, check_anndata_root, open_store
 
 
 class StaleCopyWarning(UserWarning):
@@ -98,12 +98,12 @@ class Frame:
     def index(self) -> pd.Index:
         from anndata.io import read_elem
 
-        name = _attr(self._group, "_index")
+        name = attr(self._group, "_index")
         return pd.Index(read_elem(self._group[name]))
 
     @cached_property
     def columns(self) -> list[str]:
-        return list(_attr(self._group, "column-order") or [])
+        return list(attr(self._group, "column-order") or [])
 
     def __len__(self) -> int:
         return len(self.index)
@@ -154,12 +154,12 @@ class Matrix:
 
     def __init__(self, node: Any, dataset: Dataset, *, var_axis: bool = True):
         self._node, self._dataset, self._var_axis = node, dataset, var_axis
-        self.encoding = _attr(node, "encoding-type") or "array"
+        self.encoding = attr(node, "encoding-type") or "array"
 
     @property
     def shape(self) -> tuple[int, ...]:
         if self.encoding in ("csr_matrix", "csc_matrix"):
-            return tuple(int(n) for n in _attr(self._node, "shape"))
+            return tuple(int(n) for n in attr(self._node, "shape"))
         return tuple(self._node.shape)
 
     def __getitem__(self, key: Any) -> Any:
@@ -283,15 +283,6 @@ def _dense_take(node: Any, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     block = node[unique] if unique.size else np.zeros((0, *node.shape[1:]), node.dtype)
     block = block[inverse]
     return block if block.ndim == 1 else block[:, cols]
-
-
-def _attr(node: Any, key: str) -> Any:
-    value = node.attrs.get(key)
-    if isinstance(value, bytes):
-        return value.decode()
-    if isinstance(value, np.ndarray):
-        return [v.decode() if isinstance(v, bytes) else v for v in value.tolist()]
-    return value
 
 
 __all__ = ["Dataset", "Frame", "Matrix", "NotAnnDataError", "StaleCopyWarning", "open"]

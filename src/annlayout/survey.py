@@ -183,13 +183,27 @@ def check_anndata_root(root: Any, path: Any) -> dict[str, Any] | None:
     return provenance
 
 
-def _is_group(node: Any) -> bool:
+def is_group(node: Any) -> bool:
+    """A zarr or h5py group (as opposed to an array)."""
     return hasattr(node, "keys") and not hasattr(node, "dtype")
 
 
-def _attr(node: Any, key: str) -> Any:
-    value = node.attrs.get(key)
-    return value.decode() if isinstance(value, bytes) else value
+def plain_value(value: Any) -> Any:
+    """An attribute as plain JSON-able data (h5py gives numpy arrays, scalars and bytes)."""
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.ndarray):
+        return [plain_value(v) for v in value.tolist()]
+    if isinstance(value, list | tuple):
+        return [plain_value(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def attr(node: Any, key: str) -> Any:
+    """One attribute of a zarr or h5py node, as plain data (None if absent)."""
+    return plain_value(node.attrs.get(key))
 
 
 def _children(group: Any) -> list[str]:
@@ -200,16 +214,16 @@ def _walk(group: Any, prefix: str) -> Iterator[ElementInfo]:
     for key in _children(group):
         node = group[key]
         path = f"{prefix}{key}"
-        encoding = _attr(node, "encoding-type")
+        encoding = attr(node, "encoding-type")
         if encoding is None:
-            if _is_group(node):  # anndata < 0.8 dicts, or groups written by other tools
+            if is_group(node):  # anndata < 0.8 dicts, or groups written by other tools
                 yield from _walk(node, path + "/")
             else:
                 yield _array_element(node, path, "array")
             continue
         if encoding in CONTAINER_ENCODINGS:
             yield from _walk(node, path + "/")
-        elif _is_group(node):
+        elif is_group(node):
             yield _composite_element(node, path, encoding)
         else:
             yield _array_element(node, path, encoding)
@@ -223,16 +237,16 @@ def _array_element(node: Any, path: str, encoding: str) -> ElementInfo:
 
 
 def _composite_element(group: Any, path: str, encoding: str) -> ElementInfo:
-    arrays = [_array_info(group[k], k) for k in _children(group) if not _is_group(group[k])]
+    arrays = [_array_info(group[k], k) for k in _children(group) if not is_group(group[k])]
     if encoding in ("csr_matrix", "csc_matrix"):  # a second orientation, as "csc/data", ...
         for copy in ("csr", "csc"):
-            if copy in group and _is_group(group[copy]):
+            if copy in group and is_group(group[copy]):
                 sub = group[copy]
                 arrays += [_array_info(sub[k], f"{copy}/{k}") for k in _children(sub)]
     element = ElementInfo(path=path, encoding=encoding, arrays=arrays)
     names = {a.name: a for a in arrays}
     if encoding in ("csr_matrix", "csc_matrix"):
-        element.shape = tuple(int(n) for n in _attr(group, "shape"))
+        element.shape = tuple(int(n) for n in attr(group, "shape"))
         element.nnz = names["data"].shape[0] if "data" in names else 0
         element.dtype = names["data"].dtype if "data" in names else None
     elif encoding == "categorical" and "codes" in names:
@@ -240,7 +254,7 @@ def _composite_element(group: Any, path: str, encoding: str) -> ElementInfo:
     elif "values" in names:
         element.shape, element.dtype = names["values"].shape, names["values"].dtype
     elif encoding == "awkward-array":
-        element.shape, element.dtype = (int(_attr(group, "length")),), "awkward"
+        element.shape, element.dtype = (int(attr(group, "length")),), "awkward"
     return element
 
 

@@ -27,7 +27,7 @@ from annlayout.bench.stores import Counters, MeasuredStore, Simulation
 from annlayout.bench.workloads import Operation, Workload, operations, pattern_label
 from annlayout.plan import make_plan
 from annlayout.spec import ChunkSpec, Layout, Zstd, load_layout, shipped_layouts
-from annlayout.survey import survey_store
+from annlayout.survey import attr, survey_store
 
 Progress = Callable[[str], None]
 
@@ -327,7 +327,7 @@ def _anndata_reader(store: Any) -> Callable[[Operation], Any] | None:
     group = zarr.open_group(store=store, mode="r") if not isinstance(store, Path) else (
         zarr.open_group(str(store), mode="r")
     )  # fmt: skip
-    if _attr(group["X"], "encoding-type") not in ("csr_matrix", "csc_matrix"):
+    if attr(group["X"], "encoding-type") not in ("csr_matrix", "csc_matrix"):
         return None
     matrix = ad.io.sparse_dataset(group["X"])
 
@@ -343,11 +343,6 @@ def _anndata_reader(store: Any) -> Callable[[Operation], Any] | None:
         return sp.csr_matrix(matrix[rows] if isinstance(cols, slice) else matrix[rows, cols])
 
     return read
-
-
-def _attr(node: Any, key: str) -> Any:
-    value = node.attrs.get(key)
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def _digest(answer: Any) -> str:

@@ -39,6 +39,7 @@ from annlayout.copies import (
 from annlayout.plan import ArrayPlan, ElementPlan, Plan, PlanError, make_plan
 from annlayout.rewrite.atomic import (
     ApplyError,
+    Interrupted,
     atomic_output,
     check_free_space,
     check_interrupted,
@@ -56,8 +57,10 @@ from annlayout.survey import (
     Survey,
     detect_format,
     filesystem,
+    is_group,
     is_url,
     open_store,
+    plain_value,
     survey_store,
 )
 
@@ -269,7 +272,7 @@ class Rewriter:
             node = source[key]
             path = f"{prefix}{key}"
             encoding = _attrs(node).get("encoding-type")
-            if encoding in CONTAINER_ENCODINGS or (encoding is None and _is_group(node)):
+            if encoding in CONTAINER_ENCODINGS or (encoding is None and is_group(node)):
                 group = target.require_group(key)
                 group.attrs.update(_attrs(node))
                 yield from self._walk(node, group, path + "/")
@@ -496,25 +499,9 @@ def _create_root(path: Path, layout: Layout) -> Any:
     return zarr.open_group(str(path), mode="w", zarr_format=layout.target.zarr_format)
 
 
-def _is_group(node: Any) -> bool:
-    return hasattr(node, "keys") and not hasattr(node, "dtype")
-
-
 def _attrs(node: Any) -> dict[str, Any]:
     """Attributes as plain JSON-able values (h5py gives numpy arrays and bytes)."""
-    return {k: _plain(v) for k, v in node.attrs.items()}
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return value.decode()
-    if isinstance(value, np.ndarray):
-        return [_plain(v) for v in value.tolist()]
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
+    return {k: plain_value(v) for k, v in node.attrs.items()}
 
 
 # --------------------------------------------------------------------------- execution
@@ -575,18 +562,12 @@ def _run_distributed(
             copy_block_by_path, blocks, source=str(source), target=str(target), pure=False
         )
         for future in as_completed(futures):
-            if _interrupted():
-                client.cancel(futures)
+            try:
                 check_interrupted()
+            except Interrupted:
+                client.cancel(futures)
+                raise
             advance(future.result())
-
-
-def _interrupted() -> bool:
-    try:
-        check_interrupted()
-    except BaseException:
-        return True
-    return False
 
 
 def copy_block_by_path(block: Block, *, source: str, target: str) -> int:
