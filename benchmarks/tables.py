@@ -1,6 +1,19 @@
-"""Plain-text tables for the benchmark reports (shared by the suites)."""
+"""Helpers the benchmark suites share: store footprints and plain-text tables."""
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def footprint(path: Path) -> tuple[int, int]:
+    """(number of files, total bytes) of a store directory."""
+    n_files = n_bytes = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            n_files += 1
+            n_bytes += os.path.getsize(os.path.join(root, name))
+    return n_files, n_bytes
 
 
 def text_table(lines: list[tuple[str, ...]]) -> list[str]:

@@ -40,7 +40,7 @@ import pytest
 
 import annlayout
 from annlayout.rewrite.stream import parse_size
-from tables import text_table
+from tables import footprint, text_table
 
 TARGET_TIME_RATIO = 1.0  # annlayout apply --no-verify: no slower than read_h5ad + write_zarr
 TARGET_RSS_RATIO = 0.5  # ... with at most half its peak RSS
@@ -159,16 +159,6 @@ def measure(
         iterations=1,
     )
     return runs[-settings.rounds :] if benchmark.stats is not None else runs
-
-
-def footprint(path: Path) -> tuple[int, int]:
-    """(number of files, total bytes) of a store directory."""
-    n_files = n_bytes = 0
-    for root, _, files in os.walk(path):
-        for name in files:
-            n_files += 1
-            n_bytes += os.path.getsize(os.path.join(root, name))
-    return n_files, n_bytes
 
 
 def summarize(runs: list[dict[str, Any]], command: Sequence[str | Path], output: Path | None):

@@ -26,6 +26,7 @@ import pytest
 import scipy.sparse as sp
 
 import annlayout
+from tables import footprint
 
 TARGETS = {  # access -> (annlayout store, minimum speed-up over the baseline)
     "10 random genes": ("cell-browser", 50.0),
@@ -33,10 +34,6 @@ TARGETS = {  # access -> (annlayout store, minimum speed-up over the baseline)
     "whole matrix": ("cell-browser", 1.0),
 }
 MAX_SIZE_RATIO = 2.1
-
-
-def _du(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +136,7 @@ def test_read_ratios(benchmark, stores, read_results, bench_dir, terminal_report
         )
         report[access] = {"layout": layout, "baseline_s": base, "annlayout_s": ours,
                           "speedup": speedup, "target": target}  # fmt: skip
-    dual, single = _du(stores["cell-browser"]), _du(stores["cell-browser-single"])
+    dual, single = footprint(stores["cell-browser"])[1], footprint(stores["cell-browser-single"])[1]
     size_ratio = dual / single
     lines.append(
         f"size: cell-browser {dual / 1e6:.1f} MB, one orientation {single / 1e6:.1f} MB, "

@@ -32,7 +32,7 @@ from typing import Any
 import pytest
 
 import annlayout
-from tables import text_table
+from tables import footprint, text_table
 
 TARGET_RATIO = 1.25
 BASELINE = "anndata.write_zarr"
@@ -50,16 +50,6 @@ RESULTS_TXT = "write_ratios.txt"
 
 def layout_label(name: str) -> str:
     return f"layout {name}"
-
-
-def footprint(path: Path) -> tuple[int, int]:
-    """(number of files, total bytes) of a store directory."""
-    n_files = n_bytes = 0
-    for root, _, files in os.walk(path):
-        for name in files:
-            n_files += 1
-            n_bytes += os.path.getsize(os.path.join(root, name))
-    return n_files, n_bytes
 
 
 def measure(

@@ -12,6 +12,8 @@ from annlayout.plan import INDPTR_CHUNK, PlanError, make_plan
 from annlayout.spec import Layout, load_layout
 from annlayout.survey import ArrayInfo, ElementInfo, Survey
 
+from .conftest import SHIPPED
+
 
 def layout(rules=(), defaults=None, target=None) -> Layout:
     data = {"annlayout": 1, "name": "t", "rules": list(rules)}
@@ -216,14 +218,7 @@ def test_every_shipped_layout_plans_a_typical_dataset():
         dense("obs/total", (50_000,)),
         dense("uns/x", (), "i8", 8, "numeric-scalar"),
     ]
-    for name in (
-        "anndata-default",
-        "ml-minibatch",
-        "analysis",
-        "cell-browser",
-        "archive",
-        "h5ad-gzip",
-    ):
+    for name in SHIPPED:
         plan = make_plan(load_layout(name), survey(*elements))
         for element in plan.elements:
             for array in element.arrays:
