@@ -71,11 +71,11 @@ SMALL_ELEMENT = 16 << 20
 BLOCK_OVERHEAD = 3
 
 
-def parse_size(value: str | int) -> int:
+def parse_size(value: str | int, option: str = "--memory") -> int:
     try:
         return int(TypeAdapter(ByteSize).validate_python(value))
     except Exception:
-        raise ApplyError(f"{value!r}: not a byte size (e.g. 2GiB, 512MB, 0)") from None
+        raise ApplyError(f"{option} {value!r}: not a byte size (e.g. 2GiB, 512MB, 0)") from None
 
 
 @dataclass(frozen=True)
@@ -184,7 +184,9 @@ def apply(
         remote_output(output) if remote else atomic_output(output) as tmp,
         codec_pipeline(codec_pipeline_name if layout.target.format == "zarr" else None),
     ):
-        rewriter = Rewriter(layout, plan, survey, budget // workers, parse_size(small_element))
+        rewriter = Rewriter(
+            layout, plan, survey, budget // workers, parse_size(small_element, "--whole-below")
+        )
         blocks = rewriter.prepare(source, tmp)
         result.notes, result.streamed = rewriter.callback.notes, rewriter.streamed
         result.n_blocks = len(blocks)
