@@ -180,11 +180,11 @@ class Matrix:
     # -- sparse ------------------------------------------------------------------------
 
     @cached_property
-    def _orientations(self) -> dict[str, tuple[Any, np.ndarray]]:
-        """Usable orientations: name -> (group, indptr in memory)."""
+    def _orientations(self) -> dict[str, tuple[_Arrays, np.ndarray]]:
+        """Usable orientations: name -> (its data and indices, indptr in memory)."""
         primary = self.encoding[:3]
         indptr = self._node["indptr"][...]
-        found = {primary: (self._node, indptr)}
+        found = {primary: (_Arrays(self._node), indptr)}
         copy = copy_group(self._node)
         if copy is not None:
             reason = stale_reason(self._node, copy, indptr)
@@ -196,7 +196,7 @@ class Matrix:
                     stacklevel=4,
                 )
             else:
-                found[copy.name.rpartition("/")[2]] = (copy, copy["indptr"][...])
+                found[copy.name.rpartition("/")[2]] = (_Arrays(copy), copy["indptr"][...])
         return found
 
     def cost(self, orientation: str, rows: np.ndarray, cols: np.ndarray) -> int:
@@ -210,11 +210,11 @@ class Matrix:
 
     def _sparse(self, rows: np.ndarray, cols: np.ndarray) -> sp.csr_matrix:
         orientation = self.choose(rows, cols)
-        group, indptr = self._orientations[orientation]
+        arrays, indptr = self._orientations[orientation]
         major, minor = (rows, cols) if orientation == "csr" else (cols, rows)
         n_minor = self.shape[1] if orientation == "csr" else self.shape[0]
         unique, inverse = np.unique(major, return_inverse=True)
-        data, indices, sub_indptr = _gather(group, indptr, unique)
+        data, indices, sub_indptr = _gather(arrays, indptr, unique)
         cls = sp.csr_matrix if orientation == "csr" else sp.csc_matrix
         shape = (unique.size, n_minor) if orientation == "csr" else (n_minor, unique.size)
         block = cls((data, indices, sub_indptr), shape=shape)
@@ -230,35 +230,51 @@ def _is_identity(positions: np.ndarray, n: int) -> bool:
     return positions.size == n and bool(np.array_equal(positions, np.arange(n)))
 
 
-def _gather(group: Any, indptr: np.ndarray, majors: np.ndarray):
+class _Arrays:
+    """data and indices of one orientation, with their chunk readers (and shard indexes)
+    kept for the life of the handle."""
+
+    def __init__(self, group: Any):
+        self.group = group
+        self._readers: dict[str, Any] = {}
+
+    def read(self, name: str, runs: list[tuple[int, int]]) -> np.ndarray:
+        if name not in self._readers:
+            from annlayout.chunk_reads import chunk_reader
+
+            self._readers[name] = chunk_reader(self.group[name])
+        reader = self._readers[name]
+        if reader is not None:
+            return reader.read(runs)
+        return _read_runs(self.group[name], runs)
+
+
+def _gather(arrays: _Arrays, indptr: np.ndarray, majors: np.ndarray):
     """data, indices and indptr of sorted major slices, read as merged runs of positions."""
     starts, stops = indptr[majors].astype(np.int64), indptr[majors + 1].astype(np.int64)
     sub_indptr = np.zeros(majors.size + 1, dtype=np.int64)
     np.cumsum(stops - starts, out=sub_indptr[1:])
-    runs = list(_runs(starts, stops))
-    if hasattr(group, "metadata"):  # zarr: arrays opened with the zarrs (parallel) pipeline
-        from annlayout.storage import codec_pipeline
-
-        with codec_pipeline("zarrs"):
-            parts = [_read_runs(group[name], runs) for name in ("data", "indices")]
-    else:
-        parts = [_read_runs(group[name], runs) for name in ("data", "indices")]
-    data, indices = parts
+    runs = _runs(starts, stops)
+    data, indices = (arrays.read(name, runs) for name in ("data", "indices"))
     # scipy keeps int32 indices when they fit: converting once here avoids int64 copies
     index_dtype = np.int32 if sub_indptr[-1] < 2**31 else np.int64
     return data, indices.astype(index_dtype, copy=False), sub_indptr.astype(index_dtype)
 
 
 def _read_runs(array: Any, runs: list[tuple[int, int]]) -> np.ndarray:
-    """Runs of positions: one slice, or one orthogonal selection that zarr fetches chunk by
-    chunk (each chunk once, concurrently); h5py reads them one by one."""
+    """Runs of positions through zarr or h5py, for arrays :mod:`annlayout.chunk_reads` does
+    not read itself: one slice, or one orthogonal selection that zarr fetches chunk by chunk;
+    h5py reads them one by one."""
     if not runs:
         return np.zeros(0, dtype=array.dtype)
     if len(runs) == 1:
         return np.asarray(array[runs[0][0] : runs[0][1]])
     if hasattr(array, "get_orthogonal_selection"):
+        from annlayout.storage import codec_pipeline
+
         positions = np.concatenate([np.arange(a, b) for a, b in runs])
-        return np.asarray(array.get_orthogonal_selection((positions,)))
+        with codec_pipeline("zarrs"):
+            return np.asarray(array.get_orthogonal_selection((positions,)))
     return np.concatenate([array[a:b] for a, b in runs])
 
 

@@ -1,0 +1,147 @@
+"""Whole-chunk reads (annlayout.chunk_reads) equal zarr's own reads on every storage kind."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numcodecs
+import numpy as np
+import pytest
+import zarr
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from zarr.codecs import BloscCodec, BytesCodec, GzipCodec, ShardingCodec, ZstdCodec
+from zarr.storage import LocalStore
+
+from annlayout.bench.stores import Counters, MeasuredStore
+from annlayout.chunk_reads import ChunkReadError, chunk_reader
+
+LENGTH = 5_000
+WRITTEN = 3_700  # the tail is never written: chunks (and a shard) missing, read as fill
+
+
+def _v3(path: Path, dtype: str, *, shards: int | None, compressors, serializer="auto"):
+    return zarr.create_array(
+        LocalStore(path),
+        shape=(LENGTH,),
+        chunks=(97,),
+        shards=None if shards is None else (shards,),
+        dtype=dtype,
+        compressors=compressors,
+        serializer=serializer,
+        fill_value=7,
+        zarr_format=3,
+    )
+
+
+KINDS = {
+    "v2-blosc": lambda p: zarr.create_array(
+        LocalStore(p), shape=(LENGTH,), chunks=(97,), dtype="float32", fill_value=7,
+        compressors=numcodecs.Blosc("lz4", 3, numcodecs.Blosc.SHUFFLE), zarr_format=2),
+    "v2-zstd-big-endian": lambda p: zarr.create_array(
+        LocalStore(p), shape=(LENGTH,), chunks=(97,), dtype=">i8", fill_value=7,
+        compressors=numcodecs.Zstd(1), zarr_format=2),
+    "v2-raw": lambda p: zarr.create_array(
+        LocalStore(p), shape=(LENGTH,), chunks=(97,), dtype="uint16", fill_value=7,
+        compressors=None, zarr_format=2),
+    "v3-zstd": lambda p: _v3(p, "int32", shards=None, compressors=[ZstdCodec(level=1)]),
+    "v3-gzip": lambda p: _v3(p, "float64", shards=None, compressors=[GzipCodec(level=1)]),
+    "v3-raw": lambda p: _v3(p, "uint8", shards=None, compressors=None),
+    "v3-sharded-blosc": lambda p: _v3(
+        p, "float32", shards=970, compressors=[BloscCodec(cname="lz4", clevel=3, shuffle="shuffle")]),
+    "v3-sharded-index-first": lambda p: _v3(
+        p, "int64", shards=None, compressors=None,
+        serializer=ShardingCodec(chunk_shape=(97,), codecs=[BytesCodec(), ZstdCodec(level=3)],
+                                 index_location="start")),
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def arrays(tmp_path_factory) -> dict[str, tuple[zarr.Array, np.ndarray]]:
+    root = tmp_path_factory.mktemp("chunk-reads")
+    rng = np.random.default_rng(3)
+    made = {}
+    for name, make in KINDS.items():
+        array = make(root / name)
+        values = np.full(LENGTH, 7, dtype=array.dtype)
+        values[:WRITTEN] = rng.integers(0, 200, WRITTEN).astype(array.dtype)
+        array[:WRITTEN] = values[:WRITTEN]
+        made[name] = (zarr.open_array(LocalStore(root / name, read_only=True)), values)
+    return made
+
+
+def _runs(draw_points: list[int]) -> list[tuple[int, int]]:
+    """Sorted disjoint [start, stop) runs from a list of cut points."""
+    cuts = sorted(set(draw_points))
+    return [(a, b) for a, b in zip(cuts[::2], cuts[1::2], strict=False) if b > a]
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_every_kind_is_read_directly(arrays, kind):
+    array, _ = arrays[kind]
+    assert chunk_reader(array) is not None
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(kind=st.sampled_from(list(KINDS)), points=st.lists(st.integers(0, LENGTH), max_size=40))
+def test_runs_equal_the_stored_values(arrays, kind, points):
+    array, values = arrays[kind]
+    runs = _runs(points)
+    got = chunk_reader(array).read(runs)
+    expected = np.concatenate([values[a:b] for a, b in runs]) if runs else values[:0]
+    assert got.dtype.newbyteorder("=") == values.dtype.newbyteorder("=")
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_whole_array_and_single_positions(arrays):
+    array, values = arrays["v3-sharded-blosc"]
+    reader = chunk_reader(array)
+    np.testing.assert_array_equal(reader.read([(0, LENGTH)]), values)
+    np.testing.assert_array_equal(reader.read([(96, 97), (97, 98)]), values[96:98])
+    with pytest.raises(IndexError):
+        reader.read([(0, LENGTH + 1)])
+
+
+def test_requests_through_a_store_are_merged_and_counted(arrays):
+    """On a non-local store: one request for the shard index, one for neighbouring chunks."""
+    array, values = arrays["v3-sharded-blosc"]
+    counters = Counters()
+    store = MeasuredStore(LocalStore(array.store_path.store.root, read_only=True), counters)
+    remote = zarr.open_array(store)
+    reader = chunk_reader(remote)
+    assert reader.local_root is None
+    counters.reset()  # opening read the metadata
+    runs = [(10, 20), (100, 300)]  # inner chunks 0, 1, 2, 3 of shard 0
+    np.testing.assert_array_equal(
+        reader.read(runs), np.concatenate([values[10:20], values[100:300]])
+    )
+    assert counters.requests == 2
+    counters.reset()
+    reader.read(runs)  # the shard index is kept
+    assert counters.requests == 1
+
+
+def test_codecs_it_does_not_know_fall_back_to_zarr(tmp_path):
+    array = zarr.create_array(
+        LocalStore(tmp_path / "delta"), shape=(100,), chunks=(10,), dtype="int32",
+        filters=[numcodecs.Delta(dtype="int32")], compressors=None, zarr_format=2,
+    )  # fmt: skip
+    assert chunk_reader(array) is None
+
+
+def test_a_corrupt_shard_index_is_an_error(arrays, tmp_path):
+    array, _ = arrays["v3-sharded-blosc"]
+    source = Path(array.store_path.store.root)
+    copy = tmp_path / "corrupt"
+    import shutil
+
+    shutil.copytree(source, copy)
+    shard = copy / "c" / "0"
+    raw = bytearray(shard.read_bytes())
+    raw[-10] ^= 0xFF  # inside the index, before its checksum
+    shard.write_bytes(bytes(raw))
+    reader = chunk_reader(zarr.open_array(LocalStore(copy, read_only=True)))
+    with pytest.raises(ChunkReadError, match="checksum"):
+        reader.read([(0, 10)])
