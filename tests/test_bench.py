@@ -25,6 +25,7 @@ from annlayout.bench import (
 from annlayout.bench import runner as bench_runner
 from annlayout.cli import main
 from annlayout.spec import LayoutError
+from annlayout.survey import filesystem
 
 from .test_stream import make_input
 
@@ -118,7 +119,8 @@ def test_bench_recommends_a_layout_apply_accepts(tmp_path, dataset):
     assert names == {"ml-minibatch", "cell-browser"}
     for candidate in result.candidates:
         readers = {(r.pattern, r.reader) for r in candidate.results}
-        assert len(readers) == 2 * len(load_workload("cell-browser").patterns)
+        assert len(readers) == 3 * len(load_workload("cell-browser").patterns)
+        assert {reader for _, reader in readers} == {"annlayout", "sparse_dataset", "read_lazy"}
         assert all(r.requests > 0 and r.bytes_read > 0 for r in candidate.results)
     from annlayout.bench.report import write_reports
 
@@ -154,7 +156,7 @@ def test_search_variants_and_constraints(tmp_path, dataset):
     assert [v.name for v in variants] == [
         "ml-minibatch-chunks-div4", "ml-minibatch-chunks-x4", "ml-minibatch-zstd", "ml-minibatch-dual",
     ]  # fmt: skip
-    assert variants[1].rule_for("X", "csr_matrix")[1].chunks.major == 256
+    assert variants[1].rule_for("X", "csr_matrix")[1].chunks.major == 64  # 16 x 4
     result = run_bench(
         dataset, load_workload("ml-minibatch"), workdir=tmp_path,
         layouts=["ml-minibatch", "cell-browser"], max_size=1.2, sample=200,
@@ -189,3 +191,23 @@ def test_bench_reads_its_input_from_s3(tmp_path, dataset, s3):
         remote, load_workload("analysis"), workdir=tmp_path, layouts=["analysis"], sample=100
     )
     assert result.winner.name == "analysis"
+
+
+def test_bench_measures_candidates_on_s3(tmp_path, dataset, s3):
+    """--storage s3://...: candidates written to the object store, read and counted there,
+    then removed."""
+    out = tmp_path / "report"
+    storage = f"{s3}/bench-candidates"
+    result = CliRunner().invoke(
+        main,
+        ["bench", str(dataset), "--workload", "ml-minibatch", "--layout", "ml-minibatch",
+         "--layout", "analysis", "--sample", "300", "--storage", storage, "--out", str(out)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output + result.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["storage"] == storage
+    for candidate in report["candidates"]:
+        assert candidate["size"] > 0 and candidate["objects"] > 0
+        for pattern in candidate["patterns"]:
+            assert pattern["requests"] > 0 and pattern["bytes_read"] > 0
+    assert not filesystem(storage).exists(storage)  # scratch candidates removed

@@ -368,7 +368,9 @@ def verify_command(source: str, rewritten: str, as_json: bool, memory: str) -> N
     "--storage",
     default="local",
     show_default=True,
-    help="local, or sim:rtt=20ms,bandwidth=200MB/s,concurrency=16.",
+    help="local; sim:rtt=20ms,bandwidth=200MB/s,concurrency=16 (simulated object storage); "
+    "or a URL such as s3://bucket/prefix: candidates are written there, read from there, and "
+    "removed afterwards.",
 )
 @click.option(
     "--max-size", help="Exclude candidates larger than this multiple of the smallest, e.g. 1.5x."

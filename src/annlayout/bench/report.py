@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from annlayout.bench.runner import BenchResult, Candidate
+from annlayout.bench.runner import READERS, BenchResult, Candidate
 from annlayout.plan import human_size
 
 
@@ -96,7 +96,7 @@ def _plot(result: BenchResult, path: Path) -> None:
     figure, axes = plt.subplots(1, len(patterns) + 1, figsize=(4.2 * (len(patterns) + 1), 4))
     names = [c.name for c in ranked]
     for axis, pattern in zip(axes, patterns, strict=False):
-        for offset, reader in ((-0.2, "annlayout"), (0.2, "anndata")):
+        for offset, reader in zip((-0.27, 0.0, 0.27), READERS, strict=True):
             values = [
                 next(
                     (
@@ -108,7 +108,7 @@ def _plot(result: BenchResult, path: Path) -> None:
                 )
                 for c in ranked
             ]
-            axis.barh([i + offset for i in range(len(names))], values, height=0.4, label=reader)
+            axis.barh([i + offset for i in range(len(names))], values, height=0.27, label=reader)
         axis.set_yticks(range(len(names)), names, fontsize=8)
         axis.set_xlabel("median ms per operation")
         axis.set_title(pattern, fontsize=10)

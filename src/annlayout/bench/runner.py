@@ -27,9 +27,15 @@ from annlayout.bench.stores import Counters, MeasuredStore, Simulation
 from annlayout.bench.workloads import Operation, Workload, operations, pattern_label
 from annlayout.plan import make_plan
 from annlayout.spec import ChunkSpec, Layout, Zstd, load_layout, shipped_layouts
-from annlayout.survey import attr, survey_store
+from annlayout.survey import attr, filesystem, survey_store
 
 Progress = Callable[[str], None]
+
+# annlayout's reader and anndata's two lazy readers. read_lazy builds and runs a dask graph
+# per selection (seconds per minibatch on 50,000 cells), so it is timed on the first
+# LAZY_OPERATIONS operations of each pattern only; its answers are checked all the same.
+READERS = ("annlayout", "sparse_dataset", "read_lazy")
+LAZY_OPERATIONS = 4
 
 
 class BenchError(RuntimeError):
@@ -40,7 +46,7 @@ class BenchError(RuntimeError):
 class PatternResult:
     pattern: str
     weight: float
-    reader: str  # "annlayout" or "anndata"
+    reader: str  # one of READERS
     latencies: list[float]
     requests: int
     bytes_read: int
@@ -73,7 +79,7 @@ class Candidate:
     name: str
     layout: Layout
     origin: str  # "shipped", "given" or "search"
-    path: Path | None = None
+    location: Path | str | None = None  # a local path, or a URL on --storage s3://...
     write_seconds: float = 0.0
     size: int = 0
     objects: int = 0
@@ -151,19 +157,24 @@ def run_bench(
         raise BenchError("no zarr layout among the candidates")
 
     reference: dict[tuple[int, int], str] = {}
-    for candidate in candidates:
-        _evaluate(candidate, data, workload, storage, workdir, reference, say)
-    _score(candidates, max_size, max_objects)
-    if search:
-        best = min(candidates, key=lambda c: c.score)
-        variants = [
-            v for v in search_variants(best.layout) if v.name not in {c.name for c in candidates}
-        ]
-        for layout in variants:
-            candidate = Candidate(name=layout.name, layout=layout, origin="search")
+    try:
+        for candidate in candidates:
             _evaluate(candidate, data, workload, storage, workdir, reference, say)
-            candidates.append(candidate)
         _score(candidates, max_size, max_objects)
+        if search:
+            best = min(candidates, key=lambda c: c.score)
+            variants = [
+                v
+                for v in search_variants(best.layout)
+                if v.name not in {c.name for c in candidates}
+            ]
+            for layout in variants:
+                candidate = Candidate(name=layout.name, layout=layout, origin="search")
+                _evaluate(candidate, data, workload, storage, workdir, reference, say)
+                candidates.append(candidate)
+            _score(candidates, max_size, max_objects)
+    finally:
+        _remove_remote(candidates)
     eligible = [c for c in candidates if c.excluded is None]
     if not eligible:
         raise BenchError("every candidate breaks --max-size or --max-objects")
@@ -203,14 +214,17 @@ def _evaluate(
 ) -> None:
     import annlayout
 
-    candidate.path = workdir / f"{candidate.name}.zarr"
+    candidate.location = (
+        f"{storage.url}/{candidate.name}.zarr"
+        if storage.url
+        else workdir / f"{candidate.name}.zarr"
+    )
     say(f"writing {candidate.name}")
     started = time.perf_counter()
-    annlayout.apply(candidate.layout, data, candidate.path, overwrite=True, verify=False)
+    annlayout.apply(candidate.layout, data, candidate.location, overwrite=True, verify=False)
     candidate.write_seconds = time.perf_counter() - started
-    files = [p for p in candidate.path.rglob("*") if p.is_file()]
-    candidate.size, candidate.objects = sum(p.stat().st_size for p in files), len(files)
-    x = make_plan(candidate.layout, survey_store(candidate.path)).elements
+    candidate.size, candidate.objects = _footprint(candidate.location)
+    x = make_plan(candidate.layout, survey_store(candidate.location)).elements
     x_plan = next((e for e in x if e.path == "X"), None)
     if x_plan is not None and x_plan.shape:
         candidate.x_orientations = [x_plan.orientation or "dense", *x_plan.copies]
@@ -222,17 +236,39 @@ def _evaluate(
 
     for index, pattern in enumerate(workload.patterns):
         say(f"{candidate.name}: {pattern_label(pattern)}")
-        for reader in ("annlayout", "anndata"):
+        for reader in READERS:
             result = _measure(candidate, pattern, index, reader, workload, storage, reference)
             if result is not None:
                 candidate.results.append(result)
 
 
+def _footprint(location: Path | str) -> tuple[int, int]:
+    """Bytes and objects of a store, local or remote."""
+    if isinstance(location, Path):
+        files = [p for p in location.rglob("*") if p.is_file()]
+        return sum(p.stat().st_size for p in files), len(files)
+    sizes = filesystem(location).find(location, detail=True)
+    return sum(int(info.get("size", 0)) for info in sizes.values()), len(sizes)
+
+
 def _open(candidate: Candidate, storage: Simulation) -> tuple[MeasuredStore, Counters]:
-    from zarr.storage import LocalStore
+    from zarr.storage import FsspecStore, LocalStore
 
     counters = Counters()
-    return MeasuredStore(LocalStore(candidate.path, read_only=True), counters, storage), counters
+    if isinstance(candidate.location, str):
+        inner: Any = FsspecStore.from_url(candidate.location, read_only=True)
+    else:
+        inner = LocalStore(candidate.location, read_only=True)
+    return MeasuredStore(inner, counters, storage), counters
+
+
+def _remove_remote(candidates: list[Candidate]) -> None:
+    """Candidates written under --storage s3://... are scratch: removed after the run."""
+    for candidate in candidates:
+        if isinstance(candidate.location, str):
+            fs = filesystem(candidate.location)
+            if fs.exists(candidate.location):
+                fs.rm(candidate.location, recursive=True)
 
 
 def _measure(
@@ -244,24 +280,31 @@ def _measure(
     storage: Simulation,
     reference: dict[tuple[int, int], str],
 ) -> PatternResult | None:
-    # Requests and bytes are counted through a MeasuredStore. On local disk the timed pass
-    # reads the store directly (zarr's fast paths, e.g. the zarrs pipeline, need a plain
-    # store); on simulated object storage the timed pass is the measured one.
+    # Two passes over the same operations. Requests and bytes are counted through a
+    # MeasuredStore; peak memory is traced (tracemalloc), which slows Python-heavy readers,
+    # so it is never traced while timing. On local disk (or a real URL) the timed pass reads
+    # the store directly (zarr's fast paths, e.g. the zarrs pipeline, need a plain store)
+    # and the second pass counts and traces; on simulated object storage the timed pass is
+    # the counted one (the simulation lives in the MeasuredStore) and the second traces.
     store, counters = _open(candidate, storage)
-    direct = storage.active is False
+    simulated = storage.active
     ops: list[Operation] = []
     latencies: list[float] = []
     rows = peak = 0
-    for timed_pass in [True, False] if direct else [True]:
-        source = candidate.path if direct and timed_pass else store
+    requests = bytes_read = 0
+    for timed_pass in (True, False):
+        counted = simulated == timed_pass
+        source = store if counted else candidate.location
         read = _reader(reader, source)
         if read is None:
             return None
         if not ops:
             handle = _handle(source)
             ops = list(operations(pattern, handle.shape, handle.obs, workload.seed + index))
+            if reader == "read_lazy":
+                ops = ops[:LAZY_OPERATIONS]
         counters.reset()
-        if timed_pass:
+        if not timed_pass:
             tracemalloc.start()
         try:
             for number, op in enumerate(ops):
@@ -277,18 +320,20 @@ def _measure(
                         f"{candidate.name} ({reader} reader) answered {pattern_label(pattern)} "
                         f"operation {number} differently from the first candidate"
                     )
-            if timed_pass:
+            if not timed_pass:
                 _, peak = tracemalloc.get_traced_memory()
         finally:
-            if timed_pass:
+            if not timed_pass:
                 tracemalloc.stop()
+        if counted:
+            requests, bytes_read = counters.requests, counters.bytes
     return PatternResult(
         pattern=pattern_label(pattern),
         weight=pattern.weight,
         reader=reader,
         latencies=latencies,
-        requests=counters.requests,
-        bytes_read=counters.bytes,
+        requests=requests,
+        bytes_read=bytes_read,
         rows=rows,
         peak_memory=peak,
     )
@@ -302,8 +347,10 @@ def _handle(source: Any) -> Any:
 
 def _reader(kind: str, source: Any) -> Callable[[Operation], Any] | None:
     """A reader opened once, with what it reads once per handle (indexes, indptrs) done."""
-    if kind == "anndata":
-        return _anndata_reader(source)
+    if kind == "sparse_dataset":
+        return _sparse_dataset_reader(source)
+    if kind == "read_lazy":
+        return _read_lazy_reader(source)
     handle = _handle(source)
     if handle.X is not None and handle.X.encoding.endswith("_matrix"):
         handle.X._orientations  # noqa: B018  (indptrs: read once per open handle)
@@ -319,28 +366,56 @@ def _annlayout_reader(handle: Any) -> Callable[[Operation], Any]:
     return read
 
 
-def _anndata_reader(store: Any) -> Callable[[Operation], Any] | None:
-    import anndata as ad
+def _zarr_group(store: Any) -> Any:
     import zarr
+
+    if isinstance(store, Path | str):
+        return zarr.open_group(str(store), mode="r")
+    return zarr.open_group(store=store, mode="r")
+
+
+def _sorted_rows(rows: Any, read: Callable[[Any], Any]) -> sp.csr_matrix:
+    """anndata's readers want sorted rows: read sorted, then put them back in order."""
+    if not isinstance(rows, np.ndarray):
+        return sp.csr_matrix(read(rows))
+    order = np.argsort(rows, kind="stable")
+    return sp.csr_matrix(read(rows[order]))[np.argsort(order)]
+
+
+def _sparse_dataset_reader(store: Any) -> Callable[[Operation], Any] | None:
+    import anndata as ad
     from anndata.io import read_elem
 
-    group = zarr.open_group(store=store, mode="r") if not isinstance(store, Path) else (
-        zarr.open_group(str(store), mode="r")
-    )  # fmt: skip
+    group = _zarr_group(store)
     if attr(group["X"], "encoding-type") not in ("csr_matrix", "csc_matrix"):
         return None
     matrix = ad.io.sparse_dataset(group["X"])
 
     def read(op: Operation) -> Any:
         if op.column is not None:
-            values = read_elem(group["obs"][op.column])
-            return np.asarray(values)
-        rows, cols = op.rows, op.cols
-        if isinstance(rows, np.ndarray):  # sparse_dataset wants sorted rows
-            order = np.argsort(rows, kind="stable")
-            block = sp.csr_matrix(matrix[rows[order]])[np.argsort(order)]
-            return block[:, cols]
-        return sp.csr_matrix(matrix[rows] if isinstance(cols, slice) else matrix[rows, cols])
+            return np.asarray(read_elem(group["obs"][op.column]))
+        if isinstance(op.rows, np.ndarray) or isinstance(op.cols, slice):
+            return _sorted_rows(op.rows, lambda rows: matrix[rows])[:, op.cols]
+        return sp.csr_matrix(matrix[op.rows, op.cols])
+
+    return read
+
+
+def _read_lazy_reader(store: Any) -> Callable[[Operation], Any] | None:
+    import anndata as ad
+
+    group = _zarr_group(store)
+    if attr(group["X"], "encoding-type") not in ("csr_matrix", "csc_matrix"):
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lazy = ad.experimental.read_lazy(group)
+
+    def read(op: Operation) -> Any:
+        if op.column is not None:
+            return np.asarray(lazy.obs[op.column])
+        block = _sorted_rows(op.rows, lambda rows: lazy.X[rows].compute())
+        return block[:, op.cols]
 
     return read
 

@@ -41,17 +41,22 @@ class Counters:
 
 @dataclass(frozen=True)
 class Simulation:
-    """What object storage adds to each read; zeros and Nones mean local disk as it is."""
+    """Where candidates are read from: local disk as it is (all defaults), local disk plus what
+    object storage adds to each read (rtt, bandwidth, concurrency), or a real object store
+    (``url``, e.g. ``s3://bucket/prefix``; endpoint and credentials from the environment)."""
 
     rtt: float = 0.0  # seconds per request
     bandwidth: float | None = None  # bytes per second, shared by requests in flight
     concurrency: int | None = None  # requests in flight at most
+    url: str | None = None  # candidates are written under this prefix and read from there
 
     @property
     def active(self) -> bool:
         return bool(self.rtt or self.bandwidth or self.concurrency)
 
     def describe(self) -> str:
+        if self.url:
+            return self.url
         if not self.active:
             return "local"
         parts = [f"rtt={self.rtt * 1000:g}ms"]
@@ -63,9 +68,16 @@ class Simulation:
 
 
 def parse_storage(text: str) -> Simulation:
-    """``local`` or ``sim:rtt=20ms,bandwidth=200MB/s,concurrency=16`` (any subset)."""
+    """``local``, ``sim:rtt=20ms,bandwidth=200MB/s,concurrency=16`` (any subset), or a URL
+    such as ``s3://bucket/prefix``."""
     if text in ("", "local"):
         return Simulation()
+    if "://" in text:
+        if not text.split("://", 1)[1].strip("/"):
+            raise ValueError(
+                f"--storage {text!r}: give a bucket (and prefix), e.g. s3://bucket/bench"
+            )
+        return Simulation(url=text.rstrip("/"))
     if not text.startswith("sim:"):
         raise ValueError(
             f"--storage {text!r}: use local, sim:rtt=...,bandwidth=...,concurrency=... or an s3:// URL"
