@@ -67,7 +67,7 @@ class _Model(BaseModel):
 class Zstd(_Model):
     """Zstandard: the best ratio for the speed; zarr only (h5py cannot store it without plugins)."""
 
-    name: Literal["zstd"]
+    name: Literal["zstd"] = Field(description="zstd")
     level: int = Field(
         3, ge=-7, le=22, description="Compression level; 0 means zstd's default (3)."
     )
@@ -77,23 +77,29 @@ class Zstd(_Model):
 class Blosc(_Model):
     """Blosc meta-compressor: very fast decompression with byte shuffling; zarr only."""
 
-    name: Literal["blosc"]
-    cname: Literal["lz4", "lz4hc", "zstd", "zlib", "blosclz"] = "lz4"
-    clevel: int = Field(5, ge=0, le=9)
-    shuffle: Literal["noshuffle", "shuffle", "bitshuffle"] = "shuffle"
+    name: Literal["blosc"] = Field(description="blosc")
+    cname: Literal["lz4", "lz4hc", "zstd", "zlib", "blosclz"] = Field(
+        "lz4", description="Inner compressor: lz4 decompresses fastest, zstd compresses best."
+    )
+    clevel: int = Field(5, ge=0, le=9, description="Compression level, 0 (none) to 9.")
+    shuffle: Literal["noshuffle", "shuffle", "bitshuffle"] = Field(
+        "shuffle",
+        description="Byte or bit transposition before compressing; helps numbers whose high "
+        "bytes repeat (counts, small indices).",
+    )
 
 
 class Gzip(_Model):
     """Deflate: slow but readable everywhere; the only compressor every h5ad reader has."""
 
-    name: Literal["gzip"]
-    level: int = Field(4, ge=0, le=9)
+    name: Literal["gzip"] = Field(description="gzip")
+    level: int = Field(4, ge=0, le=9, description="Compression level, 0 (none) to 9.")
 
 
 class NoCodec(_Model):
     """No compression."""
 
-    name: Literal["none"]
+    name: Literal["none"] = Field(description="none")
 
 
 Codec = Annotated[Zstd | Blosc | Gzip | NoCodec, Field(discriminator="name")]
@@ -193,9 +199,9 @@ class ShardSpec(_Model):
 class CopySettings(_Model):
     """Storage of a sparse matrix's second orientation; what is left out follows the primary."""
 
-    chunks: ChunkSpec | None = None
-    shards: ShardSpec | None = None
-    codecs: list[Codec] | None = None
+    chunks: ChunkSpec | None = Field(None, description="Chunks of the copy's arrays.")
+    shards: ShardSpec | None = Field(None, description="Shards of the copy's arrays.")
+    codecs: list[Codec] | None = Field(None, description="Compressors of the copy's arrays.")
 
     @field_validator("codecs", mode="before")
     @classmethod
@@ -206,7 +212,11 @@ class CopySettings(_Model):
 class ElementSettings(_Model):
     """Storage settings for an element; a field left out falls back to ``defaults``."""
 
-    chunks: ChunkSpec | None = None
+    chunks: ChunkSpec | None = Field(
+        None,
+        description="Chunk size: one of shape, rows, major (sparse), elements or bytes; the "
+        "unit every read fetches and decodes whole.",
+    )
     shards: ShardSpec | None = Field(
         None, description="zarr v3 shards: bytes, chunks per shard, explicit shape, or none."
     )
@@ -277,7 +287,9 @@ class Match(_Model):
 
 
 class Rule(ElementSettings):
-    match: Match
+    """Settings for the elements a rule matches; the first matching rule wins."""
+
+    match: Match = Field(description="Which elements (path globs and/or encodings).")
     _origin: str = PrivateAttr("")  # "file:line" of the rule, for messages
 
     @property
@@ -286,8 +298,12 @@ class Rule(ElementSettings):
 
 
 class Target(_Model):
-    format: Literal["zarr", "h5ad"] = "zarr"
-    zarr_format: Literal[2, 3] = 3
+    """The kind of store a layout writes."""
+
+    format: Literal["zarr", "h5ad"] = Field("zarr", description="zarr directory or h5ad file.")
+    zarr_format: Literal[2, 3] = Field(
+        3, description="zarr format version; shards need 3, anndata < 0.11 readers need 2."
+    )
     consolidate_metadata: bool = Field(
         True, description="zarr: write consolidated metadata so opening costs one request."
     )
@@ -297,14 +313,19 @@ class Layout(_Model):
     """A layout file."""
 
     annlayout: Literal[1] = Field(description="Layout file format version.")
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    description: str = ""
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="Layout name: letters, digits, _ . - (recorded in the store's provenance).",
+    )
+    description: str = Field("", description="Who the layout is for, in a sentence or two.")
     extends: str | None = Field(
         None, description="A shipped layout name or a path (relative to this file)."
     )
-    target: Target = Target()
-    defaults: ElementSettings = ElementSettings()
-    rules: list[Rule] = []
+    target: Target = Field(Target(), description="The kind of store written.")
+    defaults: ElementSettings = Field(
+        ElementSettings(), description="Settings for every element no rule sets."
+    )
+    rules: list[Rule] = Field([], description="Per-element settings; the first match wins.")
 
     _source: str = PrivateAttr("")
 
