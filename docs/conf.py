@@ -27,6 +27,7 @@ extensions = [
     "sphinx.ext.napoleon",
     "sphinx_click",
     "layout_reference",  # docs/_ext: the layout file reference from the pydantic models
+    "reference_check",  # docs/_ext: both references complete, or the build fails
 ]
 
 exclude_patterns = ["_build", "jupyter_execute", "**/.ipynb_checkpoints"]
