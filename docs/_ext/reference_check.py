@@ -24,7 +24,9 @@ def schema_fields() -> list[tuple[str, str]]:
 
     schema = annlayout.json_schema()
     models = {"Layout": schema, **schema.get("$defs", {})}
-    return [(model, field) for model, spec in models.items() for field in spec.get("properties", {})]
+    return [
+        (model, field) for model, spec in models.items() for field in spec.get("properties", {})
+    ]
 
 
 def cli_options() -> list[tuple[str, str]]:
@@ -38,7 +40,9 @@ def cli_options() -> list[tuple[str, str]]:
     def walk(command: click.Command, path: str) -> None:
         found.append((path, ""))
         for param in command.params:
-            for opt in param.opts if isinstance(param, click.Option) else [param.human_readable_name]:
+            for opt in (
+                param.opts if isinstance(param, click.Option) else [param.human_readable_name]
+            ):
                 found.append((path, opt))
         if isinstance(command, click.Group):
             for name, sub in command.commands.items():

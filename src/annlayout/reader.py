@@ -4,8 +4,9 @@
 on either axis. For a sparse matrix with a second orientation it estimates, from the two
 indptrs, how many nonzeros each orientation must read for the selection and reads the
 cheaper one; a stale copy (see :mod:`annlayout.copies`) is skipped with a warning. Rows (or
-columns) are gathered as runs of nonzero positions that zarr fetches chunk by chunk,
-concurrently, in one orthogonal selection rather than one request per row.
+columns) are gathered as runs of nonzero positions, and the chunks those runs touch are
+fetched and decoded in batches by :mod:`annlayout.chunk_reads` (zarr's own selection where it
+cannot), not row by row.
 """
 
 from __future__ import annotations
