@@ -36,6 +36,9 @@ from tables import footprint, text_table
 
 TARGET_RATIO = 1.25
 BASELINE = "anndata.write_zarr"
+# Layouts that keep a second (CSC) copy of X write twice the data plus a transpose; what a user
+# of anndata does for the same store is a CSC copy as a layer, and that is what they are held to.
+BASELINE_DUAL = "anndata.write_zarr + CSC layer"
 GUIDE = "zarr-v3 guide recipe"
 
 ZARR_LAYOUTS = sorted(
@@ -43,6 +46,17 @@ ZARR_LAYOUTS = sorted(
     for name in annlayout.shipped_layouts()
     if annlayout.load_layout(name).target.format == "zarr"
 )
+
+
+def dual(name: str) -> bool:
+    """Does the layout keep two orientations of X?"""
+    _, settings = annlayout.load_layout(name).rule_for("X", "csr_matrix")
+    return len(settings.orientations or ()) > 1
+
+
+def baseline_for(name: str) -> str:
+    return BASELINE_DUAL if dual(name) else BASELINE
+
 
 RESULTS_JSON = "write_ratios.json"
 RESULTS_TXT = "write_ratios.txt"
@@ -89,8 +103,9 @@ def record(
         "files": n_files,
         "mbytes": round(n_bytes / 1e6, 1),
     }
-    baseline = results.get(BASELINE)
-    if label != BASELINE and baseline is not None:
+    name = label.removeprefix("layout ")
+    baseline = results.get(baseline_for(name) if label.startswith("layout ") else BASELINE)
+    if label not in (BASELINE, BASELINE_DUAL) and baseline is not None:
         info["ratio_to_baseline"] = stats.median / baseline["median_s"]
     benchmark.extra_info.update(info)
     results[label] = info
@@ -122,6 +137,26 @@ def test_write_baseline(benchmark, dataset, output_path, bench_settings, write_r
     )
     ad.read_zarr(output_path)  # the store is a readable AnnData (not timed)
     record(benchmark, write_results, BASELINE, output_path)
+
+
+@pytest.mark.benchmark(group="write")
+def test_write_baseline_dual(benchmark, dataset, output_path, bench_settings, write_results):
+    """What anndata users do for a store with both orientations: X plus ``X.tocsc()`` as a
+    layer, written by ``write_zarr`` with the installed anndata's defaults."""
+
+    def write() -> None:
+        dataset.layers["X_csc"] = dataset.X.tocsc()
+        try:
+            dataset.write_zarr(output_path)
+        finally:
+            del dataset.layers["X_csc"]
+
+    measure(
+        benchmark, write, output_path,
+        rounds=bench_settings.rounds, warmup_rounds=bench_settings.warmup_rounds,
+    )  # fmt: skip
+    benchmark.extra_info.update(writer="adata.layers['X_csc'] = X.tocsc(); write_zarr(path)")
+    record(benchmark, write_results, BASELINE_DUAL, output_path)
 
 
 @pytest.mark.benchmark(group="write")
@@ -206,14 +241,17 @@ def render_table(rows: list[dict[str, Any]], baseline_s: float) -> str:
                 f"{row['median_s']:.3f}",
                 f"{row['min_s']:.3f}",
                 f"{row['max_s']:.3f}",
-                "1.00" if row["label"] == BASELINE else f"{ratio:.2f}",
+                f"{ratio:.2f}",
                 str(row["files"]),
                 f"{row['mbytes']:.1f}",
                 verdict,
             )
         )
     out = text_table(lines)
-    out.append(f"ratio = median(writer) / median({BASELINE}) = median / {baseline_s:.3f} s")
+    out.append(
+        f"ratio = median(writer) / median({BASELINE}) = median / {baseline_s:.3f} s; layouts with a"
+        f" CSC copy of X: / median({BASELINE_DUAL})"
+    )
     return "\n".join(out)
 
 
@@ -251,20 +289,27 @@ def test_write_ratios(benchmark, write_results, bench_dir, bench_settings, termi
     baseline = write_results.get(BASELINE)
     if baseline is None:
         pytest.skip("the baseline was not measured in this session (deselected or disabled)")
-    measured = [name for name in ZARR_LAYOUTS if layout_label(name) in write_results]
+    baselines = {BASELINE: baseline, BASELINE_DUAL: write_results.get(BASELINE_DUAL)}
+    measured = [
+        name
+        for name in ZARR_LAYOUTS
+        if layout_label(name) in write_results and baselines[baseline_for(name)] is not None
+    ]
     missing = [name for name in ZARR_LAYOUTS if name not in measured]
     if not measured:
         pytest.skip("no layout was measured in this session (deselected or disabled)")
 
-    rows = [{"label": BASELINE, "check": None, **baseline}]
+    rows = [{"label": label, "check": None, "ratio": info["median_s"] / baseline["median_s"],
+             **info} for label, info in baselines.items() if info is not None]  # fmt: skip
     ratios: dict[str, float] = {}
     for name in measured:
         info = write_results[layout_label(name)]
-        ratios[name] = info["median_s"] / baseline["median_s"]
+        against = baselines[baseline_for(name)]
+        ratios[name] = info["median_s"] / against["median_s"]
+        label = layout_label(name) + (" (vs + CSC layer)" if dual(name) else "")
         rows.append(
-            {"label": layout_label(name), "ratio": ratios[name],
-             "check": ratios[name] <= TARGET_RATIO, **info}
-        )  # fmt: skip
+            {"label": label, "ratio": ratios[name], "check": ratios[name] <= TARGET_RATIO, **info}
+        )
     if GUIDE in write_results:  # reported, not asserted
         info = write_results[GUIDE]
         rows.append(
