@@ -145,3 +145,15 @@ def test_a_corrupt_shard_index_is_an_error(arrays, tmp_path):
     reader = chunk_reader(zarr.open_array(LocalStore(copy, read_only=True)))
     with pytest.raises(ChunkReadError, match="checksum"):
         reader.read([(0, 10)])
+
+
+def test_a_chunk_of_the_wrong_size_is_an_error(arrays, tmp_path):
+    import shutil
+
+    array, _ = arrays["v2-blosc"]
+    copy = tmp_path / "short"
+    shutil.copytree(array.store_path.store.root, copy)
+    (copy / "0").write_bytes(numcodecs.Blosc().encode(np.zeros(50, dtype="float32")))
+    reader = chunk_reader(zarr.open_array(LocalStore(copy, read_only=True)))
+    with pytest.raises(ChunkReadError, match="200 bytes, expected 388"):
+        reader.read([(0, 10)])
