@@ -88,9 +88,12 @@ def _baseline_read(path: Path, key: tuple) -> sp.csr_matrix:
     return sp.csr_matrix(x[rows, cols] if not isinstance(cols, slice) else x[rows])
 
 
+READ_ROUNDS = 15  # a read takes milliseconds: a median of 3 would move with every hiccup
+
+
 def _measure(benchmark, function, rounds: int) -> tuple[float, Any]:
     result = function()  # warm-up, and the answer to check
-    benchmark.pedantic(function, rounds=rounds, iterations=1)
+    benchmark.pedantic(function, rounds=max(rounds, READ_ROUNDS), iterations=1)
     return statistics.median(benchmark.stats.stats.data), result
 
 
