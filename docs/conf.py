@@ -13,6 +13,8 @@ sys.path.insert(0, str(EXTENSIONS))
 os.environ["PYTHONPATH"] = os.pathsep.join(
     filter(None, [str(EXTENSIONS), os.environ.get("PYTHONPATH")])
 )
+# `!annlayout ...` runs in a pseudo-terminal: plain wide output, no progress bars or colours
+os.environ.update(COLUMNS="160", TTY_COMPATIBLE="0")
 
 import annlayout  # noqa: E402
 

@@ -234,3 +234,28 @@ def test_console_script_end_to_end(tmp_path):
     assert_equal(read_any(data), read_any(out))
     bad = subprocess.run([exe, "plan", "nope", data], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize(
+    ("extra", "args", "message"),
+    [
+        ("dask", ["--workers", "2"], "--workers needs dask and distributed: pip install 'annlayout[dask]'"),
+        ("s3", [], "needs fsspec and s3fs: pip install 'annlayout[s3]'"),
+    ],
+)  # fmt: skip
+def test_a_feature_without_its_extra_says_which_to_install(
+    tmp_path, stores, monkeypatch, extra, args, message
+):
+    import annlayout.optional
+
+    absent = set(annlayout.optional.EXTRAS[extra])
+    real = annlayout.optional.find_spec
+    monkeypatch.setattr(
+        annlayout.optional, "find_spec", lambda name: None if name in absent else real(name)
+    )
+    source = str(stores["h5ad"]) if extra == "dask" else "s3://bucket/in.zarr"
+    output = tmp_path / "out.zarr"
+    result = CliRunner().invoke(main, ["apply", "ml-minibatch", source, str(output), *args])
+    assert result.exit_code == 1
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not output.exists() and not list(tmp_path.iterdir())

@@ -9,6 +9,7 @@ ad.experimental.write_dispatched(group, "/", adata, callback=layout.callback())
 
 from __future__ import annotations
 
+import warnings
 from importlib.metadata import PackageNotFoundError, version
 
 try:
@@ -21,6 +22,13 @@ from annlayout.reader import Dataset, open
 from annlayout.rewrite import ApplyError, ApplyResult, WriteResult, apply, verify_stores, write
 from annlayout.spec import Layout, LayoutError, json_schema, load_layout, shipped_layouts
 from annlayout.survey import Survey, survey_adata, survey_store
+
+# zarr warns on every write and open of consolidated zarr v3 metadata that the format does not
+# specify it yet; layouts ask for consolidation on purpose (one request to open a store), and
+# anndata writes and reads it too, so the warning tells annlayout's users nothing.
+warnings.filterwarnings(
+    "ignore", message="Consolidated metadata is currently not part", category=UserWarning
+)
 
 
 def survey(source) -> Survey:

@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from annlayout.plan import Plan, human_size
@@ -25,7 +26,8 @@ EXIT_ERROR, EXIT_LAYOUT = 1, 2
 
 
 def _fail(message: str, code: int = EXIT_ERROR) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+    # messages quote user input (paths, YAML, pip extras like annlayout[dask]): never markup
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, markup=True)
     sys.exit(code)
 
 
@@ -51,7 +53,7 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             if debug:
                 raise
             for message in error.messages:
-                err.print(f"[bold red]error:[/] {message}", highlight=False)
+                err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
             sys.exit(EXIT_LAYOUT)
         except (ApplyError, PlanError, NotAnnDataError, BenchError) as error:
             if debug:

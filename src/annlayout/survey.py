@@ -90,6 +90,11 @@ def is_url(location: str | Path) -> bool:
 def filesystem(url: str) -> Any:
     """The fsspec filesystem of a URL; credentials and endpoints come from the environment
     (``AWS_ACCESS_KEY_ID``, ``AWS_ENDPOINT_URL``, ...), as for every fsspec/boto client."""
+    from annlayout.optional import requirement
+
+    needed = requirement("s3", f"{url}: reading and writing URLs")
+    if needed:
+        raise NotAnnDataError(needed)
     import fsspec
 
     fs, _ = fsspec.core.url_to_fs(url)

@@ -72,7 +72,8 @@ def _markdown(result: BenchResult) -> str:
             "",
             f"## {pattern}",
             "",
-            "| layout | reader | median ms | p95 ms | rows/s | requests | bytes read | peak memory |",
+            "| layout | reader | median ms | p95 ms | rows/s | requests (all ops) "
+            "| bytes read (all ops) | peak memory |",
             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
         for c in _ranked(result):

@@ -25,6 +25,7 @@ import scipy.sparse as sp
 
 from annlayout.bench.stores import Counters, MeasuredStore, Simulation
 from annlayout.bench.workloads import Operation, Workload, operations, pattern_label
+from annlayout.optional import requirement
 from annlayout.plan import make_plan
 from annlayout.spec import ChunkSpec, Layout, Zstd, load_layout, shipped_layouts
 from annlayout.survey import attr, filesystem, survey_store
@@ -156,6 +157,9 @@ def run_bench(
     if not candidates:
         raise BenchError("no zarr layout among the candidates")
 
+    lazy_missing = requirement("bench", "measuring anndata's read_lazy")
+    if lazy_missing:
+        say(f"{lazy_missing}; skipping that reader")
     reference: dict[tuple[int, int], str] = {}
     try:
         for candidate in candidates:
@@ -402,6 +406,9 @@ def _sparse_dataset_reader(store: Any) -> Callable[[Operation], Any] | None:
 
 
 def _read_lazy_reader(store: Any) -> Callable[[Operation], Any] | None:
+    """anndata's read_lazy; None (not measured) when dask or xarray is not installed."""
+    if requirement("bench", "read_lazy"):
+        return None
     import anndata as ad
 
     group = _zarr_group(store)

@@ -36,6 +36,7 @@ from annlayout.copies import (
     transposed_ranges,
     write_record,
 )
+from annlayout.optional import requirement
 from annlayout.plan import ArrayPlan, ElementPlan, Plan, PlanError, make_plan
 from annlayout.rewrite.atomic import (
     ApplyError,
@@ -176,6 +177,10 @@ def apply(
         raise ApplyError(
             f"{output}: h5ad is one file and is written by one process; drop --workers/--scheduler"
         )
+    if workers > 1 or scheduler:
+        needed = requirement("dask", "--scheduler" if scheduler else "--workers")
+        if needed:
+            raise ApplyError(needed)
     if not remote:
         check_free_space(output.parent, sum(e.stored_bytes or 0 for e in survey.elements))
 
