@@ -136,19 +136,34 @@ def test_bench_recommends_a_layout_apply_accepts(tmp_path, dataset):
     assert applied.verified
 
 
-def test_a_wrong_answer_cannot_win(tmp_path, dataset, monkeypatch):
+PATTERNS = {
+    "random-rows": {"batch_size": 16, "batches": 2},
+    "row-slices": {"length": 20, "slices": 2},
+    "gene-queries": {"genes": 2, "queries": 2},
+    "category-genes": {"genes": 2, "queries": 2},
+    "obs-columns": {"count": 2},
+    "full-scan": {"block_rows": 50},
+}
+
+
+@pytest.mark.parametrize("kind", list(PATTERNS))
+def test_a_wrong_answer_cannot_win(tmp_path, dataset, monkeypatch, kind):
+    """Every pattern's answers are compared across candidates: a reader that is wrong on one
+    candidate stops the benchmark."""
     real = bench_runner._annlayout_reader
 
     def lying(handle):
         read = real(handle)
-        if "cell-browser" in str(handle.source):
-            return lambda op: read(op) * 2
-        return read
+        if "cell-browser" not in str(handle.source):
+            return read
+        return lambda op: read(op) * 2 if op.column is None else np.asarray(read(op))[:-1]
 
     monkeypatch.setattr(bench_runner, "_annlayout_reader", lying)
+    workload = bench_runner.Workload.model_validate(
+        {"workload": 1, "name": kind, "patterns": [{"kind": kind, **PATTERNS[kind]}]}
+    )
     with pytest.raises(BenchError, match=r"cell-browser .* differently from the first candidate"):
-        run_bench(dataset, load_workload("ml-minibatch"), workdir=tmp_path,
-                  layouts=["ml-minibatch", "cell-browser"])  # fmt: skip
+        run_bench(dataset, workload, workdir=tmp_path, layouts=["ml-minibatch", "cell-browser"])
 
 
 def test_search_variants_and_constraints(tmp_path, dataset):
