@@ -207,6 +207,8 @@ def test_apply_json_summary_and_codec_pipeline(tmp_path, stores):
     summary = json.loads(result.output)
     assert summary["layout"] == "ml-minibatch" and summary["objects"] > 0
     assert summary["output"] == str(out)
+    # a small input is read whole (under --whole-below), and that reading is counted too
+    assert summary["streamed_elements"] == [] and summary["bytes_read"] > 0
 
 
 def test_debug_shows_the_traceback(tmp_path):

@@ -195,7 +195,7 @@ def apply(
         blocks = rewriter.prepare(source, tmp)
         result.notes, result.streamed = rewriter.callback.notes, rewriter.streamed
         result.n_blocks = len(blocks)
-        result.bytes_read = sum(b.nbytes for b in blocks)
+        result.bytes_read = sum(b.nbytes for b in blocks) + rewriter.whole_bytes
         run_blocks(
             blocks, rewriter, source, tmp, workers=workers, scheduler=scheduler, progress=progress
         )
@@ -243,6 +243,7 @@ class Rewriter:
         self.small = small
         self.callback = LayoutCallback(layout)
         self.streamed: list[str] = []
+        self.whole_bytes = 0  # elements read whole through anndata (uncompressed bytes)
         # (element path, target group, part plans): other orientations, built after the blocks
         self.transposes: list[tuple[str, Any, dict[str, ArrayPlan]]] = []
         # (primary group, copy group, primary orientation): mirror records written at the end
@@ -308,6 +309,8 @@ class Rewriter:
             value = read_elem(node)
         except Exception as err:
             raise ApplyError(f"{path}: cannot read the input: {_first_line(err)}") from None
+        if path in self.plans:
+            self.whole_bytes += self.plans[path].nbytes or 0
         ad.experimental.write_dispatched(target, key, value, callback=self.callback)
 
     def _stream(self, node: Any, target: Any, key: str, plan: ElementPlan) -> Iterator[Block]:
