@@ -324,6 +324,7 @@ def test_write_ratios(benchmark, write_results, bench_dir, bench_settings, termi
         "target_ratio": TARGET_RATIO,
         "environment": environment(bench_settings),
         "baseline": baseline,
+        "baseline_dual": baselines[BASELINE_DUAL],
         "layouts": {name: write_results[layout_label(name)] for name in measured},
         "ratios": ratios,
         "guide_recipe": write_results.get(GUIDE),

@@ -157,3 +157,51 @@ def test_a_chunk_of_the_wrong_size_is_an_error(arrays, tmp_path):
     reader = chunk_reader(zarr.open_array(LocalStore(copy, read_only=True)))
     with pytest.raises(ChunkReadError, match="200 bytes, expected 388"):
         reader.read([(0, 10)])
+
+
+def _in_child(target, *args) -> int | None:
+    """Run ``target`` in a forked child; its exit code, or None if it hung."""
+    import multiprocessing
+
+    child = multiprocessing.get_context("fork").Process(target=target, args=args)
+    child.start()
+    child.join(60)
+    if child.is_alive():
+        child.kill()
+        return None
+    return child.exitcode
+
+
+def _read_and_exit(array, values) -> None:
+    import os
+
+    ok = np.array_equal(chunk_reader(array).read([(0, LENGTH)]), values)
+    os._exit(0 if ok else 1)
+
+
+def test_a_forked_child_reads(arrays):
+    """A process forked after reading (a DataLoader worker) gets its own thread pool."""
+    array, values = arrays["v3-sharded-blosc"]
+    chunk_reader(array).read([(0, LENGTH)])  # the parent's pool exists now
+    assert _in_child(_read_and_exit, array, values) == 0
+
+
+def _read_with_few_descriptors(array, values) -> None:
+    import os
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+    _read_and_exit(array, values)
+    os._exit(1)
+
+
+def test_an_unsharded_array_of_many_chunk_files_reads_within_few_descriptors(tmp_path):
+    """A file per chunk: reading 500 of them never holds more than one open per thread."""
+    array = zarr.create_array(
+        LocalStore(tmp_path / "many"), shape=(LENGTH,), chunks=(10,), dtype="int32",
+        compressors=[ZstdCodec(level=1)], zarr_format=3,
+    )  # fmt: skip
+    values = np.arange(LENGTH, dtype="int32")
+    array[:] = values
+    opened = zarr.open_array(LocalStore(tmp_path / "many", read_only=True))
+    assert _in_child(_read_with_few_descriptors, opened, values) == 0

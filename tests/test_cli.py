@@ -241,7 +241,8 @@ def test_console_script_end_to_end(tmp_path):
 @pytest.mark.parametrize(
     ("extra", "args", "message"),
     [
-        ("dask", ["--workers", "2"], "--workers needs dask and distributed: pip install 'annlayout[dask]'"),
+        ("dask", ["--workers", "2"], "--workers needs dask: pip install 'annlayout[dask]'"),
+        ("dask", ["--scheduler", "tcp://127.0.0.1:1"], "--scheduler needs dask and distributed: pip install 'annlayout[dask]'"),
         ("s3", [], "needs fsspec and s3fs: pip install 'annlayout[s3]'"),
     ],
 )  # fmt: skip

@@ -17,7 +17,9 @@ def load_ipython_extension(ipython: Any) -> None:
     run = ipython.system
 
     def checked(command: str) -> None:
-        run(command)
+        # expand {names} in the notebook's namespace here: IPython expands in its caller's
+        # frame, which would now be this function's (it expands again, finding no braces)
+        run(ipython.var_expand(command, depth=1))
         code = ipython.user_ns.get("_exit_code", 0)
         if code:
             raise CommandFailed(f"exit code {code}: {command}")

@@ -66,8 +66,8 @@ def check(app: Any, exception: Exception | None) -> None:
     if cli.exists():
         text = _text(cli)
         for command, option in cli_options():
-            wanted = option or command
-            if wanted.lower() not in text.lower():
+            wanted = re.escape(option or command)  # whole options: --out is not --output
+            if not re.search(rf"(?<![\w-]){wanted}(?![\w-])", text, re.IGNORECASE):
                 logger.warning("CLI reference lacks %s %s", command, option)
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -37,9 +38,22 @@ class ChunkReadError(ValueError):
     """A shard index or chunk that does not decode (corrupt or truncated store)."""
 
 
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # respects taskset and cgroup cpusets
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 @cache
 def _pool() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="annlayout-read")
+    return ThreadPoolExecutor(max_workers=_usable_cpus(), thread_name_prefix="annlayout-read")
+
+
+# A forked child (e.g. a PyTorch DataLoader worker) inherits the pool without its threads:
+# it makes its own on first use.
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_pool.cache_clear)
 
 
 def _numcodecs_decoder(name: str, config: dict[str, Any]) -> Decoder | None:
@@ -133,6 +147,11 @@ class ChunkReader:
                 located.append((self._key(shard), int(offset), int(offset + nbytes)))
         return located
 
+    def load_indexes(self) -> None:
+        """Every shard index of the array (a no-op without shards)."""
+        if self.shard_len:
+            self._load_indexes(np.arange(-(-self.length // self.shard_len)))
+
     def _load_indexes(self, shards: np.ndarray) -> None:
         missing = [int(s) for s in shards if int(s) not in self._indexes]
         if not missing:
@@ -211,26 +230,30 @@ class ChunkReader:
             future.result()
 
     def _read_local_batch(self, jobs: list[tuple[tuple[str, int, int] | None, np.ndarray]]) -> None:
+        """pread each chunk; jobs come in key order, so one file is open at a time (unsharded
+        arrays are a file per chunk: keeping them all open would exhaust descriptors)."""
         assert self.local_root is not None
-        descriptors: dict[str, int] = {}
+        open_key, fd = None, -1
+        payloads: list[tuple[bytes | None, np.ndarray]] = []
         try:
-            payloads = []
             for where, out in jobs:
                 if where is None:
                     payloads.append((None, out))
                     continue
                 key, start, stop = where
-                if key not in descriptors:
-                    try:
-                        descriptors[key] = os.open(self.local_root / key, os.O_RDONLY)
-                    except FileNotFoundError:
-                        payloads.append((None, out))
-                        continue
-                fd = descriptors[key]
+                if key != open_key:
+                    if fd >= 0:
+                        os.close(fd)
+                    open_key, fd = key, -1
+                    with suppress(FileNotFoundError):  # never written: stays -1
+                        fd = os.open(self.local_root / key, os.O_RDONLY)
+                if fd < 0:  # never written: fill
+                    payloads.append((None, out))
+                    continue
                 size = os.fstat(fd).st_size - start if stop < 0 else stop - start
                 payloads.append((os.pread(fd, size, start), out))
         finally:
-            for fd in descriptors.values():
+            if fd >= 0:
                 os.close(fd)
         self._decode_batch(payloads)
 
@@ -393,7 +416,8 @@ def _store_ranges(store: Any, located: list[tuple[str, int, int] | None]) -> lis
         key, start, stop = located[i]  # type: ignore[misc]
         last = groups[-1] if groups else None
         if last and last[0] == key and stop >= 0 and last[2] >= 0 and start - last[2] <= MERGE_GAP:
-            groups[-1] = (key, last[1], max(last[2], stop), [*last[3], i])
+            last[3].append(i)
+            groups[-1] = (key, last[1], max(last[2], stop), last[3])
         else:
             groups.append((key, start, stop, [i]))
     requests = [

@@ -16,14 +16,15 @@ EXTRAS = {
 }
 
 
-def missing(extra: str) -> list[str]:
-    """The packages of ``extra`` that are not installed."""
-    return [name for name in EXTRAS[extra] if find_spec(name) is None]
+def missing(extra: str, modules: tuple[str, ...] | None = None) -> list[str]:
+    """The packages of ``extra`` (or just ``modules`` of it) that are not installed."""
+    return [name for name in modules or EXTRAS[extra] if find_spec(name) is None]
 
 
-def requirement(extra: str, feature: str) -> str | None:
-    """None when ``extra`` is installed, else the message that says how to get ``feature``."""
-    absent = missing(extra)
+def requirement(extra: str, feature: str, modules: tuple[str, ...] | None = None) -> str | None:
+    """None when ``extra`` (or the ``modules`` of it a feature uses) is installed, else the
+    message that says how to get ``feature``."""
+    absent = missing(extra, modules)
     if not absent:
         return None
     return f"{feature} needs {' and '.join(absent)}: pip install 'annlayout[{extra}]'"

@@ -200,6 +200,12 @@ class Matrix:
                 found[copy.name.rpartition("/")[2]] = (_Arrays(copy), copy["indptr"][...])
         return found
 
+    def warm(self) -> None:
+        """Read now what a handle otherwise reads on first use: the indptrs and, for sharded
+        zarr arrays, every shard index (one small request per shard)."""
+        for arrays, _ in self._orientations.values():
+            arrays.warm()
+
     def cost(self, orientation: str, rows: np.ndarray, cols: np.ndarray) -> int:
         """Nonzeros an orientation reads for a selection (its major axis selects ranges)."""
         _, indptr = self._orientations[orientation]
@@ -237,17 +243,36 @@ class _Arrays:
 
     def __init__(self, group: Any):
         self.group = group
+        self._arrays: dict[str, Any] = {}
         self._readers: dict[str, Any] = {}
 
-    def read(self, name: str, runs: list[tuple[int, int]]) -> np.ndarray:
-        if name not in self._readers:
-            from annlayout.chunk_reads import chunk_reader
+    def _open(self, name: str) -> None:
+        from annlayout.chunk_reads import chunk_reader
 
-            self._readers[name] = chunk_reader(self.group[name])
+        if hasattr(self.group, "metadata"):  # zarr fixes the codec pipeline when it opens
+            from annlayout.storage import codec_pipeline  # an array: open it under zarrs
+
+            with codec_pipeline("zarrs"):
+                self._arrays[name] = self.group[name]
+        else:
+            self._arrays[name] = self.group[name]
+        self._readers[name] = chunk_reader(self._arrays[name])
+
+    def warm(self) -> None:
+        """Open both arrays and read every shard index now rather than on the first read."""
+        for name in ("data", "indices"):
+            if name not in self._arrays:
+                self._open(name)
+            if self._readers[name] is not None:
+                self._readers[name].load_indexes()
+
+    def read(self, name: str, runs: list[tuple[int, int]]) -> np.ndarray:
+        if name not in self._arrays:
+            self._open(name)
         reader = self._readers[name]
         if reader is not None:
             return reader.read(runs)
-        return _read_runs(self.group[name], runs)
+        return _read_runs(self._arrays[name], runs)
 
 
 def _gather(arrays: _Arrays, indptr: np.ndarray, majors: np.ndarray):
@@ -271,11 +296,8 @@ def _read_runs(array: Any, runs: list[tuple[int, int]]) -> np.ndarray:
     if len(runs) == 1:
         return np.asarray(array[runs[0][0] : runs[0][1]])
     if hasattr(array, "get_orthogonal_selection"):
-        from annlayout.storage import codec_pipeline
-
         positions = np.concatenate([np.arange(a, b) for a, b in runs])
-        with codec_pipeline("zarrs"):
-            return np.asarray(array.get_orthogonal_selection((positions,)))
+        return np.asarray(array.get_orthogonal_selection((positions,)))
     return np.concatenate([array[a:b] for a, b in runs])
 
 

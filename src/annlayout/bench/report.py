@@ -72,16 +72,16 @@ def _markdown(result: BenchResult) -> str:
             "",
             f"## {pattern}",
             "",
-            "| layout | reader | median ms | p95 ms | rows/s | requests (all ops) "
-            "| bytes read (all ops) | peak memory |",
-            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+            "| layout | reader | operations | median ms | p95 ms | rows/s | requests per op "
+            "| bytes read per op | peak memory |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
         for c in _ranked(result):
             for r in (r for r in c.results if r.pattern == pattern):
                 lines.append(
-                    f"| {c.name} | {r.reader} | {r.median * 1e3:.1f} | {r.p95 * 1e3:.1f} | "
-                    f"{r.throughput:,.0f} | {r.requests:,} | {human_size(r.bytes_read)} | "
-                    f"{human_size(r.peak_memory)} |"
+                    f"| {c.name} | {r.reader} | {r.operations} | {r.median * 1e3:.1f} | "
+                    f"{r.p95 * 1e3:.1f} | {r.throughput:,.0f} | {r.requests_per_op:,.1f} | "
+                    f"{human_size(int(r.bytes_per_op))} | {human_size(r.peak_memory)} |"
                 )
     return "\n".join(lines) + "\n"
 

@@ -16,7 +16,7 @@ import time
 import tracemalloc
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +64,19 @@ class PatternResult:
         return ordered[min(len(ordered) - 1, math.ceil(0.95 * len(ordered)) - 1)]
 
     @property
+    def operations(self) -> int:
+        return len(self.latencies)
+
+    @property
+    def requests_per_op(self) -> float:
+        """Per operation: readers are timed on different numbers of operations."""
+        return self.requests / max(1, self.operations)
+
+    @property
+    def bytes_per_op(self) -> float:
+        return self.bytes_read / max(1, self.operations)
+
+    @property
     def throughput(self) -> float:
         """Rows per second (bytes per second for obs columns)."""
         total = sum(self.latencies) or 1e-9
@@ -71,7 +84,11 @@ class PatternResult:
 
     def summary(self) -> dict[str, Any]:
         data = asdict(self)
-        data.update(median=self.median, p95=self.p95, throughput=self.throughput)
+        data.update(
+            median=self.median, p95=self.p95, throughput=self.throughput,
+            operations=self.operations, requests_per_op=self.requests_per_op,
+            bytes_per_op=self.bytes_per_op,
+        )  # fmt: skip
         return data
 
 
@@ -157,13 +174,18 @@ def run_bench(
     if not candidates:
         raise BenchError("no zarr layout among the candidates")
 
+    run_storage = storage  # where candidates go: a prefix of this run's own on a URL, so no
+    if storage.url:  # store of the user's is overwritten or removed
+        import uuid
+
+        run_storage = replace(storage, url=f"{storage.url}/annlayout-bench-{uuid.uuid4().hex[:12]}")
     lazy_missing = requirement("bench", "measuring anndata's read_lazy")
     if lazy_missing:
         say(f"{lazy_missing}; skipping that reader")
     reference: dict[tuple[int, int], str] = {}
     try:
         for candidate in candidates:
-            _evaluate(candidate, data, workload, storage, workdir, reference, say)
+            _evaluate(candidate, data, workload, run_storage, workdir, reference, say)
         _score(candidates, max_size, max_objects)
         if search:
             best = min(candidates, key=lambda c: c.score)
@@ -174,11 +196,11 @@ def run_bench(
             ]
             for layout in variants:
                 candidate = Candidate(name=layout.name, layout=layout, origin="search")
-                _evaluate(candidate, data, workload, storage, workdir, reference, say)
+                _evaluate(candidate, data, workload, run_storage, workdir, reference, say)
                 candidates.append(candidate)
             _score(candidates, max_size, max_objects)
     finally:
-        _remove_remote(candidates)
+        _remove_remote(run_storage, say)
     eligible = [c for c in candidates if c.excluded is None]
     if not eligible:
         raise BenchError("every candidate breaks --max-size or --max-objects")
@@ -266,13 +288,17 @@ def _open(candidate: Candidate, storage: Simulation) -> tuple[MeasuredStore, Cou
     return MeasuredStore(inner, counters, storage), counters
 
 
-def _remove_remote(candidates: list[Candidate]) -> None:
-    """Candidates written under --storage s3://... are scratch: removed after the run."""
-    for candidate in candidates:
-        if isinstance(candidate.location, str):
-            fs = filesystem(candidate.location)
-            if fs.exists(candidate.location):
-                fs.rm(candidate.location, recursive=True)
+def _remove_remote(storage: Simulation, say: Progress) -> None:
+    """Candidates written under --storage s3://... are scratch: this run's prefix is removed.
+    A failure to remove is reported, never raised over the run's own result or error."""
+    if not storage.url:
+        return
+    try:
+        fs = filesystem(storage.url)
+        if fs.exists(storage.url):
+            fs.rm(storage.url, recursive=True)
+    except Exception as error:
+        say(f"could not remove {storage.url}: {str(error).splitlines()[0]}")
 
 
 def _measure(
@@ -357,7 +383,7 @@ def _reader(kind: str, source: Any) -> Callable[[Operation], Any] | None:
         return _read_lazy_reader(source)
     handle = _handle(source)
     if handle.X is not None and handle.X.encoding.endswith("_matrix"):
-        handle.X._orientations  # noqa: B018  (indptrs: read once per open handle)
+        handle.X.warm()  # indptrs and shard indexes: read once per open handle, untimed
     return _annlayout_reader(handle)
 
 

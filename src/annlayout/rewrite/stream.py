@@ -178,7 +178,11 @@ def apply(
             f"{output}: h5ad is one file and is written by one process; drop --workers/--scheduler"
         )
     if workers > 1 or scheduler:
-        needed = requirement("dask", "--scheduler" if scheduler else "--workers")
+        needed = (
+            requirement("dask", "--scheduler")
+            if scheduler
+            else requirement("dask", "--workers", modules=("dask",))
+        )
         if needed:
             raise ApplyError(needed)
     if not remote:
