@@ -131,7 +131,7 @@ def test_bench_recommends_a_layout_apply_accepts(tmp_path, dataset):
     report = json.loads(paths["json"].read_text())
     assert report["winner"] == result.winner.name and len(report["candidates"]) == 2
     assert paths["png"].stat().st_size > 10_000
-    assert "| layout | reader | median ms" in paths["markdown"].read_text()
+    assert "| layout | reader | operations | median ms" in paths["markdown"].read_text()
     applied = annlayout.apply(paths["recommended"], dataset, tmp_path / "applied.zarr")
     assert applied.verified
 
