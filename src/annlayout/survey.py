@@ -101,6 +101,18 @@ def filesystem(url: str) -> Any:
     return fs
 
 
+def footprint(location: str | Path) -> tuple[int, int]:
+    """(bytes, objects) of a store: a file, a directory, or everything under a URL."""
+    if is_url(location):
+        found = filesystem(str(location)).find(str(location), detail=True)
+        return sum(int(info.get("size", 0)) for info in found.values()), len(found)
+    path = Path(location)
+    if path.is_file():
+        return path.stat().st_size, 1
+    files = [p for p in path.rglob("*") if p.is_file()]
+    return sum(p.stat().st_size for p in files), len(files)
+
+
 def remote_zarr_exists(url: str) -> bool:
     fs = filesystem(url)
     return any(fs.exists(f"{url.rstrip('/')}/{name}") for name in ("zarr.json", ".zgroup"))

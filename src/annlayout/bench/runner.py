@@ -28,7 +28,7 @@ from annlayout.bench.workloads import Operation, Workload, operations, pattern_l
 from annlayout.optional import requirement
 from annlayout.plan import make_plan
 from annlayout.spec import ChunkSpec, Layout, Zstd, load_layout, shipped_layouts
-from annlayout.survey import attr, filesystem, survey_store
+from annlayout.survey import attr, filesystem, footprint, survey_store
 
 Progress = Callable[[str], None]
 
@@ -249,7 +249,7 @@ def _evaluate(
     started = time.perf_counter()
     annlayout.apply(candidate.layout, data, candidate.location, overwrite=True, verify=False)
     candidate.write_seconds = time.perf_counter() - started
-    candidate.size, candidate.objects = _footprint(candidate.location)
+    candidate.size, candidate.objects = footprint(candidate.location)
     x = make_plan(candidate.layout, survey_store(candidate.location)).elements
     x_plan = next((e for e in x if e.path == "X"), None)
     if x_plan is not None and x_plan.shape:
@@ -266,15 +266,6 @@ def _evaluate(
             result = _measure(candidate, pattern, index, reader, workload, storage, reference)
             if result is not None:
                 candidate.results.append(result)
-
-
-def _footprint(location: Path | str) -> tuple[int, int]:
-    """Bytes and objects of a store, local or remote."""
-    if isinstance(location, Path):
-        files = [p for p in location.rglob("*") if p.is_file()]
-        return sum(p.stat().st_size for p in files), len(files)
-    sizes = filesystem(location).find(location, detail=True)
-    return sum(int(info.get("size", 0)) for info in sizes.values()), len(sizes)
 
 
 def _open(candidate: Candidate, storage: Simulation) -> tuple[MeasuredStore, Counters]:

@@ -57,7 +57,7 @@ from annlayout.survey import (
     PROVENANCE_KEY,
     Survey,
     detect_format,
-    filesystem,
+    footprint,
     is_group,
     is_url,
     open_store,
@@ -217,7 +217,7 @@ def apply(
                     + (f" (and {len(differences) - 1} more)" if len(differences) > 1 else "")
                 )
             result.verified = True
-        result.bytes_written = _du(tmp)
+        result.bytes_written, _ = footprint(tmp)
     result.seconds = time.perf_counter() - start
     result.peak_rss = peak_rss()
     return result
@@ -225,15 +225,6 @@ def apply(
 
 def peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def _du(path: Path | str) -> int:
-    if is_url(path):
-        return int(filesystem(str(path)).du(str(path)))
-    path = Path(path)
-    if path.is_file():
-        return path.stat().st_size
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
 class Rewriter:
