@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 
 def footprint(path: Path) -> tuple[int, int]:
@@ -29,3 +32,24 @@ def text_table(lines: list[tuple[str, ...]]) -> list[str]:
         if i == 0:
             out.append("  ".join("-" * w for w in widths))
     return out
+
+
+def publish(
+    benchmark: Any,
+    directory: Path,
+    stem: str,
+    report: Mapping[str, Any],
+    table: str,
+    terminal_report: list[str],
+) -> None:
+    """Save ``{stem}.json`` and ``{stem}.txt`` (the only thing the ratio test times), and show
+    the table now and in the terminal summary."""
+
+    def save() -> None:
+        (directory / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
+        (directory / f"{stem}.txt").write_text(table + "\n")
+
+    benchmark.pedantic(save, rounds=1, iterations=1)
+    saved = f"saved: {directory / stem}.txt and {directory / stem}.json"
+    terminal_report.extend([table, saved])
+    print(f"\n{table}\n{saved}")

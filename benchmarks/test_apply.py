@@ -40,7 +40,7 @@ import pytest
 
 import annlayout
 from annlayout.rewrite.stream import parse_size
-from tables import footprint, text_table
+from tables import footprint, publish, text_table
 
 TARGET_TIME_RATIO = 1.0  # annlayout apply --no-verify: no slower than read_h5ad + write_zarr
 TARGET_RSS_RATIO = 0.5  # ... with at most half its peak RSS
@@ -63,8 +63,7 @@ BOUND = f"annlayout apply --memory {BOUND_MEMORY} (memory-bound)"
 BOUND_VERIFY = "annlayout verify (after the memory-bound apply)"
 
 LAUNCHER = Path(__file__).with_name("measure_child.py")
-RESULTS_JSON = "apply_ratios.json"
-RESULTS_TXT = "apply_ratios.txt"
+RESULTS = "apply_ratios"  # .json and .txt in the session's bench dir
 MB = 10**6
 PACKAGES = ("anndata", "zarr", "zarrs", "numcodecs", "h5py", "annbatch", "annizarr")
 
@@ -461,11 +460,6 @@ def environment(settings: Any) -> dict[str, Any]:
     }
 
 
-def save_report(directory: Path, report: Mapping[str, Any], table: str) -> None:
-    (directory / RESULTS_JSON).write_text(json.dumps(report, indent=2) + "\n")
-    (directory / RESULTS_TXT).write_text(table + "\n")
-
-
 @pytest.mark.benchmark(group="apply: ratio check (not a timing)")
 def test_apply_targets(benchmark, apply_results, bench_dir, bench_settings, terminal_report):
     """annlayout apply (--no-verify) takes at most TARGET_TIME_RATIO x the baseline's median
@@ -532,10 +526,7 @@ def test_apply_targets(benchmark, apply_results, bench_dir, bench_settings, term
         "not_measured": skipped,
     }
     benchmark.extra_info.update(time_ratio=time_ratio, rss_ratio=rss_ratio)
-    benchmark.pedantic(save_report, args=(bench_dir, report, table), rounds=1, iterations=1)
-    saved = f"saved: {bench_dir / RESULTS_TXT} and {bench_dir / RESULTS_JSON}"
-    terminal_report.extend([table, saved])
-    print(f"\n{table}\n{saved}")
+    publish(benchmark, bench_dir, RESULTS, report, table, terminal_report)
 
     problems = []
     if not time_ok:

@@ -20,11 +20,10 @@ output is the untimed setup of each round), after untimed warm-up rounds.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ from typing import Any
 import pytest
 
 import annlayout
-from tables import footprint, text_table
+from tables import footprint, publish, text_table
 
 TARGET_RATIO = 1.25
 BASELINE = "anndata.write_zarr"
@@ -58,8 +57,7 @@ def baseline_for(name: str) -> str:
     return BASELINE_DUAL if dual(name) else BASELINE
 
 
-RESULTS_JSON = "write_ratios.json"
-RESULTS_TXT = "write_ratios.txt"
+RESULTS = "write_ratios"  # .json and .txt in the session's bench dir
 
 
 def layout_label(name: str) -> str:
@@ -273,11 +271,6 @@ def environment(settings: Any) -> dict[str, Any]:
     }
 
 
-def save_report(directory: Path, report: Mapping[str, Any], table: str) -> None:
-    (directory / RESULTS_JSON).write_text(json.dumps(report, indent=2) + "\n")
-    (directory / RESULTS_TXT).write_text(table + "\n")
-
-
 @pytest.mark.benchmark(group="write: ratio check (not a timing)")
 def test_write_ratios(benchmark, write_results, bench_dir, bench_settings, terminal_report):
     """Every shipped zarr layout writes in at most TARGET_RATIO x anndata's default write time.
@@ -331,10 +324,7 @@ def test_write_ratios(benchmark, write_results, bench_dir, bench_settings, termi
         "not_measured": missing,
     }
     benchmark.extra_info.update(ratios=ratios, target_ratio=TARGET_RATIO)
-    benchmark.pedantic(save_report, args=(bench_dir, report, table), rounds=1, iterations=1)
-    saved = f"saved: {bench_dir / RESULTS_TXT} and {bench_dir / RESULTS_JSON}"
-    terminal_report.extend([table, saved])
-    print(f"\n{table}\n{saved}")
+    publish(benchmark, bench_dir, RESULTS, report, table, terminal_report)
 
     too_slow = {name: ratio for name, ratio in ratios.items() if ratio > TARGET_RATIO}
     assert not too_slow, "layouts slower than {}x anndata's write_zarr: {}".format(
