@@ -382,25 +382,13 @@ def _pread_index(path: Path, size: int, at_end: bool) -> bytes | None:
 
 
 def _store_gets(store: Any, requests: list[tuple[str, Any]]) -> list[bytes | None]:
-    """Ranged gets through a zarr store, concurrently on zarr's event loop."""
-    import asyncio
-
+    """Ranged gets through the store's own batched read (concurrent; fsspec stores fetch the
+    ranges in one call), on zarr's event loop."""
     from zarr.core.buffer import default_buffer_prototype
     from zarr.core.sync import sync
 
-    prototype = default_buffer_prototype()
-
-    async def fetch_all() -> list[bytes | None]:
-        semaphore = asyncio.Semaphore(64)  # created here: it belongs to zarr's loop
-
-        async def one(key: str, byte_range: Any) -> bytes | None:
-            async with semaphore:
-                buffer = await store.get(key, prototype, byte_range)
-            return None if buffer is None else buffer.to_bytes()
-
-        return await asyncio.gather(*(one(key, byte_range) for key, byte_range in requests))
-
-    return sync(fetch_all())
+    buffers = sync(store.get_partial_values(default_buffer_prototype(), requests))
+    return [None if buffer is None else buffer.to_bytes() for buffer in buffers]
 
 
 def _store_ranges(store: Any, located: list[tuple[str, int, int] | None]) -> list[bytes | None]:
