@@ -7,7 +7,7 @@ that bookkeeping was most of the read. This module reads the chunks itself:
 
 - shard indexes are read once per array handle and kept;
 - the touched inner chunks are fetched by byte range: ``os.pread`` on a local store, ranged
-  ``get`` requests through the zarr store otherwise (so a counting or remote store sees them),
+  requests through the zarr store's ``get_partial_values`` otherwise (so a counting or remote store sees them),
   neighbouring ranges of a shard merged into one request;
 - numcodecs decodes them straight into one output block on a thread pool (blosc, zstd, gzip
   and lz4 release the GIL), in a few batches rather than one task per chunk.
