@@ -6,9 +6,9 @@ minibatch of 256 random rows touches a few hundred chunks of ``data`` and of ``i
 that bookkeeping was most of the read. This module reads the chunks itself:
 
 - shard indexes are read once per array handle and kept;
-- the touched inner chunks are fetched by byte range: ``os.pread`` on a local store, ranged
-  requests through the zarr store's ``get_partial_values`` otherwise (so a counting or remote store sees them),
-  neighbouring ranges of a shard merged into one request;
+- the touched inner chunks are fetched by byte range: ``os.pread`` on a local store, the
+  zarr store's ``get_partial_values`` otherwise (so a counting or remote store sees every
+  request), neighbouring ranges of a shard merged into one request;
 - numcodecs decodes them straight into one output block on a thread pool (blosc, zstd, gzip
   and lz4 release the GIL), in a few batches rather than one task per chunk.
 
