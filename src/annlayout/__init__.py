@@ -17,6 +17,7 @@ try:
 except PackageNotFoundError:  # running from a source tree without installing
     __version__ = "0.0.0+unknown"
 
+from annlayout.errors import AnnlayoutError
 from annlayout.plan import Plan, PlanError, make_plan
 from annlayout.reader import Dataset, open
 from annlayout.rewrite import ApplyError, ApplyResult, WriteResult, apply, verify_stores, write
@@ -49,6 +50,7 @@ def verify(source, rewritten, *, memory: int = 512 << 20) -> list[str]:
 
 
 __all__ = [
+    "AnnlayoutError",
     "ApplyError",
     "ApplyResult",
     "Dataset",

@@ -29,13 +29,11 @@ from typing import Any
 
 import numpy as np
 
+from annlayout.errors import ChunkReadError
+
 Decoder = Callable[[bytes], Any]
 EMPTY = 2**64 - 1  # a shard index entry for a chunk that was never written
 MERGE_GAP = 64 * 1024  # remote: fetch two ranges as one when at most this many bytes apart
-
-
-class ChunkReadError(ValueError):
-    """A shard index or chunk that does not decode (corrupt or truncated store)."""
 
 
 def _usable_cpus() -> int:

@@ -36,12 +36,8 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from annlayout.bench.runner import BenchError
-        from annlayout.plan import PlanError
-        from annlayout.rewrite import ApplyError
+        from annlayout.errors import AnnlayoutError, LayoutError
         from annlayout.rewrite.atomic import Interrupted
-        from annlayout.spec import LayoutError
-        from annlayout.survey import NotAnnDataError
 
         debug = click.get_current_context().find_root().params.get("debug", False)
         try:
@@ -55,7 +51,7 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             for message in error.messages:
                 err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
             sys.exit(EXIT_LAYOUT)
-        except (ApplyError, PlanError, NotAnnDataError, BenchError) as error:
+        except AnnlayoutError as error:
             if debug:
                 raise
             _fail(str(error))

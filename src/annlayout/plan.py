@@ -13,6 +13,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from annlayout.codecs import describe, storable
+from annlayout.errors import PlanError
 from annlayout.spec import SPARSE_ENCODINGS, Layout, ResolvedSettings, Target
 from annlayout.survey import ArrayInfo, ElementInfo, Survey
 
@@ -23,10 +24,6 @@ MANY_OBJECTS = 10_000
 INDPTR_CHUNK = 1 << 20
 
 Kind = Literal["dense", "scalar", "sparse", "indptr"]
-
-
-class PlanError(ValueError):
-    """A layout cannot be applied to an element (e.g. int32 indices for 3 billion nonzeros)."""
 
 
 class ArrayPlan(BaseModel):

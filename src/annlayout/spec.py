@@ -30,6 +30,8 @@ from pydantic import (
     model_validator,
 )
 
+from annlayout.errors import LayoutError
+
 SPEC_VERSION = 1
 
 #: Every encoding type anndata writes (``iospec.encoding_type``).
@@ -443,14 +445,6 @@ def _glob(pattern: str) -> re.Pattern[str]:
 
 
 # --------------------------------------------------------------------------- loading
-
-
-class LayoutError(ValueError):
-    """A layout file has problems; ``messages`` holds one located line per problem."""
-
-    def __init__(self, messages: list[str]):
-        self.messages = messages
-        super().__init__("\n".join(messages))
 
 
 def layouts_dir() -> Path:

@@ -15,6 +15,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel
 
+from annlayout.errors import NotAnnDataError
+
 CONTAINER_ENCODINGS = frozenset({"anndata", "raw", "dict", "dataframe"})
 #: Elements stored as a group of arrays that belong together (one rule governs all parts).
 COMPOSITE_ENCODINGS = frozenset(
@@ -73,10 +75,6 @@ class Survey(BaseModel):
 
     def element(self, path: str) -> ElementInfo:
         return next(e for e in self.elements if e.path == path)
-
-
-class NotAnnDataError(ValueError):
-    """The input is missing, or is not an AnnData store."""
 
 
 # --------------------------------------------------------------------------- stores

@@ -25,6 +25,7 @@ import scipy.sparse as sp
 
 from annlayout.bench.stores import Counters, MeasuredStore, Simulation
 from annlayout.bench.workloads import Operation, Workload, operations, pattern_label
+from annlayout.errors import BenchError
 from annlayout.optional import requirement
 from annlayout.plan import make_plan
 from annlayout.spec import ChunkSpec, Layout, Zstd, load_layout, shipped_layouts
@@ -37,10 +38,6 @@ Progress = Callable[[str], None]
 # LAZY_OPERATIONS operations of each pattern only; its answers are checked all the same.
 READERS = ("annlayout", "sparse_dataset", "read_lazy")
 LAZY_OPERATIONS = 4
-
-
-class BenchError(RuntimeError):
-    """A benchmark cannot run or its results are inconsistent (one line)."""
 
 
 @dataclass

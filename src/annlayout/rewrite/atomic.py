@@ -14,12 +14,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
+from annlayout.errors import ApplyError
+
 TMP_SUFFIX = ".annlayout-tmp"
 OLD_SUFFIX = ".annlayout-old"
-
-
-class ApplyError(RuntimeError):
-    """Apply refused or failed; the message is one line that names the path."""
 
 
 def temporary_sibling(output: Path) -> Path:

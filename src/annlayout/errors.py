@@ -1,0 +1,52 @@
+"""Every error annlayout reports to a user derives from :class:`AnnlayoutError`.
+
+Each carries a message of one line that names the file, element or option at fault (a layout
+file's problems are several located lines). The CLI prints the message and exits non-zero;
+anything else that escapes is a bug and says to rerun with ``--debug``. The built-in base
+each class also derives from (ValueError, RuntimeError) keeps older ``except`` clauses working.
+"""
+
+from __future__ import annotations
+
+
+class AnnlayoutError(Exception):
+    """Base of the errors annlayout reports: the message is what the user sees."""
+
+
+class LayoutError(AnnlayoutError, ValueError):
+    """A layout (or workload) file has problems; ``messages`` holds one located line each."""
+
+    def __init__(self, messages: list[str]):
+        self.messages = messages
+        super().__init__("\n".join(messages))
+
+
+class NotAnnDataError(AnnlayoutError, ValueError):
+    """The input is missing, unreachable, or not an AnnData store (or an incomplete one)."""
+
+
+class PlanError(AnnlayoutError, ValueError):
+    """A layout cannot be applied to an element (e.g. int32 indices for 3 billion nonzeros)."""
+
+
+class ApplyError(AnnlayoutError, RuntimeError):
+    """Apply (or verify) refused or failed; the message names the path or element."""
+
+
+class ChunkReadError(AnnlayoutError, ValueError):
+    """A chunk or shard index read by byte range is corrupt or has the wrong size."""
+
+
+class BenchError(AnnlayoutError, RuntimeError):
+    """A benchmark could not run, or a reader gave a wrong answer."""
+
+
+__all__ = [
+    "AnnlayoutError",
+    "ApplyError",
+    "BenchError",
+    "ChunkReadError",
+    "LayoutError",
+    "NotAnnDataError",
+    "PlanError",
+]
