@@ -14,7 +14,7 @@ from anndata.tests.helpers import GEN_ADATA_NO_XARRAY_ARGS, gen_adata
 
 from annlayout.datagen import make_dataset
 from annlayout.spec import shipped_layouts
-from annlayout.survey import filesystem
+from annlayout.stores import filesystem
 
 SHIPPED = sorted(shipped_layouts())
 

@@ -25,7 +25,7 @@ from annlayout.bench import (
 from annlayout.bench import runner as bench_runner
 from annlayout.cli import main
 from annlayout.spec import LayoutError
-from annlayout.survey import filesystem
+from annlayout.stores import filesystem
 
 from .test_stream import make_input
 

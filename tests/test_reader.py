@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import annlayout
 from annlayout.reader import StaleCopyWarning
-from annlayout.survey import NotAnnDataError
+from annlayout.errors import NotAnnDataError
 
 from .test_copies import dual
 from .test_stream import make_input

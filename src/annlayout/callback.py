@@ -19,16 +19,17 @@ from collections.abc import Callable
 from typing import Any
 
 from annlayout.copies import mirror_record, write_record
-from annlayout.plan import ElementPlan, plan_array, plan_element
-from annlayout.spec import SPARSE_ENCODINGS, Layout, ResolvedSettings
-from annlayout.storage import array_kwargs, backend_of, create_array, target_of
-from annlayout.survey import (
+from annlayout.encodings import (
     COMPOSITE_ENCODINGS,
     CONTAINER_ENCODINGS,
-    describe_in_memory,
+    SPARSE_ENCODINGS,
     element_path,
-    in_memory_parts,
+    write_sparse_attrs,
 )
+from annlayout.plan import ElementPlan, plan_array, plan_element
+from annlayout.spec import Layout, ResolvedSettings
+from annlayout.storage import array_kwargs, backend_of, create_array, target_of
+from annlayout.survey import describe_in_memory, in_memory_parts
 
 WriteCallback = Callable[..., None]
 
@@ -54,6 +55,8 @@ class LayoutCallback:
         dataset_kwargs: Any = None,
     ) -> None:
         encoding = iospec.encoding_type
+        if encoding == "null" and element_path(store, elem_name) == "raw":
+            return  # no raw: write_h5ad and write_zarr write nothing; write_dispatched a null
         if encoding in CONTAINER_ENCODINGS:
             func(store, elem_name, elem, dataset_kwargs={})
             return
@@ -145,13 +148,7 @@ def write_sparse_group(
 ) -> Any:
     """Write a CSR/CSC matrix as anndata's sparse encoding, each part as planned."""
     group = store.require_group(key)
-    group.attrs.update(
-        {
-            "encoding-type": f"{plan.orientation}_matrix",
-            "encoding-version": "0.1.0",
-            "shape": [int(n) for n in matrix.shape],
-        }
-    )
+    write_sparse_attrs(group, plan.orientation, matrix.shape)
     for array_plan in plan.arrays:
         values = getattr(matrix, array_plan.name)
         create_array(
@@ -168,13 +165,7 @@ def write_copy_group(
     orientation = plan.copies[0]
     copy = primary.tocsc() if orientation == "csc" else primary.tocsr()
     sub = group.require_group(orientation)
-    sub.attrs.update(
-        {
-            "encoding-type": f"{orientation}_matrix",
-            "encoding-version": "0.1.0",
-            "shape": [int(n) for n in copy.shape],
-        }
-    )
+    write_sparse_attrs(sub, orientation, copy.shape)
     write_record(sub, mirror_record(primary.shape, primary.nnz, primary.indptr, plan.orientation))
     for array_plan in plan.copy_arrays:
         name = array_plan.name.rpartition("/")[2]

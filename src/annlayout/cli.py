@@ -279,6 +279,8 @@ def apply_command(
     elif not quiet:
         for note in result.notes:
             err.print(f"[yellow]note:[/] {note}", highlight=False)
+        for upgrade in result.upgrades:
+            err.print(f"[cyan]upgraded:[/] {escape(upgrade)}", highlight=False)
         checked = f", verified in {result.verify_seconds:.1f} s" if result.verified else ""
         out.print(
             f"wrote [bold]{result.path}[/] with layout [cyan]{result.layout}[/] in "

@@ -25,6 +25,14 @@ class NotAnnDataError(AnnlayoutError, ValueError):
     """The input is missing, unreachable, or not an AnnData store (or an incomplete one)."""
 
 
+class ElementReadError(NotAnnDataError):
+    """anndata cannot read one element of a store (an unknown encoding, a corrupt array)."""
+
+    def __init__(self, path: str, reason: str):
+        self.path, self.reason = path, reason
+        super().__init__(f"{path}: cannot read: {reason}")
+
+
 class PlanError(AnnlayoutError, ValueError):
     """A layout cannot be applied to an element (e.g. int32 indices for 3 billion nonzeros)."""
 
@@ -46,6 +54,7 @@ __all__ = [
     "ApplyError",
     "BenchError",
     "ChunkReadError",
+    "ElementReadError",
     "LayoutError",
     "NotAnnDataError",
     "PlanError",

@@ -21,7 +21,9 @@ import pandas as pd
 import scipy.sparse as sp
 
 from annlayout.copies import copy_group, stale_reason
-from annlayout.survey import NotAnnDataError, attr, check_anndata_root, open_store
+from annlayout.encodings import SPARSE_ENCODINGS, attr, encoding_of, is_group, sparse_shape
+from annlayout.errors import NotAnnDataError
+from annlayout.stores import check_anndata_root, open_store
 
 
 class StaleCopyWarning(UserWarning):
@@ -47,11 +49,25 @@ class Dataset:
 
     @cached_property
     def obs(self) -> Frame:
-        return Frame(self._root["obs"])
+        return self._frame("obs")
 
     @cached_property
     def var(self) -> Frame:
-        return Frame(self._root["var"])
+        return self._frame("var")
+
+    @cached_property
+    def _upgraded(self) -> Any:
+        """The store as anndata reads it, arrays left in place: for legacy forms only."""
+        from annlayout.encodings import legacy_forms, read_upgraded
+
+        if not legacy_forms(self._root):
+            return None
+        return read_upgraded(self._root, large=lambda path, node: True).adata
+
+    def _frame(self, axis: str) -> Frame:
+        if self._upgraded is not None:  # compound datasets, __categories, uns categories
+            return LoadedFrame(getattr(self._upgraded, axis))
+        return Frame(self._root[axis])
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -69,6 +85,8 @@ class Dataset:
     @cached_property
     def obsm(self) -> Mapping[str, Matrix]:
         group = self._root["obsm"] if "obsm" in self._root else {}  # noqa: SIM401
+        if not is_group(group) and self._upgraded is not None:  # anndata < 0.7: one record array
+            group = dict(self._upgraded.obsm)
         return {key: Matrix(group[key], self, var_axis=False) for key in group}
 
     def to_adata(self, obs: Any = slice(None), var: Any = slice(None)) -> Any:
@@ -79,7 +97,7 @@ class Dataset:
         cols = self.var.positions(var)
         obsm = {}
         for key, matrix in self.obsm.items():
-            if matrix.encoding in ("array", "csr_matrix", "csc_matrix"):
+            if matrix.encoding == "array" or matrix.encoding in SPARSE_ENCODINGS:
                 obsm[key] = matrix[rows, :]
         return ad.AnnData(
             X=None if self.X is None else self.X[rows, cols],
@@ -150,17 +168,37 @@ class Frame:
         return np.where(positions < 0, positions + n, positions)
 
 
+class LoadedFrame(Frame):
+    """obs or var of a legacy store, read whole by anndata (they are small there)."""
+
+    def __init__(self, frame: pd.DataFrame):
+        self._frame = frame
+
+    @cached_property
+    def index(self) -> pd.Index:
+        return self._frame.index
+
+    @cached_property
+    def columns(self) -> list[str]:
+        return [str(c) for c in self._frame.columns]
+
+    def __getitem__(self, column: str) -> pd.Series:
+        if column not in self.columns:
+            raise KeyError(f"{column!r} is not a column (columns: {', '.join(self.columns)})")
+        return self._frame[column]
+
+
 class Matrix:
     """X, a layer or an obsm entry: sparse (with or without a second orientation) or dense."""
 
     def __init__(self, node: Any, dataset: Dataset, *, var_axis: bool = True):
         self._node, self._dataset, self._var_axis = node, dataset, var_axis
-        self.encoding = attr(node, "encoding-type") or "array"
+        self.encoding = encoding_of(node) or "array"
 
     @property
     def shape(self) -> tuple[int, ...]:
-        if self.encoding in ("csr_matrix", "csc_matrix"):
-            return tuple(int(n) for n in attr(self._node, "shape"))
+        if self.encoding in SPARSE_ENCODINGS:
+            return sparse_shape(self._node)
         return tuple(self._node.shape)
 
     def __getitem__(self, key: Any) -> Any:
@@ -172,7 +210,7 @@ class Matrix:
             cols = np.arange(self.shape[1])[cols_key] if isinstance(cols_key, slice) else (
                 np.asarray([cols_key]).ravel().astype(np.int64)
             )  # fmt: skip
-        if self.encoding in ("csr_matrix", "csc_matrix"):
+        if self.encoding in SPARSE_ENCODINGS:
             return self._sparse(rows, cols)
         if self.encoding != "array":
             raise TypeError(f"{self._node.name}: cannot select from a {self.encoding} element")

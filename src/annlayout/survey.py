@@ -1,13 +1,13 @@
-"""What a store (zarr v2/v3, h5ad) or an in-memory AnnData holds, read from metadata only.
+"""What an AnnData store (zarr v2/v3, h5ad) or an in-memory AnnData holds, from metadata.
 
 The survey is the planner's only view of a dataset: element paths, encodings, shapes, dtypes,
-nonzero counts and, for stores, how each array is stored now. It never reads X's values.
+nonzero counts and, for stores, how each array is stored now. It never reads X's values. A
+store in a legacy form (see :mod:`annlayout.encodings`) is listed as anndata reads it, which
+is what a rewrite writes: its small elements are read, its arrays described from metadata.
 """
 
 from __future__ import annotations
 
-import json
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -15,24 +15,26 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel
 
-from annlayout.errors import NotAnnDataError
-
-CONTAINER_ENCODINGS = frozenset({"anndata", "raw", "dict", "dataframe"})
-#: Elements stored as a group of arrays that belong together (one rule governs all parts).
-COMPOSITE_ENCODINGS = frozenset(
-    {
-        "csr_matrix",
-        "csc_matrix",
-        "categorical",
-        "nullable-integer",
-        "nullable-boolean",
-        "nullable-string-array",
-        "awkward-array",
-    }
+from annlayout.encodings import (
+    AWKWARD,
+    CATEGORY,
+    CONTAINER_ENCODINGS,
+    RECORD,
+    SPARSE_ENCODINGS,
+    STRING,
+    STRING_ITEMSIZE_ESTIMATE,
+    StandIn,
+    Upgraded,
+    attr,
+    encoding_of,
+    is_group,
+    legacy_forms,
+    read_upgraded,
+    sparse_shape,
+    written_elements,
 )
-PROVENANCE_KEY = "annlayout"
-#: Variable-length strings have no fixed item size; sizes are estimated with this many bytes.
-STRING_ITEMSIZE_ESTIMATE = 16
+from annlayout.errors import NotAnnDataError
+from annlayout.stores import check_anndata_root, detect_format, open_store
 
 
 class ArrayInfo(BaseModel):
@@ -72,6 +74,8 @@ class Survey(BaseModel):
     shape: tuple[int, int] | None = None
     elements: list[ElementInfo]
     provenance: dict[str, Any] | None = None
+    #: legacy forms met, one line each; elements are then listed as anndata upgrades them
+    upgrades: list[str] = []
 
     def element(self, path: str) -> ElementInfo:
         return next(e for e in self.elements if e.path == path)
@@ -80,145 +84,38 @@ class Survey(BaseModel):
 # --------------------------------------------------------------------------- stores
 
 
-def is_url(location: str | Path) -> bool:
-    """``s3://bucket/data.zarr`` and other fsspec URLs, as opposed to local paths."""
-    return "://" in str(location)
-
-
-def filesystem(url: str) -> Any:
-    """The fsspec filesystem of a URL; credentials and endpoints come from the environment
-    (``AWS_ACCESS_KEY_ID``, ``AWS_ENDPOINT_URL``, ...), as for every fsspec/boto client."""
-    from annlayout.optional import requirement
-
-    needed = requirement("s3", f"{url}: reading and writing URLs")
-    if needed:
-        raise NotAnnDataError(needed)
-    import fsspec
-
-    fs, _ = fsspec.core.url_to_fs(url)
-    return fs
-
-
-def footprint(location: str | Path) -> tuple[int, int]:
-    """(bytes, objects) of a store: a file, a directory, or everything under a URL."""
-    if is_url(location):
-        found = filesystem(str(location)).find(str(location), detail=True)
-        return sum(int(info.get("size", 0)) for info in found.values()), len(found)
-    path = Path(location)
-    if path.is_file():
-        return path.stat().st_size, 1
-    files = [p for p in path.rglob("*") if p.is_file()]
-    return sum(p.stat().st_size for p in files), len(files)
-
-
-def remote_zarr_exists(url: str) -> bool:
-    fs = filesystem(url)
-    return any(fs.exists(f"{url.rstrip('/')}/{name}") for name in ("zarr.json", ".zgroup"))
-
-
-def detect_format(path: str | Path) -> Literal["zarr", "h5ad"]:
-    """Which kind of AnnData store ``path`` is; a one-line error if it is none."""
-    import h5py
-
-    if not isinstance(path, str | Path):  # a zarr Store object (e.g. a measured store)
-        return "zarr"
-    if is_url(path):
-        try:
-            found = remote_zarr_exists(str(path))
-        except Exception as err:
-            raise NotAnnDataError(f"{path}: cannot reach: {str(err).splitlines()[0]}") from None
-        if not found:
-            raise NotAnnDataError(f"{path}: no zarr store there (no zarr.json/.zgroup)")
-        return "zarr"
-    path = Path(path)
-    if not path.exists():
-        raise NotAnnDataError(f"{path}: no such file or directory")
-    if path.is_dir():
-        if any((path / name).exists() for name in ("zarr.json", ".zgroup")):
-            return "zarr"
-        raise NotAnnDataError(f"{path}: a directory but not a zarr store (no zarr.json/.zgroup)")
-    if h5py.is_hdf5(path):
-        return "h5ad"
-    raise NotAnnDataError(f"{path}: not an AnnData store (neither h5ad nor zarr)")
-
-
-def open_store(path: str | Path, mode: str = "r") -> Any:
-    """The root group of a store: a zarr Group or an h5py File."""
-    fmt = detect_format(path)
-    if fmt == "h5ad":
-        import h5py
-
-        return h5py.File(path, mode)
-    import zarr
-
-    try:
-        if not isinstance(path, str | Path):
-            return zarr.open_group(store=path, mode=mode)
-        return zarr.open_group(str(path), mode=mode)  # URLs go through fsspec
-    except Exception as err:  # zarr raises a variety of errors for broken metadata
-        raise NotAnnDataError(f"{path}: cannot open as zarr: {err}") from None
-
-
-def survey_store(path: str | Path) -> Survey:
+def survey_store(location: str | Path | Any) -> Survey:
     """Survey a zarr (v2 or v3) or h5ad store from its metadata."""
-    fmt = detect_format(path)
-    root = open_store(path)
+    fmt = detect_format(location)
+    root = open_store(location)
     try:
-        provenance = check_anndata_root(root, path)
-        elements = list(_walk(root, ""))
-        zarr_format = root.metadata.zarr_format if fmt == "zarr" else None
+        return survey_root(root, location, fmt)
     finally:
         if fmt == "h5ad":
             root.close()
+
+
+def survey_root(root: Any, location: Any, fmt: Literal["zarr", "h5ad"]) -> Survey:
+    """Survey an opened store (a zarr group or an h5py file)."""
+    provenance = check_anndata_root(root, location)
+    upgrades = legacy_forms(root)
+    try:
+        if upgrades:
+            elements = describe_upgraded(read_upgraded(root, large=lambda path, node: True))
+        else:
+            elements = list(_walk(root, ""))
+    except Exception as err:  # a store anndata cannot read either
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise NotAnnDataError(f"{location}: not a readable AnnData store: {reason}") from None
     return Survey(
-        source=str(path),
+        source=str(location),
         format=fmt,
-        zarr_format=zarr_format,
+        zarr_format=root.metadata.zarr_format if fmt == "zarr" else None,
         shape=_anndata_shape(elements),
         elements=elements,
         provenance=provenance,
+        upgrades=upgrades,
     )
-
-
-def check_anndata_root(root: Any, path: Any) -> dict[str, Any] | None:
-    """Refuse what is not an AnnData store, or an annlayout store whose write did not finish.
-
-    Returns the store's annlayout provenance, if any.
-    """
-    attrs = root.attrs
-    if attrs.get("encoding-type") not in (None, "anndata") or not ("obs" in root and "var" in root):
-        raise NotAnnDataError(f"{path}: not an AnnData store (no obs/var at its root)")
-    provenance = attrs.get(PROVENANCE_KEY)
-    if isinstance(provenance, str | bytes):
-        provenance = json.loads(provenance)
-    if isinstance(provenance, dict) and provenance.get("complete") is False:
-        raise NotAnnDataError(
-            f"{path}: an incomplete annlayout store (its apply did not finish); apply again"
-        )
-    return provenance
-
-
-def is_group(node: Any) -> bool:
-    """A zarr or h5py group (as opposed to an array)."""
-    return hasattr(node, "keys") and not hasattr(node, "dtype")
-
-
-def plain_value(value: Any) -> Any:
-    """An attribute as plain JSON-able data (h5py gives numpy arrays, scalars and bytes)."""
-    if isinstance(value, bytes):
-        return value.decode()
-    if isinstance(value, np.ndarray):
-        return [plain_value(v) for v in value.tolist()]
-    if isinstance(value, list | tuple):
-        return [plain_value(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
-def attr(node: Any, key: str) -> Any:
-    """One attribute of a zarr or h5py node, as plain data (None if absent)."""
-    return plain_value(node.attrs.get(key))
 
 
 def _children(group: Any) -> list[str]:
@@ -229,7 +126,7 @@ def _walk(group: Any, prefix: str) -> Iterator[ElementInfo]:
     for key in _children(group):
         node = group[key]
         path = f"{prefix}{key}"
-        encoding = attr(node, "encoding-type")
+        encoding = encoding_of(node)
         if encoding is None:
             if is_group(node):  # anndata < 0.8 dicts, or groups written by other tools
                 yield from _walk(node, path + "/")
@@ -253,23 +150,23 @@ def _array_element(node: Any, path: str, encoding: str) -> ElementInfo:
 
 def _composite_element(group: Any, path: str, encoding: str) -> ElementInfo:
     arrays = [_array_info(group[k], k) for k in _children(group) if not is_group(group[k])]
-    if encoding in ("csr_matrix", "csc_matrix"):  # a second orientation, as "csc/data", ...
+    if encoding in SPARSE_ENCODINGS:  # a second orientation, as "csc/data", ...
         for copy in ("csr", "csc"):
             if copy in group and is_group(group[copy]):
                 sub = group[copy]
                 arrays += [_array_info(sub[k], f"{copy}/{k}") for k in _children(sub)]
     element = ElementInfo(path=path, encoding=encoding, arrays=arrays)
     names = {a.name: a for a in arrays}
-    if encoding in ("csr_matrix", "csc_matrix"):
-        element.shape = tuple(int(n) for n in attr(group, "shape"))
+    if encoding in SPARSE_ENCODINGS:
+        element.shape = sparse_shape(group)
         element.nnz = names["data"].shape[0] if "data" in names else 0
         element.dtype = names["data"].dtype if "data" in names else None
     elif encoding == "categorical" and "codes" in names:
-        element.shape, element.dtype = names["codes"].shape, "category"
+        element.shape, element.dtype = names["codes"].shape, CATEGORY
     elif "values" in names:
         element.shape, element.dtype = names["values"].shape, names["values"].dtype
     elif encoding == "awkward-array":
-        element.shape, element.dtype = (int(attr(group, "length")),), "awkward"
+        element.shape, element.dtype = (int(attr(group, "length")),), AWKWARD
     return element
 
 
@@ -310,10 +207,10 @@ def _array_info(node: Any, name: str) -> ArrayInfo:
 def _dtype_text(dtype: Any) -> tuple[str, int]:
     np_dtype = np.dtype(dtype) if not isinstance(dtype, np.dtype) else dtype
     if np_dtype.kind in ("O", "T") or str(np_dtype).startswith("StringDType"):
-        return "string", STRING_ITEMSIZE_ESTIMATE
+        return STRING, STRING_ITEMSIZE_ESTIMATE
     if np_dtype.kind == "U":
-        return "string", np_dtype.itemsize
-    return np_dtype.str.lstrip("<>|=") if np_dtype.names is None else "record", np_dtype.itemsize
+        return STRING, np_dtype.itemsize
+    return np_dtype.str.lstrip("<>|=") if np_dtype.names is None else RECORD, np_dtype.itemsize
 
 
 def _anndata_shape(elements: list[ElementInfo]) -> tuple[int, int] | None:
@@ -335,51 +232,38 @@ def _index_length(elements: list[ElementInfo], prefix: str) -> int | None:
 
 
 def survey_adata(adata: Any, source: str = "<memory>") -> Survey:
-    """Survey an in-memory AnnData by a dry run of anndata's own writer over its elements.
-
-    The writer visits exactly the elements a real write would; containers are written into a
-    throwaway in-memory zarr group (attributes only), leaves are recorded and skipped.
-    """
-    import anndata as ad
-    import zarr
-
-    elements: list[ElementInfo] = []
-
-    def record(func, store, key, elem, *, iospec, dataset_kwargs):
-        path = element_path(store, key)
-        encoding = iospec.encoding_type
-        if encoding in CONTAINER_ENCODINGS:
-            func(store, key, elem, dataset_kwargs={})
-        else:
-            elements.append(describe_in_memory(path, encoding, elem))
-
-    group = zarr.open_group(zarr.storage.MemoryStore(), mode="w", zarr_format=3)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ad.experimental.write_dispatched(group, "/", adata, callback=record)
+    """Survey an in-memory AnnData by a dry run of anndata's own writer over its elements."""
+    elements = describe_upgraded(Upgraded(adata=adata))
     return Survey(source=source, format="memory", shape=tuple(adata.shape), elements=elements)
 
 
-def element_path(store: Any, key: str) -> str:
-    """The element path (``obs/cell_type``) of a key written into a group, for any backend."""
-    if key.startswith("/"):
-        return key.strip("/")
-    parent = store.name.strip("/")
-    return f"{parent}/{key}" if parent else key
+def describe_upgraded(upgraded: Upgraded) -> list[ElementInfo]:
+    """The elements anndata writes for an AnnData: described from memory, or from the store
+    where a stand-in holds their place (see :func:`annlayout.encodings.read_upgraded`)."""
+    elements = []
+    for path, encoding, value in written_elements(upgraded):
+        if isinstance(value, StandIn):
+            if encoding in SPARSE_ENCODINGS:
+                elements.append(_composite_element(value.node, path, encoding))
+            else:
+                elements.append(_array_element(value.node, path, encoding))
+        elif encoding != "dataframe":
+            elements.append(describe_in_memory(path, encoding, value))
+    return elements
 
 
 def describe_in_memory(path: str, encoding: str, elem: Any) -> ElementInfo:
     """An :class:`ElementInfo` for an in-memory leaf element, without computing dask arrays."""
     parts = list(in_memory_parts(encoding, elem))
     element = ElementInfo(path=path, encoding=encoding, arrays=parts)
-    if encoding in ("csr_matrix", "csc_matrix"):
+    if encoding in SPARSE_ENCODINGS:
         element.shape = tuple(int(n) for n in elem.shape)
         element.nnz = int(elem.nnz)
         element.dtype = _dtype_text(elem.dtype)[0]
     elif encoding == "categorical":
-        element.shape, element.dtype = (len(elem),), "category"
+        element.shape, element.dtype = (len(elem),), CATEGORY
     elif encoding == "awkward-array":
-        element.shape, element.dtype = (len(elem),), "awkward"
+        element.shape, element.dtype = (len(elem),), AWKWARD
     elif parts:
         element.shape, element.dtype = parts[0].shape, parts[0].dtype
     return element
@@ -392,7 +276,7 @@ def in_memory_parts(encoding: str, elem: Any) -> Iterator[ArrayInfo]:
             name=name, shape=tuple(int(n) for n in shape), dtype=text, itemsize=itemsize
         )
 
-    if encoding in ("csr_matrix", "csc_matrix"):
+    if encoding in SPARSE_ENCODINGS:
         yield info("data", elem.data.shape, elem.data.dtype)
         yield info("indices", elem.indices.shape, elem.indices.dtype)
         yield info("indptr", elem.indptr.shape, elem.indptr.dtype)

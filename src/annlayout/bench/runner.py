@@ -25,11 +25,13 @@ import scipy.sparse as sp
 
 from annlayout.bench.stores import Counters, MeasuredStore, Simulation
 from annlayout.bench.workloads import Operation, Workload, operations, pattern_label
+from annlayout.encodings import attr
 from annlayout.errors import BenchError
 from annlayout.optional import requirement
 from annlayout.plan import make_plan
 from annlayout.spec import ChunkSpec, Layout, Zstd, load_layout, shipped_layouts
-from annlayout.survey import attr, filesystem, footprint, survey_store
+from annlayout.stores import filesystem, footprint
+from annlayout.survey import survey_store
 
 Progress = Callable[[str], None]
 

@@ -136,7 +136,7 @@ def atomic_output(output: Path) -> Iterator[Path]:
 
 
 def check_remote_paths(source: str, output: str, *, overwrite: bool) -> None:
-    from annlayout.survey import remote_zarr_exists
+    from annlayout.stores import remote_zarr_exists
 
     source, output = str(source).rstrip("/"), output.rstrip("/")
     if output == source or output.startswith(source + "/"):
@@ -153,7 +153,7 @@ def remote_output(url: str) -> Iterator[str]:
     :meth:`Rewriter.finish` replaces them, and readers refuse it meanwhile. An existing store
     is removed first; a failed run removes what it wrote where it can.
     """
-    from annlayout.survey import filesystem
+    from annlayout.stores import filesystem
 
     fs = filesystem(url)
     if fs.exists(url):

@@ -11,10 +11,12 @@ from typing import Any
 
 from annlayout import __version__
 from annlayout.callback import LayoutCallback
+from annlayout.encodings import PROVENANCE_KEY
+from annlayout.errors import NotAnnDataError
 from annlayout.plan import ElementPlan
 from annlayout.spec import Layout, load_layout
 from annlayout.storage import codec_pipeline as use_codec_pipeline
-from annlayout.survey import PROVENANCE_KEY, NotAnnDataError, detect_format
+from annlayout.stores import detect_format
 
 
 @dataclass

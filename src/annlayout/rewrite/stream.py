@@ -14,7 +14,6 @@ The rewrite has three phases:
 
 from __future__ import annotations
 
-import json
 import math
 import resource
 import time
@@ -36,6 +35,22 @@ from annlayout.copies import (
     transposed_ranges,
     write_record,
 )
+from annlayout.encodings import (
+    PROVENANCE_KEY,
+    SPARSE_ENCODINGS,
+    StandIn,
+    Upgraded,
+    element_path,
+    encoding_of,
+    is_numeric_array,
+    read_upgraded,
+    set_json_attr,
+    sparse_nbytes,
+    sparse_shape,
+    write_sparse_attrs,
+    writing,
+)
+from annlayout.errors import ElementReadError
 from annlayout.optional import requirement
 from annlayout.plan import ArrayPlan, ElementPlan, Plan, PlanError, make_plan
 from annlayout.rewrite.atomic import (
@@ -50,20 +65,10 @@ from annlayout.rewrite.atomic import (
 )
 from annlayout.rewrite.memory import provenance
 from annlayout.rewrite.memory_limits import bound_malloc_arenas, release_memory
-from annlayout.spec import SPARSE_ENCODINGS, Layout, load_layout
+from annlayout.spec import Layout, load_layout
 from annlayout.storage import backend_of, codec_pipeline, create_array
-from annlayout.survey import (
-    CONTAINER_ENCODINGS,
-    PROVENANCE_KEY,
-    Survey,
-    detect_format,
-    footprint,
-    is_group,
-    is_url,
-    open_store,
-    plain_value,
-    survey_store,
-)
+from annlayout.stores import detect_format, footprint, is_url, open_store
+from annlayout.survey import Survey, survey_store
 
 DEFAULT_MEMORY = "2GiB"  # holds a 512 MiB shard (archive) with room to encode it
 #: Elements smaller than this go through anndata whole (strings, categoricals, uns, ...).
@@ -106,6 +111,7 @@ class ApplyResult:
     verified: bool = False
     verify_seconds: float = 0.0
     streamed: list[str] = field(default_factory=list)
+    upgrades: list[str] = field(default_factory=list)
 
     @property
     def n_objects(self) -> int:
@@ -130,6 +136,7 @@ class ApplyResult:
             "verified": self.verified,
             "verify_seconds": round(self.verify_seconds, 3),
             "notes": self.notes,
+            "upgrades": self.upgrades,
         }
 
 
@@ -198,6 +205,7 @@ def apply(
         )
         blocks = rewriter.prepare(source, tmp)
         result.notes, result.streamed = rewriter.callback.notes, rewriter.streamed
+        result.upgrades = rewriter.upgrades
         result.n_blocks = len(blocks)
         result.bytes_read = sum(b.nbytes for b in blocks) + rewriter.whole_bytes
         run_blocks(
@@ -238,6 +246,7 @@ class Rewriter:
         self.small = small
         self.callback = LayoutCallback(layout)
         self.streamed: list[str] = []
+        self.upgrades: list[str] = []  # legacy forms of the input, written in today's form
         self.whole_bytes = 0  # elements read whole through anndata (uncompressed bytes)
         # (element path, target group, part plans): other orientations, built after the blocks
         self.transposes: list[tuple[str, Any, dict[str, ArrayPlan]]] = []
@@ -250,81 +259,64 @@ class Rewriter:
     # -- phase 1 ------------------------------------------------------------------------
 
     def prepare(self, source: Path | str, target: Path | str) -> list[Block]:
+        """Write every element but the large arrays through anndata and the layout's
+        callback, create the large ones empty, and list the blocks that fill them."""
+        import anndata as ad
+
         self.source_root = open_store(source)
         self.target_root = _create_root(target, self.layout)
         # marked incomplete from the first write until finish(): object stores cannot rename
-        incomplete = {"complete": False}
-        h5py_target = backend_of(self.target_root) == "h5py"
-        self.target_root.attrs[PROVENANCE_KEY] = (
-            json.dumps(incomplete) if h5py_target else incomplete
-        )
-        root_attrs = {k: v for k, v in _attrs(self.source_root).items() if k != PROVENANCE_KEY}
-        root_attrs.setdefault("encoding-type", "anndata")
-        root_attrs.setdefault("encoding-version", "0.1.0")
-        self.target_root.attrs.update(root_attrs)
-        with warnings.catch_warnings():
+        set_json_attr(self.target_root, PROVENANCE_KEY, {"complete": False})
+        try:
+            upgraded = read_upgraded(self.source_root, large=self._large)
+        except ElementReadError as err:
+            raise ApplyError(f"{err.path}: cannot read the input: {err.reason}") from None
+        self.upgrades = upgraded.upgrades
+        blocks: list[Block] = []
+        streaming = _StreamingCallback(self, upgraded, blocks)
+        with warnings.catch_warnings(), writing():
             warnings.filterwarnings("ignore", module="annlayout")
             warnings.filterwarnings("ignore", category=FutureWarning)
-            blocks = list(self._walk(self.source_root, self.target_root, ""))
+            try:
+                ad.experimental.write_dispatched(
+                    self.target_root, "/", upgraded.adata, callback=streaming
+                )
+            except (ApplyError, Interrupted):
+                raise
+            except Exception as err:  # anndata cannot write an element the target holds
+                where = f"{streaming.current}: " if streaming.current else ""
+                raise ApplyError(
+                    f"{where}cannot write it as {_target_text(self.layout)}: {_first_line(err)}"
+                ) from None
+        missed = set(upgraded.stand_ins) - streaming.consumed
+        if missed:  # anndata copied a placeholder instead of passing it on: never write zeros
+            paths = ", ".join(upgraded.stand_ins[i].path for i in missed)
+            raise ApplyError(f"{paths}: anndata did not pass the element through; not written")
+        set_json_attr(self.target_root, PROVENANCE_KEY, {"complete": False})
+        self.whole_bytes = streaming.whole_bytes
         release_memory()  # what anndata freed writing the small elements, before the copy
         return blocks
 
-    def _walk(self, source: Any, target: Any, prefix: str) -> Iterator[Block]:
-        for key in sorted(source.keys()):
-            check_interrupted()
-            node = source[key]
-            path = f"{prefix}{key}"
-            encoding = _attrs(node).get("encoding-type")
-            if encoding in CONTAINER_ENCODINGS or (encoding is None and is_group(node)):
-                group = target.require_group(key)
-                group.attrs.update(_attrs(node))
-                yield from self._walk(node, group, path + "/")
-            elif path in self.plans and self._streamable(path, node):
-                self.streamed.append(path)
-                yield from self._stream(node, target, key, self.plans[path])
-            else:
-                self._write_whole(node, target, key, path)
+    def _large(self, path: str, node: Any) -> bool:
+        """Streamed in blocks rather than read whole: sparse matrices and numeric arrays
+        over ``--whole-below``."""
+        if encoding_of(node) in SPARSE_ENCODINGS:
+            return sparse_nbytes(node) > self.small
+        size = math.prod(node.shape) * np.dtype(node.dtype).itemsize
+        return is_numeric_array(node) and size > self.small
 
-    def _streamable(self, path: str, node: Any) -> bool:
-        plan = self.plans[path]
-        if plan.nbytes <= self.small:
-            return False
-        if plan.encoding in SPARSE_ENCODINGS:
-            return True
-        array = plan.arrays[0]
-        return plan.encoding == "array" and len(array.shape) >= 1 and array.dtype not in (
-            "string", "record"
-        )  # fmt: skip
-
-    def _write_whole(self, node: Any, target: Any, key: str, path: str) -> None:
-        import anndata as ad
-        from anndata.io import read_elem
-
-        try:
-            value = read_elem(node)
-        except Exception as err:
-            raise ApplyError(f"{path}: cannot read the input: {_first_line(err)}") from None
-        if path in self.plans:
-            self.whole_bytes += self.plans[path].nbytes or 0
-        ad.experimental.write_dispatched(target, key, value, callback=self.callback)
-
-    def _stream(self, node: Any, target: Any, key: str, plan: ElementPlan) -> Iterator[Block]:
+    def _stream(self, source: StandIn, target: Any, key: str, plan: ElementPlan) -> Iterator[Block]:
+        node = source.node
         _, settings = self.layout.rule_for(plan.path, plan.encoding)
         backend = backend_of(target)
         if plan.encoding in SPARSE_ENCODINGS:
             _check_complete(plan.path, node)
             group = target.require_group(key)
-            group.attrs.update(
-                {"encoding-type": f"{plan.orientation}_matrix", "encoding-version": "0.1.0",
-                 "shape": [int(n) for n in plan.shape or ()]}
-            )  # fmt: skip
+            write_sparse_attrs(group, plan.orientation, plan.shape or ())
             copies = [(plan.orientation, group, "", plan.arrays, settings.codecs)]
             if plan.copies:
                 sub = group.require_group(plan.copies[0])
-                sub.attrs.update(
-                    {"encoding-type": f"{plan.copies[0]}_matrix", "encoding-version": "0.1.0",
-                     "shape": [int(n) for n in plan.shape or ()]}
-                )  # fmt: skip
+                write_sparse_attrs(sub, plan.copies[0], plan.shape or ())
                 self.mirrors.append((group, sub, plan.orientation))
                 codecs = settings.for_copy().codecs
                 copies.append((plan.copies[0], sub, f"{plan.copies[0]}/", plan.copy_arrays, codecs))
@@ -338,15 +330,17 @@ class Rewriter:
                     for name in ("data", "indices"):
                         yield from self._blocks(
                             plan.path, f"{plan.path}/{prefix}{name}", arrays[name],
-                            source=f"{plan.path}/{name}", source_dtype=node[name].dtype,
+                            source=f"{source.path}/{name}", source_dtype=node[name].dtype,
                         )  # fmt: skip
                 else:  # the other orientation: an out-of-core transpose, after the blocks
-                    self.transposes.append((plan.path, into, arrays))
+                    self.transposes.append((source.path, into, arrays))
         else:
             array = plan.arrays[0]
             created = create_array(target, key, None, array, settings.codecs, backend)
-            created.attrs.update(_attrs(node))
-            yield from self._blocks(plan.path, plan.path, array)
+            created.attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
+            yield from self._blocks(
+                plan.path, plan.path, array, source=source.path, source_dtype=node.dtype
+            )
 
     def _blocks(
         self,
@@ -388,8 +382,8 @@ class Rewriter:
         """Build the other orientation of sparse elements from the input, within the budget."""
         for path, into, arrays in self.transposes:
             source = self.source_root[path]
-            shape = [int(n) for n in _attrs(source)["shape"]]
-            n_minor = shape[1] if _attrs(source)["encoding-type"] == "csr_matrix" else shape[0]
+            shape = sparse_shape(source)
+            n_minor = shape[1] if encoding_of(source) == "csr_matrix" else shape[0]
             writers = {
                 name: SequentialWriter(into[name], _write_unit(arrays[name]), arrays[name].dtype)
                 for name in ("data", "indices")
@@ -431,16 +425,15 @@ class Rewriter:
         root = self.target_root
         for primary, copy, orientation in self.mirrors:
             indptr = primary["indptr"][...]
-            shape = [int(n) for n in _attrs(primary)["shape"]]
+            shape = sparse_shape(primary)
             record = mirror_record(shape, int(primary["data"].shape[0]), indptr, orientation)
             write_record(copy, record)
+        set_json_attr(root, PROVENANCE_KEY, provenance(self.layout))
         if backend_of(root) == "h5py":
-            root.attrs[PROVENANCE_KEY] = json.dumps(provenance(self.layout))
             root.close()
         else:
             import zarr
 
-            root.attrs[PROVENANCE_KEY] = provenance(self.layout)
             if self.layout.target.consolidate_metadata:
                 zarr.consolidate_metadata(str(target), zarr_format=self.layout.target.zarr_format)
         if self._source_format == "h5ad":
@@ -504,9 +497,40 @@ def _create_root(path: Path, layout: Layout) -> Any:
     return zarr.open_group(str(path), mode="w", zarr_format=layout.target.zarr_format)
 
 
-def _attrs(node: Any) -> dict[str, Any]:
-    """Attributes as plain JSON-able values (h5py gives numpy arrays and bytes)."""
-    return {k: plain_value(v) for k, v in node.attrs.items()}
+def _target_text(layout: Layout) -> str:
+    target = layout.target
+    return "h5ad" if target.format == "h5ad" else f"zarr v{target.zarr_format}"
+
+
+class _StreamingCallback:
+    """The layout's callback, except for the stand-ins of large arrays: those are created
+    empty as planned and their blocks listed, to be copied from the input afterwards."""
+
+    def __init__(self, rewriter: Rewriter, upgraded: Upgraded, blocks: list[Block]):
+        self.rewriter, self.upgraded, self.blocks = rewriter, upgraded, blocks
+        self.consumed: set[int] = set()
+        self.whole_bytes = 0
+        self.current = ""  # the element being written, for error messages
+
+    def __call__(self, func, store, elem_name, elem, *, iospec, dataset_kwargs=None):
+        check_interrupted()
+        path = element_path(store, elem_name)
+        self.current = path
+        source = self.upgraded.stand_in(elem)
+        rewriter = self.rewriter
+        if source is None:
+            if path in rewriter.plans:
+                self.whole_bytes += rewriter.plans[path].nbytes or 0
+            rewriter.callback(
+                func, store, elem_name, elem, iospec=iospec, dataset_kwargs=dataset_kwargs
+            )
+            return
+        plan = rewriter.plans.get(path)
+        if plan is None:
+            raise ApplyError(f"{path}: not in the plan of the input; rerun with --debug")
+        self.consumed.add(id(elem))
+        rewriter.streamed.append(path)
+        self.blocks.extend(rewriter._stream(source, store, elem_name, plan))
 
 
 # --------------------------------------------------------------------------- execution

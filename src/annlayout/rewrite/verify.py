@@ -1,15 +1,19 @@
-"""Does a rewritten store hold exactly what its source holds? Compared element by element.
+"""Does a rewritten store hold what its source holds? Compared element by element.
 
-Large arrays are compared in blocks within a memory budget; small elements (strings,
-categoricals, nullables, scalars, awkward arrays) are read whole and compared by value. Layout
-changes are not differences: chunks, shards, codecs, and the dtype of sparse indices and
-indptr (``index_dtype``) may change; values, value dtypes, shapes and encodings may not.
+Both stores are read as anndata reads them (:func:`annlayout.encodings.read_upgraded`), so a
+legacy form in the source and its current form in the output are the same element: an
+upgrade, reported as such, never a difference. Arrays and sparse matrices are compared in
+blocks within a memory budget, straight from the stores; everything else (dataframe dtypes,
+strings, categoricals, nullables, scalars, uns) by value as anndata reads it. Layout changes
+are not differences: chunks, shards, codecs, and the dtype of sparse indices and indptr
+(``index_dtype``) may change; values, value dtypes, shapes and encodings may not.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,81 +21,117 @@ import numpy as np
 import pandas as pd
 
 from annlayout.copies import copy_group, stale_reason, transposed_indptr, transposed_ranges
-from annlayout.spec import SPARSE_ENCODINGS
-from annlayout.survey import ElementInfo, open_store, survey_store
+from annlayout.encodings import (
+    SPARSE_ENCODINGS,
+    StandIn,
+    encoding_of,
+    read_upgraded,
+    sparse_shape,
+    written_elements,
+)
+from annlayout.stores import check_anndata_root, open_store
 
 DEFAULT_VERIFY_MEMORY = 512 << 20
+
+
+@dataclass
+class VerifyReport:
+    differences: list[str] = field(default_factory=list)
+    upgrades: list[str] = field(default_factory=list)  # legacy forms of the source
 
 
 def verify_stores(
     source: str | Path, rewritten: str | Path, *, memory: int = DEFAULT_VERIFY_MEMORY
 ) -> list[str]:
     """Differences between two AnnData stores, one line each; empty when they are equal."""
-    source_survey, rewritten_survey = survey_store(source), survey_store(rewritten)
+    return verify_report(source, rewritten, memory=memory).differences
+
+
+def verify_report(
+    source: str | Path, rewritten: str | Path, *, memory: int = DEFAULT_VERIFY_MEMORY
+) -> VerifyReport:
+    """Differences between two AnnData stores, and the legacy forms the source upgraded."""
     source_root, rewritten_root = open_store(source), open_store(rewritten)
     block_bytes = max(1 << 20, memory // 4)
-    differences: list[str] = []
+    report = VerifyReport()
+    everything = lambda path, node: True  # noqa: E731  (no array is read whole)
     try:
-        remaining = {e.path: e for e in rewritten_survey.elements}
-        for element in source_survey.elements:
-            other = remaining.pop(element.path, None)
-            if other is None:
-                if element.encoding != "null":
-                    differences.append(f"{element.path}: missing from {rewritten}")
-                continue
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                differences += compare_element(
-                    element,
-                    other,
-                    source_root[element.path],
-                    rewritten_root[element.path],
-                    block_bytes,
+        check_anndata_root(source_root, source)
+        check_anndata_root(rewritten_root, rewritten)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            upgraded = read_upgraded(source_root, large=everything)
+            report.upgrades = upgraded.upgrades
+            expected = {p: (e, v) for p, e, v in written_elements(upgraded)}
+            found = {
+                p: (e, v)
+                for p, e, v in written_elements(read_upgraded(rewritten_root, large=everything))
+            }
+            for path, (encoding, value) in expected.items():
+                if path not in found:
+                    if encoding != "null":
+                        report.differences.append(f"{path}: missing from {rewritten}")
+                    continue
+                other_encoding, other = found.pop(path)
+                report.differences += compare_element(
+                    path, encoding, value, other_encoding, other, block_bytes
                 )
-                if other.encoding in SPARSE_ENCODINGS:
-                    differences += check_copy(other.path, rewritten_root[other.path], memory)
-        differences += [
-            f"{path}: not in {source}" for path, e in remaining.items() if e.encoding != "null"
+                if isinstance(other, StandIn) and other_encoding in SPARSE_ENCODINGS:
+                    report.differences += check_copy(path, other.node, memory)
+        report.differences += [
+            f"{path}: not in {source}" for path, (e, _) in found.items() if e != "null"
         ]
     finally:
         for root in (source_root, rewritten_root):
             if hasattr(root, "close"):
                 root.close()
-    return differences
+    return report
 
 
 def compare_element(
-    a: ElementInfo, b: ElementInfo, node_a: Any, node_b: Any, block_bytes: int
+    path: str, encoding_a: str, a: Any, encoding_b: str, b: Any, block_bytes: int
 ) -> list[str]:
-    path = a.path
-    if a.encoding in SPARSE_ENCODINGS and b.encoding in SPARSE_ENCODINGS:
-        return _compare_sparse(a, b, node_a, node_b, block_bytes)
-    if a.encoding != b.encoding:
-        return [f"{path}: encoding {a.encoding} became {b.encoding}"]
-    if a.encoding == "array" and a.dtype not in ("string", "record") and a.shape:
-        return _compare_dense(path, node_a, node_b, block_bytes)
-    from anndata.io import read_elem
+    if encoding_a in SPARSE_ENCODINGS and encoding_b in SPARSE_ENCODINGS:
+        if isinstance(a, StandIn) and isinstance(b, StandIn):
+            return _compare_sparse(path, a.node, b.node, block_bytes)
+    elif encoding_a != encoding_b:
+        return [f"{path}: encoding {encoding_a} became {encoding_b}"]
+    if isinstance(a, StandIn) and isinstance(b, StandIn):
+        return _compare_dense(path, a.node, b.node, block_bytes)
+    if isinstance(a, StandIn) or isinstance(b, StandIn):
+        # read in memory on one side only: a legacy form (a field of a record array in obsm,
+        # say) that the output stores as an array; such elements are small
+        from anndata.io import read_elem
 
-    value_a, value_b = read_elem(node_a), read_elem(node_b)
-    problem = difference(value_a, value_b)
+        a, b = (read_elem(v.node) if isinstance(v, StandIn) else v for v in (a, b))
+    problem = _frame_difference(a, b) if encoding_a == "dataframe" else difference(a, b)
     return [f"{path}: {problem}"] if problem else []
 
 
-def _compare_sparse(
-    a: ElementInfo, b: ElementInfo, node_a: Any, node_b: Any, block_bytes: int
-) -> list[str]:
-    path = a.path
-    if a.shape != b.shape:
-        return [f"{path}: shape {a.shape} became {b.shape}"]
-    if a.array("data").dtype != b.array("data").dtype:
-        return [f"{path}: dtype {a.array('data').dtype} became {b.array('data').dtype}"]
-    if a.encoding != b.encoding:  # another orientation: compare as matrices, in memory
+def _frame_difference(a: pd.DataFrame, b: pd.DataFrame) -> str | None:
+    """Column order and the index's dtype and name (columns are elements of their own)."""
+    if list(a.columns) != list(b.columns):
+        return f"columns {list(a.columns)} became {list(b.columns)}"
+    if str(a.index.dtype) != str(b.index.dtype) or a.index.name != b.index.name:
+        return f"index {a.index.dtype} {a.index.name!r} became {b.index.dtype} {b.index.name!r}"
+    return None
+
+
+def _compare_sparse(path: str, node_a: Any, node_b: Any, block_bytes: int) -> list[str]:
+    shape_a, shape_b = sparse_shape(node_a), sparse_shape(node_b)
+    if shape_a != shape_b:
+        return [f"{path}: shape {shape_a} became {shape_b}"]
+    dtype_a, dtype_b = np.dtype(node_a["data"].dtype), np.dtype(node_b["data"].dtype)
+    if dtype_a != dtype_b:
+        return [f"{path}: dtype {dtype_a} became {dtype_b}"]
+    if encoding_of(node_a) != encoding_of(node_b):  # another orientation: compare as matrices
         from anndata.io import read_elem
 
         problem = difference(read_elem(node_a), read_elem(node_b))
         return [f"{path}: {problem}"] if problem else []
-    if a.nnz != b.nnz:
-        return [f"{path}: {a.nnz:,} nonzeros became {b.nnz:,}"]
+    nnz_a, nnz_b = int(node_a["data"].shape[0]), int(node_b["data"].shape[0])
+    if nnz_a != nnz_b:
+        return [f"{path}: {nnz_a:,} nonzeros became {nnz_b:,}"]
     out = []
     for part in ("indptr", "indices", "data"):
         problem = _compare_blocks(node_a[part], node_b[part], block_bytes, check_dtype=False)
@@ -197,6 +237,14 @@ def difference(a: Any, b: Any) -> str | None:
         a, b = np.asarray(a), np.asarray(b)
         if a.shape != b.shape:
             return f"shape {a.shape} became {b.shape}"
+        if a.dtype.names is not None or b.dtype.names is not None:  # record arrays
+            if a.dtype.names != b.dtype.names:
+                return f"fields {a.dtype.names} became {b.dtype.names}"
+            for name in a.dtype.names:
+                problem = difference(np.asarray(a[name]), np.asarray(b[name]))
+                if problem:
+                    return f"field {name!r}: {problem}"
+            return None
         if a.dtype.kind in "OUST" or b.dtype.kind in "OUST":
             same = [str(x) for x in a.ravel().tolist()] == [str(x) for x in b.ravel().tolist()]
             return None if same else "values differ"

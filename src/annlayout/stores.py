@@ -1,0 +1,109 @@
+"""Where AnnData stores live and how they are opened: local paths, URLs, h5ad files, zarr.
+
+One opened root is passed down to whatever reads it (survey, verify, the rewrite), rather
+than each reopening the store: on object storage every open is a round trip.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from annlayout.encodings import PROVENANCE_KEY, attr, json_attr
+from annlayout.errors import NotAnnDataError
+
+
+def is_url(location: str | Path) -> bool:
+    """``s3://bucket/data.zarr`` and other fsspec URLs, as opposed to local paths."""
+    return "://" in str(location)
+
+
+def filesystem(url: str) -> Any:
+    """The fsspec filesystem of a URL; credentials and endpoints come from the environment
+    (``AWS_ACCESS_KEY_ID``, ``AWS_ENDPOINT_URL``, ...), as for every fsspec/boto client."""
+    from annlayout.optional import requirement
+
+    needed = requirement("s3", f"{url}: reading and writing URLs")
+    if needed:
+        raise NotAnnDataError(needed)
+    import fsspec
+
+    fs, _ = fsspec.core.url_to_fs(url)
+    return fs
+
+
+def footprint(location: str | Path) -> tuple[int, int]:
+    """(bytes, objects) of a store: a file, a directory, or everything under a URL."""
+    if is_url(location):
+        found = filesystem(str(location)).find(str(location), detail=True)
+        return sum(int(info.get("size", 0)) for info in found.values()), len(found)
+    path = Path(location)
+    if path.is_file():
+        return path.stat().st_size, 1
+    files = [p for p in path.rglob("*") if p.is_file()]
+    return sum(p.stat().st_size for p in files), len(files)
+
+
+def remote_zarr_exists(url: str) -> bool:
+    fs = filesystem(url)
+    return any(fs.exists(f"{url.rstrip('/')}/{name}") for name in ("zarr.json", ".zgroup"))
+
+
+def detect_format(path: str | Path) -> Literal["zarr", "h5ad"]:
+    """Which kind of AnnData store ``path`` is; a one-line error if it is none."""
+    import h5py
+
+    if not isinstance(path, str | Path):  # a zarr Store object (e.g. a measured store)
+        return "zarr"
+    if is_url(path):
+        try:
+            found = remote_zarr_exists(str(path))
+        except Exception as err:
+            raise NotAnnDataError(f"{path}: cannot reach: {str(err).splitlines()[0]}") from None
+        if not found:
+            raise NotAnnDataError(f"{path}: no zarr store there (no zarr.json/.zgroup)")
+        return "zarr"
+    path = Path(path)
+    if not path.exists():
+        raise NotAnnDataError(f"{path}: no such file or directory")
+    if path.is_dir():
+        if any((path / name).exists() for name in ("zarr.json", ".zgroup")):
+            return "zarr"
+        raise NotAnnDataError(f"{path}: a directory but not a zarr store (no zarr.json/.zgroup)")
+    if h5py.is_hdf5(path):
+        return "h5ad"
+    raise NotAnnDataError(f"{path}: not an AnnData store (neither h5ad nor zarr)")
+
+
+def open_store(path: str | Path, mode: str = "r") -> Any:
+    """The root group of a store: a zarr Group or an h5py File."""
+    fmt = detect_format(path)
+    if fmt == "h5ad":
+        import h5py
+
+        return h5py.File(path, mode)
+    import zarr
+
+    try:
+        if not isinstance(path, str | Path):
+            return zarr.open_group(store=path, mode=mode)
+        return zarr.open_group(str(path), mode=mode)  # URLs go through fsspec
+    except Exception as err:  # zarr raises a variety of errors for broken metadata
+        raise NotAnnDataError(f"{path}: cannot open as zarr: {err}") from None
+
+
+def check_anndata_root(root: Any, path: Any) -> dict[str, Any] | None:
+    """Refuse what is not an AnnData store, or an annlayout store whose write did not finish.
+
+    Returns the store's annlayout provenance, if any.
+    """
+    if attr(root, "encoding-type") not in (None, "anndata") or not (
+        "obs" in root and "var" in root
+    ):
+        raise NotAnnDataError(f"{path}: not an AnnData store (no obs/var at its root)")
+    provenance = json_attr(root, PROVENANCE_KEY)
+    if isinstance(provenance, dict) and provenance.get("complete") is False:
+        raise NotAnnDataError(
+            f"{path}: an incomplete annlayout store (its apply did not finish); apply again"
+        )
+    return provenance
