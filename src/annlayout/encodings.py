@@ -273,6 +273,8 @@ def read_upgraded(root: Any, large: Large) -> Upgraded:
             if not is_group(elem):  # "null": written by write_dispatched for no raw
                 return None
 
+            # as read_h5ad; read_zarr drops a raw of 0 rows (an AnnData of no rows is falsy
+            # to its `if modern_raw`), a quirk a rewrite should not turn into lost data
             modern = {
                 k: read_dataframe(elem[k]) if k == "var" else read(elem[k])
                 for k in ("X", "var", "varm")
