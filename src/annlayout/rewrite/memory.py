@@ -40,6 +40,22 @@ def provenance(layout: Layout) -> dict[str, Any]:
     }
 
 
+def consolidate_metadata(path: str | Path, zarr_format: int) -> None:
+    """Write a zarr store's consolidated metadata (one request opens it).
+
+    zarr warns, on every call for a v3 store, that its specification does not cover
+    consolidated metadata yet; a layout asks for it on purpose, so the warning is silenced
+    here, for this call only, rather than for every program that imports annlayout.
+    """
+    import zarr
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message="Consolidated metadata is currently not part", category=UserWarning
+        )
+        zarr.consolidate_metadata(str(path), zarr_format=zarr_format)
+
+
 def write(
     adata: Any,
     path: str | Path,
@@ -74,7 +90,7 @@ def write(
                 ad.experimental.write_dispatched(root, "/", adata, callback=callback)
                 root.attrs[PROVENANCE_KEY] = provenance(layout)
                 if target.consolidate_metadata:
-                    zarr.consolidate_metadata(str(path), zarr_format=target.zarr_format)
+                    consolidate_metadata(path, target.zarr_format)
     return WriteResult(
         path=path,
         layout=layout.name,

@@ -48,7 +48,7 @@ from annlayout.rewrite.atomic import (
     check_remote_paths,
     remote_output,
 )
-from annlayout.rewrite.memory import provenance
+from annlayout.rewrite.memory import consolidate_metadata, provenance
 from annlayout.rewrite.memory_limits import bound_malloc_arenas, release_memory
 from annlayout.spec import SPARSE_ENCODINGS, Layout, load_layout
 from annlayout.storage import backend_of, codec_pipeline, create_array
@@ -438,11 +438,9 @@ class Rewriter:
             root.attrs[PROVENANCE_KEY] = json.dumps(provenance(self.layout))
             root.close()
         else:
-            import zarr
-
             root.attrs[PROVENANCE_KEY] = provenance(self.layout)
             if self.layout.target.consolidate_metadata:
-                zarr.consolidate_metadata(str(target), zarr_format=self.layout.target.zarr_format)
+                consolidate_metadata(target, self.layout.target.zarr_format)
         if self._source_format == "h5ad":
             self.source_root.close()
 
