@@ -30,8 +30,6 @@ from annlayout.survey import (
     in_memory_parts,
 )
 
-WriteCallback = Callable[..., None]
-
 
 class LayoutCallback:
     """Callable passed to ``write_dispatched``; records the plan of every element it wrote."""

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from annlayout.rewrite.atomic import TMP_SUFFIX, ApplyError
-    from annlayout.rewrite.memory import WriteResult, provenance, read_input, write
+    from annlayout.rewrite.memory import WriteResult, provenance, write
     from annlayout.rewrite.stream import DEFAULT_MEMORY, ApplyResult, apply
     from annlayout.rewrite.verify import verify_stores
 
@@ -21,7 +21,6 @@ _LAZY = {
     "ApplyError": "annlayout.rewrite.atomic",
     "WriteResult": "annlayout.rewrite.memory",
     "provenance": "annlayout.rewrite.memory",
-    "read_input": "annlayout.rewrite.memory",
     "write": "annlayout.rewrite.memory",
     "DEFAULT_MEMORY": "annlayout.rewrite.stream",
     "ApplyResult": "annlayout.rewrite.stream",
@@ -50,7 +49,6 @@ __all__ = [
     "WriteResult",
     "apply",
     "provenance",
-    "read_input",
     "verify_stores",
     "write",
 ]

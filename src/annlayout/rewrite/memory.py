@@ -14,7 +14,7 @@ from annlayout.callback import LayoutCallback
 from annlayout.plan import ElementPlan
 from annlayout.spec import Layout, load_layout
 from annlayout.storage import codec_pipeline as use_codec_pipeline
-from annlayout.survey import PROVENANCE_KEY, NotAnnDataError, detect_format
+from annlayout.survey import PROVENANCE_KEY
 
 
 @dataclass
@@ -98,17 +98,3 @@ def write(
         plans=callback.plans,
         notes=callback.notes,
     )
-
-
-def read_input(path: str | Path) -> Any:
-    """Read an AnnData store into memory, with one-line errors for what is not one."""
-    import anndata as ad
-
-    fmt = detect_format(path)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return ad.read_h5ad(path) if fmt == "h5ad" else ad.read_zarr(path)
-    except Exception as err:
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise NotAnnDataError(f"{path}: not a readable AnnData store: {reason}") from None
