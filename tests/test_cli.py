@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -43,6 +44,87 @@ def test_layouts_lists_every_shipped_layout():
     for name in SHIPPED:
         assert name in output
     assert "Random minibatches of cells" in output
+
+
+HEAVY = {"numpy", "zarr", "anndata", "pandas", "scipy", "h5py", "dask", "pydantic"}
+
+
+def imported_by(*args: str) -> tuple[set[str], str]:
+    """Top-level packages among HEAVY that ``annlayout ARGS`` imports, and its output."""
+    code = textwrap.dedent(
+        f"""
+        import sys
+        from annlayout.cli import main
+        try:
+            main({list(args)!r})
+        except SystemExit:
+            pass
+        heavy = {{m.split(".")[0] for m in sys.modules}} & {HEAVY!r}
+        print("IMPORTED", *sorted(heavy), file=sys.stderr)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=os.environ, check=True
+    )
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("IMPORTED"), done.stderr
+    return set(last.split()[1:]), done.stdout
+
+
+@pytest.mark.parametrize("args", [["--help"], ["layouts"], ["plan", "--help"]])
+def test_start_up_imports_nothing_heavy(args):
+    """--help and layouts start without numpy, zarr, anndata or pydantic (times: benchmarks/)."""
+    heavy, output = imported_by(*args)
+    assert heavy == set()
+    assert "ml-minibatch" in output if args == ["layouts"] else "Usage:" in output
+
+
+def test_layouts_reports_a_broken_shipped_layout_with_its_line(tmp_path, monkeypatch):
+    import annlayout.shipped
+
+    for path in annlayout.shipped.shipped_layouts().values():
+        (tmp_path / path.name).write_text(path.read_text())
+    (tmp_path / "archive.yaml").write_text("annlayout: 1\nname: archive\ntarget: {format: h5}\n")
+    monkeypatch.setattr(annlayout.shipped, "layouts_dir", lambda: tmp_path)
+    result = run("layouts", code=2)
+    assert result.stderr.strip().splitlines() == [
+        "error: archive.yaml:3: target.format: must be 'zarr' or 'h5ad' (got 'h5')"
+    ]
+
+
+def test_package_names_resolve_on_first_use():
+    code = textwrap.dedent(
+        """
+        import sys, warnings
+        filters = list(warnings.filters)
+        import annlayout
+        assert "pydantic" not in sys.modules and "numpy" not in sys.modules
+        assert warnings.filters == filters, "importing annlayout changed the warnings filters"
+        assert set(annlayout.__all__) <= set(dir(annlayout))
+        from annlayout import Layout, __version__, load_layout, write
+        for name in annlayout.__all__:
+            assert getattr(annlayout, name) is not None, name
+        import annlayout.plan, annlayout.survey  # the submodules do not replace the functions
+        assert callable(annlayout.plan) and callable(annlayout.survey)
+        assert annlayout.Layout is Layout and load_layout("archive").name == "archive"
+        consolidated = [f for f in warnings.filters if f[1] and "Consolidated" in f[1].pattern]
+        assert not consolidated, "annlayout silences zarr's warning for every program"
+        """
+    )
+    subprocess.run([sys.executable, "-c", code], env=os.environ, check=True)
+
+
+def test_write_and_apply_consolidate_without_zarr_warning(tmp_path, stores, small_dataset):
+    import warnings
+
+    import annlayout
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        annlayout.write(small_dataset, tmp_path / "w.zarr", "ml-minibatch")
+        annlayout.apply("ml-minibatch", stores["h5ad"], tmp_path / "a.zarr")
+    assert not [w for w in caught if "Consolidated metadata" in str(w.message)]
+    assert zarr.open_group(tmp_path / "a.zarr", mode="r").metadata.consolidated_metadata
 
 
 def test_schema_is_json_schema():

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import textwrap
 
 import pytest
@@ -286,3 +289,88 @@ def test_resolved_layout_round_trips_through_yaml(tmp_path):
     again = load_layout(path)
     assert again.canonical() == layout.canonical()
     assert again.sha256() == layout.sha256()
+
+
+def test_did_you_mean_follows_the_union_member_and_aliases(tmp_path):
+    path = write(
+        tmp_path,
+        "m.yaml",
+        """
+        annlayout: 1
+        name: m
+        defaults:
+          codecs: [{name: blosc, clevle: 5}]
+        rules:
+          - match: {path: X}
+            cpy: {chunks: {major: 4}}
+        """,
+    )
+    assert messages(path) == [
+        "m.yaml:4: defaults.codecs[0].clevle: unknown key 'clevle'; did you mean 'clevel'?",
+        "m.yaml:7: rules[0].cpy: unknown key 'cpy'; did you mean 'copy'?",
+    ]
+
+
+def test_union_tags_come_from_the_model_validated():
+    from annlayout.bench.workloads import Workload
+    from annlayout.yaml_errors import union_tags
+
+    assert union_tags(Layout) == {"zstd", "blosc", "gzip", "none"}
+    assert union_tags(Workload) == {
+        "random-rows", "row-slices", "gene-queries", "category-genes", "obs-columns", "full-scan",
+    }  # fmt: skip
+
+
+def test_unknown_union_member_is_named_by_its_list(tmp_path):
+    from annlayout.bench import load_workload
+
+    path = write(tmp_path, "w.yaml", "workload: 1\nname: w\npatterns:\n  - kind: zigzag\n")
+    with pytest.raises(LayoutError) as info:
+        load_workload(path)
+    (message,) = info.value.messages
+    assert message.startswith("w.yaml:4: patterns[0]: unknown pattern 'zigzag'; use 'random-rows'")
+
+
+def test_models_import_no_higher_layer():
+    """Layout.callback imports the callback when called, never with the models."""
+    code = (
+        "import sys, annlayout.spec; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "{'annlayout', 'numpy', 'zarr', 'anndata'}))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=os.environ
+    )
+    assert set(eval(done.stdout)) == {
+        "annlayout", "annlayout.errors", "annlayout.layout_files", "annlayout.layout_models",
+        "annlayout.shipped", "annlayout.spec", "annlayout.yaml_errors",
+    }  # fmt: skip
+
+
+def test_listing_agrees_with_loading():
+    from annlayout.shipped import shipped_listing
+
+    for entry in shipped_listing():
+        layout = load_layout(entry.name)
+        assert entry.description == layout.description
+        fmt, version = layout.target.format, layout.target.zarr_format
+        assert entry.target == ("h5ad" if fmt == "h5ad" else f"zarr v{version}")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("annlayout: 1\nname: [x\n", "x.yaml:3:1: YAML syntax error"),
+        ("annlayout: 2\nname: x\n", "x.yaml:1: annlayout: must be 1 (got 2)"),
+        ("annlayout: 1\nname: x\ntarget: {zarr_format: 4}\n", "x.yaml:3: target.zarr_format:"),
+        ("annlayout: 1\nname: x\nextends: nope\n", "x.yaml:3: extends: nope: no such layout"),
+    ],
+)
+def test_listing_reports_what_loading_reports(tmp_path, monkeypatch, text, expected):
+    import annlayout.shipped
+
+    (tmp_path / "x.yaml").write_text(text)
+    monkeypatch.setattr(annlayout.shipped, "layouts_dir", lambda: tmp_path)
+    with pytest.raises(LayoutError) as info:
+        annlayout.shipped.shipped_listing()
+    assert info.value.messages[0].startswith(expected)

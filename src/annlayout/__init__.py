@@ -5,35 +5,77 @@ layout = annlayout.load_layout("ml-minibatch")
 plan = annlayout.plan(layout, "data.h5ad")
 annlayout.write(adata, "data.zarr", layout)
 ad.experimental.write_dispatched(group, "/", adata, callback=layout.callback())
+
+The public names are imported on first use (PEP 562), so ``import annlayout`` and the
+``annlayout`` command start without numpy, zarr, anndata or pydantic.
 """
 
 from __future__ import annotations
 
-import warnings
-from importlib.metadata import PackageNotFoundError, version
+import sys
+import types
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
-try:
-    __version__ = version("annlayout")
-except PackageNotFoundError:  # running from a source tree without installing
-    __version__ = "0.0.0+unknown"
+if TYPE_CHECKING:
+    from annlayout.errors import AnnlayoutError, ApplyError, LayoutError, PlanError
+    from annlayout.layout_files import json_schema, load_layout
+    from annlayout.layout_models import Layout
+    from annlayout.plan import Plan, make_plan
+    from annlayout.reader import Dataset, open
+    from annlayout.rewrite.memory import WriteResult, write
+    from annlayout.rewrite.stream import ApplyResult, apply
+    from annlayout.shipped import shipped_layouts
+    from annlayout.survey import Survey
 
-from annlayout.errors import AnnlayoutError
-from annlayout.plan import Plan, PlanError, make_plan
-from annlayout.reader import Dataset, open
-from annlayout.rewrite import ApplyError, ApplyResult, WriteResult, apply, verify_stores, write
-from annlayout.spec import Layout, LayoutError, json_schema, load_layout, shipped_layouts
-from annlayout.survey import Survey, survey_adata, survey_store
+    __version__: str
 
-# zarr warns on every write and open of consolidated zarr v3 metadata that the format does not
-# specify it yet; layouts ask for consolidation on purpose (one request to open a store), and
-# anndata writes and reads it too, so the warning tells annlayout's users nothing.
-warnings.filterwarnings(
-    "ignore", message="Consolidated metadata is currently not part", category=UserWarning
-)
+#: Where each public name lives; imported when first asked for.
+_LAZY = {
+    "AnnlayoutError": "annlayout.errors",
+    "ApplyError": "annlayout.errors",
+    "LayoutError": "annlayout.errors",
+    "PlanError": "annlayout.errors",
+    "Layout": "annlayout.layout_models",
+    "json_schema": "annlayout.layout_files",
+    "load_layout": "annlayout.layout_files",
+    "shipped_layouts": "annlayout.shipped",
+    "Plan": "annlayout.plan",
+    "make_plan": "annlayout.plan",
+    "Dataset": "annlayout.reader",
+    "open": "annlayout.reader",
+    "WriteResult": "annlayout.rewrite.memory",
+    "write": "annlayout.rewrite.memory",
+    "ApplyResult": "annlayout.rewrite.stream",
+    "apply": "annlayout.rewrite.stream",
+    "Survey": "annlayout.survey",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            value = version("annlayout")
+        except PackageNotFoundError:  # running from a source tree without installing
+            value = "0.0.0+unknown"
+    elif name in _LAZY:
+        value = getattr(import_module(_LAZY[name]), name)
+    else:
+        raise AttributeError(f"module 'annlayout' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
 
 
 def survey(source) -> Survey:
     """Survey a store path or an in-memory AnnData (metadata only)."""
+    from annlayout.survey import survey_adata, survey_store
+
     if isinstance(source, str | bytes) or hasattr(source, "__fspath__"):
         return survey_store(source)
     return survey_adata(source)
@@ -41,13 +83,33 @@ def survey(source) -> Survey:
 
 def plan(layout, source) -> Plan:
     """Plan ``layout`` (a name, path or Layout) against a store path or an in-memory AnnData."""
+    from annlayout.layout_files import load_layout
+    from annlayout.plan import make_plan
+
     return make_plan(load_layout(layout), survey(source))
 
 
 def verify(source, rewritten, *, memory: int = 512 << 20) -> list[str]:
     """Elements that differ between two AnnData stores (one line each); empty when equal."""
+    from annlayout.rewrite.verify import verify_stores
+
     return verify_stores(source, rewritten, memory=memory)
 
+
+class _Package(types.ModuleType):
+    """``annlayout.plan`` and ``annlayout.survey`` are functions, and also submodules.
+
+    Importing a submodule sets it as an attribute of its package; done lazily, after the
+    functions are defined, that would replace them. The functions stay.
+    """
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in ("plan", "survey") and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 __all__ = [
     "AnnlayoutError",

@@ -31,8 +31,6 @@ from annlayout.spec import Layout, ResolvedSettings
 from annlayout.storage import array_kwargs, backend_of, create_array, target_of
 from annlayout.survey import describe_in_memory, in_memory_parts
 
-WriteCallback = Callable[..., None]
-
 
 class LayoutCallback:
     """Callable passed to ``write_dispatched``; records the plan of every element it wrote."""

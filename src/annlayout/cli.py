@@ -9,20 +9,30 @@ import warnings
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from annlayout.plan import Plan, human_size
+if TYPE_CHECKING:
+    from annlayout.plan import Plan
+
+# Commands import what they use: `annlayout --help` and `annlayout layouts` start without
+# numpy, zarr, anndata or pydantic (tests/test_cli.py checks which modules they import).
 
 # Piped output (CI logs, files) gets wide tables instead of rich's 80-column default.
 out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 220)
 err = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() else 220)
 
 EXIT_ERROR, EXIT_LAYOUT = 1, 2
+
+
+def human_size(n: float | None) -> str:
+    from annlayout.plan import human_size
+
+    return human_size(n)
 
 
 def _fail(message: str, code: int = EXIT_ERROR) -> None:
@@ -87,14 +97,11 @@ def main(debug: bool) -> None:
 @handle_errors
 def layouts_command() -> None:
     """List the shipped layouts."""
-    from annlayout.spec import load_layout, shipped_layouts
+    from annlayout.shipped import shipped_listing
 
     table = Table("name", "target", "description", box=None, header_style="bold")
-    for name in shipped_layouts():
-        layout = load_layout(name)
-        target = layout.target
-        where = "h5ad" if target.format == "h5ad" else f"zarr v{target.zarr_format}"
-        table.add_row(f"[cyan]{name}[/]", where, " ".join(layout.description.split()))
+    for entry in shipped_listing():
+        table.add_row(f"[cyan]{entry.name}[/]", entry.target, " ".join(entry.description.split()))
     out.print(table)
 
 
@@ -102,7 +109,7 @@ def layouts_command() -> None:
 @handle_errors
 def schema_command() -> None:
     """Print the JSON Schema of layout files (for editors and validators)."""
-    from annlayout.spec import json_schema
+    from annlayout.layout_files import json_schema
 
     click.echo(json.dumps(json_schema(), indent=2))
 

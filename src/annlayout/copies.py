@@ -25,11 +25,6 @@ COPY_KEY = "annlayout-copy-of"
 ORIENTATIONS = ("csr", "csc")
 
 
-def copy_name(primary_orientation: str) -> str:
-    """The subgroup name of the copy of a ``primary_orientation`` matrix."""
-    return "csc" if primary_orientation == "csr" else "csr"
-
-
 def indptr_checksum(indptr: np.ndarray) -> str:
     """sha256 of the offsets as little-endian int64, whatever dtype they are stored in."""
     return hashlib.sha256(np.ascontiguousarray(indptr, dtype="<i8").tobytes()).hexdigest()

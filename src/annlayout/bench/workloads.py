@@ -15,7 +15,8 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
 
-from annlayout.spec import UNION_TAGS, LayoutError, validate_file
+from annlayout.errors import LayoutError
+from annlayout.yaml_errors import validate_file
 
 
 class _Pattern(BaseModel):
@@ -75,11 +76,6 @@ Pattern = Annotated[
     RandomRows | RowSlices | GeneQueries | CategoryGenes | ObsColumns | FullScan,
     Field(discriminator="kind"),
 ]
-
-
-UNION_TAGS.update(
-    ("random-rows", "row-slices", "gene-queries", "category-genes", "obs-columns", "full-scan")
-)
 
 
 class Workload(BaseModel):

@@ -1,9 +1,45 @@
-"""Executing layouts: writing in-memory AnnData, streaming rewrites of stores, verification."""
+"""Executing layouts: writing in-memory AnnData, streaming rewrites of stores, verification.
 
-from annlayout.rewrite.atomic import TMP_SUFFIX, ApplyError
-from annlayout.rewrite.memory import WriteResult, provenance, read_input, write
-from annlayout.rewrite.stream import DEFAULT_MEMORY, ApplyResult, apply
-from annlayout.rewrite.verify import verify_stores
+The names below are imported on first use (PEP 562): the CLI imports
+``annlayout.rewrite.memory_limits`` and ``annlayout.rewrite.atomic`` at start-up, and those
+must not bring zarr, anndata and dask with them.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from annlayout.rewrite.atomic import TMP_SUFFIX, ApplyError
+    from annlayout.rewrite.memory import WriteResult, provenance, write
+    from annlayout.rewrite.stream import DEFAULT_MEMORY, ApplyResult, apply
+    from annlayout.rewrite.verify import verify_stores
+
+_LAZY = {
+    "TMP_SUFFIX": "annlayout.rewrite.atomic",
+    "ApplyError": "annlayout.rewrite.atomic",
+    "WriteResult": "annlayout.rewrite.memory",
+    "provenance": "annlayout.rewrite.memory",
+    "write": "annlayout.rewrite.memory",
+    "DEFAULT_MEMORY": "annlayout.rewrite.stream",
+    "ApplyResult": "annlayout.rewrite.stream",
+    "apply": "annlayout.rewrite.stream",
+    "verify_stores": "annlayout.rewrite.verify",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'annlayout.rewrite' has no attribute {name!r}")
+    value = getattr(import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
 
 __all__ = [
     "DEFAULT_MEMORY",
@@ -13,7 +49,6 @@ __all__ = [
     "WriteResult",
     "apply",
     "provenance",
-    "read_input",
     "verify_stores",
     "write",
 ]

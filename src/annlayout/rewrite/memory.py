@@ -12,11 +12,9 @@ from typing import Any
 from annlayout import __version__
 from annlayout.callback import LayoutCallback
 from annlayout.encodings import PROVENANCE_KEY
-from annlayout.errors import NotAnnDataError
 from annlayout.plan import ElementPlan
 from annlayout.spec import Layout, load_layout
 from annlayout.storage import codec_pipeline as use_codec_pipeline
-from annlayout.stores import detect_format
 
 
 @dataclass
@@ -40,6 +38,22 @@ def provenance(layout: Layout) -> dict[str, Any]:
         "annlayout_version": __version__,
         "complete": True,  # the last write; object stores have no rename to mark completion
     }
+
+
+def consolidate_metadata(path: str | Path, zarr_format: int) -> None:
+    """Write a zarr store's consolidated metadata (one request opens it).
+
+    zarr warns, on every call for a v3 store, that its specification does not cover
+    consolidated metadata yet; a layout asks for it on purpose, so the warning is silenced
+    here, for this call only, rather than for every program that imports annlayout.
+    """
+    import zarr
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message="Consolidated metadata is currently not part", category=UserWarning
+        )
+        zarr.consolidate_metadata(str(path), zarr_format=zarr_format)
 
 
 def write(
@@ -76,7 +90,7 @@ def write(
                 ad.experimental.write_dispatched(root, "/", adata, callback=callback)
                 root.attrs[PROVENANCE_KEY] = provenance(layout)
                 if target.consolidate_metadata:
-                    zarr.consolidate_metadata(str(path), zarr_format=target.zarr_format)
+                    consolidate_metadata(path, target.zarr_format)
     return WriteResult(
         path=path,
         layout=layout.name,
@@ -84,17 +98,3 @@ def write(
         plans=callback.plans,
         notes=callback.notes,
     )
-
-
-def read_input(path: str | Path) -> Any:
-    """Read an AnnData store into memory, with one-line errors for what is not one."""
-    import anndata as ad
-
-    fmt = detect_format(path)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return ad.read_h5ad(path) if fmt == "h5ad" else ad.read_zarr(path)
-    except Exception as err:
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise NotAnnDataError(f"{path}: not a readable AnnData store: {reason}") from None

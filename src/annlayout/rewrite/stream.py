@@ -63,7 +63,7 @@ from annlayout.rewrite.atomic import (
     check_remote_paths,
     remote_output,
 )
-from annlayout.rewrite.memory import provenance
+from annlayout.rewrite.memory import consolidate_metadata, provenance
 from annlayout.rewrite.memory_limits import bound_malloc_arenas, release_memory
 from annlayout.spec import Layout, load_layout
 from annlayout.storage import backend_of, codec_pipeline, create_array
@@ -432,10 +432,8 @@ class Rewriter:
         if backend_of(root) == "h5py":
             root.close()
         else:
-            import zarr
-
             if self.layout.target.consolidate_metadata:
-                zarr.consolidate_metadata(str(target), zarr_format=self.layout.target.zarr_format)
+                consolidate_metadata(target, self.layout.target.zarr_format)
         if self._source_format == "h5ad":
             self.source_root.close()
 
