@@ -49,6 +49,8 @@ EncodingType = Literal[
     "rec-array",
     "null",
 ]
+# the same set as annlayout.encodings.SPARSE_ENCODINGS, written again so that loading a layout
+# stays free of numpy (encodings needs it; tests/test_cli.py checks what spec imports)
 SPARSE_ENCODINGS = frozenset({"csr_matrix", "csc_matrix"})
 IndexDtype = Literal["keep", "minimal", "int32", "int64"]
 Orientation = Literal["csr", "csc"]

@@ -25,7 +25,7 @@ import scipy.sparse as sp
 
 from annlayout.bench.stores import Counters, MeasuredStore, Simulation
 from annlayout.bench.workloads import Operation, Workload, operations, pattern_label
-from annlayout.encodings import attr
+from annlayout.encodings import SPARSE_ENCODINGS, encoding_of
 from annlayout.errors import BenchError
 from annlayout.optional import requirement
 from annlayout.plan import make_plan
@@ -407,7 +407,7 @@ def _sparse_dataset_reader(store: Any) -> Callable[[Operation], Any] | None:
     from anndata.io import read_elem
 
     group = _zarr_group(store)
-    if attr(group["X"], "encoding-type") not in ("csr_matrix", "csc_matrix"):
+    if encoding_of(group["X"]) not in SPARSE_ENCODINGS:
         return None
     matrix = ad.io.sparse_dataset(group["X"])
 
@@ -428,7 +428,7 @@ def _read_lazy_reader(store: Any) -> Callable[[Operation], Any] | None:
     import anndata as ad
 
     group = _zarr_group(store)
-    if attr(group["X"], "encoding-type") not in ("csr_matrix", "csc_matrix"):
+    if encoding_of(group["X"]) not in SPARSE_ENCODINGS:
         return None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
