@@ -14,8 +14,8 @@ from click.testing import CliRunner
 
 import annlayout
 from annlayout.cli import main
-from annlayout.rewrite import ApplyError, stream
 from annlayout.errors import NotAnnDataError
+from annlayout.rewrite import ApplyError, stream
 from annlayout.stores import filesystem
 
 from .test_stream import blocky, make_input

@@ -19,9 +19,9 @@ import zarr
 from anndata.tests.helpers import assert_equal
 
 import annlayout
+from annlayout.errors import NotAnnDataError
 from annlayout.rewrite import ApplyError
 from annlayout.rewrite.atomic import temporary_sibling
-from annlayout.errors import NotAnnDataError
 from annlayout.survey import survey_store
 
 from .conftest import assert_matches_plan, read_any
