@@ -2,8 +2,14 @@
 
 Large arrays are compared in blocks within a memory budget; small elements (strings,
 categoricals, nullables, scalars, awkward arrays) are read whole and compared by value. Layout
-changes are not differences: chunks, shards, codecs, and the dtype of sparse indices and
-indptr (``index_dtype``) may change; values, value dtypes, shapes and encodings may not.
+changes are not differences: chunks, shards, codecs, the dtype of sparse indices and indptr
+(``index_dtype``), and a sparse matrix's orientation may change; values, value dtypes, shapes
+and other encodings may not.
+
+A sparse matrix stored in another orientation (the rewritten primary, or a second copy) is
+compared with the out-of-core transpose of the other side (:mod:`annlayout.copies`), in passes
+sized by the memory model (:func:`annlayout.rewrite.blocks.verify_sizes`): neither matrix is
+ever read whole.
 """
 
 from __future__ import annotations
@@ -17,19 +23,22 @@ import numpy as np
 import pandas as pd
 
 from annlayout.copies import copy_group, stale_reason, transposed_indptr, transposed_ranges
+from annlayout.defaults import VERIFY_MEMORY
+from annlayout.rewrite.blocks import parse_size, transpose_fixed, verify_sizes
 from annlayout.spec import SPARSE_ENCODINGS
 from annlayout.survey import ElementInfo, open_store, survey_store
 
-DEFAULT_VERIFY_MEMORY = 512 << 20
+DEFAULT_VERIFY_MEMORY = parse_size(VERIFY_MEMORY)
 
 
 def verify_stores(
-    source: str | Path, rewritten: str | Path, *, memory: int = DEFAULT_VERIFY_MEMORY
+    source: str | Path, rewritten: str | Path, *, memory: int | str = DEFAULT_VERIFY_MEMORY
 ) -> list[str]:
     """Differences between two AnnData stores, one line each; empty when they are equal."""
+    memory = parse_size(memory)
     source_survey, rewritten_survey = survey_store(source), survey_store(rewritten)
     source_root, rewritten_root = open_store(source), open_store(rewritten)
-    block_bytes = max(1 << 20, memory // 4)
+    block_bytes, _ = verify_sizes(memory)
     differences: list[str] = []
     try:
         remaining = {e.path: e for e in rewritten_survey.elements}
@@ -47,6 +56,7 @@ def verify_stores(
                     source_root[element.path],
                     rewritten_root[element.path],
                     block_bytes,
+                    memory,
                 )
                 if other.encoding in SPARSE_ENCODINGS:
                     differences += check_copy(other.path, rewritten_root[other.path], memory)
@@ -61,11 +71,16 @@ def verify_stores(
 
 
 def compare_element(
-    a: ElementInfo, b: ElementInfo, node_a: Any, node_b: Any, block_bytes: int
+    a: ElementInfo,
+    b: ElementInfo,
+    node_a: Any,
+    node_b: Any,
+    block_bytes: int,
+    memory: int = DEFAULT_VERIFY_MEMORY,
 ) -> list[str]:
     path = a.path
     if a.encoding in SPARSE_ENCODINGS and b.encoding in SPARSE_ENCODINGS:
-        return _compare_sparse(a, b, node_a, node_b, block_bytes)
+        return _compare_sparse(a, b, node_a, node_b, block_bytes, memory)
     if a.encoding != b.encoding:
         return [f"{path}: encoding {a.encoding} became {b.encoding}"]
     if a.encoding == "array" and a.dtype not in ("string", "record") and a.shape:
@@ -78,20 +93,23 @@ def compare_element(
 
 
 def _compare_sparse(
-    a: ElementInfo, b: ElementInfo, node_a: Any, node_b: Any, block_bytes: int
+    a: ElementInfo,
+    b: ElementInfo,
+    node_a: Any,
+    node_b: Any,
+    block_bytes: int,
+    memory: int = DEFAULT_VERIFY_MEMORY,
 ) -> list[str]:
     path = a.path
     if a.shape != b.shape:
         return [f"{path}: shape {a.shape} became {b.shape}"]
     if a.array("data").dtype != b.array("data").dtype:
         return [f"{path}: dtype {a.array('data').dtype} became {b.array('data').dtype}"]
-    if a.encoding != b.encoding:  # another orientation: compare as matrices, in memory
-        from anndata.io import read_elem
-
-        problem = difference(read_elem(node_a), read_elem(node_b))
-        return [f"{path}: {problem}"] if problem else []
     if a.nnz != b.nnz:
         return [f"{path}: {a.nnz:,} nonzeros became {b.nnz:,}"]
+    if a.encoding != b.encoding:  # another orientation: against the transpose, out of core
+        problem = compare_transposed(node_a, node_b, memory)
+        return [f"{path}{problem}"] if problem else []
     out = []
     for part in ("indptr", "indices", "data"):
         problem = _compare_blocks(node_a[part], node_b[part], block_bytes, check_dtype=False)
@@ -110,21 +128,61 @@ def check_copy(path: str, element: Any, memory: int) -> list[str]:
     reason = stale_reason(element, copy, primary_indptr)
     if reason:
         return [f"{where}: stale copy: {reason}"]
-    n_minor = int(copy["indptr"].shape[0]) - 1
-    read_block = int(min(4 << 20, max(1 << 10, memory // 160)))  # ~40 bytes per nonzero read
-    nnz = int(primary_indptr[-1])
-    expected_indptr = transposed_indptr(element["indices"], nnz, n_minor, read_block)
-    if not np.array_equal(expected_indptr, copy["indptr"][...]):
-        return [f"{where}/indptr: does not match the primary"]
+    problem = compare_transposed(element, copy, memory, primary_indptr, what="the primary")
+    return [f"{where}{problem}"] if problem else []
+
+
+def compare_transposed(
+    a: Any,
+    b: Any,
+    memory: int,
+    indptr_a: np.ndarray | None = None,
+    what: str = "the input",
+) -> str | None:
+    """Does the sparse group ``b`` hold the transpose of ``a`` (another orientation of the
+    same matrix)? ``a`` is transposed out of core in passes within ``memory`` and each pass
+    compared with the same range of ``b``; within a major index of ``b``, the order of its
+    indices does not matter. Returns the problem (``/part: ...``) or None."""
+    indptr_a = a["indptr"][...] if indptr_a is None else indptr_a
+    n_major_b = int(b["indptr"].shape[0]) - 1
+    nnz = int(indptr_a[-1]) if len(indptr_a) else 0
+    _, sizes = verify_sizes(memory, fixed=transpose_fixed(len(indptr_a), n_major_b))
+    expected_indptr = transposed_indptr(a["indices"], nnz, n_major_b, sizes.read_block)
+    indptr_b = np.asarray(b["indptr"][...], dtype=np.int64)
+    if not np.array_equal(expected_indptr, indptr_b):
+        return f"/indptr: does not match {what}"
     for start, stop, data, major in transposed_ranges(
-        element["data"], element["indices"], primary_indptr, expected_indptr,
-        budget=max(1 << 20, memory // 4), read_block=read_block,
+        a["data"], a["indices"], indptr_a, expected_indptr,
+        budget=sizes.pass_budget, read_block=sizes.read_block,
     ):  # fmt: skip
-        for name, expected in (("data", data), ("indices", major)):
-            stored = np.asarray(copy[name][start:stop])
-            if not _equal_values(stored.astype(expected.dtype), expected).all():
-                return [f"{where}/{name}: does not match the primary"]
-    return []
+        stored_data = np.asarray(b["data"][start:stop])
+        stored_indices = np.asarray(b["indices"][start:stop]).astype(np.int64, copy=False)
+        stored_indices, stored_data = _sorted_within(stored_indices, stored_data, indptr_b, start)
+        for name, stored, expected in (("data", stored_data, data),
+                                       ("indices", stored_indices, major)):  # fmt: skip
+            if not _equal_values(stored.astype(expected.dtype, copy=False), expected).all():
+                return f"/{name}: does not match {what}"
+        del data, major, stored_data, stored_indices
+    return None
+
+
+def _sorted_within(
+    indices: np.ndarray, data: np.ndarray, indptr: np.ndarray, start: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``indices[start:]`` sorted within each major index (whose offsets ``indptr`` holds), with
+    ``data`` in the same order; unchanged (not copied) when they already are."""
+    if indices.size < 2:
+        return indices, data
+    ascending = indices[1:] >= indices[:-1]
+    stop = start + indices.size
+    # a new major index may start lower: positions where one starts break no order
+    starts = indptr[(indptr > start) & (indptr < stop)] - start
+    ascending[starts - 1] = True
+    if ascending.all():
+        return indices, data
+    major = np.searchsorted(indptr, np.arange(start, stop), side="right") - 1
+    order = np.lexsort((indices, major))
+    return indices[order], data[order]
 
 
 def _compare_dense(path: str, node_a: Any, node_b: Any, block_bytes: int) -> list[str]:
