@@ -17,6 +17,7 @@ try:
 except PackageNotFoundError:  # running from a source tree without installing
     __version__ = "0.0.0+unknown"
 
+from annlayout.defaults import VERIFY_MEMORY
 from annlayout.errors import AnnlayoutError
 from annlayout.plan import Plan, PlanError, make_plan
 from annlayout.reader import Dataset, open
@@ -44,8 +45,10 @@ def plan(layout, source) -> Plan:
     return make_plan(load_layout(layout), survey(source))
 
 
-def verify(source, rewritten, *, memory: int = 512 << 20) -> list[str]:
-    """Elements that differ between two AnnData stores (one line each); empty when equal."""
+def verify(source, rewritten, *, memory: int | str = VERIFY_MEMORY) -> list[str]:
+    """Elements that differ between two AnnData stores (one line each); empty when equal.
+
+    ``memory`` (bytes, or a size such as ``"512MiB"``) bounds the blocks compared at once."""
     return verify_stores(source, rewritten, memory=memory)
 
 
