@@ -15,6 +15,9 @@ session's dataset written once as an h5ad file (fixture ``h5ad_input``). In file
 4. ``test_apply_memory_bound``: X at least ``MIN_X_TO_BUDGET`` times ``--memory 64MiB`` (with
    16 MiB shards); asserts peak RSS <= budget + ``RSS_ALLOWANCE`` and that ``annlayout verify``
    finds the output equal to the input;
+   ``test_transpose_memory_bound`` (a CSC copy of X built within ``--memory 80MiB``) and
+   ``test_verify_orientation_change_memory_bound`` (``annlayout verify --memory 80MiB`` of a
+   CSR input against its CSC rewrite) assert the same bound, one run each;
 5. ``test_apply_targets``: median time and median peak RSS of annlayout (without verification)
    over the baseline's; prints a table, saves it under the session's tmp dir, and asserts the
    project targets: time ratio <= ``TARGET_TIME_RATIO``, RSS ratio <= ``TARGET_RSS_RATIO``.
@@ -39,7 +42,7 @@ from typing import Any
 import pytest
 
 import annlayout
-from annlayout.rewrite.stream import parse_size
+from annlayout.rewrite.blocks import parse_size
 from tables import footprint, publish, text_table
 
 TARGET_TIME_RATIO = 1.0  # annlayout apply --no-verify: no slower than read_h5ad + write_zarr
@@ -400,6 +403,57 @@ def test_transpose_memory_bound(benchmark, h5ad_input, output_path, bench_dir, t
     print("\n" + line)
     terminal_report.append(line)
     assert result["peak_rss"] <= limit, line
+    if x_bytes < MIN_X_TO_BUDGET * budget:
+        pytest.skip(f"ran and verified, but X is less than {MIN_X_TO_BUDGET}x the budget")
+
+
+ORIENTATION_MEMORY = "80MiB"
+ORIENTATION_LAYOUT = """\
+annlayout: 1
+name: csc-primary
+description: ml-minibatch with X turned to CSC in 4 MiB shards, so verify compares orientations.
+extends: ml-minibatch
+rules:
+  - match: {path: X}
+    chunks: {major: 16}
+    shards: {bytes: 4MiB}
+    orientations: [csc]
+"""
+
+
+def test_verify_orientation_change_memory_bound(
+    benchmark, h5ad_input, output_path, bench_dir, terminal_report
+):
+    """X turned from CSR to CSC: ``annlayout verify --memory 80MiB`` compares the two
+    orientations out of core (the input transposed in passes), so with X >= 4x the budget its
+    peak RSS stays within the budget plus the allowance. The apply that made the output is
+    measured too (same budget, unverified)."""
+    budget = parse_size(ORIENTATION_MEMORY)
+    x_bytes = x_nbytes(h5ad_input)
+    layout_file = bench_dir / "csc-primary.yaml"
+    layout_file.write_text(ORIENTATION_LAYOUT)
+    command = apply_command(layout_file, h5ad_input, output_path, ORIENTATION_MEMORY, verify=False)
+    applied = run_measured(command, bench_dir / "orientation.measure.json")
+    verify = [console_script("annlayout"), "verify", h5ad_input, output_path,
+              "--memory", ORIENTATION_MEMORY]  # fmt: skip
+    checked = run_measured(verify, bench_dir / "orientation-verify.measure.json")  # exit 0
+    benchmark.pedantic(lambda: None, rounds=1, iterations=1)  # the timings are the children's
+    limit = budget + RSS_ALLOWANCE
+    line = (
+        f"orientation change: X {x_bytes / MB:,.0f} MB = {x_bytes / budget:.1f}x --memory "
+        f"{ORIENTATION_MEMORY}; verify CSR input vs CSC output {checked['seconds']:.1f} s, peak "
+        f"RSS {checked['peak_rss'] / MB:,.0f} MB <= {limit / MB:,.0f} MB (the apply: "
+        f"{applied['seconds']:.1f} s, {applied['peak_rss'] / MB:,.0f} MB)"
+    )
+    print("\n" + line)
+    terminal_report.append(line)
+    benchmark.extra_info.update(
+        x_mb=round(x_bytes / MB, 1), budget_mb=round(budget / MB, 1),
+        verify_seconds=checked["seconds"], verify_peak_mb=round(checked["peak_rss"] / MB, 1),
+        apply_seconds=applied["seconds"], apply_peak_mb=round(applied["peak_rss"] / MB, 1),
+    )  # fmt: skip
+    assert checked["peak_rss"] <= limit, line
+    assert applied["peak_rss"] <= limit, line
     if x_bytes < MIN_X_TO_BUDGET * budget:
         pytest.skip(f"ran and verified, but X is less than {MIN_X_TO_BUDGET}x the budget")
 

@@ -177,6 +177,22 @@ def test_plan_shows_second_orientation(stores):
     assert [a["name"] for a in x["copy_arrays"]] == ["csc/data", "csc/indices", "csc/indptr"]
 
 
+def test_plan_with_memory_shows_blocks_and_peaks_and_refuses_what_does_not_fit(stores):
+    plain = json.loads(run("plan", "cell-browser", stores["h5ad"], "--json").output)
+    assert "memory" not in plain  # without --memory: the plan alone, as before
+    args = ("plan", "cell-browser", stores["h5ad"], "--whole-below", "0")
+    data = json.loads(run(*args, "--memory", "1GiB", "--json").output)
+    assert {k: v for k, v in data.items() if k != "memory"} == plain
+    x = next(e for e in data["memory"]["elements"] if e["path"] == "X")
+    assert x["how"] == "blocks + transpose (csc)" and x["blocks"] >= 2
+    assert 0 < x["peak_bytes"] <= 1 << 30 and data["memory"]["violations"] == []
+    table = run(*args, "--memory", "1GiB").output
+    assert "blocks + transpose (csc)" in table and "per worker" in table
+    refused = run(*args, "--memory", "64KiB", code=1)
+    assert refused.stderr.startswith("error: X/data: one shard is")
+    assert len(refused.stderr.strip().splitlines()) == 1
+
+
 def test_apply_writes_the_second_orientation(tmp_path, stores):
     out = tmp_path / "cb.zarr"
     run("apply", "cell-browser", stores["h5ad"], out)

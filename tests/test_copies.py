@@ -205,3 +205,52 @@ def test_copy_index_dtype_fits_its_own_minor_axis(tmp_path, small_element):
     assert group["indices"].dtype == np.uint8 and group["csc/indices"].dtype == np.uint16
     _copy_matches(out)
     assert (annlayout.open(out).X[:, [3, 140]] != adata.X[:, [3, 140]]).nnz == 0
+
+
+def _no_whole_sparse_reads(monkeypatch):
+    """verify may read small elements whole, never a sparse matrix."""
+    import anndata.io
+
+    real = anndata.io.read_elem
+
+    def read_elem(node):
+        if dict(node.attrs).get("encoding-type") in ("csr_matrix", "csc_matrix"):
+            raise AssertionError(f"{node.name}: a sparse matrix was read whole")
+        return real(node)
+
+    monkeypatch.setattr(anndata.io, "read_elem", read_elem)
+
+
+def test_verify_compares_another_orientation_out_of_core(tmp_path, monkeypatch):
+    source = tmp_path / "in.h5ad"
+    make_input(source, "csr")
+    out = tmp_path / "csc.zarr"
+    annlayout.apply(dual(orientations=["csc"]), source, out, small_element=0, verify=False)
+    _no_whole_sparse_reads(monkeypatch)  # the old verify read both matrices with read_elem
+    assert annlayout.verify(source, out, memory="64KiB") == []
+    assert annlayout.verify(out, source, memory="64KiB") == []  # and the other way round
+    element = zarr.open_group(out, mode="r+", use_consolidated=False)["X"]
+    data = element["data"][...]
+    data[-1] += 1
+    element["data"][...] = data
+    assert annlayout.verify(source, out, memory="64KiB") == ["X/data: does not match the input"]
+
+
+def test_verify_of_another_orientation_ignores_the_order_within_a_column(tmp_path, monkeypatch):
+    source, other = tmp_path / "in.h5ad", tmp_path / "csc.h5ad"
+    adata = make_input(source, "csr")
+    X = adata.X.tocsc()
+    rng = np.random.default_rng(0)
+    for j in range(X.shape[1]):  # shuffle each column's entries: the same matrix
+        lo, hi = X.indptr[j], X.indptr[j + 1]
+        order = lo + rng.permutation(hi - lo)
+        X.indices[lo:hi], X.data[lo:hi] = X.indices[order], X.data[order]
+    X.has_sorted_indices = False
+    adata.X = X
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        adata.write_h5ad(other)
+    with h5py.File(other) as f:  # still unsorted as stored
+        assert np.any(np.diff(f["X/indices"][: X.indptr[1]].astype(int)) < 0)
+    _no_whole_sparse_reads(monkeypatch)
+    assert annlayout.verify(source, other, memory="64KiB") == []

@@ -119,11 +119,60 @@ def test_threads_and_local_cluster_give_the_single_process_result(tmp_path):
         assert_equal(read_any(single), read_any(other))
 
 
-def test_shard_larger_than_the_budget_is_refused_before_writing(tmp_path):
+def test_cluster_runs_transposes_as_tasks_and_gives_the_single_process_result(tmp_path):
+    """cell-browser keeps a CSC copy of X: its transpose is a task like the blocks, opened by
+    location on the workers, and the output equals the serial one."""
+    distributed = pytest.importorskip("distributed")
+    from annlayout.rewrite import execute
+
     source = tmp_path / "in.h5ad"
     make_input(source, "csr")
-    with pytest.raises(ApplyError, match=r"X/data: one shard is .* raise --memory"):
+    kw = {"memory": "64MiB", "small_element": 0}
+    single = tmp_path / "single.zarr"
+    annlayout.apply("cell-browser", source, single, **kw)
+    ran = []
+    real = execute.TransposeTask.run
+
+    def run(task, advance=None):
+        ran.append(task.transpose.group)
+        return real(task, advance)
+
+    threads = tmp_path / "threads.zarr"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(execute.TransposeTask, "run", run)
+        annlayout.apply("cell-browser", source, threads, workers=2, **kw)
+    assert ran == ["X/csc"]
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True) as cluster:
+        cluster_out = tmp_path / "cluster.zarr"
+        result = annlayout.apply(
+            "cell-browser", source, cluster_out, scheduler=cluster.scheduler_address, **kw
+        )
+    assert result.verified
+    for other in (threads, cluster_out):
+        assert annlayout.verify(single, other) == []
+        for name in ("data", "indices", "indptr"):
+            assert np.array_equal(
+                zarr.open_group(single)[f"X/csc/{name}"][...],
+                zarr.open_group(other)[f"X/csc/{name}"][...],
+            )
+
+
+def test_shard_larger_than_the_budget_is_refused_before_writing(tmp_path, monkeypatch):
+    from annlayout.rewrite import stream
+
+    def prepare(*args, **kwargs):
+        raise AssertionError("the output was being written")
+
+    monkeypatch.setattr(stream.Rewriter, "prepare", prepare)
+    source = tmp_path / "in.h5ad"
+    make_input(source, "csr")
+    with pytest.raises(ApplyError, match=r"^X/data: one shard is .* raise --memory"):
         annlayout.apply(blocky(), source, tmp_path / "o.zarr", memory="8KiB", small_element=0)
+    # blocks of 2,000 elements fit 300 KB; writing whole-array shards of a CSC X does not
+    whole_x = {"match": {"path": "X"}, "orientations": ["csc"], "chunks": {"elements": 20_000}}
+    layout = annlayout.Layout.model_validate({**BLOCKY, "rules": [whole_x]})
+    with pytest.raises(ApplyError, match=r"^X: building the csc orientation needs more"):
+        annlayout.apply(layout, source, tmp_path / "o.zarr", memory="300KB", small_element=0)
     assert list(tmp_path.iterdir()) == [source]
 
 

@@ -17,6 +17,8 @@ import types
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
+from annlayout.defaults import VERIFY_MEMORY
+
 if TYPE_CHECKING:
     from annlayout.errors import AnnlayoutError, ApplyError, LayoutError, PlanError
     from annlayout.layout_files import json_schema, load_layout
@@ -89,8 +91,10 @@ def plan(layout, source) -> Plan:
     return make_plan(load_layout(layout), survey(source))
 
 
-def verify(source, rewritten, *, memory: int = 512 << 20) -> list[str]:
-    """Elements that differ between two AnnData stores (one line each); empty when equal."""
+def verify(source, rewritten, *, memory: int | str = VERIFY_MEMORY) -> list[str]:
+    """Elements that differ between two AnnData stores (one line each); empty when equal.
+
+    ``memory`` (bytes, or a size such as ``"512MiB"``) bounds the blocks compared at once."""
     from annlayout.rewrite.verify import verify_stores
 
     return verify_stores(source, rewritten, memory=memory)

@@ -16,6 +16,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from annlayout import defaults
+
 if TYPE_CHECKING:
     from annlayout.plan import Plan
 
@@ -118,16 +120,46 @@ def schema_command() -> None:
 @click.argument("layout")
 @click.argument("input", metavar="PATH_OR_URL")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+@click.option(
+    "--memory",
+    help="Also show how `apply --memory SIZE` would copy each element (blocks, transposes, "
+    "peak memory), and refuse, as apply would, an element that does not fit.",
+)
+@click.option(
+    "--workers", default=1, show_default=True, help="With --memory: the budget is shared by N."
+)
+@click.option(
+    "--whole-below",
+    default=defaults.WHOLE_BELOW,
+    show_default=True,
+    help="With --memory: elements smaller than this are copied whole, as apply's option.",
+)
 @handle_errors
-def plan_command(layout: str, input: str, as_json: bool) -> None:
+def plan_command(
+    layout: str, input: str, as_json: bool, memory: str | None, workers: int, whole_below: str
+) -> None:
     """Show how LAYOUT would store INPUT, element by element (writes nothing)."""
     import annlayout
 
-    plan = annlayout.plan(layout, input)
+    if memory is None:
+        plan, model = annlayout.plan(layout, input), None
+    else:
+        from annlayout.rewrite.blocks import memory_plan, parse_size, source_dtypes
+
+        survey = annlayout.survey(input)
+        plan = annlayout.make_plan(annlayout.load_layout(layout), survey)
+        small = parse_size(whole_below, "--whole-below")
+        model = memory_plan(plan, source_dtypes(survey), parse_size(memory), workers, small)
+        model.check()
     if as_json:
-        click.echo(json.dumps(plan.to_json(), indent=2))
+        data = plan.to_json()
+        if model is not None:
+            data["memory"] = model.to_json()
+        click.echo(json.dumps(data, indent=2))
         return
     render_plan(plan)
+    if model is not None:
+        render_memory(model)
 
 
 def _shape(value: Any) -> str:
@@ -166,6 +198,38 @@ def render_plan(plan: Plan) -> None:
     out.print(f"{len(plan.elements)} elements, {plan.n_objects:,} objects", highlight=False)
     for warning in plan.all_warnings():
         err.print(f"[yellow]warning:[/] {warning}", highlight=False)
+
+
+def render_memory(model: Any) -> None:
+    """Per element: how apply copies it and the memory one block or transpose holds."""
+    per_worker = (
+        f", {human_size(model.per_worker)} per worker for {model.workers}"
+        if model.workers > 1
+        else ""
+    )
+    out.print(f"[bold]memory[/]: --memory {human_size(model.budget)}{per_worker}", highlight=False)
+    table = Table(
+        "element", "copied as", "blocks", "block read", "passes", "peak", header_style="bold",
+        box=None, pad_edge=False,
+    )  # fmt: skip
+    for element in model.elements:
+        largest = max((a.unit * a.row_bytes for a in element.arrays), default=0)
+        table.add_row(
+            element.path,
+            element.how,
+            f"{element.n_blocks:,}" if element.arrays else "-",
+            human_size(largest) if largest else "-",
+            "+".join(str(t.n_passes) for t in element.transposes) or "-",
+            human_size(element.peak),
+        )
+    out.print(table)
+    peak = max((e.peak for e in model.elements if e.streamed), default=0)
+    out.print(
+        f"largest streamed block or transpose: {human_size(peak)} of "
+        f"{human_size(model.per_worker)} per worker (estimates; elements copied whole are "
+        "not bounded by --memory)",
+        highlight=False,
+    )
 
 
 @main.command("inspect")
@@ -221,16 +285,17 @@ def inspect_command(store: str, as_json: bool) -> None:
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 @click.option(
     "--memory",
-    default="2GiB",
+    default=defaults.MEMORY,
     show_default=True,
-    help="Memory budget for copying large elements (e.g. 512MiB, 4GB).",
+    help="Memory budget for copying large elements, shared by --workers (e.g. 512MiB, 4GB); "
+    "an element that does not fit is refused before anything is written.",
 )
 @click.option("--workers", default=1, show_default=True, help="Copy with N local threads (dask).")
 @click.option("--scheduler", metavar="ADDRESS", help="Copy on a dask.distributed cluster.")
 @click.option("--no-verify", is_flag=True, help="Skip comparing the output with the input.")
 @click.option(
     "--whole-below",
-    default="16MiB",
+    default=defaults.WHOLE_BELOW,
     show_default=True,
     help="Copy elements smaller than this whole, through anndata; stream the rest in blocks.",
 )
@@ -329,7 +394,10 @@ def _progress(enabled: bool):
 @click.argument("rewritten", metavar="PATH_OR_URL")
 @click.option("--json", "as_json", is_flag=True, help="Print the differences as JSON.")
 @click.option(
-    "--memory", default="512MiB", show_default=True, help="Memory budget for comparing blocks."
+    "--memory",
+    default=defaults.VERIFY_MEMORY,
+    show_default=True,
+    help="Memory budget for comparing blocks (and transposes, where orientations differ).",
 )
 @handle_errors
 def verify_command(source: str, rewritten: str, as_json: bool, memory: str) -> None:
@@ -339,7 +407,7 @@ def verify_command(source: str, rewritten: str, as_json: bool, memory: str) -> N
     arrays in bounded memory. Chunks, shards, codecs and sparse index dtypes may differ.
     """
     import annlayout
-    from annlayout.rewrite.stream import parse_size
+    from annlayout.rewrite.blocks import parse_size
 
     differences = annlayout.verify(source, rewritten, memory=parse_size(memory))
     if as_json:

@@ -6,10 +6,15 @@ The rewrite has three phases:
    its planned chunks, shards, codecs and attributes; write small elements (uns, strings,
    categoricals, small columns) through anndata and the layout's callback; collect one
    :class:`Block` per output shard (or per run of chunks where unsharded) of every large array;
-2. *copy* the blocks: independent tasks, run in order, on dask's threads (``workers``), or on a
+2. *copy* the blocks and build the other orientations: independent tasks
+   (:mod:`annlayout.rewrite.execute`), run in order, on dask's threads (``workers``), or on a
    dask.distributed cluster (``scheduler``). Each block reads one slice of the input and
    writes whole shards of the output, so no shard is written twice and memory stays bounded;
 3. *finish*: provenance, consolidated metadata, verification, and the atomic rename.
+
+Blocks, transposes and what each holds at once come from the memory model
+(:mod:`annlayout.rewrite.blocks`), computed and checked against the budget right after
+planning, before anything is written.
 """
 
 from __future__ import annotations
@@ -19,22 +24,15 @@ import resource
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from functools import cache
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import ByteSize, TypeAdapter
 
 from annlayout.callback import LayoutCallback
-from annlayout.copies import (
-    SequentialWriter,
-    mirror_record,
-    transposed_indptr,
-    transposed_ranges,
-    write_record,
-)
+from annlayout.copies import mirror_record, write_record
+from annlayout.defaults import MEMORY, WHOLE_BELOW
 from annlayout.encodings import (
     PROVENANCE_KEY,
     SPARSE_ENCODINGS,
@@ -63,6 +61,25 @@ from annlayout.rewrite.atomic import (
     check_remote_paths,
     remote_output,
 )
+from annlayout.rewrite.blocks import (
+    Block,
+    MemoryPlan,
+    array_blocks,
+    memory_plan,
+    parse_size,
+    plan_transpose,
+    source_dtypes,
+    streamable,
+)
+from annlayout.rewrite.execute import (
+    CopyTask,
+    Stores,
+    Task,
+    TransposeTask,
+    execute,
+    executor_for,
+    opened,
+)
 from annlayout.rewrite.memory import consolidate_metadata, provenance
 from annlayout.rewrite.memory_limits import bound_malloc_arenas, release_memory
 from annlayout.spec import Layout, load_layout
@@ -70,31 +87,7 @@ from annlayout.storage import backend_of, codec_pipeline, create_array
 from annlayout.stores import detect_format, footprint, is_url, open_store
 from annlayout.survey import Survey, survey_store
 
-DEFAULT_MEMORY = "2GiB"  # holds a 512 MiB shard (archive) with room to encode it
-#: Elements smaller than this go through anndata whole (strings, categoricals, uns, ...).
-SMALL_ELEMENT = 16 << 20
-#: A block holds its input slice, a converted copy and the encoded shard: about 3x its size.
-BLOCK_OVERHEAD = 3
-
-
-def parse_size(value: str | int, option: str = "--memory") -> int:
-    try:
-        return int(TypeAdapter(ByteSize).validate_python(value))
-    except Exception:
-        raise ApplyError(f"{option} {value!r}: not a byte size (e.g. 2GiB, 512MB, 0)") from None
-
-
-@dataclass(frozen=True)
-class Block:
-    """Copy ``source[start:stop]`` (axis 0) into ``target[start:stop]``, converting dtype."""
-
-    element: str
-    source_array: str
-    target_array: str
-    start: int
-    stop: int
-    dtype: str
-    nbytes: int
+DEFAULT_MEMORY = MEMORY  # the defaults live in annlayout.defaults
 
 
 @dataclass
@@ -150,17 +143,18 @@ def apply(
     *,
     overwrite: bool = False,
     codec_pipeline_name: str | None = "zarrs",
-    memory: str | int = DEFAULT_MEMORY,
+    memory: str | int = MEMORY,
     workers: int = 1,
     scheduler: str | None = None,
     verify: bool = True,
     progress: Progress | None = None,
-    small_element: str | int = SMALL_ELEMENT,
+    small_element: str | int = WHOLE_BELOW,
 ) -> ApplyResult:
     """Rewrite the AnnData store ``source`` into ``output`` with ``layout``, out of core.
 
-    Large elements are copied block by block within ``memory`` (a byte size); the input is
-    only read; ``output`` appears only when complete and (unless ``verify=False``) verified.
+    Large elements are copied block by block within ``memory`` (a byte size, shared by
+    ``workers``); what does not fit is refused before anything is written. The input is only
+    read; ``output`` appears only when complete and (unless ``verify=False``) verified.
     """
     start = time.perf_counter()
     bound_malloc_arenas()  # best before codec threads start: the CLI calls it first
@@ -180,6 +174,9 @@ def apply(
     workers = max(1, int(workers))
     survey = survey_store(source)
     plan = make_plan(layout, survey)
+    small = parse_size(small_element, "--whole-below")
+    memory_model = memory_plan(plan, source_dtypes(survey), budget, workers, small)
+    memory_model.check()  # before anything is written
     if layout.target.format == "h5ad" and (workers > 1 or scheduler):
         raise ApplyError(
             f"{output}: h5ad is one file and is written by one process; drop --workers/--scheduler"
@@ -201,17 +198,17 @@ def apply(
         codec_pipeline(codec_pipeline_name if layout.target.format == "zarr" else None),
     ):
         rewriter = Rewriter(
-            layout, plan, survey, budget // workers, parse_size(small_element, "--whole-below")
+            layout, plan, survey, memory_model.per_worker, small, memory=memory_model
         )
         blocks = rewriter.prepare(source, tmp)
         result.notes, result.streamed = rewriter.callback.notes, rewriter.streamed
         result.upgrades = rewriter.upgrades
         result.n_blocks = len(blocks)
         result.bytes_read = sum(b.nbytes for b in blocks) + rewriter.whole_bytes
-        run_blocks(
-            blocks, rewriter, source, tmp, workers=workers, scheduler=scheduler, progress=progress
-        )
-        rewriter.transpose(progress)
+        pipeline = codec_pipeline_name if layout.target.format == "zarr" else None
+        stores = Stores(_location(source), _location(tmp), pipeline)
+        with opened(stores, rewriter.source_root, rewriter.target_root):
+            execute(rewriter.tasks(blocks, stores), executor_for(workers, scheduler), progress)
         rewriter.finish(tmp)
         if verify:
             from annlayout.rewrite.verify import verify_stores
@@ -238,12 +235,21 @@ def peak_rss() -> int:
 class Rewriter:
     """Builds the output store's structure and the list of blocks to copy."""
 
-    def __init__(self, layout: Layout, plan: Plan, survey: Survey, budget: int, small: int):
+    def __init__(
+        self,
+        layout: Layout,
+        plan: Plan,
+        survey: Survey,
+        budget: int,
+        small: int,
+        memory: MemoryPlan | None = None,
+    ):
         self.layout = layout
         self.plan = plan
         self.plans = {e.path: e for e in plan.elements}
         self.budget = budget
         self.small = small
+        self.memory = memory or memory_plan(plan, source_dtypes(survey), budget, 1, small)
         self.callback = LayoutCallback(layout)
         self.streamed: list[str] = []
         self.upgrades: list[str] = []  # legacy forms of the input, written in today's form
@@ -298,8 +304,11 @@ class Rewriter:
         return blocks
 
     def _large(self, path: str, node: Any) -> bool:
-        """Streamed in blocks rather than read whole: sparse matrices and numeric arrays
-        over ``--whole-below``."""
+        """Streamed in blocks rather than read whole: what the memory model streams
+        (:func:`~annlayout.rewrite.blocks.streamable`). A legacy element whose input path is
+        not a planned path (``raw.X`` is planned as ``raw/X``) is judged from the input."""
+        if path in self.plans:
+            return streamable(self.plans[path], self.small)
         if encoding_of(node) in SPARSE_ENCODINGS:
             return sparse_nbytes(node) > self.small
         size = math.prod(node.shape) * np.dtype(node.dtype).itemsize
@@ -350,76 +359,39 @@ class Rewriter:
         source: str | None = None,
         source_dtype: Any = None,
     ) -> Iterator[Block]:
-        """One block per shard, or per run of whole chunks within the budget if unsharded."""
-        rows = plan.shape[0]
-        # in memory at once: the slice as read (input dtype), its conversion (output dtype, if
-        # it differs), and what encoding the shard holds (about twice the output bytes)
-        read_item = np.dtype(source_dtype or plan.dtype).itemsize
-        write_item = np.dtype(plan.dtype).itemsize
-        converted = (
-            write_item if np.dtype(source_dtype or plan.dtype) != np.dtype(plan.dtype) else 0
-        )
-        per_row = math.prod(plan.shape[1:])
-        row_bytes = per_row * read_item  # what a block reads
-        unit = (plan.shards or plan.chunks or (rows,))[0]
-        unit_bytes = unit * per_row * (read_item + converted + 2 * write_item)
-        if plan.shards and unit_bytes > self.budget:
-            raise ApplyError(
-                f"{name}: one shard is {unit * per_row * write_item / 2**20:,.0f} MiB; writing it needs "
-                f"about {unit_bytes / 2**20:,.0f} MiB, more than --memory per worker "
-                f"({self.budget / 2**20:,.0f} MiB): raise --memory or use smaller shards"
-            )
-        if not plan.shards:
-            unit *= max(1, self.budget // max(1, unit_bytes))
-        for start in range(0, rows, unit):
-            stop = min(rows, start + unit)
-            nbytes = (stop - start) * row_bytes
-            yield Block(element, source or name, name, start, stop, plan.dtype, nbytes)
+        """The memory model's blocks of array ``name`` (one per shard, or per run of whole
+        chunks within the budget if unsharded)."""
+        blocks = self.memory.array(name)
+        if blocks is None:  # not foreseen by the model (checked here instead)
+            blocks = array_blocks(element, source or name, name, plan, source_dtype, self.budget)
+            if blocks.problem:
+                raise ApplyError(blocks.problem)
+        elif source and blocks.source != source:  # a legacy input path (raw.X/data)
+            blocks = replace(blocks, source=source)
+        yield from blocks.blocks()
+
+    # -- phase 2 ------------------------------------------------------------------------
+
+    def tasks(self, blocks: list[Block], stores: Stores) -> list[Task]:
+        """The copy's tasks: the transposes first (the longest), then the blocks."""
+        foreseen = {t.group: t for t in self.memory.transposes}
+        transposes = []
+        for path, into, arrays in self.transposes:
+            group = into.name.strip("/")
+            transpose = foreseen.get(group)
+            if transpose is None:  # not foreseen by the model (checked here instead)
+                plan = self.plans[path]
+                orientation = "csc" if plan.encoding == "csr_matrix" else "csr"
+                item = int(self.source_root[path]["data"].dtype.itemsize)
+                transpose = plan_transpose(plan, orientation, arrays, item, self.budget, group)
+                if transpose.problem:
+                    raise ApplyError(transpose.problem)
+            if transpose.source != path:  # a legacy input path (raw.X)
+                transpose = replace(transpose, source=path)
+            transposes.append(TransposeTask(transpose, stores))
+        return [*transposes, *(CopyTask(block, stores) for block in blocks)]
 
     # -- phase 3 ------------------------------------------------------------------------
-
-    def transpose(self, progress: Progress | None = None) -> None:
-        """Build the other orientation of sparse elements from the input, within the budget."""
-        for path, into, arrays in self.transposes:
-            source = self.source_root[path]
-            shape = sparse_shape(source)
-            n_minor = shape[1] if encoding_of(source) == "csr_matrix" else shape[0]
-            writers = {
-                name: SequentialWriter(into[name], _write_unit(arrays[name]), arrays[name].dtype)
-                for name in ("data", "indices")
-            }
-            indptr = source["indptr"][...]
-            total = int(indptr[-1]) if len(indptr) else 0
-            # the budget holds: shard writes (3x a shard each), reading blocks of the input
-            # (~40 bytes per nonzero in flight), and the pass buffers (the rest)
-            writes = sum(
-                _write_unit(a) * np.dtype(a.dtype).itemsize * BLOCK_OVERHEAD
-                for name, a in arrays.items()
-                if name != "indptr"
-            )
-            read_block = int(min(4 << 20, max(1 << 10, self.budget // 160)))
-            passes = self.budget - writes - 40 * read_block
-            if passes < self.budget // 8:
-                raise ApplyError(
-                    f"{path}: building the other orientation needs more than --memory "
-                    f"({self.budget / 2**20:,.0f} MiB per worker) with these shards: raise "
-                    "--memory or use smaller shards"
-                )
-            new_indptr = transposed_indptr(source["indices"], total, n_minor, read_block)
-            for _, stop, data, major in transposed_ranges(
-                source["data"], source["indices"], indptr, new_indptr,
-                budget=passes, read_block=read_block,
-            ):  # fmt: skip
-                check_interrupted()
-                writers["data"].write(data)
-                writers["indices"].write(major)
-                del data, major
-                release_memory()
-                if progress:
-                    progress(f"transpose {path}", stop, total)
-            for writer in writers.values():
-                writer.close()
-            into["indptr"][...] = new_indptr.astype(arrays["indptr"].dtype)
 
     def finish(self, target: Path | str) -> None:
         root = self.target_root
@@ -436,11 +408,6 @@ class Rewriter:
                 consolidate_metadata(target, self.layout.target.zarr_format)
         if self._source_format == "h5ad":
             self.source_root.close()
-
-    def copy(self, block: Block) -> int:
-        check_interrupted()
-        source = self.source_root[block.source_array]
-        return copy_block(source, self.target_root[block.target_array], block)
 
 
 def _first_line(err: BaseException) -> str:
@@ -464,25 +431,9 @@ def _check_complete(path: str, group: Any) -> None:
                 )
 
 
-def _write_unit(plan: ArrayPlan) -> int:
-    """Elements written at once: a shard, or a chunk where unsharded."""
-    return (plan.shards or plan.chunks or plan.shape or (1,))[0]
-
-
-def copy_block(source: Any, target: Any, block: Block) -> int:
-    try:
-        values = np.asarray(source[block.start : block.stop])
-    except Exception as err:  # a corrupt chunk: codecs raise many kinds of errors
-        raise ApplyError(
-            f"{block.source_array}: cannot read the input at {block.start:,}-{block.stop:,}: "
-            f"{_first_line(err)}"
-        ) from None
-    if values.dtype != np.dtype(block.dtype):
-        values = values.astype(block.dtype)
-    target[block.start : block.stop] = values
-    del values
-    release_memory()
-    return block.nbytes
+def _location(path: Path | str) -> str:
+    """A store's location as tasks open it: absolute for local paths (workers' cwd differ)."""
+    return str(path) if is_url(str(path)) else str(Path(path).resolve())
 
 
 def _create_root(path: Path, layout: Layout) -> Any:
@@ -531,88 +482,4 @@ class _StreamingCallback:
         self.blocks.extend(rewriter._stream(source, store, elem_name, plan))
 
 
-# --------------------------------------------------------------------------- execution
-
-
-def run_blocks(
-    blocks: list[Block],
-    rewriter: Rewriter,
-    source: Path,
-    target: Path,
-    *,
-    workers: int = 1,
-    scheduler: str | None = None,
-    progress: Progress | None = None,
-) -> None:
-    total = sum(b.nbytes for b in blocks)
-    done = 0
-
-    def advance(nbytes: int) -> None:
-        nonlocal done
-        done += nbytes
-        if progress:
-            progress("copy", done, total)
-
-    if progress:
-        progress("copy", 0, total)
-    if scheduler:
-        _run_distributed(blocks, scheduler, source, target, advance)
-    elif workers > 1:
-        _run_threads(blocks, rewriter, workers, advance)
-    else:
-        for block in blocks:
-            check_interrupted()
-            advance(rewriter.copy(block))
-
-
-def _run_threads(blocks: list[Block], rewriter: Rewriter, workers: int, advance) -> None:
-    import dask
-    from dask.callbacks import Callback
-
-    class Advance(Callback):
-        def _posttask(self, key, result, dsk, state, worker_id):
-            if isinstance(result, int):
-                advance(result)
-
-    tasks = [dask.delayed(rewriter.copy, pure=False)(b) for b in blocks]
-    with Advance():
-        dask.compute(*tasks, scheduler="threads", num_workers=workers)
-
-
-def _run_distributed(
-    blocks: list[Block], address: str, source: Path, target: Path, advance
-) -> None:
-    from dask.distributed import Client, as_completed
-
-    with Client(address) as client:
-        futures = client.map(
-            copy_block_by_path, blocks, source=str(source), target=str(target), pure=False
-        )
-        for future in as_completed(futures):
-            try:
-                check_interrupted()
-            except Interrupted:
-                client.cancel(futures)
-                raise
-            advance(future.result())
-
-
-def copy_block_by_path(block: Block, *, source: str, target: str) -> int:
-    """The task a dask.distributed worker runs: opens the stores itself (cached per process)."""
-    with codec_pipeline("zarrs"):
-        target_array = _open_target(target, block.target_array)
-        return copy_block(_open_source(source)[block.source_array], target_array, block)
-
-
-@cache
-def _open_source(path: str) -> Any:
-    return open_store(path)
-
-
-def _open_target(path: str, name: str) -> Any:
-    import zarr
-
-    return zarr.open_array(store=path, path=name, mode="r+")
-
-
-__all__ = ["DEFAULT_MEMORY", "ApplyResult", "Block", "PlanError", "apply", "copy_block_by_path"]
+__all__ = ["DEFAULT_MEMORY", "ApplyResult", "Block", "PlanError", "apply", "parse_size"]

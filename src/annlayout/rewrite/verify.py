@@ -6,7 +6,13 @@ upgrade, reported as such, never a difference. Arrays and sparse matrices are co
 blocks within a memory budget, straight from the stores; everything else (dataframe dtypes,
 strings, categoricals, nullables, scalars, uns) by value as anndata reads it. Layout changes
 are not differences: chunks, shards, codecs, and the dtype of sparse indices and indptr
-(``index_dtype``) may change; values, value dtypes, shapes and encodings may not.
+(``index_dtype``), and a sparse matrix's orientation may change; values, value dtypes, shapes
+and other encodings may not.
+
+A sparse matrix stored in another orientation (the rewritten primary, or a second copy) is
+compared with the out-of-core transpose of the other side (:mod:`annlayout.copies`), in passes
+sized by the memory model (:func:`annlayout.rewrite.blocks.verify_sizes`): neither matrix is
+ever read whole.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from annlayout.copies import copy_group, stale_reason, transposed_indptr, transposed_ranges
+from annlayout.defaults import VERIFY_MEMORY
 from annlayout.encodings import (
     SPARSE_ENCODINGS,
     StandIn,
@@ -29,9 +36,10 @@ from annlayout.encodings import (
     sparse_shape,
     written_elements,
 )
+from annlayout.rewrite.blocks import parse_size, transpose_fixed, verify_sizes
 from annlayout.stores import check_anndata_root, open_store
 
-DEFAULT_VERIFY_MEMORY = 512 << 20
+DEFAULT_VERIFY_MEMORY = parse_size(VERIFY_MEMORY)
 
 
 @dataclass
@@ -41,18 +49,19 @@ class VerifyReport:
 
 
 def verify_stores(
-    source: str | Path, rewritten: str | Path, *, memory: int = DEFAULT_VERIFY_MEMORY
+    source: str | Path, rewritten: str | Path, *, memory: int | str = DEFAULT_VERIFY_MEMORY
 ) -> list[str]:
     """Differences between two AnnData stores, one line each; empty when they are equal."""
     return verify_report(source, rewritten, memory=memory).differences
 
 
 def verify_report(
-    source: str | Path, rewritten: str | Path, *, memory: int = DEFAULT_VERIFY_MEMORY
+    source: str | Path, rewritten: str | Path, *, memory: int | str = DEFAULT_VERIFY_MEMORY
 ) -> VerifyReport:
     """Differences between two AnnData stores, and the legacy forms the source upgraded."""
+    memory = parse_size(memory)
     source_root, rewritten_root = open_store(source), open_store(rewritten)
-    block_bytes = max(1 << 20, memory // 4)
+    block_bytes, _ = verify_sizes(memory)
     report = VerifyReport()
     everything = lambda path, node: True  # noqa: E731  (no array is read whole)
     try:
@@ -74,7 +83,7 @@ def verify_report(
                     continue
                 other_encoding, other = found.pop(path)
                 report.differences += compare_element(
-                    path, encoding, value, other_encoding, other, block_bytes
+                    path, encoding, value, other_encoding, other, block_bytes, memory
                 )
                 if isinstance(other, StandIn) and other_encoding in SPARSE_ENCODINGS:
                     report.differences += check_copy(path, other.node, memory)
@@ -89,11 +98,17 @@ def verify_report(
 
 
 def compare_element(
-    path: str, encoding_a: str, a: Any, encoding_b: str, b: Any, block_bytes: int
+    path: str,
+    encoding_a: str,
+    a: Any,
+    encoding_b: str,
+    b: Any,
+    block_bytes: int,
+    memory: int = DEFAULT_VERIFY_MEMORY,
 ) -> list[str]:
     if encoding_a in SPARSE_ENCODINGS and encoding_b in SPARSE_ENCODINGS:
         if isinstance(a, StandIn) and isinstance(b, StandIn):
-            return _compare_sparse(path, a.node, b.node, block_bytes)
+            return _compare_sparse(path, a.node, b.node, block_bytes, memory)
     elif encoding_a != encoding_b:
         return [f"{path}: encoding {encoding_a} became {encoding_b}"]
     if isinstance(a, StandIn) and isinstance(b, StandIn):
@@ -117,21 +132,21 @@ def _frame_difference(a: pd.DataFrame, b: pd.DataFrame) -> str | None:
     return None
 
 
-def _compare_sparse(path: str, node_a: Any, node_b: Any, block_bytes: int) -> list[str]:
+def _compare_sparse(
+    path: str, node_a: Any, node_b: Any, block_bytes: int, memory: int = DEFAULT_VERIFY_MEMORY
+) -> list[str]:
     shape_a, shape_b = sparse_shape(node_a), sparse_shape(node_b)
     if shape_a != shape_b:
         return [f"{path}: shape {shape_a} became {shape_b}"]
     dtype_a, dtype_b = np.dtype(node_a["data"].dtype), np.dtype(node_b["data"].dtype)
     if dtype_a != dtype_b:
         return [f"{path}: dtype {dtype_a} became {dtype_b}"]
-    if encoding_of(node_a) != encoding_of(node_b):  # another orientation: compare as matrices
-        from anndata.io import read_elem
-
-        problem = difference(read_elem(node_a), read_elem(node_b))
-        return [f"{path}: {problem}"] if problem else []
     nnz_a, nnz_b = int(node_a["data"].shape[0]), int(node_b["data"].shape[0])
     if nnz_a != nnz_b:
         return [f"{path}: {nnz_a:,} nonzeros became {nnz_b:,}"]
+    if encoding_of(node_a) != encoding_of(node_b):  # against the transpose, out of core
+        problem = compare_transposed(node_a, node_b, memory)
+        return [f"{path}{problem}"] if problem else []
     out = []
     for part in ("indptr", "indices", "data"):
         problem = _compare_blocks(node_a[part], node_b[part], block_bytes, check_dtype=False)
@@ -150,21 +165,61 @@ def check_copy(path: str, element: Any, memory: int) -> list[str]:
     reason = stale_reason(element, copy, primary_indptr)
     if reason:
         return [f"{where}: stale copy: {reason}"]
-    n_minor = int(copy["indptr"].shape[0]) - 1
-    read_block = int(min(4 << 20, max(1 << 10, memory // 160)))  # ~40 bytes per nonzero read
-    nnz = int(primary_indptr[-1])
-    expected_indptr = transposed_indptr(element["indices"], nnz, n_minor, read_block)
-    if not np.array_equal(expected_indptr, copy["indptr"][...]):
-        return [f"{where}/indptr: does not match the primary"]
+    problem = compare_transposed(element, copy, memory, primary_indptr, what="the primary")
+    return [f"{where}{problem}"] if problem else []
+
+
+def compare_transposed(
+    a: Any,
+    b: Any,
+    memory: int,
+    indptr_a: np.ndarray | None = None,
+    what: str = "the input",
+) -> str | None:
+    """Does the sparse group ``b`` hold the transpose of ``a`` (another orientation of the
+    same matrix)? ``a`` is transposed out of core in passes within ``memory`` and each pass
+    compared with the same range of ``b``; within a major index of ``b``, the order of its
+    indices does not matter. Returns the problem (``/part: ...``) or None."""
+    indptr_a = a["indptr"][...] if indptr_a is None else indptr_a
+    n_major_b = int(b["indptr"].shape[0]) - 1
+    nnz = int(indptr_a[-1]) if len(indptr_a) else 0
+    _, sizes = verify_sizes(memory, fixed=transpose_fixed(len(indptr_a), n_major_b))
+    expected_indptr = transposed_indptr(a["indices"], nnz, n_major_b, sizes.read_block)
+    indptr_b = np.asarray(b["indptr"][...], dtype=np.int64)
+    if not np.array_equal(expected_indptr, indptr_b):
+        return f"/indptr: does not match {what}"
     for start, stop, data, major in transposed_ranges(
-        element["data"], element["indices"], primary_indptr, expected_indptr,
-        budget=max(1 << 20, memory // 4), read_block=read_block,
+        a["data"], a["indices"], indptr_a, expected_indptr,
+        budget=sizes.pass_budget, read_block=sizes.read_block,
     ):  # fmt: skip
-        for name, expected in (("data", data), ("indices", major)):
-            stored = np.asarray(copy[name][start:stop])
-            if not _equal_values(stored.astype(expected.dtype), expected).all():
-                return [f"{where}/{name}: does not match the primary"]
-    return []
+        stored_data = np.asarray(b["data"][start:stop])
+        stored_indices = np.asarray(b["indices"][start:stop]).astype(np.int64, copy=False)
+        stored_indices, stored_data = _sorted_within(stored_indices, stored_data, indptr_b, start)
+        for name, stored, expected in (("data", stored_data, data),
+                                       ("indices", stored_indices, major)):  # fmt: skip
+            if not _equal_values(stored.astype(expected.dtype, copy=False), expected).all():
+                return f"/{name}: does not match {what}"
+        del data, major, stored_data, stored_indices
+    return None
+
+
+def _sorted_within(
+    indices: np.ndarray, data: np.ndarray, indptr: np.ndarray, start: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``indices[start:]`` sorted within each major index (whose offsets ``indptr`` holds), with
+    ``data`` in the same order; unchanged (not copied) when they already are."""
+    if indices.size < 2:
+        return indices, data
+    ascending = indices[1:] >= indices[:-1]
+    stop = start + indices.size
+    # a new major index may start lower: positions where one starts break no order
+    starts = indptr[(indptr > start) & (indptr < stop)] - start
+    ascending[starts - 1] = True
+    if ascending.all():
+        return indices, data
+    major = np.searchsorted(indptr, np.arange(start, stop), side="right") - 1
+    order = np.lexsort((indices, major))
+    return indices[order], data[order]
 
 
 def _compare_dense(path: str, node_a: Any, node_b: Any, block_bytes: int) -> list[str]:

@@ -1,0 +1,15 @@
+"""Default budgets and sizes, in one place: plain values, no imports.
+
+The CLI's option defaults, the Python API's keyword defaults and the memory model
+(:mod:`annlayout.rewrite.blocks`) all read these, so ``--help`` and the code cannot disagree.
+Kept free of imports so that the CLI can name them in its decorators without slowing its start.
+"""
+
+#: ``apply --memory``: holds a 512 MiB shard (the archive layout) with room to encode it.
+MEMORY = "2GiB"
+#: ``verify --memory`` (and ``annlayout.verify``): blocks compared at once, both sides.
+VERIFY_MEMORY = "512MiB"
+#: ``apply --whole-below``: smaller elements go through anndata whole (strings, uns, ...).
+WHOLE_BELOW = "16MiB"
+
+__all__ = ["MEMORY", "VERIFY_MEMORY", "WHOLE_BELOW"]
