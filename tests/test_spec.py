@@ -342,7 +342,7 @@ def test_models_import_no_higher_layer():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=os.environ
     )
     assert set(eval(done.stdout)) == {
-        "annlayout", "annlayout.errors", "annlayout.layout_files", "annlayout.layout_models",
+        "annlayout", "annlayout.defaults", "annlayout.errors", "annlayout.layout_files", "annlayout.layout_models",
         "annlayout.shipped", "annlayout.spec", "annlayout.yaml_errors",
     }  # fmt: skip
 

@@ -169,7 +169,7 @@ def _shape(value: Any) -> str:
 def render_plan(plan: Plan) -> None:
     target = plan.target
     where = "h5ad" if target.format == "h5ad" else f"zarr v{target.zarr_format}"
-    out.print(f"[bold]{plan.layout}[/] → {where}  ({plan.source})", highlight=False)
+    out.print(f"[bold]{escape(plan.layout)}[/] → {where}  ({escape(plan.source)})", highlight=False)
     table = Table(
         "element", "encoding", "rule", "array", "shape", "dtype", "chunks", "shards", "codecs",
         "chunk", "objects", header_style="bold", box=None, pad_edge=False,
@@ -197,7 +197,7 @@ def render_plan(plan: Plan) -> None:
     out.print(table)
     out.print(f"{len(plan.elements)} elements, {plan.n_objects:,} objects", highlight=False)
     for warning in plan.all_warnings():
-        err.print(f"[yellow]warning:[/] {warning}", highlight=False)
+        err.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
 
 
 def render_memory(model: Any) -> None:
@@ -245,7 +245,7 @@ def inspect_command(store: str, as_json: bool) -> None:
         click.echo(survey.model_dump_json(indent=2))
         return
     where = "h5ad" if survey.format == "h5ad" else f"zarr v{survey.zarr_format}"
-    out.print(f"[bold]{store}[/]: {where}, {_shape(survey.shape)}", highlight=False)
+    out.print(f"[bold]{escape(store)}[/]: {where}, {_shape(survey.shape)}", highlight=False)
     if survey.provenance:
         p = survey.provenance
         out.print(
@@ -350,7 +350,7 @@ def apply_command(
         click.echo(json.dumps(summary, indent=2))
     elif not quiet:
         for note in result.notes:
-            err.print(f"[yellow]note:[/] {note}", highlight=False)
+            err.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
         for upgrade in result.upgrades:
             err.print(f"[cyan]upgraded:[/] {escape(upgrade)}", highlight=False)
         checked = f", verified in {result.verify_seconds:.1f} s" if result.verified else ""
@@ -414,7 +414,7 @@ def verify_command(source: str, rewritten: str, as_json: bool, memory: str) -> N
         click.echo(json.dumps({"equal": not differences, "differences": differences}, indent=2))
     else:
         for line in differences:
-            out.print(f"[red]differs:[/] {line}", highlight=False)
+            out.print(f"[red]differs:[/] {escape(line)}", highlight=False)
         if not differences:
             out.print(f"{rewritten} holds the same data as {source}", highlight=False)
     if differences:

@@ -96,6 +96,19 @@ def json_attr(node: Any, key: str) -> Any:
 # --------------------------------------------------------------------------- encodings
 
 
+def unholdable(dtype: Any) -> dict[str, str]:
+    """The target formats that cannot store an array of ``dtype`` (``"zarr"``, ``"h5ad"``),
+    each with the reason: h5py has no form for numpy datetimes, zarr (v2 and v3) none for a
+    structured dtype with a subarray field (anndata < 0.7's obsm record arrays)."""
+    dtype = np.dtype(dtype)
+    limits = {}
+    if dtype.kind in "Mm":
+        limits["h5ad"] = f"h5ad (HDF5) has no form for numpy {dtype}"
+    if dtype.names and any(dtype.fields[name][0].subdtype for name in dtype.names):
+        limits["zarr"] = "zarr has no form for a record array with a subarray field"
+    return limits
+
+
 def encoding_of(node: Any) -> str | None:
     """A node's encoding, including the sparse groups anndata < 0.7 wrote without one."""
     encoding = attr(node, "encoding-type")

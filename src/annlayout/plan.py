@@ -76,6 +76,8 @@ class Plan(BaseModel):
     source: str
     elements: list[ElementPlan]
     warnings: list[str] = []  # layout-level: rules that matched nothing
+    #: elements the target format cannot store, one line each: apply refuses them
+    unwritable: list[str] = []
 
     @property
     def n_objects(self) -> int:
@@ -85,7 +87,7 @@ class Plan(BaseModel):
         return next(e for e in self.elements if e.path == path)
 
     def all_warnings(self) -> list[str]:
-        out = list(self.warnings)
+        out = [f"{problem}; apply refuses it" for problem in self.unwritable] + self.warnings
         for element in self.elements:
             for array in (*element.arrays, *element.copy_arrays):
                 name = f"{element.path}/{array.name}" if array.name else element.path
@@ -116,6 +118,13 @@ def make_plan(layout: Layout, survey: Survey) -> Plan:
         for i, rule in enumerate(layout.rules)
         if i not in used
     ]
+    fmt = layout.target.format
+    unwritable = [
+        f"{element.path}{'/' + array.name if array.name else ''}: {array.unholdable[fmt]}"
+        for element in survey.elements
+        for array in element.arrays
+        if fmt in array.unholdable
+    ]
     return Plan(
         layout=layout.name,
         layout_sha256=layout.sha256(),
@@ -123,6 +132,7 @@ def make_plan(layout: Layout, survey: Survey) -> Plan:
         source=survey.source,
         elements=elements,
         warnings=warnings,
+        unwritable=unwritable,
     )
 
 

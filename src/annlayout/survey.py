@@ -31,6 +31,7 @@ from annlayout.encodings import (
     legacy_forms,
     read_upgraded,
     sparse_shape,
+    unholdable,
     written_elements,
 )
 from annlayout.errors import NotAnnDataError
@@ -48,6 +49,8 @@ class ArrayInfo(BaseModel):
     shards: tuple[int, ...] | None = None
     codecs: str | None = None
     stored_bytes: int | None = None
+    #: target formats that cannot store this dtype, with the reason (encodings.unholdable)
+    unholdable: dict[str, str] = {}
 
 
 class ElementInfo(BaseModel):
@@ -184,6 +187,7 @@ def _array_info(node: Any, name: str) -> ArrayInfo:
             chunks=node.chunks,
             codecs=codecs,
             stored_bytes=int(node.id.get_storage_size()),
+            unholdable=unholdable(node.dtype),
         )
     from annlayout.codecs import describe_stored
 
@@ -201,6 +205,7 @@ def _array_info(node: Any, name: str) -> ArrayInfo:
         shards=tuple(node.shards) if v3 and node.shards else None,
         codecs=describe_stored(node.compressors),
         stored_bytes=stored,
+        unholdable=unholdable(node.dtype),
     )
 
 
@@ -273,8 +278,9 @@ def in_memory_parts(encoding: str, elem: Any) -> Iterator[ArrayInfo]:
     def info(name: str, shape: tuple, dtype: Any) -> ArrayInfo:
         text, itemsize = _dtype_text(dtype)
         return ArrayInfo(
-            name=name, shape=tuple(int(n) for n in shape), dtype=text, itemsize=itemsize
-        )
+            name=name, shape=tuple(int(n) for n in shape), dtype=text, itemsize=itemsize,
+            unholdable=unholdable(dtype),
+        )  # fmt: skip
 
     if encoding in SPARSE_ENCODINGS:
         yield info("data", elem.data.shape, elem.data.dtype)

@@ -1,14 +1,16 @@
 #!/usr/bin/env python
+# ruff: noqa  (runs on Python 3.8+ under anndata 0.6-0.13; old-style formatting on purpose)
 """Check which anndata stack reads which corpus file, and build manifest.json.
 
-    <reader-python> check_corpus.py check CORPUS_DIR
-        read every data/* file with this interpreter's anndata
-        (read_h5ad / read_zarr, i.e. everything into memory) and write
-        meta/readcheck-<anndata major.minor>.json
-    python3 check_corpus.py manifest CORPUS_DIR
-        combine meta/<set>.json (written by make_corpus.py) and the
-        readcheck files into CORPUS_DIR/manifest.json (stdlib only)
+<reader-python> check_corpus.py check CORPUS_DIR
+    read every data/* file with this interpreter's anndata
+    (read_h5ad / read_zarr, i.e. everything into memory) and write
+    meta/readcheck-<anndata major.minor>.json
+python3 check_corpus.py manifest CORPUS_DIR
+    combine meta/<set>.json (written by make_corpus.py) and the
+    readcheck files into CORPUS_DIR/manifest.json (stdlib only)
 """
+
 from __future__ import annotations
 
 import glob
@@ -62,14 +64,27 @@ def check(corpus):
                 entry["shape"] = list(a.shape)
                 entry["obs_dtypes"] = {str(c): str(a.obs[c].dtype) for c in a.obs.columns}
                 entry["obs_index_dtype"] = str(a.obs.index.dtype)
-            except Exception as e:  # noqa: BLE001
+                entry["raw_shape"] = list(a.raw.shape) if a.raw is not None else None
+                entry["ordered_categoricals"] = sorted(
+                    str(c)
+                    for c in a.obs.columns
+                    if str(a.obs[c].dtype) == "category" and a.obs[c].cat.ordered
+                )
+            except Exception as e:
                 entry["ok"] = False
                 entry["error"] = ("%s: %s" % (type(e).__name__, e)).replace("\n", " ")[:400]
-        msgs = sorted({"%s: %s" % (x.category.__name__, str(x.message).split("\n")[0][:160]) for x in w})
-        if msgs:
-            entry["warnings"] = msgs
+        # summarise: per warning class, how many distinct messages and the first few
+        by_cat = {}
+        for x in w:
+            by_cat.setdefault(x.category.__name__, set()).add(str(x.message).split("\n")[0][:160])
+        if by_cat:
+            entry["warnings"] = {
+                k: {"count": len(v), "examples": sorted(v)[:3]} for k, v in sorted(by_cat.items())
+            }
         out["files"][name] = entry
-        print("%-5s %-45s %s" % (label, name, "ok" if entry["ok"] else "FAIL " + entry["error"][:120]))
+        print(
+            "%-5s %-45s %s" % (label, name, "ok" if entry["ok"] else "FAIL " + entry["error"][:120])
+        )
     dest = os.path.join(corpus, "meta", "readcheck-%s.json" % label)
     with open(dest, "w") as fh:
         json.dump(out, fh, indent=1, sort_keys=True)
@@ -89,9 +104,11 @@ def _maybe_version(name):
 # see README.md.
 LEGACY = {
     "anndata-0.6.22": (
-        "legacy 0.6 layout: obs/var/raw.var are HDF5 compound datasets, obsm/varm structured arrays, "
-        "categories stored as uns/<col>_categories, raw as raw.X/raw.var/raw.varm, "
-        "sparse matrices as groups with h5sparse_format/h5sparse_shape attrs, no encoding-type attrs anywhere"
+        "legacy 0.6 layout: obs/var/raw.var are HDF5 compound datasets (field 'index' + one field per column, "
+        "categoricals as int8 codes), categories stored as uns/<col>_categories, the ordered flag is not stored "
+        "(obs 'stage' reads back unordered), raw as top-level raw.X/raw.var, obsm/varm/layers are groups of plain "
+        "datasets (not structured arrays, unlike pbmc68k_reduced), sparse matrices as groups with "
+        "h5sparse_format/h5sparse_shape attrs, no encoding-type attrs anywhere, no obsp/varp"
     ),
     "anndata-0.7.8": (
         "0.7 layout: dataframes are groups (encoding-type dataframe 0.1.0) but categorical codes are plain "
@@ -130,16 +147,30 @@ def manifest(corpus):
             if tag in LEGACY:
                 notes.append(LEGACY[tag])
             if e.get("dropped"):
-                notes.append("not written (this version cannot round-trip them): " + ", ".join(sorted(e["dropped"])))
+                notes.append(
+                    "not written (this version cannot round-trip them): "
+                    + ", ".join(sorted(e["dropped"]))
+                )
             if e.get("self_read_error"):
-                notes.append("the writing stack itself cannot read this file back: " + e["self_read_error"])
+                notes.append(
+                    "the writing stack itself cannot read this file back: " + e["self_read_error"]
+                )
+            if e.get("missing_after_read"):
+                notes.append(
+                    "written, but absent when the writing stack reads the file back: "
+                    + ", ".join(e["missing_after_read"])
+                )
             for f in e.get("features", []):
                 if "WRITTEN BUT NOT READABLE" in f:
-                    notes.append(f.split(" (")[0] + " is written but the writing stack cannot read it back")
+                    notes.append(
+                        f.split(" (")[0] + " is written but the writing stack cannot read it back"
+                    )
             od = e.get("obs_dtypes") or {}
             if od.get("donor") == "category" or od.get("note") == "category":
-                notes.append("low-cardinality obs string columns (donor, note) were turned into categoricals on write")
-            readable, errors, warn = [], {}, {}
+                notes.append(
+                    "low-cardinality obs string columns (donor, note) were turned into categoricals on write"
+                )
+            readable, errors, warn, ordered = [], {}, {}, {}
             for label in sorted(checks, key=lambda s: [int(x) for x in s.split(".")]):
                 r = checks[label]["files"].get(fname)
                 if r is None:
@@ -150,6 +181,10 @@ def manifest(corpus):
                     errors[label] = r["error"]
                 if r.get("warnings"):
                     warn[label] = r["warnings"]
+                if r["ok"]:
+                    ordered[label] = r.get("ordered_categoricals", [])
+                    if r.get("raw_shape") is None and os.path.exists(os.path.join(data, fname, "raw")):
+                        notes.append("a raw/ group is on disk but the %s reader returns raw=None" % label)
             entry = {
                 "file": fname,
                 "path": "data/" + fname,
@@ -170,6 +205,7 @@ def manifest(corpus):
                 "readable_by": readable,
                 "read_errors": errors,
                 "read_warnings": warn,
+                "ordered_obs_categoricals_as_read": ordered,
                 "notes": "; ".join(notes),
             }
             entries.append(entry)
@@ -178,7 +214,10 @@ def manifest(corpus):
         "major.minor of the reader stacks (meta/readcheck-*.json) that loaded the file with "
         "read_h5ad/read_zarr without an exception.",
         "readers": {
-            k: {kk: v[kk] for kk in ("anndata", "python", "numpy", "pandas", "h5py", "zarr", "awkward")}
+            k: {
+                kk: v[kk]
+                for kk in ("anndata", "python", "numpy", "pandas", "h5py", "zarr", "awkward")
+            }
             for k, v in checks.items()
         },
         "files": entries,

@@ -1,4 +1,5 @@
 #!/usr/bin/env python
+# ruff: noqa  (runs on Python 3.8+ under anndata 0.6-0.13; old-style formatting on purpose)
 """Write one anndata version's compatibility-corpus files.
 
 Run it with the interpreter of a venv that has exactly one anndata version
@@ -19,6 +20,7 @@ All data is generated from a fixed seed (numpy's legacy ``RandomState``, whose
 stream is stable across numpy versions), so a rerun with the same pinned
 environment gives the same arrays.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,11 +35,10 @@ import traceback
 import warnings
 import zlib
 
+import anndata as ad
 import numpy as np
 import pandas as pd
 from scipy import sparse
-
-import anndata as ad
 
 warnings.simplefilter("ignore")
 
@@ -157,7 +158,7 @@ def configure_settings():
 # deterministic data
 # --------------------------------------------------------------------------
 def rng_for(name):
-    return np.random.RandomState((SEED + zlib.crc32(name.encode("utf8"))) % (2 ** 32))
+    return np.random.RandomState((SEED + zlib.crc32(name.encode("utf8"))) % (2**32))
 
 
 def barcodes(rng, n):
@@ -208,7 +209,7 @@ def knn_graphs(emb, k):
     return distances, conn
 
 
-class Data(object):
+class Data:
     """All arrays, generated once."""
 
     def __init__(self):
@@ -249,11 +250,13 @@ class Data(object):
         vt = vt * signs[:, None]
         self.X_pca = (u[:, :N_PCS] * s[:N_PCS]).astype(np.float32)
         self.PCs = vt[:N_PCS].T.astype(np.float32)
-        var = s ** 2 / (n - 1)
+        var = s**2 / (n - 1)
         self.pca_variance = var[:N_PCS].astype(np.float32)
         self.pca_variance_ratio = (var[:N_PCS] / var.sum()).astype(np.float32)
         proj = rng.normal(size=(N_PCS, 2))
-        self.X_umap = (self.X_pca.astype(np.float64).dot(proj) + rng.normal(scale=0.1, size=(n, 2))).astype(np.float32)
+        self.X_umap = (
+            self.X_pca.astype(np.float64).dot(proj) + rng.normal(scale=0.1, size=(n, 2))
+        ).astype(np.float32)
         self.distances, self.connectivities = knn_graphs(self.X_pca, N_NEIGHBORS)
         # gene-gene correlation, thresholded -> sparse varp
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -267,8 +270,12 @@ class Data(object):
         self.is_doublet = rng.rand(n) < 0.05
         self.n_genes = (counts[:, keep] > 0).sum(1).astype(np.int64)
         self.total_counts = counts[:, keep].sum(1).astype(np.float64)
-        self.pct_mito = (100.0 * counts[:, :4].sum(1) / np.maximum(counts.sum(1), 1)).astype(np.float32)
-        self.donor = np.array(["donor_%s" % "ABC"[i] for i in rng.randint(0, 3, size=n)], dtype=object)
+        self.pct_mito = (100.0 * counts[:, :4].sum(1) / np.maximum(counts.sum(1), 1)).astype(
+            np.float32
+        )
+        self.donor = np.array(
+            ["donor_%s" % "ABC"[i] for i in rng.randint(0, 3, size=n)], dtype=object
+        )
         self.cell_label = ["cell%04d_%s" % (i, self.donor[i]) for i in range(n)]
         self.na_mask = rng.rand(n) < 0.1
         self.qc_bits = rng.rand(n) < 0.8
@@ -391,57 +398,121 @@ def feature_table():
     def obs_col(col, fn):
         def f(a, D):
             a.obs[col] = fn(D)
+
         return f
 
     def var_col(col, fn):
         def f(a, D):
             a.var[col] = fn(D)
+
         return f
 
     def uns(key, fn):
         def f(a, D):
             a.uns[key] = fn(D)
+
         return f
 
     # obs
-    add("obs/cell_type", ("categorical", obs_col("cell_type", lambda D: cat(D.cell_type_codes, CELL_TYPES))))
-    add("obs/stage", ("ordered categorical", obs_col("stage", lambda D: cat(D.stage_codes, STAGES, ordered=True))))
-    add("obs/batch", ("categorical with unused category", obs_col("batch", lambda D: cat(D.batch_codes, BATCHES))))
+    add(
+        "obs/cell_type",
+        ("categorical", obs_col("cell_type", lambda D: cat(D.cell_type_codes, CELL_TYPES))),
+    )
+    add(
+        "obs/stage",
+        (
+            "ordered categorical",
+            obs_col("stage", lambda D: cat(D.stage_codes, STAGES, ordered=True)),
+        ),
+    )
+    add(
+        "obs/batch",
+        (
+            "categorical with unused category",
+            obs_col("batch", lambda D: cat(D.batch_codes, BATCHES)),
+        ),
+    )
     add("obs/is_doublet", ("bool", obs_col("is_doublet", lambda D: D.is_doublet.copy())))
     add("obs/n_genes", ("int64", obs_col("n_genes", lambda D: D.n_genes.copy())))
     add("obs/total_counts", ("float64", obs_col("total_counts", lambda D: D.total_counts.copy())))
     add("obs/pct_mito", ("float32", obs_col("pct_mito", lambda D: D.pct_mito.copy())))
     # low-cardinality strings: anndata's write_* turns these into categoricals
     # (strings_to_categoricals) unless convert_strings_to_categoricals=False
-    add("obs/donor", ("3-valued str column (object / pandas 3 str)", obs_col("donor", lambda D: list(D.donor))))
+    add(
+        "obs/donor",
+        ("3-valued str column (object / pandas 3 str)", obs_col("donor", lambda D: list(D.donor))),
+    )
     # unique strings survive that conversion, so this stays a string array on disk
-    add("obs/cell_label", ("unique str column (object / pandas 3 str)", obs_col("cell_label", lambda D: list(D.cell_label))))
-    add("obs/n_genes_nullable", ("pd.Int64Dtype with NA", obs_col("n_genes_nullable", lambda D: nullable("Int64", D))))
-    add("obs/qc_pass", ("pd.BooleanDtype with NA", obs_col("qc_pass", lambda D: nullable("boolean", D))))
+    add(
+        "obs/cell_label",
+        (
+            "unique str column (object / pandas 3 str)",
+            obs_col("cell_label", lambda D: list(D.cell_label)),
+        ),
+    )
+    add(
+        "obs/n_genes_nullable",
+        ("pd.Int64Dtype with NA", obs_col("n_genes_nullable", lambda D: nullable("Int64", D))),
+    )
+    add(
+        "obs/qc_pass",
+        ("pd.BooleanDtype with NA", obs_col("qc_pass", lambda D: nullable("boolean", D))),
+    )
     add("obs/note", ("pd.StringDtype with NA", obs_col("note", lambda D: nullable("string", D))))
     # var
     add("var/gene_ids", ("str", var_col("gene_ids", lambda D: [D.gene_ids[i] for i in D.keep])))
-    add("var/highly_variable", ("bool", var_col("highly_variable", lambda D: D.highly_variable.copy())))
+    add(
+        "var/highly_variable",
+        ("bool", var_col("highly_variable", lambda D: D.highly_variable.copy())),
+    )
     add("var/means", ("float64", var_col("means", lambda D: D.means[D.keep].copy())))
-    add("var/chromosome", ("categorical", var_col("chromosome", lambda D: cat(D.chrom_codes[D.keep], CHROMS))))
+    add(
+        "var/chromosome",
+        ("categorical", var_col("chromosome", lambda D: cat(D.chrom_codes[D.keep], CHROMS))),
+    )
     # matrices
-    add("layers/counts", ("csr int32", lambda a, D: a.layers.__setitem__("counts", D.counts.astype(np.int32))))
+    add(
+        "layers/counts",
+        ("csr int32", lambda a, D: a.layers.__setitem__("counts", D.counts.astype(np.int32))),
+    )
     add("layers/log1p", ("csr float32", lambda a, D: a.layers.__setitem__("log1p", D.log1p.copy())))
     add("obsm/X_pca", ("dense float32", lambda a, D: a.obsm.__setitem__("X_pca", D.X_pca.copy())))
-    add("obsm/X_umap", ("dense float32", lambda a, D: a.obsm.__setitem__("X_umap", D.X_umap.copy())))
+    add(
+        "obsm/X_umap", ("dense float32", lambda a, D: a.obsm.__setitem__("X_umap", D.X_umap.copy()))
+    )
     add("varm/PCs", ("dense float32", lambda a, D: a.varm.__setitem__("PCs", D.PCs.copy())))
-    add("obsp/distances", ("csr float32", lambda a, D: a.obsp.__setitem__("distances", D.distances.copy())))
-    add("obsp/connectivities", ("csr float32", lambda a, D: a.obsp.__setitem__("connectivities", D.connectivities.copy())))
-    add("varp/gene_corr", ("csr float32", lambda a, D: a.varp.__setitem__("gene_corr", D.gene_corr.copy())))
+    add(
+        "obsp/distances",
+        ("csr float32", lambda a, D: a.obsp.__setitem__("distances", D.distances.copy())),
+    )
+    add(
+        "obsp/connectivities",
+        ("csr float32", lambda a, D: a.obsp.__setitem__("connectivities", D.connectivities.copy())),
+    )
+    add(
+        "varp/gene_corr",
+        ("csr float32", lambda a, D: a.varp.__setitem__("gene_corr", D.gene_corr.copy())),
+    )
     add("raw", ("raw with %d genes (log1p)" % N_VARS_RAW, _set_raw))
     # uns
     add(
         "uns/neighbors",
-        ("nested dict", uns("neighbors", lambda D: {
-            "params": {"n_neighbors": N_NEIGHBORS, "method": "umap", "metric": "euclidean", "n_pcs": N_PCS},
-            "connectivities_key": "connectivities",
-            "distances_key": "distances",
-        })),
+        (
+            "nested dict",
+            uns(
+                "neighbors",
+                lambda D: {
+                    "params": {
+                        "n_neighbors": N_NEIGHBORS,
+                        "method": "umap",
+                        "metric": "euclidean",
+                        "n_pcs": N_PCS,
+                    },
+                    "connectivities_key": "connectivities",
+                    "distances_key": "distances",
+                },
+            ),
+        ),
     )
     add(
         "uns/cell_type_colors",
@@ -451,11 +522,17 @@ def feature_table():
     )
     add(
         "uns/pca",
-        ("dict of arrays", uns("pca", lambda D: {
-            "variance": D.pca_variance.copy(),
-            "variance_ratio": D.pca_variance_ratio.copy(),
-            "params": {"zero_center": True, "use_highly_variable": False},
-        })),
+        (
+            "dict of arrays",
+            uns(
+                "pca",
+                lambda D: {
+                    "variance": D.pca_variance.copy(),
+                    "variance_ratio": D.pca_variance_ratio.copy(),
+                    "params": {"zero_center": True, "use_highly_variable": False},
+                },
+            ),
+        ),
     )
     add(
         "uns/rank_genes_groups",
@@ -554,7 +631,7 @@ def select_features(D, fmt, tmpdir):
                 a = base_adata(D)
                 fn(a, D)
                 roundtrip_ok(a, fmt, tmpdir)
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 errs.append("%s -> %s" % (label, short_err(e)))
                 continue
             chosen.append((name, label, fn))
@@ -569,10 +646,16 @@ def select_features(D, fmt, tmpdir):
                 fn(a, D)
                 write(a, os.path.join(tmpdir, "probe" + ext(fmt)), fmt)
                 remove(os.path.join(tmpdir, "probe" + ext(fmt)))
-            except Exception:  # noqa: BLE001
+            except Exception:
                 dropped[name] = "; ".join(errs)
             else:
-                chosen.append((name, "%s; WRITTEN BUT NOT READABLE BY THE WRITING STACK: %s" % (label, errs[0]), fn))
+                chosen.append(
+                    (
+                        name,
+                        "%s; WRITTEN BUT NOT READABLE BY THE WRITING STACK: %s" % (label, errs[0]),
+                        fn,
+                    )
+                )
     return chosen, dropped
 
 
@@ -592,6 +675,17 @@ def du(path):
             total += os.path.getsize(os.path.join(root, f))
             nfiles += 1
     return total, nfiles
+
+
+def present(b, name):
+    """Is feature `name` (e.g. 'uns/pca', 'obs/stage', 'raw') present in object b?"""
+    if name == "raw":
+        return b.raw is not None
+    attr, key = name.split("/", 1)
+    if attr in ("obs", "var"):
+        return key in getattr(b, attr).columns
+    m = getattr(b, attr, None)
+    return m is not None and key in m.keys()
 
 
 def describe(a):
@@ -621,7 +715,13 @@ def dtypes_of(df):
 def extra_objects(D, chosen):
     """[(name, callable building the object, description[, write kwargs])]."""
     out = []
-    out.append(("denseX", lambda: build(D, chosen, X="dense"), "dense float32 X (otherwise like the main file)"))
+    out.append(
+        (
+            "denseX",
+            lambda: build(D, chosen, X="dense"),
+            "dense float32 X (otherwise like the main file)",
+        )
+    )
 
     def no_x():
         a = build(D, chosen, X=None)
@@ -658,12 +758,15 @@ def extra_objects(D, chosen):
         a.var["gene_ids"] = pd.array([D.gene_ids[i] for i in D.keep], dtype=sd)
         return a
 
-    out.append((
-        "nullstr", nullstr,
-        "obs/var index and obs donor/cell_label/note + var gene_ids as pd.StringDtype() ('string', pd.NA; "
-        "note has NAs); written with convert_strings_to_categoricals=False so they stay strings on disk",
-        {"keep_strings": True},
-    ))
+    out.append(
+        (
+            "nullstr",
+            nullstr,
+            "obs/var index and obs donor/cell_label/note + var gene_ids as pd.StringDtype() ('string', pd.NA; "
+            "note has NAs); written with convert_strings_to_categoricals=False so they stay strings on disk",
+            {"keep_strings": True},
+        )
+    )
     return out
 
 
@@ -674,7 +777,9 @@ def scanpy_object(D):
     import scanpy as sc
 
     sc.settings.verbosity = 0
-    obs = pd.DataFrame({"cell_type": cat(D.cell_type_codes, CELL_TYPES)}, index=pd.Index(list(D.obs_names)))
+    obs = pd.DataFrame(
+        {"cell_type": cat(D.cell_type_codes, CELL_TYPES)}, index=pd.Index(list(D.obs_names))
+    )
     obs["batch"] = cat(D.batch_codes, BATCHES)
     var = pd.DataFrame({"gene_ids": list(D.gene_ids)}, index=pd.Index(list(D.raw_var_names)))
     a = ad.AnnData(D.raw_counts.copy(), obs=obs, var=var)
@@ -698,11 +803,21 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("outdir")
     p.add_argument("--tag", default=None, help="file-name stem, default anndata-<version>")
-    p.add_argument("--formats", default=None, help="comma list of h5ad,zarr2,zarr3 (default: all supported)")
-    p.add_argument("--extras", action="store_true", help="also write denseX/noX/empty/awkward/nullstr files")
-    p.add_argument("--extra-formats", default=None, help="formats for the extras (default: h5ad + newest zarr)")
-    p.add_argument("--scanpy", action="store_true", help="also write a file produced by a real scanpy pipeline")
-    p.add_argument("--meta-dir", default=None, help="where to write <tag>.json (default OUTDIR/../meta)")
+    p.add_argument(
+        "--formats", default=None, help="comma list of h5ad,zarr2,zarr3 (default: all supported)"
+    )
+    p.add_argument(
+        "--extras", action="store_true", help="also write denseX/noX/empty/awkward/nullstr files"
+    )
+    p.add_argument(
+        "--extra-formats", default=None, help="formats for the extras (default: h5ad + newest zarr)"
+    )
+    p.add_argument(
+        "--scanpy", action="store_true", help="also write a file produced by a real scanpy pipeline"
+    )
+    p.add_argument(
+        "--meta-dir", default=None, help="where to write <tag>.json (default OUTDIR/../meta)"
+    )
     args = p.parse_args(argv)
 
     configure_settings()
@@ -737,16 +852,28 @@ def main(argv=None):
 
         def emit(fname, fmt, obj_fn, kind, features, dropped, notes, wkw=None):
             path = os.path.join(outdir, fname)
-            entry = {"format": fmt, "kind": kind, "features": features, "dropped": dropped, "notes": notes}
+            entry = {
+                "format": fmt,
+                "kind": kind,
+                "features": features,
+                "dropped": dropped,
+                "notes": notes,
+            }
             try:
                 a = obj_fn()
                 write(a, path, fmt, **(wkw or {}))
                 try:
                     b = read(path, fmt)
-                except Exception as e:  # noqa: BLE001
+                except Exception as e:
                     entry["self_read_error"] = short_err(e)
                     b = a
                 entry["shape"] = list(b.shape)
+                if "self_read_error" not in entry:
+                    missing = [
+                        f.split(" (")[0] for f in features if not present(b, f.split(" (")[0])
+                    ]
+                    if missing:
+                        entry["missing_after_read"] = missing
                 entry["contents"] = describe(b)
                 entry["obs_dtypes"] = dtypes_of(b.obs)
                 entry["var_dtypes"] = dtypes_of(b.var)
@@ -754,8 +881,10 @@ def main(argv=None):
                 entry["size_bytes"] = size
                 entry["n_files"] = nfiles
                 meta["files"][fname] = entry
-                print("wrote %-45s %8d bytes %4d files  %s" % (fname, size, nfiles, entry["contents"]))
-            except Exception as e:  # noqa: BLE001
+                print(
+                    "wrote %-45s %8d bytes %4d files  %s" % (fname, size, nfiles, entry["contents"])
+                )
+            except Exception as e:
                 remove(path)
                 print("FAILED %s: %s" % (fname, short_err(e)))
                 traceback.print_exc()
@@ -794,7 +923,12 @@ def main(argv=None):
                     suffix = "-v3" if fmt == "zarr3" else ""
                     fname = "%s-scanpy-%s%s%s" % (tag, sv, suffix, ext(fmt))
                     emit(
-                        fname, fmt, lambda: scanpy_object(D), "scanpy", [], {},
+                        fname,
+                        fmt,
+                        lambda: scanpy_object(D),
+                        "scanpy",
+                        [],
+                        {},
                         "real scanpy %s pipeline: calculate_qc_metrics, normalize_total, log1p, raw, "
                         "highly_variable_genes(n_top_genes=%d)+subset, pca, neighbors, umap, "
                         "rank_genes_groups(t-test)" % (sv, N_VARS),

@@ -176,6 +176,11 @@ def apply(
     plan = make_plan(layout, survey)
     small = parse_size(small_element, "--whole-below")
     memory_model = memory_plan(plan, source_dtypes(survey), budget, workers, small)
+    if plan.unwritable:  # before anything is written
+        more = len(plan.unwritable) - 1
+        raise ApplyError(
+            f"{plan.unwritable[0]}" + (f" (and {more} more)" if more else "") + "; nothing written"
+        )
     memory_model.check()  # before anything is written
     if layout.target.format == "h5ad" and (workers > 1 or scheduler):
         raise ApplyError(

@@ -32,6 +32,7 @@ from annlayout.encodings import (
     SPARSE_ENCODINGS,
     StandIn,
     encoding_of,
+    is_group,
     read_upgraded,
     sparse_shape,
     written_elements,
@@ -82,6 +83,9 @@ def verify_report(
                         report.differences.append(f"{path}: missing from {rewritten}")
                     continue
                 other_encoding, other = found.pop(path)
+                if _read_apart(path, encoding, other_encoding, source_root, rewritten_root):
+                    other_encoding = encoding
+                    value, other = _as_strings(value), _as_strings(other)
                 report.differences += compare_element(
                     path, encoding, value, other_encoding, other, block_bytes, memory
                 )
@@ -95,6 +99,33 @@ def verify_report(
             if hasattr(root, "close"):
                 root.close()
     return report
+
+
+def _read_apart(path: str, a: str, b: str, root_a: Any, root_b: Any) -> bool:
+    """The same stored strings, read apart by anndata: 0.13 on pandas 3 reads a zarr
+    ``string-array`` as ``object`` and an h5ad one as ``str``, whose writer then says
+    ``nullable-string-array``. The stored encodings decide, not the reads."""
+    if {a, b} != {"string-array", "nullable-string-array"}:
+        return False
+    try:
+        return _stored_strings(root_a[path]) == _stored_strings(root_b[path])
+    except KeyError:  # a legacy form on one side: the reads decide
+        return False
+
+
+def _stored_strings(node: Any) -> str | None:
+    """A node's encoding; anndata < 0.8 wrote string columns as plain arrays without one."""
+    encoding = encoding_of(node)
+    if encoding is None and not is_group(node) and np.dtype(node.dtype).kind in "OTUS":
+        return "string-array"
+    return encoding
+
+
+def _as_strings(values: Any) -> np.ndarray:
+    """Strings with missing values as None, whatever array or dtype holds them."""
+    strings = np.array(values, dtype=object)
+    strings[pd.isna(strings)] = None
+    return strings
 
 
 def compare_element(
