@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -34,6 +36,11 @@ CORPUS = Path(__file__).parent / "corpus"
 STACK = ".".join(version("anndata").split(".")[:2])
 MANIFEST = json.loads((CORPUS / "manifest.json").read_text())
 READABLE = [f for f in MANIFEST["files"] if STACK in f["readable_by"]]
+#: where outputs are kept for the other stack to read (.ci/run sets it), or None
+CROSS_STACK = (
+    Path(os.environ["ANNLAYOUT_CROSS_STACK"]) if "ANNLAYOUT_CROSS_STACK" in os.environ else None
+)
+_REFERENCES = tempfile.TemporaryDirectory(prefix="annlayout-corpus-")  # removed at exit
 
 
 def read_any(path: Path) -> ad.AnnData:
@@ -102,6 +109,10 @@ def test_every_corpus_file_rewrites_equal(tmp_path, entry, layout):
         assert_same(read_any(source), written, where)
     except AssertionError:  # as long as anndata's own round trip changes it the same way
         assert_same(anndata_round_trip(source, out.suffix, zarr_format(out)), written, where)
+    if CROSS_STACK:  # for the other stack to read (tests/test_cross_stack.py)
+        keep = CROSS_STACK / STACK / f"{entry['file']}--{layout}{out.suffix}"
+        keep.parent.mkdir(parents=True, exist_ok=True)
+        (shutil.copytree if out.is_dir() else shutil.copy)(out, keep)
 
 
 def zarr_format(path: Path) -> int | None:
@@ -118,7 +129,7 @@ def anndata_round_trip(source: Path, suffix: str, fmt: int | None) -> ad.AnnData
     a rewrite through anndata's writer does the same. (Without turning strings into
     categoricals, which anndata's writers do by default and a rewrite must not.)"""
     adata = read_any(source)
-    path = Path(tempfile.mkdtemp()) / f"reference{suffix}"
+    path = Path(tempfile.mkdtemp(dir=_REFERENCES.name)) / f"reference{suffix}"
     with warnings.catch_warnings(), ad.settings.override(allow_write_nullable_strings=True):
         warnings.simplefilter("ignore")
         if suffix == ".h5ad":

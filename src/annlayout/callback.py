@@ -69,9 +69,7 @@ class LayoutCallback:
             part = next(in_memory_parts(encoding, elem))
             kind = "scalar" if part.shape == () else "dense"
             plan = plan_array(path, part.shape, part.dtype, part.itemsize, settings, target, kind)
-            func(
-                store, elem_name, elem, dataset_kwargs=array_kwargs(plan, settings.codecs, backend)
-            )
+            func(store, elem_name, elem, dataset_kwargs=array_kwargs(plan, backend))
             return
 
         rule, settings = self.layout.rule_for(path, encoding)
@@ -89,7 +87,7 @@ class LayoutCallback:
                 del self._owners[path]
             return
         plan = element_plan.arrays[0]
-        func(store, elem_name, elem, dataset_kwargs=array_kwargs(plan, settings.codecs, backend))
+        func(store, elem_name, elem, dataset_kwargs=array_kwargs(plan, backend))
 
     def _write_sparse(
         self,
@@ -109,9 +107,9 @@ class LayoutCallback:
         self.plans[path] = plan
         if plan.orientation != encoding[:3]:
             matrix = matrix.tocsr() if plan.orientation == "csr" else matrix.tocsc()
-        group = write_sparse_group(store, key, matrix, plan, settings, backend)
+        group = write_sparse_group(store, key, matrix, plan, backend)
         if plan.copies:
-            write_copy_group(group, matrix, plan, settings, backend)
+            write_copy_group(group, matrix, plan, backend)
 
     def _check_target(self, target: Any) -> None:
         wanted = self.layout.target
@@ -141,7 +139,6 @@ def write_sparse_group(
     key: str,
     matrix: Any,
     plan: ElementPlan,
-    settings: ResolvedSettings,
     backend: Any,
 ) -> Any:
     """Write a CSR/CSC matrix as anndata's sparse encoding, each part as planned."""
@@ -149,27 +146,21 @@ def write_sparse_group(
     write_sparse_attrs(group, plan.orientation, matrix.shape)
     for array_plan in plan.arrays:
         values = getattr(matrix, array_plan.name)
-        create_array(
-            group, array_plan.name, values.astype(array_plan.dtype, copy=False), array_plan,
-            settings.codecs, backend,
-        )  # fmt: skip
+        values = values.astype(array_plan.dtype, copy=False)
+        create_array(group, array_plan.name, values, array_plan, backend)
     return group
 
 
-def write_copy_group(
-    group: Any, primary: Any, plan: ElementPlan, settings: ResolvedSettings, backend: Any
-) -> Any:
+def write_copy_group(group: Any, primary: Any, plan: ElementPlan, backend: Any) -> Any:
     """Write the second orientation of an in-memory matrix inside its element group."""
     orientation = plan.copies[0]
     copy = primary.tocsc() if orientation == "csc" else primary.tocsr()
     sub = group.require_group(orientation)
     write_sparse_attrs(sub, orientation, copy.shape)
     write_record(sub, mirror_record(primary.shape, primary.nnz, primary.indptr, plan.orientation))
-    for array_plan in plan.copy_arrays:
-        name = array_plan.name.rpartition("/")[2]
+    for name, array_plan in plan.parts(orientation).items():
         values = getattr(copy, name).astype(array_plan.dtype, copy=False)
-        create_array(sub, name, values, array_plan.model_copy(update={"name": name}),
-                     settings.for_copy().codecs, backend)  # fmt: skip
+        create_array(sub, name, values, array_plan, backend)
     return sub
 
 

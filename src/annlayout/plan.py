@@ -12,7 +12,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel
 
-from annlayout.codecs import describe, storable
+from annlayout.codecs import CodecModel, describe, storable
 from annlayout.errors import PlanError
 from annlayout.spec import SPARSE_ENCODINGS, Layout, ResolvedSettings, Target
 from annlayout.survey import ArrayInfo, ElementInfo, Survey
@@ -34,7 +34,11 @@ class ArrayPlan(BaseModel):
     dtype: str
     chunks: tuple[int, ...] | None  # None: contiguous (scalars, empty arrays in h5ad)
     shards: tuple[int, ...] | None
-    codecs: str
+    codecs: str  # for people: "zstd(3)+shuffle"
+    #: what a writer applies: the layout's codecs the target can store, none where the array
+    #: cannot be compressed (scalars; empty arrays in h5ad)
+    codec_models: tuple[CodecModel, ...] = ()
+    itemsize: int = 0
     chunk_bytes: int
     n_chunks: int
     n_objects: int
@@ -57,6 +61,18 @@ class ElementPlan(BaseModel):
     @property
     def warnings(self) -> list[str]:
         return [w for a in (*self.arrays, *self.copy_arrays) for w in a.warnings]
+
+    def parts(self, orientation: str | None = None) -> dict[str, ArrayPlan]:
+        """A sparse element's arrays in ``orientation`` (the primary's by default), named as
+        stored in their own group: ``data``, ``indices``, ``indptr``."""
+        if orientation is None or orientation == self.orientation:
+            return {a.name: a for a in self.arrays}
+        prefix = f"{orientation}/"
+        return {
+            a.name.removeprefix(prefix): a.model_copy(update={"name": a.name.removeprefix(prefix)})
+            for a in self.copy_arrays
+            if a.name.startswith(prefix)
+        }
 
     @property
     def n_objects(self) -> int:
@@ -294,12 +310,13 @@ def plan_array(
 ) -> ArrayPlan:
     """Concrete chunks, shards and codecs for one array."""
     shape = tuple(int(n) for n in shape)
-    codecs = describe(storable(settings.codecs, target.format, target.zarr_format))
+    models = storable(settings.codecs, target.format, target.zarr_format)
+    codecs = describe(models)
     if kind == "scalar" or shape == ():
         # anndata cannot compress or chunk scalars; zarr stores them as one object
         return ArrayPlan(
             name=name, shape=shape, dtype=dtype, chunks=None, shards=None, codecs="none",
-            chunk_bytes=itemsize, n_chunks=1, n_objects=1,
+            itemsize=itemsize, chunk_bytes=itemsize, n_chunks=1, n_objects=1,
         )  # fmt: skip
     if 0 in shape:
         # nothing to chunk; h5py refuses chunks on empty datasets, zarr needs positive chunks
@@ -307,8 +324,8 @@ def plan_array(
         chunks = None if h5ad else tuple(max(1, n) for n in shape)
         return ArrayPlan(
             name=name, shape=shape, dtype=dtype, chunks=chunks, shards=None,
-            codecs="none" if h5ad else codecs,
-            chunk_bytes=0, n_chunks=0, n_objects=0,
+            codecs="none" if h5ad else codecs, codec_models=() if h5ad else models,
+            itemsize=itemsize, chunk_bytes=0, n_chunks=0, n_objects=0,
         )  # fmt: skip
     warnings: list[str] = []
     chunks = _chunk_shape(shape, itemsize, settings, kind, context or {}, warnings)
@@ -356,6 +373,8 @@ def plan_array(
         chunks=chunks,
         shards=shards,
         codecs=codecs,
+        codec_models=models,
+        itemsize=itemsize,
         chunk_bytes=chunk_bytes,
         n_chunks=n_chunks,
         n_objects=n_objects,

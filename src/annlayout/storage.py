@@ -6,13 +6,13 @@ wants, so the callback (via anndata's writers) and annlayout's own writers agree
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Literal
 
 import numpy as np
 
-from annlayout.codecs import CodecModel, h5py_kwargs, zarr_v2_compressor, zarr_v3_compressors
+from annlayout.codecs import h5py_kwargs, zarr_v2_compressor, zarr_v3_compressors
 from annlayout.plan import ArrayPlan
 from annlayout.spec import Target
 
@@ -39,16 +39,14 @@ def target_of(backend: Backend, consolidate: bool = False) -> Target:
                   consolidate_metadata=consolidate)  # fmt: skip
 
 
-def array_kwargs(plan: ArrayPlan, codecs: Sequence[CodecModel], backend: Backend) -> dict[str, Any]:
-    """Keyword arguments for anndata's dataset creation (``dataset_kwargs``)."""
+def array_kwargs(plan: ArrayPlan, backend: Backend) -> dict[str, Any]:
+    """Keyword arguments for anndata's dataset creation (``dataset_kwargs``), as planned."""
+    codecs = plan.codec_models
     if plan.shape == ():
         # scalars take no chunks or shards (anndata raises); zarr would compress them by default
         return {} if backend == "h5py" else {"compressors": None}
-    empty = 0 in plan.shape
     if backend == "h5py":
-        if empty:
-            return {}
-        return {"chunks": plan.chunks, **h5py_kwargs(codecs)}
+        return {"chunks": plan.chunks, **h5py_kwargs(codecs)} if plan.chunks else {}
     if backend == "zarr2":
         return {"chunks": plan.chunks, "compressors": zarr_v2_compressor(codecs)}
     compressors = zarr_v3_compressors(codecs)
@@ -61,12 +59,11 @@ def create_array(
     name: str,
     values: np.ndarray | None,
     plan: ArrayPlan,
-    codecs: Sequence[CodecModel],
     backend: Backend,
 ) -> Any:
     """Create ``group[name]`` as planned and, if given, write ``values`` into it whole."""
     dtype = np.dtype(plan.dtype)
-    kwargs = array_kwargs(plan, codecs, backend)
+    kwargs = array_kwargs(plan, backend)
     if backend == "h5py":
         return group.create_dataset(name, data=values, shape=plan.shape, dtype=dtype, **kwargs)
     array = group.create_array(name, shape=plan.shape, dtype=dtype, **kwargs)

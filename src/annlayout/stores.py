@@ -6,10 +6,11 @@ than each reopening the store: on object storage every open is a round trip.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from annlayout.encodings import PROVENANCE_KEY, attr, json_attr
+from annlayout.encodings import PROVENANCE_KEY, Upgraded, attr, json_attr, read_upgraded
 from annlayout.errors import NotAnnDataError
 
 
@@ -77,7 +78,10 @@ def detect_format(path: str | Path) -> Literal["zarr", "h5ad"]:
 
 def open_store(path: str | Path, mode: str = "r") -> Any:
     """The root group of a store: a zarr Group or an h5py File."""
-    fmt = detect_format(path)
+    return _open_root(path, detect_format(path), mode)
+
+
+def _open_root(path: Any, fmt: Literal["zarr", "h5ad"], mode: str) -> Any:
     if fmt == "h5ad":
         import h5py
 
@@ -107,3 +111,46 @@ def check_anndata_root(root: Any, path: Any) -> dict[str, Any] | None:
             f"{path}: an incomplete annlayout store (its apply did not finish); apply again"
         )
     return provenance
+
+
+@dataclass
+class AnnDataStore:
+    """An opened AnnData store, handed to everything that reads it during one command (survey,
+    rewrite, verify), so it is located, opened and checked once, and a legacy store is read
+    by anndata once for survey and verify (:meth:`upgraded`)."""
+
+    location: Any  # a path, a URL, or a zarr Store object
+    format: Literal["zarr", "h5ad"]
+    root: Any  # zarr Group or h5py File
+    provenance: dict[str, Any] | None
+    _upgraded: Upgraded | None = field(default=None, repr=False)
+
+    def upgraded(self) -> Upgraded:
+        """The store as anndata reads it, every array and sparse matrix left on disk (a
+        stand-in; see :func:`annlayout.encodings.read_upgraded`)."""
+        if self._upgraded is None:
+            self._upgraded = read_upgraded(self.root, large=lambda path, node: True)
+        return self._upgraded
+
+    def close(self) -> None:
+        if self.format == "h5ad":
+            self.root.close()
+
+    def __enter__(self) -> AnnDataStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_anndata(location: Any) -> AnnDataStore:
+    """Locate, open and check an AnnData store: a one-line error for anything else."""
+    fmt = detect_format(location)
+    root = _open_root(location, fmt, "r")
+    try:
+        provenance = check_anndata_root(root, location)
+    except BaseException:
+        if fmt == "h5ad":
+            root.close()
+        raise
+    return AnnDataStore(location=location, format=fmt, root=root, provenance=provenance)

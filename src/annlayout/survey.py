@@ -29,13 +29,12 @@ from annlayout.encodings import (
     encoding_of,
     is_group,
     legacy_forms,
-    read_upgraded,
     sparse_shape,
     unholdable,
     written_elements,
 )
 from annlayout.errors import NotAnnDataError
-from annlayout.stores import check_anndata_root, detect_format, open_store
+from annlayout.stores import AnnDataStore, open_anndata
 
 
 class ArrayInfo(BaseModel):
@@ -89,34 +88,25 @@ class Survey(BaseModel):
 
 def survey_store(location: str | Path | Any) -> Survey:
     """Survey a zarr (v2 or v3) or h5ad store from its metadata."""
-    fmt = detect_format(location)
-    root = open_store(location)
-    try:
-        return survey_root(root, location, fmt)
-    finally:
-        if fmt == "h5ad":
-            root.close()
+    with open_anndata(location) as store:
+        return survey_opened(store)
 
 
-def survey_root(root: Any, location: Any, fmt: Literal["zarr", "h5ad"]) -> Survey:
-    """Survey an opened store (a zarr group or an h5py file)."""
-    provenance = check_anndata_root(root, location)
-    upgrades = legacy_forms(root)
+def survey_opened(store: AnnDataStore) -> Survey:
+    """Survey a store already opened (and checked) by :func:`~annlayout.stores.open_anndata`."""
+    upgrades = legacy_forms(store.root)
     try:
-        if upgrades:
-            elements = describe_upgraded(read_upgraded(root, large=lambda path, node: True))
-        else:
-            elements = list(_walk(root, ""))
+        elements = describe_upgraded(store.upgraded()) if upgrades else list(_walk(store.root, ""))
     except Exception as err:  # a store anndata cannot read either
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise NotAnnDataError(f"{location}: not a readable AnnData store: {reason}") from None
+        raise NotAnnDataError(f"{store.location}: not a readable AnnData store: {reason}") from None
     return Survey(
-        source=str(location),
-        format=fmt,
-        zarr_format=root.metadata.zarr_format if fmt == "zarr" else None,
+        source=str(store.location),
+        format=store.format,
+        zarr_format=store.root.metadata.zarr_format if store.format == "zarr" else None,
         shape=_anndata_shape(elements),
         elements=elements,
-        provenance=provenance,
+        provenance=store.provenance,
         upgrades=upgrades,
     )
 

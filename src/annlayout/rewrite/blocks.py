@@ -420,11 +420,10 @@ def element_memory(
         return ElementMemory(plan.path, streamed=True, arrays=(blocks,))
     current = plan.encoding[:3]
     data_dtype = _numeric(dtypes.get(f"{plan.path}/data")) or np.dtype(plan.arrays[0].dtype)
-    orientations = [(plan.orientation, "", plan.arrays)]
-    orientations += [(o, f"{o}/", plan.copy_arrays) for o in plan.copies]
+    orientations = [(plan.orientation, "")] + [(o, f"{o}/") for o in plan.copies]
     arrays, transposes, whole = [], [], 0
-    for orientation, prefix, array_plans in orientations:
-        named = {a.name.removeprefix(prefix): a for a in array_plans}
+    for orientation, prefix in orientations:
+        named = plan.parts(orientation)
         if orientation == current:  # copied in blocks; indptr whole, converted
             for name in ("data", "indices"):
                 source = f"{plan.path}/{name}"

@@ -93,7 +93,7 @@ def _signature(location: str) -> tuple[str, int | None]:
 
 @cache
 def _open_source(location: str, mtime: int | None) -> Any:
-    from annlayout.survey import open_store
+    from annlayout.stores import open_store
 
     return open_store(location)
 

@@ -84,8 +84,8 @@ from annlayout.rewrite.memory import consolidate_metadata, provenance
 from annlayout.rewrite.memory_limits import bound_malloc_arenas, release_memory
 from annlayout.spec import Layout, load_layout
 from annlayout.storage import backend_of, codec_pipeline, create_array
-from annlayout.stores import detect_format, footprint, is_url, open_store
-from annlayout.survey import Survey, survey_store
+from annlayout.stores import AnnDataStore, detect_format, footprint, is_url, open_anndata
+from annlayout.survey import Survey, survey_opened
 
 DEFAULT_MEMORY = MEMORY  # the defaults live in annlayout.defaults
 
@@ -159,7 +159,7 @@ def apply(
     start = time.perf_counter()
     bound_malloc_arenas()  # best before codec threads start: the CLI calls it first
     layout = load_layout(layout)
-    detect_format(source)
+    detect_format(source)  # a missing input is named before the output is looked at
     remote = is_url(output)
     if remote:
         output = str(output).rstrip("/")
@@ -170,9 +170,31 @@ def apply(
         output = Path(output)
         check_paths(Path(source), output, overwrite=overwrite)
     source = source if is_url(source) else Path(source)
+    with open_anndata(source) as store:
+        return _apply(
+            layout, store, output, remote, codec_pipeline_name, memory, workers, scheduler,
+            verify, progress, small_element, start,
+        )  # fmt: skip
+
+
+def _apply(
+    layout: Layout,
+    store: AnnDataStore,
+    output: Any,
+    remote: bool,
+    codec_pipeline_name: str | None,
+    memory: str | int,
+    workers: int,
+    scheduler: str | None,
+    verify: bool,
+    progress: Progress | None,
+    small_element: str | int,
+    start: float,
+) -> ApplyResult:
+    source = store.location
     budget = parse_size(memory)
     workers = max(1, int(workers))
-    survey = survey_store(source)
+    survey = survey_opened(store)
     plan = make_plan(layout, survey)
     small = parse_size(small_element, "--whole-below")
     memory_model = memory_plan(plan, source_dtypes(survey), budget, workers, small)
@@ -205,7 +227,7 @@ def apply(
         rewriter = Rewriter(
             layout, plan, survey, memory_model.per_worker, small, memory=memory_model
         )
-        blocks = rewriter.prepare(source, tmp)
+        blocks = rewriter.prepare(store, tmp)
         result.notes, result.streamed = rewriter.callback.notes, rewriter.streamed
         result.upgrades = rewriter.upgrades
         result.n_blocks = len(blocks)
@@ -216,10 +238,10 @@ def apply(
             execute(rewriter.tasks(blocks, stores), executor_for(workers, scheduler), progress)
         rewriter.finish(tmp)
         if verify:
-            from annlayout.rewrite.verify import verify_stores
+            from annlayout.rewrite.verify import verify_report
 
             started = time.perf_counter()
-            differences = verify_stores(source, tmp, memory=budget)
+            differences = verify_report(store, tmp, memory=budget).differences
             result.verify_seconds = time.perf_counter() - started
             if differences:
                 raise ApplyError(
@@ -265,16 +287,15 @@ class Rewriter:
         self.mirrors: list[tuple[Any, Any, str]] = []
         self.source_root: Any = None
         self.target_root: Any = None
-        self._source_format = survey.format
 
     # -- phase 1 ------------------------------------------------------------------------
 
-    def prepare(self, source: Path | str, target: Path | str) -> list[Block]:
+    def prepare(self, source: AnnDataStore, target: Path | str) -> list[Block]:
         """Write every element but the large arrays through anndata and the layout's
         callback, create the large ones empty, and list the blocks that fill them."""
         import anndata as ad
 
-        self.source_root = open_store(source)
+        self.source_root = source.root
         self.target_root = _create_root(target, self.layout)
         # marked incomplete from the first write until finish(): object stores cannot rename
         set_json_attr(self.target_root, PROVENANCE_KEY, {"complete": False})
@@ -321,24 +342,21 @@ class Rewriter:
 
     def _stream(self, source: StandIn, target: Any, key: str, plan: ElementPlan) -> Iterator[Block]:
         node = source.node
-        _, settings = self.layout.rule_for(plan.path, plan.encoding)
         backend = backend_of(target)
         if plan.encoding in SPARSE_ENCODINGS:
             _check_complete(plan.path, node)
             group = target.require_group(key)
             write_sparse_attrs(group, plan.orientation, plan.shape or ())
-            copies = [(plan.orientation, group, "", plan.arrays, settings.codecs)]
+            copies = [(plan.orientation, group, "")]
             if plan.copies:
                 sub = group.require_group(plan.copies[0])
                 write_sparse_attrs(sub, plan.copies[0], plan.shape or ())
                 self.mirrors.append((group, sub, plan.orientation))
-                codecs = settings.for_copy().codecs
-                copies.append((plan.copies[0], sub, f"{plan.copies[0]}/", plan.copy_arrays, codecs))
-            for orientation, into, prefix, array_plans, codecs in copies:
-                arrays = {a.name.removeprefix(prefix): a for a in array_plans}
+                copies.append((plan.copies[0], sub, f"{plan.copies[0]}/"))
+            for orientation, into, prefix in copies:
+                arrays = plan.parts(orientation)
                 for name, array in arrays.items():
-                    array = array.model_copy(update={"name": name})
-                    create_array(into, name, None, array, codecs, backend)
+                    create_array(into, name, None, array, backend)
                 if orientation == plan.encoding[:3]:  # same as the input: copied in blocks
                     into["indptr"][...] = node["indptr"][...].astype(arrays["indptr"].dtype)
                     for name in ("data", "indices"):
@@ -350,7 +368,7 @@ class Rewriter:
                     self.transposes.append((source.path, into, arrays))
         else:
             array = plan.arrays[0]
-            created = create_array(target, key, None, array, settings.codecs, backend)
+            created = create_array(target, key, None, array, backend)
             created.attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
             yield from self._blocks(
                 plan.path, plan.path, array, source=source.path, source_dtype=node.dtype
@@ -411,8 +429,6 @@ class Rewriter:
         else:
             if self.layout.target.consolidate_metadata:
                 consolidate_metadata(target, self.layout.target.zarr_format)
-        if self._source_format == "h5ad":
-            self.source_root.close()
 
 
 def _first_line(err: BaseException) -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,12 +34,11 @@ from annlayout.encodings import (
     StandIn,
     encoding_of,
     is_group,
-    read_upgraded,
     sparse_shape,
     written_elements,
 )
 from annlayout.rewrite.blocks import parse_size, transpose_fixed, verify_sizes
-from annlayout.stores import check_anndata_root, open_store
+from annlayout.stores import AnnDataStore, open_anndata
 
 DEFAULT_VERIFY_MEMORY = parse_size(VERIFY_MEMORY)
 
@@ -57,47 +57,50 @@ def verify_stores(
 
 
 def verify_report(
-    source: str | Path, rewritten: str | Path, *, memory: int | str = DEFAULT_VERIFY_MEMORY
+    source: str | Path | AnnDataStore,
+    rewritten: str | Path | AnnDataStore,
+    *,
+    memory: int | str = DEFAULT_VERIFY_MEMORY,
 ) -> VerifyReport:
-    """Differences between two AnnData stores, and the legacy forms the source upgraded."""
-    memory = parse_size(memory)
-    source_root, rewritten_root = open_store(source), open_store(rewritten)
+    """Differences between two AnnData stores, and the legacy forms the source upgraded.
+
+    A store may be given opened (:func:`~annlayout.stores.open_anndata`; apply hands over its
+    input, read once): it stays open for its owner. Paths are opened and closed here.
+    """
+    with ExitStack() as owned:
+        a, b = (
+            s if isinstance(s, AnnDataStore) else owned.enter_context(open_anndata(s))
+            for s in (source, rewritten)
+        )
+        return _report(a, b, parse_size(memory))
+
+
+def _report(a: AnnDataStore, b: AnnDataStore, memory: int) -> VerifyReport:
     block_bytes, _ = verify_sizes(memory)
     report = VerifyReport()
-    everything = lambda path, node: True  # noqa: E731  (no array is read whole)
-    try:
-        check_anndata_root(source_root, source)
-        check_anndata_root(rewritten_root, rewritten)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            upgraded = read_upgraded(source_root, large=everything)
-            report.upgrades = upgraded.upgrades
-            expected = {p: (e, v) for p, e, v in written_elements(upgraded)}
-            found = {
-                p: (e, v)
-                for p, e, v in written_elements(read_upgraded(rewritten_root, large=everything))
-            }
-            for path, (encoding, value) in expected.items():
-                if path not in found:
-                    if encoding != "null":
-                        report.differences.append(f"{path}: missing from {rewritten}")
-                    continue
-                other_encoding, other = found.pop(path)
-                if _read_apart(path, encoding, other_encoding, source_root, rewritten_root):
-                    other_encoding = encoding
-                    value, other = _as_strings(value), _as_strings(other)
-                report.differences += compare_element(
-                    path, encoding, value, other_encoding, other, block_bytes, memory
-                )
-                if isinstance(other, StandIn) and other_encoding in SPARSE_ENCODINGS:
-                    report.differences += check_copy(path, other.node, memory)
-        report.differences += [
-            f"{path}: not in {source}" for path, (e, _) in found.items() if e != "null"
-        ]
-    finally:
-        for root in (source_root, rewritten_root):
-            if hasattr(root, "close"):
-                root.close()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        upgraded = a.upgraded()
+        report.upgrades = upgraded.upgrades
+        expected = {p: (e, v) for p, e, v in written_elements(upgraded)}
+        found = {p: (e, v) for p, e, v in written_elements(b.upgraded())}
+        for path, (encoding, value) in expected.items():
+            if path not in found:
+                if encoding != "null":
+                    report.differences.append(f"{path}: missing from {b.location}")
+                continue
+            other_encoding, other = found.pop(path)
+            if _read_apart(path, encoding, other_encoding, a.root, b.root):
+                other_encoding = encoding
+                value, other = _as_strings(value), _as_strings(other)
+            report.differences += compare_element(
+                path, encoding, value, other_encoding, other, block_bytes, memory
+            )
+            if isinstance(other, StandIn) and other_encoding in SPARSE_ENCODINGS:
+                report.differences += check_copy(path, other.node, memory)
+    report.differences += [
+        f"{path}: not in {a.location}" for path, (e, _) in found.items() if e != "null"
+    ]
     return report
 
 
