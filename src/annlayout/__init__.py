@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from annlayout.layout_models import Layout
     from annlayout.plan import Plan, make_plan
     from annlayout.reader import Dataset, open
-    from annlayout.rewrite.memory import WriteResult, write
+    from annlayout.rewrite.in_memory import WriteResult, write
     from annlayout.rewrite.stream import ApplyResult, apply
     from annlayout.shipped import shipped_layouts
     from annlayout.survey import Survey
@@ -46,8 +46,8 @@ _LAZY = {
     "make_plan": "annlayout.plan",
     "Dataset": "annlayout.reader",
     "open": "annlayout.reader",
-    "WriteResult": "annlayout.rewrite.memory",
-    "write": "annlayout.rewrite.memory",
+    "WriteResult": "annlayout.rewrite.in_memory",
+    "write": "annlayout.rewrite.in_memory",
     "ApplyResult": "annlayout.rewrite.stream",
     "apply": "annlayout.rewrite.stream",
     "Survey": "annlayout.survey",

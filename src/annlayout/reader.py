@@ -288,7 +288,7 @@ class _Arrays:
         from annlayout.chunk_reads import chunk_reader
 
         if hasattr(self.group, "metadata"):  # zarr fixes the codec pipeline when it opens
-            from annlayout.storage import codec_pipeline  # an array: open it under zarrs
+            from annlayout.codecs import codec_pipeline  # an array: open it under zarrs
 
             with codec_pipeline("zarrs"):
                 self._arrays[name] = self.group[name]

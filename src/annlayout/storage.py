@@ -6,8 +6,6 @@ wants, so the callback (via anndata's writers) and annlayout's own writers agree
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any, Literal
 
 import numpy as np
@@ -17,10 +15,6 @@ from annlayout.plan import ArrayPlan
 from annlayout.spec import Target
 
 Backend = Literal["zarr2", "zarr3", "h5py"]
-CODEC_PIPELINES = {
-    "zarrs": "zarrs.ZarrsCodecPipeline",
-    "zarr": "zarr.core.codec_pipeline.BatchedCodecPipeline",
-}
 
 
 def backend_of(group: Any) -> Backend:
@@ -70,21 +64,3 @@ def create_array(
     if values is not None and values.size:
         array[...] = values
     return array
-
-
-@contextmanager
-def codec_pipeline(name: str | None) -> Iterator[None]:
-    """Use the zarrs (Rust) codec pipeline, or zarr-python's own, for the duration."""
-    import zarr
-
-    if name is None:
-        yield
-        return
-    if name not in CODEC_PIPELINES:
-        raise ValueError(
-            f"codec pipeline must be one of {', '.join(CODEC_PIPELINES)}, not {name!r}"
-        )
-    if name == "zarrs":
-        import zarrs  # noqa: F401  (registers the pipeline)
-    with zarr.config.set({"codec_pipeline.path": CODEC_PIPELINES[name]}):
-        yield

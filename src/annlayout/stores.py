@@ -1,4 +1,5 @@
-"""Where AnnData stores live and how they are opened: local paths, URLs, h5ad files, zarr.
+"""Where AnnData stores live and how they are opened: local paths, URLs, h5ad files, zarr;
+what annlayout records in the stores it writes (provenance, consolidated metadata).
 
 One opened root is passed down to whatever reads it (survey, verify, the rewrite), rather
 than each reopening the store: on object storage every open is a round trip.
@@ -6,12 +7,52 @@ than each reopening the store: on object storage every open is a round trip.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from annlayout.encodings import PROVENANCE_KEY, Upgraded, attr, json_attr, read_upgraded
 from annlayout.errors import NotAnnDataError
+
+if TYPE_CHECKING:
+    from annlayout.layout_models import Layout
+
+
+def annlayout_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("annlayout")
+    except PackageNotFoundError:  # running from a source tree without installing
+        return "0.0.0+unknown"
+
+
+def provenance(layout: Layout) -> dict[str, Any]:
+    """What annlayout records in a store it wrote (``PROVENANCE_KEY``): the layout, resolved."""
+    return {
+        "layout": layout.name,
+        "layout_sha256": layout.sha256(),
+        "resolved_layout": layout.canonical(),
+        "annlayout_version": annlayout_version(),
+        "complete": True,  # the last write; object stores have no rename to mark completion
+    }
+
+
+def consolidate_metadata(path: str | Path, zarr_format: int) -> None:
+    """Write a zarr store's consolidated metadata (one request opens it).
+
+    zarr warns, on every call for a v3 store, that its specification does not cover
+    consolidated metadata yet; a layout asks for it on purpose, so the warning is silenced
+    here, for this call only, rather than for every program that imports annlayout.
+    """
+    import zarr
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message="Consolidated metadata is currently not part", category=UserWarning
+        )
+        zarr.consolidate_metadata(str(path), zarr_format=zarr_format)
 
 
 def is_url(location: str | Path) -> bool:

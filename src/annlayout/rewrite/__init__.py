@@ -12,16 +12,17 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from annlayout.rewrite.atomic import TMP_SUFFIX, ApplyError
-    from annlayout.rewrite.memory import WriteResult, provenance, write
+    from annlayout.rewrite.in_memory import WriteResult, write
     from annlayout.rewrite.stream import DEFAULT_MEMORY, ApplyResult, apply
     from annlayout.rewrite.verify import verify_stores
+    from annlayout.stores import provenance
 
 _LAZY = {
     "TMP_SUFFIX": "annlayout.rewrite.atomic",
     "ApplyError": "annlayout.rewrite.atomic",
-    "WriteResult": "annlayout.rewrite.memory",
-    "provenance": "annlayout.rewrite.memory",
-    "write": "annlayout.rewrite.memory",
+    "WriteResult": "annlayout.rewrite.in_memory",
+    "provenance": "annlayout.stores",
+    "write": "annlayout.rewrite.in_memory",
     "DEFAULT_MEMORY": "annlayout.rewrite.stream",
     "ApplyResult": "annlayout.rewrite.stream",
     "apply": "annlayout.rewrite.stream",

@@ -71,7 +71,7 @@ def opened(stores: Stores, source_root: Any, target_root: Any) -> Iterator[None]
 
 def open_array(stores: Stores, role: str, name: str) -> Any:
     """``name`` (an array path) in the source or target store, with the task's codec pipeline."""
-    from annlayout.storage import codec_pipeline
+    from annlayout.codecs import codec_pipeline
 
     location = stores.source if role == "source" else stores.target
     with _open_lock, codec_pipeline(stores.codec_pipeline):

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from annlayout.callback import LayoutCallback
+from annlayout.codecs import codec_pipeline
 from annlayout.copies import mirror_record, write_record
 from annlayout.defaults import MEMORY, WHOLE_BELOW
 from annlayout.encodings import (
@@ -80,11 +81,18 @@ from annlayout.rewrite.execute import (
     executor_for,
     opened,
 )
-from annlayout.rewrite.memory import consolidate_metadata, provenance
 from annlayout.rewrite.memory_limits import bound_malloc_arenas, release_memory
 from annlayout.spec import Layout, load_layout
-from annlayout.storage import backend_of, codec_pipeline, create_array
-from annlayout.stores import AnnDataStore, detect_format, footprint, is_url, open_anndata
+from annlayout.storage import backend_of, create_array
+from annlayout.stores import (
+    AnnDataStore,
+    consolidate_metadata,
+    detect_format,
+    footprint,
+    is_url,
+    open_anndata,
+    provenance,
+)
 from annlayout.survey import Survey, survey_opened
 
 DEFAULT_MEMORY = MEMORY  # the defaults live in annlayout.defaults

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from annlayout import __version__
 from annlayout.callback import LayoutCallback
-from annlayout.encodings import PROVENANCE_KEY
+from annlayout.codecs import codec_pipeline as use_codec_pipeline
+from annlayout.encodings import PROVENANCE_KEY, set_json_attr
 from annlayout.plan import ElementPlan
 from annlayout.spec import Layout, load_layout
-from annlayout.storage import codec_pipeline as use_codec_pipeline
+from annlayout.stores import consolidate_metadata, provenance
 
 
 @dataclass
@@ -28,32 +27,6 @@ class WriteResult:
     @property
     def n_objects(self) -> int:
         return sum(p.n_objects for p in self.plans.values())
-
-
-def provenance(layout: Layout) -> dict[str, Any]:
-    return {
-        "layout": layout.name,
-        "layout_sha256": layout.sha256(),
-        "resolved_layout": layout.canonical(),
-        "annlayout_version": __version__,
-        "complete": True,  # the last write; object stores have no rename to mark completion
-    }
-
-
-def consolidate_metadata(path: str | Path, zarr_format: int) -> None:
-    """Write a zarr store's consolidated metadata (one request opens it).
-
-    zarr warns, on every call for a v3 store, that its specification does not cover
-    consolidated metadata yet; a layout asks for it on purpose, so the warning is silenced
-    here, for this call only, rather than for every program that imports annlayout.
-    """
-    import zarr
-
-    with warnings.catch_warnings():
-        warnings.filterwarnings(
-            "ignore", message="Consolidated metadata is currently not part", category=UserWarning
-        )
-        zarr.consolidate_metadata(str(path), zarr_format=zarr_format)
 
 
 def write(
@@ -81,14 +54,14 @@ def write(
 
             with h5py.File(path, "w") as root:
                 ad.experimental.write_dispatched(root, "/", adata, callback=callback)
-                root.attrs[PROVENANCE_KEY] = json.dumps(provenance(layout))
+                set_json_attr(root, PROVENANCE_KEY, provenance(layout))
         else:
             import zarr
 
             with use_codec_pipeline(codec_pipeline):
                 root = zarr.open_group(str(path), mode="w", zarr_format=target.zarr_format)
                 ad.experimental.write_dispatched(root, "/", adata, callback=callback)
-                root.attrs[PROVENANCE_KEY] = provenance(layout)
+                set_json_attr(root, PROVENANCE_KEY, provenance(layout))
                 if target.consolidate_metadata:
                     consolidate_metadata(path, target.zarr_format)
     return WriteResult(
