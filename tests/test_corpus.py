@@ -265,3 +265,29 @@ def test_a_changed_string_is_found_across_backends(tmp_path):
         values[3] = values[3] + "-changed"
         labels[...] = values.astype(object)
     assert verify_report(source, out).differences == ["obs/cell_label: values differ"]
+
+
+def test_apply_opens_its_input_once_and_reads_a_legacy_one_twice(tmp_path, monkeypatch):
+    """One handle is passed down (survey, rewrite, verify); anndata reads a legacy input for
+    the survey and verify together (cached on the handle) and once for the rewrite."""
+    from annlayout import encodings, stores
+    from annlayout.rewrite import stream
+
+    source = corpus("anndata-0.7.8.h5ad")
+    opened, reads = [], []
+    open_root, read_upgraded = stores._open_root, encodings.read_upgraded
+
+    def counting_open(path, fmt, mode):
+        opened.append(Path(str(path)).name)
+        return open_root(path, fmt, mode)
+
+    def counting_read(root, large):
+        reads.append(Path(root.filename).name if hasattr(root, "filename") else "zarr")
+        return read_upgraded(root, large)
+
+    monkeypatch.setattr(stores, "_open_root", counting_open)
+    monkeypatch.setattr(stores, "read_upgraded", counting_read)
+    monkeypatch.setattr(stream, "read_upgraded", counting_read)
+    assert annlayout.apply("h5ad-gzip", source, tmp_path / "out.h5ad").verified
+    assert opened.count(source.name) == 1, opened
+    assert reads.count(source.name) == 2, reads
