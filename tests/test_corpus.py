@@ -295,3 +295,22 @@ def test_apply_opens_its_input_once_and_reads_a_legacy_one_twice(tmp_path, monke
     assert annlayout.apply("h5ad-gzip", source, tmp_path / "out.h5ad").verified
     assert opened.count(source.name) == 1, opened
     assert reads.count(source.name) == 2, reads
+
+
+def test_inspect_and_verify_say_what_anndata_upgrades(tmp_path):
+    from click.testing import CliRunner
+
+    from annlayout.cli import main
+
+    source = corpus("anndata-0.7.8.zarr")
+    out = tmp_path / "out.zarr"
+    annlayout.apply("ml-minibatch", source, out)
+    runner = CliRunner()
+    shown = runner.invoke(main, ["inspect", str(source)])
+    assert shown.exit_code == 0
+    assert "legacy form: obs/__categories: categories beside the codes" in shown.output
+    checked = runner.invoke(main, ["verify", "--json", str(source), str(out)])
+    assert checked.exit_code == 0, checked.output
+    report = json.loads(checked.output)
+    assert report["equal"] and any("__categories" in u for u in report["upgrades"])
+    assert "legacy form" not in runner.invoke(main, ["inspect", str(out)]).output

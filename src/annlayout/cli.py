@@ -255,6 +255,8 @@ def inspect_command(store: str, as_json: bool) -> None:
         )
     else:
         out.print("written without annlayout (no layout recorded)")
+    for upgrade in survey.upgrades:  # elements below are listed as anndata reads them
+        out.print(f"[cyan]legacy form:[/] {escape(upgrade)}", highlight=False)
     table = Table(
         "element", "encoding", "array", "shape", "dtype", "chunks", "shards", "codecs", "stored",
         header_style="bold", box=None, pad_edge=False,
@@ -404,15 +406,21 @@ def verify_command(source: str, rewritten: str, as_json: bool, memory: str) -> N
     """Compare every element of REWRITTEN with SOURCE; exit 1 if any differs.
 
     Values, dtypes, shapes, encodings, obs/var indexes, categories and uns are compared, large
-    arrays in bounded memory. Chunks, shards, codecs and sparse index dtypes may differ.
+    arrays in bounded memory. Chunks, shards, codecs and sparse index dtypes may differ. Both
+    stores are read as anndata reads them: a legacy form of SOURCE (anndata < 0.8) and its
+    upgrade in REWRITTEN are the same element, listed as `upgraded:`, not a difference.
     """
-    import annlayout
     from annlayout.rewrite.blocks import parse_size
+    from annlayout.rewrite.verify import verify_report
 
-    differences = annlayout.verify(source, rewritten, memory=parse_size(memory))
+    report = verify_report(source, rewritten, memory=parse_size(memory))
+    differences = report.differences
     if as_json:
-        click.echo(json.dumps({"equal": not differences, "differences": differences}, indent=2))
+        data = {"equal": not differences, "differences": differences, "upgrades": report.upgrades}
+        click.echo(json.dumps(data, indent=2))
     else:
+        for upgrade in report.upgrades:  # a legacy form and its upgrade are the same element
+            err.print(f"[cyan]upgraded:[/] {escape(upgrade)}", highlight=False)
         for line in differences:
             out.print(f"[red]differs:[/] {escape(line)}", highlight=False)
         if not differences:
