@@ -75,7 +75,7 @@ def detect_format(path: str | Path) -> Literal["zarr", "h5ad"]:
     raise NotAnnDataError(f"{path}: not an AnnData store (neither h5ad nor zarr)")
 
 
-def open_store(path: str | Path, mode: str = "r") -> Any:
+def open_store(path: str | Path, mode: Literal["r", "r+", "a", "w", "w-"] = "r") -> Any:
     """The root group of a store: a zarr Group or an h5py File."""
     fmt = detect_format(path)
     if fmt == "h5ad":

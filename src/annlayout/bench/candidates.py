@@ -90,13 +90,15 @@ def write_candidate(
     candidate.size, candidate.objects = footprint(location)
     x = make_plan(candidate.layout, survey_store(location)).elements
     x_plan = next((e for e in x if e.path == "X"), None)
-    if x_plan is not None and x_plan.shape:
+    if x_plan is not None and (shape := x_plan.shape):
+        chunks = x_plan.arrays[0].chunks
+        assert chunks is not None  # a zarr array's plan has chunks
         candidate.x_orientations = [x_plan.orientation or "dense", *x_plan.copies]
         if x_plan.nnz is not None:  # sparse: chunk elements / nonzeros per major slice
-            per_major = x_plan.nnz / max(1, x_plan.shape[x_plan.orientation == "csc"])
-            candidate.x_major_per_chunk = x_plan.arrays[0].chunks[0] / max(per_major, 1e-9)
+            per_major = x_plan.nnz / max(1, shape[x_plan.orientation == "csc"])
+            candidate.x_major_per_chunk = chunks[0] / max(per_major, 1e-9)
         else:
-            candidate.x_major_per_chunk = float(x_plan.arrays[0].chunks[0])
+            candidate.x_major_per_chunk = float(chunks[0])
     return location
 
 
@@ -112,9 +114,10 @@ def search_variants(layout: Layout) -> list[Layout]:
     _, resolved = layout.rule_for("X", "csr_matrix")
     variants: list[tuple[str, dict[str, Any]]] = []
     chunks = resolved.chunks
+    major = chunks.major or chunks.rows
     for factor, label in ((0.25, "chunks-div4"), (4, "chunks-x4")):
-        if chunks.major or chunks.rows:
-            new = ChunkSpec(major=max(1, int((chunks.major or chunks.rows) * factor)))
+        if major:
+            new = ChunkSpec(major=max(1, int(major * factor)))
         elif chunks.bytes:
             new = ChunkSpec(bytes=max(1 << 12, int(chunks.bytes * factor)))
         elif chunks.elements:

@@ -99,11 +99,12 @@ def _read_lazy_reader(store: Any) -> Read | None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         lazy = ad.experimental.read_lazy(group)
+    x: Any = lazy.X  # a dask array (anndata types X as any array an AnnData can hold)
 
     def read(op: Operation) -> Any:
         if op.column is not None:
             return np.asarray(lazy.obs[op.column])
-        block = _sorted_rows(op.rows, lambda rows: lazy.X[rows].compute())
+        block = _sorted_rows(op.rows, lambda rows: x[rows].compute())
         return block[:, op.cols]
 
     return read

@@ -7,7 +7,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from annlayout import __version__
 from annlayout.callback import LayoutCallback
@@ -40,7 +40,7 @@ def provenance(layout: Layout) -> dict[str, Any]:
     }
 
 
-def consolidate_metadata(path: str | Path, zarr_format: int) -> None:
+def consolidate_metadata(path: str | Path, zarr_format: Literal[2, 3]) -> None:
     """Write a zarr store's consolidated metadata (one request opens it).
 
     zarr warns, on every call for a v3 store, that its specification does not cover
