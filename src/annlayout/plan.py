@@ -367,7 +367,9 @@ def _chunk_shape(
     if kind == "indptr":
         return (min(shape[0], INDPTR_CHUNK),)
     if spec.shape is not None:
-        given = [shape[i] if v in (None, -1) else v for i, v in enumerate(spec.shape[: len(shape)])]
+        given = [
+            shape[i] if v is None or v == -1 else v for i, v in enumerate(spec.shape[: len(shape)])
+        ]
         if len(spec.shape) != len(shape):
             warnings.append(
                 f"chunks {list(spec.shape)} has {len(spec.shape)} axes, the array "

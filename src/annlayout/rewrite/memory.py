@@ -9,12 +9,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from annlayout import __version__
 from annlayout.callback import LayoutCallback
 from annlayout.encodings import PROVENANCE_KEY
 from annlayout.plan import ElementPlan
 from annlayout.spec import Layout, load_layout
 from annlayout.storage import codec_pipeline as use_codec_pipeline
+from annlayout.version import package_version
 
 
 @dataclass
@@ -35,7 +35,7 @@ def provenance(layout: Layout) -> dict[str, Any]:
         "layout": layout.name,
         "layout_sha256": layout.sha256(),
         "resolved_layout": layout.canonical(),
-        "annlayout_version": __version__,
+        "annlayout_version": package_version(),
         "complete": True,  # the last write; object stores have no rename to mark completion
     }
 
