@@ -16,13 +16,14 @@ from annlayout.bench import (
     BenchError,
     Counters,
     MeasuredStore,
+    Workload,
     load_workload,
     parse_storage,
     run_bench,
     search_variants,
     shipped_workloads,
 )
-from annlayout.bench import runner as bench_runner
+from annlayout.bench import readers as bench_readers
 from annlayout.cli import main
 from annlayout.spec import LayoutError
 from annlayout.stores import filesystem
@@ -150,7 +151,7 @@ PATTERNS = {
 def test_a_wrong_answer_cannot_win(tmp_path, dataset, monkeypatch, kind):
     """Every pattern's answers are compared across candidates: a reader that is wrong on one
     candidate stops the benchmark."""
-    real = bench_runner._annlayout_reader
+    real = bench_readers._annlayout_reader
 
     def lying(handle):
         read = real(handle)
@@ -158,8 +159,8 @@ def test_a_wrong_answer_cannot_win(tmp_path, dataset, monkeypatch, kind):
             return read
         return lambda op: read(op) * 2 if op.column is None else np.asarray(read(op))[:-1]
 
-    monkeypatch.setattr(bench_runner, "_annlayout_reader", lying)
-    workload = bench_runner.Workload.model_validate(
+    monkeypatch.setattr(bench_readers, "_annlayout_reader", lying)
+    workload = Workload.model_validate(
         {"workload": 1, "name": kind, "patterns": [{"kind": kind, **PATTERNS[kind]}]}
     )
     with pytest.raises(BenchError, match=r"cell-browser .* differently from the first candidate"):

@@ -56,12 +56,9 @@ _LAZY = {
 
 def __getattr__(name: str) -> Any:
     if name == "__version__":
-        from importlib.metadata import PackageNotFoundError, version
+        from annlayout.version import package_version
 
-        try:
-            value = version("annlayout")
-        except PackageNotFoundError:  # running from a source tree without installing
-            value = "0.0.0+unknown"
+        value = package_version()
     elif name in _LAZY:
         value = getattr(import_module(_LAZY[name]), name)
     else:

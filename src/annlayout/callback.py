@@ -26,7 +26,7 @@ from annlayout.encodings import (
     element_path,
     write_sparse_attrs,
 )
-from annlayout.plan import ElementPlan, plan_array, plan_element
+from annlayout.plan import ElementPlan, Kind, plan_array, plan_element
 from annlayout.spec import Layout, ResolvedSettings
 from annlayout.storage import array_kwargs, backend_of, create_array, target_of
 from annlayout.survey import describe_in_memory, in_memory_parts
@@ -67,7 +67,7 @@ class LayoutCallback:
         if parent in self._owners:  # a part of a categorical, nullable or awkward array
             settings = self._owners[parent]
             part = next(in_memory_parts(encoding, elem))
-            kind = "scalar" if part.shape == () else "dense"
+            kind: Kind = "scalar" if part.shape == () else "dense"
             plan = plan_array(path, part.shape, part.dtype, part.itemsize, settings, target, kind)
             func(store, elem_name, elem, dataset_kwargs=array_kwargs(plan, backend))
             return
@@ -142,6 +142,7 @@ def write_sparse_group(
     backend: Any,
 ) -> Any:
     """Write a CSR/CSC matrix as anndata's sparse encoding, each part as planned."""
+    assert plan.orientation is not None  # a sparse element's plan has one
     group = store.require_group(key)
     write_sparse_attrs(group, plan.orientation, matrix.shape)
     for array_plan in plan.arrays:
@@ -153,6 +154,7 @@ def write_sparse_group(
 
 def write_copy_group(group: Any, primary: Any, plan: ElementPlan, backend: Any) -> Any:
     """Write the second orientation of an in-memory matrix inside its element group."""
+    assert plan.orientation is not None  # a sparse element's plan has one
     orientation = plan.copies[0]
     copy = primary.tocsc() if orientation == "csc" else primary.tocsr()
     sub = group.require_group(orientation)

@@ -211,6 +211,7 @@ class ChunkReader:
         outputs = [
             block[k * self.chunk_len : (k + 1) * self.chunk_len] for k in range(len(located))
         ]
+        jobs: list[tuple[Any, np.ndarray]]
         if self.local_root is None:
             payloads = _store_ranges(self.store, located)
             jobs = list(zip(payloads, outputs, strict=True))

@@ -28,8 +28,8 @@ def make_dataset(
     nnz_per_cell = min(nnz_per_cell, n_vars)
     width = max(n_vars, 1)
     # cells: log-normal library sizes; draws repeat popular genes, so draw ~30% more
-    per_cell = rng.lognormal(np.log(nnz_per_cell * 1.3) - 0.08, 0.4, size=n_obs)
-    per_cell = np.clip(np.round(per_cell), 1 if n_vars else 0, n_vars).astype(np.int64)
+    library = rng.lognormal(np.log(nnz_per_cell * 1.3) - 0.08, 0.4, size=n_obs)
+    per_cell = np.clip(np.round(library), 1 if n_vars else 0, n_vars).astype(np.int64)
     # genes: power-law popularity (rank r drawn with weight r^-0.8, by inverting its CDF),
     # ranks mapped to shuffled gene positions so popular genes are spread over the index
     u = rng.random(int(per_cell.sum()))

@@ -273,9 +273,10 @@ def read_upgraded(root: Any, large: Large) -> Upgraded:
             finally:
                 inside_composite[0] -= 1
         if iospec.encoding_type == "anndata" or elem_name.endswith("/"):
-            return ad.AnnData(
-                **{k: read_dispatched(elem[k], callback) for k in elem if not k.startswith("raw.")}
-            )
+            parts: dict[str, Any] = {  # read_dispatched returns what the callback returns
+                k: read_dispatched(elem[k], callback) for k in elem if not k.startswith("raw.")
+            }
+            return ad.AnnData(**parts)
         if elem_name.startswith("/raw."):
             return None
         if elem_name in ("/obs", "/var"):
@@ -299,7 +300,7 @@ def read_upgraded(root: Any, large: Large) -> Upgraded:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            adata = read_dispatched(root, callback=callback)
+            adata: Any = read_dispatched(root, callback=callback)
         except ElementReadError:
             raise
         except Exception as err:  # raised before any element's callback: a spec anndata lacks

@@ -56,7 +56,8 @@ def _load(path: Path, chain: tuple[Path, ...]) -> Layout:
         own = Layout.model_validate(data)
     except ValidationError as err:
         problems = located_messages(err, node, label, Layout)
-        target = data.get("target") if isinstance(data.get("target"), dict) else {}
+        raw_target = data.get("target")
+        target = raw_target if isinstance(raw_target, dict) else {}
         problems += [
             f"{label}:{line_of(node, loc)}: {loc_text(loc)}: {message}"
             for loc, message in _unwritable(target, data)

@@ -187,22 +187,23 @@ def _plan_sparse(
     plan: ElementPlan, element: ElementInfo, settings: ResolvedSettings, target: Target
 ) -> None:
     assert element.shape is not None and element.nnz is not None
-    current = "csr" if element.encoding == "csr_matrix" else "csc"
-    orientations = list(settings.orientations or [current])
+    shape, nnz = element.shape, element.nnz
+    stored = "csr" if element.encoding == "csr_matrix" else "csc"
+    orientations = list(settings.orientations or [stored])
     plan.orientation, plan.copies = orientations[0], orientations[1:]
     data = element.array("data")
     current = (element.array("indices").dtype, element.array("indptr").dtype)
 
     def dtypes_for(orientation: str) -> tuple[str, str]:
         # indices count along the orientation's minor axis: columns for CSR, rows for CSC
-        minor = element.shape[orientation == "csr"]
+        minor = shape[orientation == "csr"]
         indices, indptr = index_dtypes(
-            settings.index_dtype, minor=minor, nnz=element.nnz, current=current,
+            settings.index_dtype, minor=minor, nnz=nnz, current=current,
             where=element.path,
         )  # fmt: skip
         if np.iinfo(np.dtype(indices)).max < minor - 1:  # "keep" on a copy: too narrow
             indices = index_dtypes(
-                "minimal", minor=minor, nnz=element.nnz, current=current, where=element.path
+                "minimal", minor=minor, nnz=nnz, current=current, where=element.path
             )[0]
         return indices, indptr
 
@@ -395,7 +396,9 @@ def _chunk_shape(
     if kind == "indptr":
         return (min(shape[0], INDPTR_CHUNK),)
     if spec.shape is not None:
-        given = [shape[i] if v in (None, -1) else v for i, v in enumerate(spec.shape[: len(shape)])]
+        given = [
+            shape[i] if v is None or v == -1 else v for i, v in enumerate(spec.shape[: len(shape)])
+        ]
         if len(spec.shape) != len(shape):
             warnings.append(
                 f"chunks {list(spec.shape)} has {len(spec.shape)} axes, the array "

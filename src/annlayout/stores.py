@@ -14,18 +14,13 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from annlayout.encodings import PROVENANCE_KEY, Upgraded, attr, json_attr, read_upgraded
 from annlayout.errors import NotAnnDataError
+from annlayout.version import package_version
 
 if TYPE_CHECKING:
     from annlayout.layout_models import Layout
 
 
-def annlayout_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("annlayout")
-    except PackageNotFoundError:  # running from a source tree without installing
-        return "0.0.0+unknown"
+Mode = Literal["r", "r+", "a", "w", "w-"]
 
 
 def provenance(layout: Layout) -> dict[str, Any]:
@@ -34,12 +29,12 @@ def provenance(layout: Layout) -> dict[str, Any]:
         "layout": layout.name,
         "layout_sha256": layout.sha256(),
         "resolved_layout": layout.canonical(),
-        "annlayout_version": annlayout_version(),
+        "annlayout_version": package_version(),
         "complete": True,  # the last write; object stores have no rename to mark completion
     }
 
 
-def consolidate_metadata(path: str | Path, zarr_format: int) -> None:
+def consolidate_metadata(path: str | Path, zarr_format: Literal[2, 3]) -> None:
     """Write a zarr store's consolidated metadata (one request opens it).
 
     zarr warns, on every call for a v3 store, that its specification does not cover
@@ -117,12 +112,12 @@ def detect_format(path: str | Path) -> Literal["zarr", "h5ad"]:
     raise NotAnnDataError(f"{path}: not an AnnData store (neither h5ad nor zarr)")
 
 
-def open_store(path: str | Path, mode: str = "r") -> Any:
+def open_store(path: str | Path, mode: Mode = "r") -> Any:
     """The root group of a store: a zarr Group or an h5py File."""
     return _open_root(path, detect_format(path), mode)
 
 
-def _open_root(path: Any, fmt: Literal["zarr", "h5ad"], mode: str) -> Any:
+def _open_root(path: Any, fmt: Literal["zarr", "h5ad"], mode: Mode) -> Any:
     if fmt == "h5ad":
         import h5py
 

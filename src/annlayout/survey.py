@@ -63,7 +63,7 @@ class ElementInfo(BaseModel):
     @property
     def stored_bytes(self) -> int | None:
         sizes = [a.stored_bytes for a in self.arrays]
-        return None if any(s is None for s in sizes) else sum(sizes)  # type: ignore[misc]
+        return None if any(s is None for s in sizes) else sum(s for s in sizes if s is not None)
 
     def array(self, name: str) -> ArrayInfo:
         return next(a for a in self.arrays if a.name == name)

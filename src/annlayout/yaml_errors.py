@@ -20,6 +20,7 @@ from annlayout.errors import LayoutError
 
 if TYPE_CHECKING:
     from pydantic import BaseModel, ValidationError
+    from pydantic_core import ErrorDetails
 
 
 def read_yaml(path: Path, what: str) -> tuple[yaml.Node, dict]:
@@ -115,7 +116,7 @@ def loc_text(loc: tuple) -> str:
     return text or "(top level)"
 
 
-def describe(error: dict, model: type[BaseModel]) -> str:
+def describe(error: ErrorDetails, model: type[BaseModel]) -> str:
     """One pydantic error as ``field: problem``, in the words of a layout file's author."""
     tags = union_tags(model)
     loc = tuple(p for p in error["loc"] if not _is_tag(p, tags))

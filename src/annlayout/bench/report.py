@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from annlayout.bench.runner import READERS, BenchResult, Candidate
+from annlayout.bench.candidates import Candidate
+from annlayout.bench.readers import READERS
+from annlayout.bench.runner import BenchResult
 from annlayout.plan import human_size
 
 

@@ -419,6 +419,7 @@ def element_memory(
         blocks = array_blocks(plan.path, plan.path, plan.path, array, dtype, budget)
         return ElementMemory(plan.path, streamed=True, arrays=(blocks,))
     current = plan.encoding[:3]
+    assert plan.orientation is not None  # a sparse element's plan has one
     data_dtype = _numeric(dtypes.get(f"{plan.path}/data")) or np.dtype(plan.arrays[0].dtype)
     orientations = [(plan.orientation, "")] + [(o, f"{o}/") for o in plan.copies]
     arrays, transposes, whole = [], [], 0

@@ -112,7 +112,8 @@ def _open_target(location: str) -> Any:
 
 
 class Task(Protocol):
-    stores: Stores
+    @property
+    def stores(self) -> Stores: ...
 
     @property
     def nbytes(self) -> int: ...

@@ -100,7 +100,7 @@ DEFAULT_MEMORY = MEMORY  # the defaults live in annlayout.defaults
 
 @dataclass
 class ApplyResult:
-    path: Path
+    path: Path | str  # a URL for an output on object storage
     layout: str
     seconds: float = 0.0
     plan: Plan | None = None
@@ -225,11 +225,11 @@ def _apply(
         if needed:
             raise ApplyError(needed)
     if not remote:
-        check_free_space(output.parent, sum(e.stored_bytes or 0 for e in survey.elements))
+        check_free_space(Path(output).parent, sum(e.stored_bytes or 0 for e in survey.elements))
 
     result = ApplyResult(path=output, layout=layout.name, plan=plan)
     with (
-        remote_output(output) if remote else atomic_output(output) as tmp,
+        remote_output(str(output)) if remote else atomic_output(Path(output)) as tmp,
         codec_pipeline(codec_pipeline_name if layout.target.format == "zarr" else None),
     ):
         rewriter = Rewriter(
@@ -353,6 +353,7 @@ class Rewriter:
         backend = backend_of(target)
         if plan.encoding in SPARSE_ENCODINGS:
             _check_complete(plan.path, node)
+            assert plan.orientation is not None  # a sparse element's plan has one
             group = target.require_group(key)
             write_sparse_attrs(group, plan.orientation, plan.shape or ())
             copies = [(plan.orientation, group, "")]
@@ -465,7 +466,7 @@ def _location(path: Path | str) -> str:
     return str(path) if is_url(str(path)) else str(Path(path).resolve())
 
 
-def _create_root(path: Path, layout: Layout) -> Any:
+def _create_root(path: Path | str, layout: Layout) -> Any:
     if layout.target.format == "h5ad":
         import h5py
 

@@ -1,0 +1,150 @@
+"""Candidate layouts: the shipped or given ones, the variants ``--search`` adds around the
+best, and each candidate's store written (materialized) with the streaming apply."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from annlayout.bench.measure import PatternResult
+from annlayout.bench.stores import Simulation
+from annlayout.errors import BenchError
+from annlayout.plan import make_plan
+from annlayout.spec import ChunkSpec, Layout, Zstd, load_layout, shipped_layouts
+from annlayout.stores import footprint
+from annlayout.survey import survey_store
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class Candidate:
+    name: str
+    layout: Layout
+    origin: str  # "shipped", "given" or "search"
+    location: Path | str | None = None  # a local path, or a URL on --storage s3://...
+    write_seconds: float = 0.0
+    size: int = 0
+    objects: int = 0
+    x_major_per_chunk: float | None = None
+    x_orientations: list[str] = field(default_factory=list)
+    results: list[PatternResult] = field(default_factory=list)
+    score: float = math.inf
+    excluded: str | None = None
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "origin": self.origin,
+            "write_seconds": self.write_seconds,
+            "size": self.size,
+            "objects": self.objects,
+            "x_major_per_chunk": self.x_major_per_chunk,
+            "x_orientations": self.x_orientations,
+            "score": self.score,
+            "excluded": self.excluded,
+            "patterns": [r.summary() for r in self.results],
+        }
+
+
+def initial_candidates(layouts: list[str | Path] | None, say: Progress) -> list[Candidate]:
+    """The given layouts, or else the shipped ones; zarr targets only (an h5ad store cannot
+    be measured per request)."""
+    candidates = [
+        Candidate(
+            name=Path(str(n)).stem, layout=load_layout(n), origin="given" if layouts else "shipped"
+        )
+        for n in (layouts or list(shipped_layouts()))
+    ]
+    skipped = [c.name for c in candidates if c.layout.target.format != "zarr"]
+    candidates = [c for c in candidates if c.layout.target.format == "zarr"]
+    if skipped:
+        say(f"skipping {', '.join(skipped)}: h5ad stores cannot be measured per request")
+    if not candidates:
+        raise BenchError("no zarr layout among the candidates")
+    return candidates
+
+
+def write_candidate(
+    candidate: Candidate, data: Path | str, storage: Simulation, workdir: Path, say: Progress
+) -> Path | str:
+    """Write ``data`` with the candidate's layout (under ``storage.url`` when set, else in
+    ``workdir``) and note its location, write time, footprint and X's orientations and
+    chunking. Returns the location."""
+    import annlayout
+
+    location: Path | str = (
+        f"{storage.url}/{candidate.name}.zarr"
+        if storage.url
+        else workdir / f"{candidate.name}.zarr"
+    )
+    candidate.location = location
+    say(f"writing {candidate.name}")
+    started = time.perf_counter()
+    annlayout.apply(candidate.layout, data, location, overwrite=True, verify=False)
+    candidate.write_seconds = time.perf_counter() - started
+    candidate.size, candidate.objects = footprint(location)
+    x = make_plan(candidate.layout, survey_store(location)).elements
+    x_plan = next((e for e in x if e.path == "X"), None)
+    if x_plan is not None and (shape := x_plan.shape):
+        chunks = x_plan.arrays[0].chunks
+        assert chunks is not None  # a zarr array's plan has chunks
+        candidate.x_orientations = [x_plan.orientation or "dense", *x_plan.copies]
+        if x_plan.nnz is not None:  # sparse: chunk elements / nonzeros per major slice
+            per_major = x_plan.nnz / max(1, shape[x_plan.orientation == "csc"])
+            candidate.x_major_per_chunk = chunks[0] / max(per_major, 1e-9)
+        else:
+            candidate.x_major_per_chunk = float(chunks[0])
+    return location
+
+
+def search_variants(layout: Layout) -> list[Layout]:
+    """Layouts around ``layout``: its X rule with chunks /4 and x4, another codec, the other
+    orientation count."""
+    index = next(
+        (i for i, r in enumerate(layout.rules) if r.match.matches("X", "csr_matrix")), None
+    )
+    if index is None:
+        return []
+    rule = layout.rules[index]
+    _, resolved = layout.rule_for("X", "csr_matrix")
+    variants: list[tuple[str, dict[str, Any]]] = []
+    chunks = resolved.chunks
+    major = chunks.major or chunks.rows
+    for factor, label in ((0.25, "chunks-div4"), (4, "chunks-x4")):
+        if major:
+            new = ChunkSpec(major=max(1, int(major * factor)))
+        elif chunks.bytes:
+            new = ChunkSpec(bytes=max(1 << 12, int(chunks.bytes * factor)))
+        elif chunks.elements:
+            new = ChunkSpec(elements=max(1, int(chunks.elements * factor)))
+        else:
+            continue
+        variants.append((label, {"chunks": new}))
+    is_zstd = any(isinstance(c, Zstd) for c in resolved.codecs)
+    other = (
+        [{"name": "blosc", "cname": "lz4", "clevel": 5, "shuffle": "shuffle"}]
+        if is_zstd
+        else [{"name": "zstd", "level": 3}]
+    )
+    variants.append(("lz4" if is_zstd else "zstd", {"codecs": other}))
+    orientations = list(resolved.orientations or ["csr"])
+    toggled = ["csr"] if len(orientations) > 1 else ["csr", "csc"]
+    variants.append(("dual" if len(toggled) > 1 else "single", {"orientations": toggled}))
+    out = []
+    for label, change in variants:
+        rules = [r.model_dump(mode="json", exclude_none=True, by_alias=True) for r in layout.rules]
+        rules[index] = {**rule.model_dump(mode="json", exclude_none=True, by_alias=True)}
+        for key, value in change.items():
+            rules[index][key] = (
+                value.model_dump(mode="json") if hasattr(value, "model_dump") else value
+            )
+        data = layout.canonical()
+        data.update(name=f"{layout.name}-{label}", rules=rules,
+                    description=f"{layout.name} with X {label.replace('-', ' ')} (annlayout bench --search)")  # fmt: skip
+        out.append(Layout.model_validate(data))
+    return out

@@ -1,0 +1,132 @@
+"""The readers a benchmark compares, and the digest that checks their answers.
+
+annlayout's reader and anndata's two lazy readers (``sparse_dataset`` and ``read_lazy``),
+each opened once per store with what it reads once per handle done, then called once per
+operation. Every answer is digested so answers can be compared across candidates and readers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from annlayout.bench.workloads import Operation
+from annlayout.encodings import SPARSE_ENCODINGS, encoding_of
+from annlayout.optional import requirement
+
+READERS = ("annlayout", "sparse_dataset", "read_lazy")
+
+Read = Callable[[Operation], Any]
+
+
+def open_handle(source: Any) -> Any:
+    import annlayout
+
+    return annlayout.open(source)
+
+
+def open_reader(kind: str, source: Any) -> Read | None:
+    """A reader opened once, with what it reads once per handle (indexes, indptrs) done."""
+    if kind == "sparse_dataset":
+        return _sparse_dataset_reader(source)
+    if kind == "read_lazy":
+        return _read_lazy_reader(source)
+    handle = open_handle(source)
+    if handle.X is not None and handle.X.encoding.endswith("_matrix"):
+        handle.X.warm()  # indptrs and shard indexes: read once per open handle, untimed
+    return _annlayout_reader(handle)
+
+
+def _annlayout_reader(handle: Any) -> Read:
+    def read(op: Operation) -> Any:
+        if op.column is not None:
+            return handle.obs[op.column].to_numpy()
+        return handle.X[op.rows, op.cols]
+
+    return read
+
+
+def _zarr_group(store: Any) -> Any:
+    import zarr
+
+    if isinstance(store, Path | str):
+        return zarr.open_group(str(store), mode="r")
+    return zarr.open_group(store=store, mode="r")
+
+
+def _sorted_rows(rows: Any, read: Callable[[Any], Any]) -> sp.csr_matrix:
+    """anndata's readers want sorted rows: read sorted, then put them back in order."""
+    if not isinstance(rows, np.ndarray):
+        return sp.csr_matrix(read(rows))
+    order = np.argsort(rows, kind="stable")
+    return sp.csr_matrix(read(rows[order]))[np.argsort(order)]
+
+
+def _sparse_dataset_reader(store: Any) -> Read | None:
+    import anndata as ad
+    from anndata.io import read_elem
+
+    group = _zarr_group(store)
+    if encoding_of(group["X"]) not in SPARSE_ENCODINGS:
+        return None
+    matrix = ad.io.sparse_dataset(group["X"])
+
+    def read(op: Operation) -> Any:
+        if op.column is not None:
+            return np.asarray(read_elem(group["obs"][op.column]))
+        if isinstance(op.rows, np.ndarray) or isinstance(op.cols, slice):
+            return _sorted_rows(op.rows, lambda rows: matrix[rows])[:, op.cols]
+        return sp.csr_matrix(matrix[op.rows, op.cols])
+
+    return read
+
+
+def _read_lazy_reader(store: Any) -> Read | None:
+    """anndata's read_lazy; None (not measured) when dask or xarray is not installed."""
+    if requirement("bench", "read_lazy"):
+        return None
+    import anndata as ad
+
+    group = _zarr_group(store)
+    if encoding_of(group["X"]) not in SPARSE_ENCODINGS:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lazy = ad.experimental.read_lazy(group)
+    x: Any = lazy.X  # a dask array (anndata types X as any array an AnnData can hold)
+
+    def read(op: Operation) -> Any:
+        if op.column is not None:
+            return np.asarray(lazy.obs[op.column])
+        block = _sorted_rows(op.rows, lambda rows: x[rows].compute())
+        return block[:, op.cols]
+
+    return read
+
+
+def answer_digest(answer: Any) -> str:
+    """sha256 of an answer: a sparse one canonical (duplicates summed, indices sorted)."""
+    digest = hashlib.sha256()
+    if sp.issparse(answer):
+        matrix = sp.csr_matrix(answer)
+        matrix.sum_duplicates()
+        matrix.sort_indices()
+        digest.update(str(matrix.shape).encode())
+        for part in (matrix.indptr, matrix.indices):
+            digest.update(np.ascontiguousarray(part, dtype=np.int64).tobytes())
+        digest.update(np.ascontiguousarray(matrix.data, dtype=np.float64).tobytes())
+    else:
+        values = np.asarray(answer)
+        digest.update(str(values.shape).encode())
+        digest.update(
+            repr(values.astype(str).tolist()).encode()
+            if values.dtype.kind in "OUT"
+            else np.ascontiguousarray(values).tobytes()
+        )
+    return digest.hexdigest()
