@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from annlayout.plan import INDPTR_CHUNK, PlanError, make_plan
 from annlayout.spec import Layout, load_layout
-from annlayout.survey import ArrayInfo, ElementInfo, Survey
+from annlayout.survey_models import ArrayInfo, ElementInfo, Survey
 
 from .conftest import SHIPPED
 

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from annlayout.rewrite.in_memory import WriteResult, write
     from annlayout.rewrite.stream import ApplyResult, apply
     from annlayout.shipped import shipped_layouts
-    from annlayout.survey import Survey
+    from annlayout.survey_models import Survey
 
     __version__: str
 
@@ -50,7 +50,7 @@ _LAZY = {
     "write": "annlayout.rewrite.in_memory",
     "ApplyResult": "annlayout.rewrite.stream",
     "apply": "annlayout.rewrite.stream",
-    "Survey": "annlayout.survey",
+    "Survey": "annlayout.survey_models",
 }
 
 

@@ -15,7 +15,7 @@ from pydantic import BaseModel
 from annlayout.codecs import CodecModel, describe, storable
 from annlayout.errors import PlanError
 from annlayout.spec import SPARSE_ENCODINGS, Layout, ResolvedSettings, Target
-from annlayout.survey import ArrayInfo, ElementInfo, Survey
+from annlayout.survey_models import ArrayInfo, ElementInfo, Survey
 
 SMALL_CHUNK = 64 << 10
 LARGE_CHUNK = 64 << 20
