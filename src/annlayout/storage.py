@@ -36,11 +36,12 @@ def target_of(backend: Backend, consolidate: bool = False) -> Target:
 def array_kwargs(plan: ArrayPlan, backend: Backend) -> dict[str, Any]:
     """Keyword arguments for anndata's dataset creation (``dataset_kwargs``), as planned."""
     codecs = plan.codec_models
-    if plan.shape == ():
-        # scalars take no chunks or shards (anndata raises); zarr would compress them by default
+    if plan.chunks is None:
+        # planned contiguous (scalars; empty arrays in h5ad): anndata refuses chunks or shards
+        # for scalars, and zarr would compress them by default
         return {} if backend == "h5py" else {"compressors": None}
     if backend == "h5py":
-        return {"chunks": plan.chunks, **h5py_kwargs(codecs)} if plan.chunks else {}
+        return {"chunks": plan.chunks, **h5py_kwargs(codecs)}
     if backend == "zarr2":
         return {"chunks": plan.chunks, "compressors": zarr_v2_compressor(codecs)}
     compressors = zarr_v3_compressors(codecs)
