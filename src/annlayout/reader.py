@@ -199,6 +199,8 @@ class Matrix:
     def shape(self) -> tuple[int, ...]:
         if self.encoding in SPARSE_ENCODINGS:
             return sparse_shape(self._node)
+        if self.encoding != "array":  # an awkward array or a dataframe in obsm
+            raise TypeError(f"{self._node.name}: a {self.encoding} element is not a matrix")
         return tuple(self._node.shape)
 
     def __getitem__(self, key: Any) -> Any:
