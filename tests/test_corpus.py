@@ -26,7 +26,7 @@ import pytest
 import scipy.sparse as sp
 
 import annlayout
-from annlayout.encodings import encoding_of, unholdable
+from annlayout.encodings import attr, encoding_of, unholdable
 from annlayout.rewrite.verify import difference, verify_report
 from annlayout.stores import open_store
 
@@ -104,6 +104,10 @@ def test_every_corpus_file_rewrites_equal(tmp_path, entry, layout):
     out = tmp_path / output_name(layout)
     result = annlayout.apply(layout, source, out, memory="256MiB", small_element="64KiB")
     assert result.verified  # annlayout.verify(source, out) found no difference
+    root = open_store(out)
+    assert (attr(root, "encoding-type"), attr(root, "encoding-version")) == ("anndata", "0.1.0")
+    if hasattr(root, "close"):
+        root.close()
     written, where = read_any(out), f"{entry['file']} -> {layout}: "
     try:
         assert_same(read_any(source), written, where)

@@ -332,6 +332,12 @@ class Rewriter:
         if missed:  # anndata copied a placeholder instead of passing it on: never write zeros
             paths = ", ".join(upgraded.stand_ins[i].path for i in missed)
             raise ApplyError(f"{paths}: anndata did not pass the element through; not written")
+        if backend_of(self.target_root) != "h5py":
+            # anndata wrote the root's attributes (encoding-type: anndata) through a handle of
+            # its own: this one's cached metadata is stale, and writing through it loses them
+            import zarr
+
+            self.target_root = zarr.open_group(str(target), mode="r+")
         set_json_attr(self.target_root, PROVENANCE_KEY, {"complete": False})
         self.whole_bytes = streaming.whole_bytes
         release_memory()  # what anndata freed writing the small elements, before the copy
