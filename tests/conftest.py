@@ -13,8 +13,8 @@ import pytest
 from anndata.tests.helpers import GEN_ADATA_NO_XARRAY_ARGS, gen_adata
 
 from annlayout.datagen import make_dataset
+from annlayout.remote import filesystem
 from annlayout.spec import shipped_layouts
-from annlayout.stores import filesystem
 
 SHIPPED = sorted(shipped_layouts())
 

@@ -25,8 +25,8 @@ from annlayout.bench import (
 )
 from annlayout.bench import readers as bench_readers
 from annlayout.cli import main
+from annlayout.remote import filesystem
 from annlayout.spec import LayoutError
-from annlayout.stores import filesystem
 
 from .test_stream import make_input
 

@@ -1,5 +1,5 @@
-"""Object storage: apply, inspect and verify against a real S3-protocol server on loopback
-(the ``s3`` fixture in conftest.py)."""
+"""Object storage: apply, inspect, verify, open and bench against a real S3-protocol server
+on loopback (the ``s3`` fixture in conftest.py), through both clients (obstore, fsspec)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import warnings
 
 import anndata as ad
+import numpy as np
 import pytest
 import zarr
 from anndata.tests.helpers import assert_equal
@@ -15,19 +16,27 @@ from click.testing import CliRunner
 import annlayout
 from annlayout.cli import main
 from annlayout.errors import NotAnnDataError
+from annlayout.remote import filesystem
 from annlayout.rewrite import ApplyError, stream
-from annlayout.stores import filesystem
 
 from .test_stream import blocky, make_input
 
 pytest.importorskip("moto.server")
 pytest.importorskip("s3fs")
+pytest.importorskip("obstore")
 
 
-def test_round_trip_through_s3(tmp_path, s3):
+@pytest.fixture(params=["obstore", "fsspec"], autouse=True)
+def backend(request, monkeypatch):
+    """Every test runs through each client, as ``--store-backend`` chooses it."""
+    monkeypatch.setenv("ANNLAYOUT_STORE_BACKEND", request.param)
+    return request.param
+
+
+def test_round_trip_through_s3(tmp_path, s3, backend):
     source = tmp_path / "in.h5ad"
     adata = make_input(source, "csr")
-    remote = f"{s3}/round.zarr"
+    remote = f"{s3}/{backend}/round.zarr"
     result = annlayout.apply(blocky(), source, remote, memory="64KiB", small_element=0)
     assert result.verified and result.n_blocks > 10 and result.bytes_written > 0
     with warnings.catch_warnings():
@@ -45,10 +54,10 @@ def test_round_trip_through_s3(tmp_path, s3):
         annlayout.apply(blocky(), source, remote)
 
 
-def test_failed_remote_apply_removes_what_it_wrote(tmp_path, s3, monkeypatch):
+def test_failed_remote_apply_removes_what_it_wrote(tmp_path, s3, backend, monkeypatch):
     source = tmp_path / "in.h5ad"
     make_input(source, "csr")
-    remote = f"{s3}/failed.zarr"
+    remote = f"{s3}/{backend}/failed.zarr"
 
     def failing_finish(self, target):
         raise OSError(5, "connection reset")
@@ -59,10 +68,10 @@ def test_failed_remote_apply_removes_what_it_wrote(tmp_path, s3, monkeypatch):
     assert not filesystem(remote).exists(remote)
 
 
-def test_incomplete_remote_store_is_refused(tmp_path, s3):
+def test_incomplete_remote_store_is_refused(tmp_path, s3, backend):
     source = tmp_path / "in.h5ad"
     make_input(source, "csr")
-    remote = f"{s3}/partial.zarr"
+    remote = f"{s3}/{backend}/partial.zarr"
     annlayout.apply("analysis", source, remote)
     # what a killed apply leaves on an object store: everything but the final attributes
     group = zarr.open_group(remote, mode="r+", use_consolidated=False)
@@ -76,6 +85,65 @@ def test_incomplete_remote_store_is_refused(tmp_path, s3):
     assert annlayout.verify(source, remote) == []
 
 
-def test_missing_remote_input(tmp_path, s3):
+def test_missing_remote_input(tmp_path, s3, backend):
     with pytest.raises(NotAnnDataError, match="no zarr store there"):
-        annlayout.apply("analysis", f"{s3}/nothing.zarr", tmp_path / "o.zarr")
+        annlayout.apply("analysis", f"{s3}/{backend}/nothing.zarr", tmp_path / "o.zarr")
+
+
+def test_the_two_clients_read_and_write_the_same_store(tmp_path, s3, backend):
+    """What one client wrote, the other reads equal: apply, verify, open, and bench's counted
+    requests (annlayout's own reads, so they do not depend on the client)."""
+    source = tmp_path / "in.h5ad"
+    adata = make_input(source, "csr")
+    other = "fsspec" if backend == "obstore" else "obstore"
+    remote = f"{s3}/{backend}/both.zarr"
+    annlayout.apply("cell-browser", source, remote, overwrite=True)
+    with annlayout.store_backend(other):
+        assert annlayout.verify(source, remote) == []
+        data = annlayout.open(remote)
+        rows = np.array([3, 1, 40, 7])
+        assert (data.X[rows, :] != adata.X[rows]).nnz == 0
+        assert (data.X[:, [2, 5]] != adata.X[:, [2, 5]]).nnz == 0
+        assert list(data.obs.index) == list(adata.obs_names)
+
+
+def test_bench_counts_the_same_requests_through_either_client(tmp_path, s3, backend):
+    from annlayout.bench import load_workload, parse_storage, run_bench
+
+    source = tmp_path / "in.h5ad"
+    make_input(source, "csr")
+    counted = {}
+    for client in ("obstore", "fsspec"):
+        with annlayout.store_backend(client):
+            result = run_bench(
+                source,
+                load_workload("cell-browser"),
+                layouts=["cell-browser"],
+                storage=parse_storage(f"{s3}/{backend}/bench-{client}"),
+                workdir=tmp_path / client,
+            )
+        counted[client] = result.candidates[0].summary()["patterns"]
+    assert counted["obstore"] and _requests(counted["obstore"]) == _requests(counted["fsspec"])
+
+
+def _requests(patterns) -> list:
+    return [
+        (p["pattern"], p["requests"], p["bytes_read"])
+        for p in patterns
+        if p["reader"] == "annlayout"
+    ]
+
+
+def test_store_backend_option_of_the_cli(tmp_path, s3, backend):
+    source = tmp_path / "in.h5ad"
+    make_input(source, "csr")
+    remote = f"{s3}/{backend}/cli.zarr"
+    runner = CliRunner()
+    applied = runner.invoke(
+        main, ["--store-backend", backend, "apply", "analysis", str(source), remote]
+    )
+    assert applied.exit_code == 0, applied.output
+    shown = runner.invoke(main, ["--store-backend", backend, "inspect", remote])
+    assert shown.exit_code == 0 and "analysis" in shown.output
+    bad = runner.invoke(main, ["--store-backend", "ftp", "inspect", remote])
+    assert bad.exit_code == 2 and "ftp" in bad.output

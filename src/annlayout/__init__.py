@@ -51,6 +51,7 @@ _LAZY = {
     "ApplyResult": "annlayout.rewrite.stream",
     "apply": "annlayout.rewrite.stream",
     "Survey": "annlayout.survey_models",
+    "store_backend": "annlayout.remote",
 }
 
 

@@ -8,7 +8,8 @@ that bookkeeping was most of the read. This module reads the chunks itself:
 - shard indexes are read once per array handle and kept;
 - the touched inner chunks are fetched by byte range: ``os.pread`` on a local store, the
   zarr store's ``get_partial_values`` otherwise (so a counting or remote store sees every
-  request), neighbouring ranges of a shard merged into one request;
+  request), neighbouring ranges of a shard merged into one request when the bytes between
+  them cost less time than another round trip (:class:`Link` measures both);
 - numcodecs decodes them straight into one output block on a thread pool (blosc, zstd, gzip
   and lz4 release the GIL), in a few batches rather than one task per chunk.
 
@@ -19,7 +20,9 @@ those through zarr as before.
 
 from __future__ import annotations
 
+import math
 import os
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
@@ -33,7 +36,45 @@ from annlayout.errors import ChunkReadError
 
 Decoder = Callable[[bytes], Any]
 EMPTY = 2**64 - 1  # a shard index entry for a chunk that was never written
-MERGE_GAP = 64 * 1024  # remote: fetch two ranges as one when at most this many bytes apart
+MIN_GAP, MAX_GAP = 64 * 1024, 16 * 2**20  # remote: bounds of the merge gap (see Link)
+SMALL_REQUEST = 64 * 1024  # a batch of requests this small on average times the round trip
+
+
+class Link:
+    """What one more request costs on the way to a store, measured from the reads made.
+
+    Two ranges of one object are fetched as one request when the bytes between them take
+    less time to transfer than a round trip: the gap is round trip x throughput (20 ms at
+    200 MB/s: 4 MB). Batches of small requests (shard indexes) time the round trip, batches
+    of chunks the throughput; both are running averages, and the gap stays at ``MIN_GAP``
+    until both are known.
+    """
+
+    def __init__(self, concurrency: int = 10):
+        self.concurrency = concurrency  # requests zarr keeps in flight (async.concurrency)
+        self.rtt: float | None = None
+        self.rate: float | None = None  # bytes per second
+
+    def observe(self, requests: int, nbytes: int, seconds: float) -> None:
+        if not requests:
+            return
+        rounds = math.ceil(requests / self.concurrency)
+        if nbytes / requests <= SMALL_REQUEST:
+            self.rtt = _average(self.rtt, seconds / rounds)
+        elif self.rtt is not None:
+            transfer = seconds - rounds * self.rtt
+            if transfer > 0:
+                self.rate = _average(self.rate, nbytes / transfer)
+
+    @property
+    def gap(self) -> int:
+        if self.rtt is None or self.rate is None:
+            return MIN_GAP
+        return int(min(MAX_GAP, max(MIN_GAP, self.rtt * self.rate)))
+
+
+def _average(old: float | None, new: float) -> float:
+    return new if old is None else 0.7 * old + 0.3 * new
 
 
 def _usable_cpus() -> int:
@@ -121,6 +162,7 @@ class ChunkReader:
         self.store = array.store_path.store
         self.prefix = f"{array.store_path.path}/" if array.store_path.path else ""
         self.local_root = _local_root(self.store)
+        self.link = Link(_zarr_concurrency())
         self._indexes: dict[int, np.ndarray] = {}
         self._chunks_per_shard = (shard_len // chunk_len) if shard_len else 1
 
@@ -175,7 +217,7 @@ class ChunkReader:
         from zarr.abc.store import RangeByteRequest, SuffixByteRequest
 
         request = SuffixByteRequest(size) if self.index_at_end else RangeByteRequest(0, size)
-        return _store_gets(self.store, [(key, request) for key in keys])
+        return _store_gets(self.store, [(key, request) for key in keys], self.link)
 
     # -- reading --------------------------------------------------------------------------
 
@@ -213,7 +255,7 @@ class ChunkReader:
         ]
         jobs: list[tuple[Any, np.ndarray]]
         if self.local_root is None:
-            payloads = _store_ranges(self.store, located)
+            payloads = _store_ranges(self.store, located, self.link)
             jobs = list(zip(payloads, outputs, strict=True))
             work: Callable[[list[Any]], None] = self._decode_batch
         else:
@@ -380,21 +422,39 @@ def _pread_index(path: Path, size: int, at_end: bool) -> bytes | None:
         raise ChunkReadError(f"{path}: truncated shard") from None
 
 
-def _store_gets(store: Any, requests: list[tuple[str, Any]]) -> list[bytes | None]:
-    """Ranged gets through the store's own batched read (concurrent; fsspec stores fetch the
-    ranges in one call), on zarr's event loop."""
+def _zarr_concurrency() -> int:
+    import zarr
+
+    return int(zarr.config.get("async.concurrency") or 10)
+
+
+def _store_gets(
+    store: Any, requests: list[tuple[str, Any]], link: Link | None = None
+) -> list[bytes | None]:
+    """Ranged gets through the store's own batched read (concurrent, at most zarr's
+    ``async.concurrency`` in flight; obstore and fsspec retry transient errors), on zarr's
+    event loop."""
     from zarr.core.buffer import default_buffer_prototype
     from zarr.core.sync import sync
 
+    start = time.perf_counter()
     buffers = sync(store.get_partial_values(default_buffer_prototype(), requests))
-    return [None if buffer is None else buffer.to_bytes() for buffer in buffers]
+    payloads = [None if buffer is None else buffer.to_bytes() for buffer in buffers]
+    if link is not None:
+        nbytes = sum(len(p) for p in payloads if p is not None)
+        link.observe(len(requests), nbytes, time.perf_counter() - start)
+    return payloads
 
 
-def _store_ranges(store: Any, located: list[tuple[str, int, int] | None]) -> list[bytes | None]:
-    """Chunk payloads through the store, neighbouring ranges of one object fetched together."""
+def _store_ranges(
+    store: Any, located: list[tuple[str, int, int] | None], link: Link
+) -> list[bytes | None]:
+    """Chunk payloads through the store, neighbouring ranges of one object fetched together
+    when the link says the bytes between them are cheaper than a request."""
     from zarr.abc.store import RangeByteRequest
 
     groups: list[tuple[str, int, int, list[int]]] = []  # key, start, stop, member positions
+    gap = link.gap
     order = sorted(
         (i for i, where in enumerate(located) if where is not None),
         key=lambda i: (located[i][0], located[i][1]),  # type: ignore[index]
@@ -402,7 +462,7 @@ def _store_ranges(store: Any, located: list[tuple[str, int, int] | None]) -> lis
     for i in order:
         key, start, stop = located[i]  # type: ignore[misc]
         last = groups[-1] if groups else None
-        if last and last[0] == key and stop >= 0 and last[2] >= 0 and start - last[2] <= MERGE_GAP:
+        if last and last[0] == key and stop >= 0 and last[2] >= 0 and start - last[2] <= gap:
             last[3].append(i)
             groups[-1] = (key, last[1], max(last[2], stop), last[3])
         else:
@@ -410,12 +470,16 @@ def _store_ranges(store: Any, located: list[tuple[str, int, int] | None]) -> lis
     requests = [
         (key, None if stop < 0 else RangeByteRequest(start, stop)) for key, start, stop, _ in groups
     ]
-    fetched = _store_gets(store, requests)
+    fetched = _store_gets(store, requests, link)
     payloads: list[bytes | None] = [None] * len(located)
-    for (_, start, _, members), data in zip(groups, fetched, strict=True):
+    for (key, start, stop, members), data in zip(groups, fetched, strict=True):
+        if data is None and stop >= 0:  # a shard index lists these chunks: never fill them
+            raise ChunkReadError(f"{key}: listed in its shard index but not there to read")
+        if data is not None and stop >= 0 and len(data) != stop - start:
+            raise ChunkReadError(f"{key}: {len(data)} bytes arrived of {stop - start} asked for")
         for i in members:
             _, chunk_start, chunk_stop = located[i]  # type: ignore[misc]
-            if data is not None:
+            if data is not None:  # None: an unsharded chunk never written, read as fill
                 payloads[i] = (
                     data if chunk_stop < 0 else data[chunk_start - start : chunk_stop - start]
                 )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 import warnings
 from collections.abc import Callable
@@ -84,13 +85,24 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show tracebacks and library warnings.")
+@click.option(
+    "--store-backend",
+    type=click.Choice(["obstore", "fsspec"]),
+    envvar="ANNLAYOUT_STORE_BACKEND",
+    help="The client for s3:// (gs://, az://) URLs [default: obstore where installed]; "
+    "credentials and endpoint come from the AWS_* (GOOGLE_*, AZURE_*) variables.",
+)
 @click.version_option(package_name="annlayout")
-def main(debug: bool) -> None:
+def main(debug: bool, store_backend: str | None) -> None:
     """Declarative storage layouts for AnnData stores (zarr v2/v3, h5ad).
 
-    LAYOUT is a shipped layout name (see `annlayout layouts`) or a path to a YAML file.
+    LAYOUT is a shipped layout name (see `annlayout layouts`) or a path to a YAML file;
+    inputs and outputs are paths or URLs (s3://bucket/data.zarr).
     """
     from annlayout.rewrite.memory_limits import bound_malloc_arenas
+
+    if store_backend:  # the environment carries it to worker processes too
+        os.environ["ANNLAYOUT_STORE_BACKEND"] = store_backend
 
     bound_malloc_arenas()  # before zarr and zarrs start their threads
 

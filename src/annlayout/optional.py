@@ -1,7 +1,7 @@
 """Features that need packages beyond the core install, and the one-line error when missing.
 
 dask (threads and clusters for ``apply``, anndata's ``read_lazy`` in ``bench``), xarray
-(``read_lazy``'s dataframes) and fsspec/s3fs (``s3://`` URLs) are extras, so a plain install
+(``read_lazy``'s dataframes) and obstore or fsspec/s3fs (``s3://`` URLs) are extras, so a plain install
 stays small; asking for the feature without them says which extra to install.
 """
 
@@ -11,7 +11,7 @@ from importlib.util import find_spec
 
 EXTRAS = {
     "dask": ("dask", "distributed"),
-    "s3": ("fsspec", "s3fs"),
+    "s3": ("obstore", "fsspec", "s3fs"),
     "bench": ("dask", "xarray"),
 }
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from annlayout.encodings import PROVENANCE_KEY, Upgraded, attr, json_attr, read_upgraded
 from annlayout.errors import NotAnnDataError
+from annlayout.remote import is_url, listing, remote_zarr_store, zarr_exists
 from annlayout.version import package_version
 
 if TYPE_CHECKING:
@@ -47,33 +48,14 @@ def consolidate_metadata(path: str | Path, zarr_format: Literal[2, 3]) -> None:
         warnings.filterwarnings(
             "ignore", message="Consolidated metadata is currently not part", category=UserWarning
         )
-        zarr.consolidate_metadata(str(path), zarr_format=zarr_format)
-
-
-def is_url(location: str | Path) -> bool:
-    """``s3://bucket/data.zarr`` and other fsspec URLs, as opposed to local paths."""
-    return "://" in str(location)
-
-
-def filesystem(url: str) -> Any:
-    """The fsspec filesystem of a URL; credentials and endpoints come from the environment
-    (``AWS_ACCESS_KEY_ID``, ``AWS_ENDPOINT_URL``, ...), as for every fsspec/boto client."""
-    from annlayout.optional import requirement
-
-    needed = requirement("s3", f"{url}: reading and writing URLs")
-    if needed:
-        raise NotAnnDataError(needed)
-    import fsspec
-
-    fs, _ = fsspec.core.url_to_fs(url)
-    return fs
+        zarr.consolidate_metadata(zarr_store(path, read_only=False), zarr_format=zarr_format)
 
 
 def footprint(location: str | Path) -> tuple[int, int]:
     """(bytes, objects) of a store: a file, a directory, or everything under a URL."""
     if is_url(location):
-        found = filesystem(str(location)).find(str(location), detail=True)
-        return sum(int(info.get("size", 0)) for info in found.values()), len(found)
+        sizes = listing(str(location))
+        return sum(sizes.values()), len(sizes)
     path = Path(location)
     if path.is_file():
         return path.stat().st_size, 1
@@ -81,9 +63,12 @@ def footprint(location: str | Path) -> tuple[int, int]:
     return sum(p.stat().st_size for p in files), len(files)
 
 
-def remote_zarr_exists(url: str) -> bool:
-    fs = filesystem(url)
-    return any(fs.exists(f"{url.rstrip('/')}/{name}") for name in ("zarr.json", ".zgroup"))
+def zarr_store(location: str | Path, *, read_only: bool = True) -> Any:
+    """What zarr opens for a location: the path itself, or a URL's store through the chosen
+    client (:mod:`annlayout.remote`)."""
+    if is_url(location):
+        return remote_zarr_store(str(location), read_only=read_only)
+    return str(location)
 
 
 def detect_format(path: str | Path) -> Literal["zarr", "h5ad"]:
@@ -94,7 +79,7 @@ def detect_format(path: str | Path) -> Literal["zarr", "h5ad"]:
         return "zarr"
     if is_url(path):
         try:
-            found = remote_zarr_exists(str(path))
+            found = zarr_exists(str(path))
         except Exception as err:
             raise NotAnnDataError(f"{path}: cannot reach: {str(err).splitlines()[0]}") from None
         if not found:
@@ -125,9 +110,10 @@ def _open_root(path: Any, fmt: Literal["zarr", "h5ad"], mode: Mode) -> Any:
     import zarr
 
     try:
-        if not isinstance(path, str | Path):
-            return zarr.open_group(store=path, mode=mode)
-        return zarr.open_group(str(path), mode=mode)  # URLs go through fsspec
+        store = (
+            path if not isinstance(path, str | Path) else zarr_store(path, read_only=mode == "r")
+        )
+        return zarr.open_group(store=store, mode=mode)
     except Exception as err:  # zarr raises a variety of errors for broken metadata
         raise NotAnnDataError(f"{path}: cannot open as zarr: {err}") from None
 

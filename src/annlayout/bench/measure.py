@@ -76,11 +76,13 @@ class PatternResult:
 
 
 def open_measured(location: Path | str, storage: Simulation) -> tuple[MeasuredStore, Counters]:
-    from zarr.storage import FsspecStore, LocalStore
+    from zarr.storage import LocalStore
+
+    from annlayout.stores import zarr_store
 
     counters = Counters()
     if isinstance(location, str):
-        inner: Any = FsspecStore.from_url(location, read_only=True)
+        inner: Any = zarr_store(location, read_only=True)
     else:
         inner = LocalStore(location, read_only=True)
     return MeasuredStore(inner, counters, storage), counters

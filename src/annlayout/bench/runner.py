@@ -31,7 +31,6 @@ from annlayout.bench.score import recommend, score
 from annlayout.bench.stores import Simulation
 from annlayout.bench.workloads import Workload, pattern_label
 from annlayout.optional import requirement
-from annlayout.stores import filesystem
 
 
 @dataclass
@@ -153,8 +152,8 @@ def _remove_remote(storage: Simulation, say: Progress) -> None:
     if not storage.url:
         return
     try:
-        fs = filesystem(storage.url)
-        if fs.exists(storage.url):
-            fs.rm(storage.url, recursive=True)
+        from annlayout.remote import remove
+
+        remove(storage.url)
     except Exception as error:
         say(f"could not remove {storage.url}: {str(error).splitlines()[0]}")

@@ -136,12 +136,12 @@ def atomic_output(output: Path) -> Iterator[Path]:
 
 
 def check_remote_paths(source: str, output: str, *, overwrite: bool) -> None:
-    from annlayout.stores import remote_zarr_exists
+    from annlayout.remote import zarr_exists
 
     source, output = str(source).rstrip("/"), output.rstrip("/")
     if output == source or output.startswith(source + "/"):
         raise ApplyError(f"{output}: the output is the input or inside it; choose another path")
-    if remote_zarr_exists(output) and not overwrite:
+    if zarr_exists(output) and not overwrite:
         raise ApplyError(f"{output}: already exists (use --overwrite to replace it)")
 
 
@@ -153,15 +153,13 @@ def remote_output(url: str) -> Iterator[str]:
     :meth:`Rewriter.finish` replaces them, and readers refuse it meanwhile. An existing store
     is removed first; a failed run removes what it wrote where it can.
     """
-    from annlayout.stores import filesystem
+    from annlayout.remote import remove as remove_remote
 
-    fs = filesystem(url)
-    if fs.exists(url):
-        fs.rm(url, recursive=True)
+    remove_remote(url)
     with deferred_interrupts():
         try:
             yield url
         except BaseException:
             with suppress(Exception):  # unreachable store: it stays marked incomplete
-                fs.rm(url, recursive=True)
+                remove_remote(url)
             raise

@@ -43,11 +43,14 @@ Advance = Callable[[int], None]
 
 @dataclass(frozen=True)
 class Stores:
-    """Where a task's input and output are, and the zarr codec pipeline to open them with."""
+    """Where a task's input and output are, and the zarr codec pipeline and object-store
+    client (:mod:`annlayout.remote`) to open them with: workers of a cluster started
+    elsewhere do not share the driver's environment."""
 
     source: str
     target: str
     codec_pipeline: str | None = None
+    store_backend: str | None = None
 
 
 # the driver's open roots, by (role, location): tasks in its process use them
@@ -72,9 +75,10 @@ def opened(stores: Stores, source_root: Any, target_root: Any) -> Iterator[None]
 def open_array(stores: Stores, role: str, name: str) -> Any:
     """``name`` (an array path) in the source or target store, with the task's codec pipeline."""
     from annlayout.codecs import codec_pipeline
+    from annlayout.remote import store_backend
 
     location = stores.source if role == "source" else stores.target
-    with _open_lock, codec_pipeline(stores.codec_pipeline):
+    with _open_lock, codec_pipeline(stores.codec_pipeline), store_backend(stores.store_backend):
         root = _opened.get((role, location))
         if root is None:
             root = (
@@ -105,7 +109,9 @@ def _open_target(location: str) -> Any:
         return h5py.File(location, "r+")
     import zarr
 
-    return zarr.open_group(location, mode="r+")
+    from annlayout.stores import zarr_store
+
+    return zarr.open_group(zarr_store(location, read_only=False), mode="r+")
 
 
 # --------------------------------------------------------------------------- tasks

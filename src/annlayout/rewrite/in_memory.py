@@ -13,7 +13,7 @@ from annlayout.codecs import codec_pipeline as use_codec_pipeline
 from annlayout.encodings import PROVENANCE_KEY, set_json_attr
 from annlayout.plan import ElementPlan
 from annlayout.spec import Layout, load_layout
-from annlayout.stores import consolidate_metadata, provenance
+from annlayout.stores import consolidate_metadata, provenance, zarr_store
 
 
 @dataclass
@@ -59,7 +59,8 @@ def write(
             import zarr
 
             with use_codec_pipeline(codec_pipeline):
-                root = zarr.open_group(str(path), mode="w", zarr_format=target.zarr_format)
+                store = zarr_store(path, read_only=False)
+                root = zarr.open_group(store, mode="w", zarr_format=target.zarr_format)
                 ad.experimental.write_dispatched(root, "/", adata, callback=callback)
                 set_json_attr(root, PROVENANCE_KEY, provenance(layout))
                 if target.consolidate_metadata:

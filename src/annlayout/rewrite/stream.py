@@ -52,6 +52,7 @@ from annlayout.encodings import (
 from annlayout.errors import ElementReadError
 from annlayout.optional import requirement
 from annlayout.plan import ArrayPlan, ElementPlan, Plan, PlanError, make_plan
+from annlayout.remote import chosen_backend
 from annlayout.rewrite.atomic import (
     ApplyError,
     Interrupted,
@@ -92,6 +93,7 @@ from annlayout.stores import (
     is_url,
     open_anndata,
     provenance,
+    zarr_store,
 )
 from annlayout.survey import Survey, survey_opened
 
@@ -228,9 +230,14 @@ def _apply(
         check_free_space(Path(output).parent, sum(e.stored_bytes or 0 for e in survey.elements))
 
     result = ApplyResult(path=output, layout=layout.name, plan=plan)
+    pipeline = codec_pipeline_name if layout.target.format == "zarr" else None
+    if pipeline == "zarrs" and chosen_backend() == "obstore" and (remote or is_url(source)):
+        # zarrs 0.2.3 rebuilds an obstore store in a runtime of its own, where partial chunk
+        # writes hung on HEAD requests until the retry budget ran out (180 s, then an error)
+        pipeline = "zarr"
     with (
         remote_output(str(output)) if remote else atomic_output(Path(output)) as tmp,
-        codec_pipeline(codec_pipeline_name if layout.target.format == "zarr" else None),
+        codec_pipeline(pipeline),
     ):
         rewriter = Rewriter(
             layout, plan, survey, memory_model.per_worker, small, memory=memory_model
@@ -240,8 +247,7 @@ def _apply(
         result.upgrades = rewriter.upgrades
         result.n_blocks = len(blocks)
         result.bytes_read = sum(b.nbytes for b in blocks) + rewriter.whole_bytes
-        pipeline = codec_pipeline_name if layout.target.format == "zarr" else None
-        stores = Stores(_location(source), _location(tmp), pipeline)
+        stores = Stores(_location(source), _location(tmp), pipeline, chosen_backend())
         with opened(stores, rewriter.source_root, rewriter.target_root):
             execute(rewriter.tasks(blocks, stores), executor_for(workers, scheduler), progress)
         rewriter.finish(tmp)
@@ -337,7 +343,7 @@ class Rewriter:
             # its own: this one's cached metadata is stale, and writing through it loses them
             import zarr
 
-            self.target_root = zarr.open_group(str(target), mode="r+")
+            self.target_root = zarr.open_group(zarr_store(target, read_only=False), mode="r+")
         set_json_attr(self.target_root, PROVENANCE_KEY, {"complete": False})
         self.whole_bytes = streaming.whole_bytes
         release_memory()  # what anndata freed writing the small elements, before the copy
@@ -479,7 +485,8 @@ def _create_root(path: Path | str, layout: Layout) -> Any:
         return h5py.File(path, "w")
     import zarr
 
-    return zarr.open_group(str(path), mode="w", zarr_format=layout.target.zarr_format)
+    store = zarr_store(path, read_only=False)
+    return zarr.open_group(store, mode="w", zarr_format=layout.target.zarr_format)
 
 
 def _target_text(layout: Layout) -> str:

@@ -1,0 +1,205 @@
+"""Object storage: ``s3://`` (and ``gs://``, ``az://``) URLs through obstore or fsspec.
+
+Two clients reach object storage: obstore (Rust's object_store: concurrent ranged reads,
+multipart uploads and retries with backoff built in) and fsspec (s3fs on botocore). Which one
+opens a URL is a process-wide choice, the ``ANNLAYOUT_STORE_BACKEND`` environment variable
+(what ``--store-backend`` sets), so that worker processes inherit it; obstore is the default
+where it is installed (measured faster, see docs/cookbook/object-storage.md).
+
+Credentials, region and endpoint come from where each client looks: the ``AWS_*`` (or
+``GOOGLE_*``, ``AZURE_*``) environment variables. Both clients retry throttling (429, 503),
+server errors and dropped connections with exponential backoff before an error reaches
+annlayout, and neither turns a failed request into a missing object.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from functools import cache
+from typing import TYPE_CHECKING, Any, Literal, cast
+
+from annlayout.errors import NotAnnDataError
+
+if TYPE_CHECKING:
+    from obstore.store import ClientConfig, RetryConfig
+
+Backend = Literal["obstore", "fsspec"]
+BACKENDS: tuple[Backend, ...] = ("obstore", "fsspec")
+BACKEND_ENV = "ANNLAYOUT_STORE_BACKEND"
+
+# Retry budget for both clients: about a minute of backoff (0.1 s doubling to 15 s) before a
+# throttled or failing request is given up; object stores throttle in bursts of seconds.
+MAX_RETRIES = 10
+RETRY_TIMEOUT = timedelta(minutes=3)
+
+
+def is_url(location: object) -> bool:
+    """``s3://bucket/data.zarr`` and other object-store URLs, as opposed to local paths."""
+    return "://" in str(location)
+
+
+def chosen_backend(name: str | None = None) -> Backend:
+    """The client for URLs: ``name``, else ``$ANNLAYOUT_STORE_BACKEND``, else obstore when
+    it is installed, else fsspec."""
+    chosen = name or os.environ.get(BACKEND_ENV) or ""
+    if not chosen:
+        from annlayout.optional import missing
+
+        return "fsspec" if missing("s3", ("obstore",)) else "obstore"
+    if chosen not in BACKENDS:
+        raise ValueError(f"store backend {chosen!r}: use one of {', '.join(BACKENDS)}")
+    return cast(Backend, chosen)
+
+
+@contextmanager
+def store_backend(name: str | None) -> Iterator[None]:
+    """Open URLs with ``name`` (obstore or fsspec) within the block; None changes nothing.
+
+    ``with annlayout.store_backend("fsspec"): annlayout.apply(...)``; it sets
+    ``$ANNLAYOUT_STORE_BACKEND``, so worker processes started within inherit the choice.
+    """
+    if name is None:
+        yield
+        return
+    saved = os.environ.get(BACKEND_ENV)
+    os.environ[BACKEND_ENV] = chosen_backend(name)
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(BACKEND_ENV, None)
+        else:
+            os.environ[BACKEND_ENV] = saved
+
+
+def _require(which: Backend, url: str) -> None:
+    from annlayout.optional import requirement
+
+    modules = ("obstore",) if which == "obstore" else ("fsspec", "s3fs")
+    needed = requirement("s3", f"{url}: reading and writing URLs", modules)
+    if needed:
+        raise NotAnnDataError(needed)
+
+
+def _endpoint() -> str:
+    return os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT") or ""
+
+
+def remote_zarr_store(url: str, *, read_only: bool) -> Any:
+    """A zarr Store for ``url`` through the chosen client."""
+    which = chosen_backend()
+    _require(which, url)
+    if which == "obstore":
+        from zarr.storage import ObjectStore
+
+        return ObjectStore(_obstore(url, _endpoint()), read_only=read_only)
+    from zarr.storage import FsspecStore
+
+    return FsspecStore.from_url(url, read_only=read_only, storage_options=_fsspec_options())
+
+
+@cache
+def _obstore(url: str, endpoint: str) -> Any:
+    """One obstore client per store and endpoint: it keeps its connections between opens."""
+    from obstore.store import from_url
+
+    retry: RetryConfig = {  # typed dicts, types only
+        "max_retries": MAX_RETRIES,
+        "retry_timeout": RETRY_TIMEOUT,
+        "backoff": {
+            "init_backoff": timedelta(milliseconds=100),
+            "max_backoff": timedelta(seconds=15),
+            "base": 2,
+        },
+    }
+    # an http:// endpoint (MinIO, a local S3 server) was asked for explicitly: allow it
+    client: ClientConfig = {"allow_http": True} if endpoint.startswith("http://") else {}
+    return from_url(url.rstrip("/"), client_options=client, retry_config=retry)  # type: ignore[call-overload]
+
+
+def _fsspec_options() -> dict[str, Any]:
+    """botocore's standard mode retries 5xx, 429 and connection errors, with backoff; s3fs
+    retries cut reads and slow-downs on top (5 times, its class default)."""
+    return {"config_kwargs": {"retries": {"max_attempts": MAX_RETRIES, "mode": "standard"}}}
+
+
+def filesystem(url: str) -> Any:
+    """The fsspec filesystem of a URL, configured as :func:`remote_zarr_store` configures it."""
+    _require("fsspec", url)
+    import fsspec
+
+    fs, _ = fsspec.core.url_to_fs(url, **_fsspec_options())
+    return fs
+
+
+# -- what a store holds, for both clients -----------------------------------------------------
+
+
+def _split(url: str) -> tuple[Any, str]:
+    """(obstore client of the bucket, key prefix) of a URL."""
+    scheme, _, rest = url.partition("://")
+    bucket, _, key = rest.strip("/").partition("/")
+    return _obstore(f"{scheme}://{bucket}", _endpoint()), key
+
+
+def listing(url: str) -> dict[str, int]:
+    """key -> size of every object under ``url`` (keys relative to it)."""
+    url = url.rstrip("/")
+    if chosen_backend() == "obstore":
+        import obstore
+
+        _require("obstore", url)
+        client, key = _split(url)
+        prefix = f"{key}/" if key else ""
+        found: dict[str, int] = {}
+        for batch in obstore.list(client, prefix=prefix or None):
+            for meta in batch:
+                found[meta["path"][len(prefix) :]] = int(meta["size"])
+        return found
+    fs = filesystem(url)
+    root = fs._strip_protocol(url).rstrip("/") + "/"
+    details: dict[str, dict[str, Any]] = fs.find(url, detail=True)
+    return {path[len(root) :]: int(info.get("size", 0)) for path, info in details.items()}
+
+
+def exists(url: str) -> bool:
+    """Whether any object lives under ``url``."""
+    return bool(listing(url))
+
+
+def zarr_exists(url: str) -> bool:
+    """Whether ``url`` holds a zarr group or array (its root metadata)."""
+    url = url.rstrip("/")
+    if chosen_backend() == "obstore":
+        import obstore
+
+        _require("obstore", url)
+        client, key = _split(url)
+        for name in ("zarr.json", ".zgroup", ".zarray"):
+            try:
+                obstore.head(client, f"{key}/{name}" if key else name)
+                return True
+            except FileNotFoundError:
+                continue
+        return False
+    fs = filesystem(url)
+    return any(fs.exists(f"{url}/{name}") for name in ("zarr.json", ".zgroup", ".zarray"))
+
+
+def remove(url: str) -> None:
+    """Delete every object under ``url`` (object stores have no directories to remove)."""
+    url = url.rstrip("/")
+    if chosen_backend() == "obstore":
+        import obstore
+
+        client, key = _split(url)
+        keys = [f"{key}/{name}" if key else name for name in listing(url)]
+        for start in range(0, len(keys), 1000):  # S3's batch delete takes 1,000 keys
+            obstore.delete(client, keys[start : start + 1000])
+        return
+    fs = filesystem(url)
+    if fs.exists(url):
+        fs.rm(url, recursive=True)
