@@ -205,3 +205,38 @@ def test_an_unsharded_array_of_many_chunk_files_reads_within_few_descriptors(tmp
     array[:] = values
     opened = zarr.open_array(LocalStore(tmp_path / "many", read_only=True))
     assert _in_child(_read_with_few_descriptors, opened, values) == 0
+
+
+@pytest.mark.parametrize("through_store", [False, True])
+def test_a_chunk_its_shard_index_lists_is_never_read_as_fill(arrays, tmp_path, through_store):
+    """The shard went away after its index was read (a failed request, a store rewritten
+    under a reader): an error, not the fill value."""
+    import shutil
+
+    array, _ = arrays["v3-sharded-blosc"]
+    copy = tmp_path / "vanishing"
+    shutil.copytree(Path(array.store_path.store.root), copy)
+    store = LocalStore(copy, read_only=True)
+    reader = chunk_reader(zarr.open_array(MeasuredStore(store) if through_store else store))
+    reader.load_indexes()
+    (copy / "c" / "0").unlink()
+    with pytest.raises(ChunkReadError, match="listed in its shard index"):
+        reader.read([(0, 10)])
+
+
+def test_the_merge_gap_follows_the_measured_link():
+    """Round trip x throughput: ranges closer than what a round trip would transfer are
+    fetched as one; until both are measured, the minimum."""
+    from annlayout.chunk_reads import MAX_GAP, MIN_GAP, Link
+
+    link = Link(concurrency=10)
+    assert link.gap == MIN_GAP
+    link.observe(requests=10, nbytes=10 * 200, seconds=0.020)  # small: one round of 20 ms
+    assert link.rtt == pytest.approx(0.020) and link.gap == MIN_GAP
+    link.observe(requests=4, nbytes=40 * 2**20, seconds=0.020 + 0.2)  # 40 MiB in 0.2 s
+    assert link.rate == pytest.approx(40 * 2**20 / 0.2)
+    assert link.gap == pytest.approx(0.020 * 40 * 2**20 / 0.2, rel=1e-6)  # about 4 MiB
+    slow = Link()
+    slow.observe(1, 100, 2.0)
+    slow.observe(1, 2**30, 3.0)
+    assert slow.gap == MAX_GAP

@@ -288,7 +288,9 @@ class ChunkReader:
                     open_key, fd = key, -1
                     with suppress(FileNotFoundError):  # never written: stays -1
                         fd = os.open(self.local_root / key, os.O_RDONLY)
-                if fd < 0:  # never written: fill
+                if fd < 0:  # never written: fill; but not a chunk its shard index lists
+                    if stop >= 0:
+                        raise ChunkReadError(f"{key}: listed in its shard index but not there")
                     payloads.append((None, out))
                     continue
                 size = os.fstat(fd).st_size - start if stop < 0 else stop - start
