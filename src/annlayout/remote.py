@@ -32,8 +32,19 @@ BACKEND_ENV = "ANNLAYOUT_STORE_BACKEND"
 
 # Retry budget for both clients: about a minute of backoff (0.1 s doubling to 15 s) before a
 # throttled or failing request is given up; object stores throttle in bursts of seconds.
+# ``$ANNLAYOUT_MAX_RETRIES`` changes it (fewer to fail fast, more for a congested link).
 MAX_RETRIES = 10
 RETRY_TIMEOUT = timedelta(minutes=3)
+RETRIES_ENV = "ANNLAYOUT_MAX_RETRIES"
+
+
+def max_retries() -> int:
+    text = os.environ.get(RETRIES_ENV, "").strip()
+    if not text:
+        return MAX_RETRIES
+    if not text.isdigit():
+        raise ValueError(f"{RETRIES_ENV}={text!r}: expected a whole number of retries")
+    return int(text)
 
 
 def is_url(location: object) -> bool:
@@ -75,6 +86,15 @@ def store_backend(name: str | None) -> Iterator[None]:
             os.environ[BACKEND_ENV] = saved
 
 
+def codec_pipeline_for(pipeline: str | None, *locations: object) -> str | None:
+    """The zarr codec pipeline to write ``locations`` with: zarrs 0.2.3 rebuilds an obstore
+    store in a runtime of its own, where partial chunk writes hung on HEAD requests until the
+    retry budget ran out (180 s, then an error); zarr-python's pipeline does not."""
+    if pipeline == "zarrs" and any(map(is_url, locations)) and chosen_backend() == "obstore":
+        return "zarr"
+    return pipeline
+
+
 def _require(which: Backend, url: str) -> None:
     from annlayout.optional import requirement
 
@@ -95,19 +115,20 @@ def remote_zarr_store(url: str, *, read_only: bool) -> Any:
     if which == "obstore":
         from zarr.storage import ObjectStore
 
-        return ObjectStore(_obstore(url, _endpoint()), read_only=read_only)
+        return ObjectStore(_obstore(url, _endpoint(), max_retries()), read_only=read_only)
     from zarr.storage import FsspecStore
 
     return FsspecStore.from_url(url, read_only=read_only, storage_options=_fsspec_options())
 
 
 @cache
-def _obstore(url: str, endpoint: str) -> Any:
-    """One obstore client per store and endpoint: it keeps its connections between opens."""
+def _obstore(url: str, endpoint: str, retries: int) -> Any:
+    """One obstore client per store, endpoint and retry budget: it keeps its connections
+    between opens."""
     from obstore.store import from_url
 
     retry: RetryConfig = {  # typed dicts, types only
-        "max_retries": MAX_RETRIES,
+        "max_retries": retries,
         "retry_timeout": RETRY_TIMEOUT,
         "backoff": {
             "init_backoff": timedelta(milliseconds=100),
@@ -123,7 +144,8 @@ def _obstore(url: str, endpoint: str) -> Any:
 def _fsspec_options() -> dict[str, Any]:
     """botocore's standard mode retries 5xx, 429 and connection errors, with backoff; s3fs
     retries cut reads and slow-downs on top (5 times, its class default)."""
-    return {"config_kwargs": {"retries": {"max_attempts": MAX_RETRIES, "mode": "standard"}}}
+    attempts = max_retries() + 1
+    return {"config_kwargs": {"retries": {"max_attempts": attempts, "mode": "standard"}}}
 
 
 def filesystem(url: str) -> Any:
@@ -142,7 +164,7 @@ def _split(url: str) -> tuple[Any, str]:
     """(obstore client of the bucket, key prefix) of a URL."""
     scheme, _, rest = url.partition("://")
     bucket, _, key = rest.strip("/").partition("/")
-    return _obstore(f"{scheme}://{bucket}", _endpoint()), key
+    return _obstore(f"{scheme}://{bucket}", _endpoint(), max_retries()), key
 
 
 def listing(url: str) -> dict[str, int]:

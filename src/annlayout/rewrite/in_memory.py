@@ -12,13 +12,14 @@ from annlayout.callback import LayoutCallback
 from annlayout.codecs import codec_pipeline as use_codec_pipeline
 from annlayout.encodings import PROVENANCE_KEY, set_json_attr
 from annlayout.plan import ElementPlan
+from annlayout.remote import codec_pipeline_for, is_url
 from annlayout.spec import Layout, load_layout
 from annlayout.stores import consolidate_metadata, provenance, zarr_store
 
 
 @dataclass
 class WriteResult:
-    path: Path
+    path: Path | str
     layout: str
     seconds: float
     plans: dict[str, ElementPlan] = field(default_factory=dict)
@@ -43,7 +44,8 @@ def write(
     import anndata as ad
 
     layout = load_layout(layout)
-    path = Path(path)
+    path = path if is_url(path) else Path(path)
+    codec_pipeline = codec_pipeline_for(codec_pipeline, path)
     callback = LayoutCallback(layout)
     start = time.perf_counter()
     target = layout.target

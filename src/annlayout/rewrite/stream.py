@@ -52,7 +52,7 @@ from annlayout.encodings import (
 from annlayout.errors import ElementReadError
 from annlayout.optional import requirement
 from annlayout.plan import ArrayPlan, ElementPlan, Plan, PlanError, make_plan
-from annlayout.remote import chosen_backend
+from annlayout.remote import chosen_backend, codec_pipeline_for
 from annlayout.rewrite.atomic import (
     ApplyError,
     Interrupted,
@@ -231,10 +231,7 @@ def _apply(
 
     result = ApplyResult(path=output, layout=layout.name, plan=plan)
     pipeline = codec_pipeline_name if layout.target.format == "zarr" else None
-    if pipeline == "zarrs" and chosen_backend() == "obstore" and (remote or is_url(source)):
-        # zarrs 0.2.3 rebuilds an obstore store in a runtime of its own, where partial chunk
-        # writes hung on HEAD requests until the retry budget ran out (180 s, then an error)
-        pipeline = "zarr"
+    pipeline = codec_pipeline_for(pipeline, source, output)
     with (
         remote_output(str(output)) if remote else atomic_output(Path(output)) as tmp,
         codec_pipeline(pipeline),

@@ -1,0 +1,295 @@
+"""Object storage over a link like a cloud region's, in one session.
+
+The loopback S3 server (moto) sits behind ``NetProxy`` (tests/netproxy.py) set to a 20 ms round
+trip per request and 200 MB/s shared by all connections; every byte and request crosses real
+sockets. Stores of every shipped zarr layout are written there once (untimed, link open).
+Targets (issue 12), each a ratio measured in the same run:
+
+- 256 random rows from ``ml-minibatch`` and 10 random genes from ``cell-browser`` through
+  ``annlayout.open``, with obstore and with fsspec: at least ``MIN_SPEEDUP`` times faster than
+  anndata's ``read_lazy`` on the same store (opened through obstore, the faster client);
+- a full scan of X (``ml-minibatch``) at ``MIN_LINK_SHARE`` of the link's bandwidth or more;
+- ``apply`` h5ad -> s3:// ml-minibatch: at most ``MAX_APPLY_RATIO`` times the same apply to
+  local disk plus the time the link needs for the bytes that crossed it;
+- requests per 256-row batch and per 10-gene query for every shipped zarr layout, counted at
+  the proxy, and what an epoch of each costs at bench's default S3 prices.
+
+Tests run in file order; ``test_remote_targets`` prints the tables, saves them and asserts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import annlayout
+from tables import publish, text_table
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/netproxy.py
+from tests.netproxy import NetProxy
+
+pytest.importorskip("moto.server")
+pytest.importorskip("obstore")
+pytest.importorskip("s3fs")
+
+RTT = 0.020
+BANDWIDTH = 200e6  # bytes per second
+MIN_SPEEDUP = 5.0
+MIN_LINK_SHARE = 0.8
+MAX_APPLY_RATIO = 1.25
+ROUNDS = 3
+BUCKET = "annlayout-bench"
+ZARR_LAYOUTS = ("ml-minibatch", "cell-browser", "analysis", "archive", "anndata-default")
+
+
+@pytest.fixture(scope="module")
+def link():
+    """moto on a free port behind the proxy; the AWS_* variables point every client at the
+    proxy for the module, and are restored after."""
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    proxy = NetProxy("127.0.0.1", port).start()
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": proxy.url,
+        "AWS_ALLOW_HTTP": "true",
+    }
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
+    s3fs.S3FileSystem().mkdir(BUCKET)
+    try:
+        yield proxy
+    finally:
+        proxy.stop()
+        server.stop()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@pytest.fixture(scope="module")
+def remote_stores(link: NetProxy, dataset: Any) -> dict[str, str]:
+    """Every shipped zarr layout of the dataset, written to the bucket with the link open."""
+    link.reset()
+    urls = {}
+    for name in ZARR_LAYOUTS:
+        urls[name] = f"s3://{BUCKET}/{name}.zarr"
+        annlayout.write(dataset, urls[name], name)
+    return urls
+
+
+@pytest.fixture(scope="module")
+def results() -> dict[str, Any]:
+    return {"reads": {}, "requests": {}, "scan": {}, "apply": {}}
+
+
+@pytest.fixture(scope="module")
+def selections(dataset: Any) -> dict[str, Any]:
+    rng = np.random.default_rng(7)
+    n_obs, n_vars = dataset.shape
+    return {
+        "256 random rows": [
+            (np.sort(rng.choice(n_obs, 256, replace=False)), slice(None)) for _ in range(ROUNDS)
+        ],
+        "10 random genes": [
+            (slice(None), np.sort(rng.choice(n_vars, 10, replace=False))) for _ in range(ROUNDS)
+        ],
+    }
+
+
+ACCESS_LAYOUT = {"256 random rows": "ml-minibatch", "10 random genes": "cell-browser"}
+
+
+def _slow_link(link: NetProxy) -> None:
+    link.reset()
+    link.rtt, link.bandwidth = RTT, BANDWIDTH
+
+
+def _timed(read: Any, keys: list[Any]) -> tuple[float, list[Any]]:
+    times, answers = [], []
+    for key in keys:
+        start = time.perf_counter()
+        answers.append(read(key))
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), answers
+
+
+@pytest.mark.parametrize("access", list(ACCESS_LAYOUT))
+def test_reads_over_the_link(benchmark, link, remote_stores, selections, dataset, access, results):
+    import scipy.sparse as sp
+
+    from annlayout.bench.readers import open_reader
+    from annlayout.bench.workloads import Operation
+    from annlayout.stores import zarr_store
+
+    url = remote_stores[ACCESS_LAYOUT[access]]
+    _slow_link(link)
+    expected = [sp.csr_matrix(dataset.X[rows][:, cols]) for rows, cols in selections[access]]
+    measured = {}
+    for client in ("obstore", "fsspec"):
+        with annlayout.store_backend(client):
+            data = annlayout.open(url)
+            data.X.warm()  # indptrs and shard indexes: once per handle, as a loader would
+            seconds, answers = _timed(data.X.__getitem__, selections[access])
+        assert all((a != e).nnz == 0 for a, e in zip(answers, expected, strict=True))
+        measured[f"annlayout ({client})"] = seconds
+    with annlayout.store_backend("obstore"):
+        lazy = open_reader("read_lazy", zarr_store(url))
+        assert lazy is not None, "read_lazy needs dask and xarray"
+        ops = [Operation(rows=r, cols=c) for r, c in selections[access]]
+        seconds, answers = _timed(lazy, ops)
+    assert all((sp.csr_matrix(a) != e).nnz == 0 for a, e in zip(answers, expected, strict=True))
+    measured["read_lazy (obstore)"] = seconds
+    results["reads"][access] = measured
+    benchmark.pedantic(lambda: None, rounds=1)
+
+
+def test_requests_per_access_for_every_layout(benchmark, link, remote_stores, selections, results):
+    """GETs and bytes at the proxy for one 256-row batch and one 10-gene query, per layout
+    (annlayout.open through obstore, handle warmed first as a loader keeps it)."""
+    _slow_link(link)
+    link.rtt = 0.0  # counting only
+    for name, url in remote_stores.items():
+        counted = {}
+        with annlayout.store_backend("obstore"):
+            data = annlayout.open(url)
+            data.X.warm()
+            for access, keys in selections.items():
+                link.reset_counts()
+                data.X[keys[0]]
+                counts = link.counts()
+                counted[access] = {"GET": counts["GET"], "bytes": counts["bytes_down"]}
+        results["requests"][name] = counted
+    benchmark.pedantic(lambda: None, rounds=1)
+
+
+def test_full_scan_over_the_link(benchmark, link, remote_stores, dataset, results):
+    url = remote_stores["ml-minibatch"]
+    with annlayout.store_backend("obstore"):
+        data = annlayout.open(url)
+        data.X.warm()
+        _slow_link(link)
+        start = time.perf_counter()
+        whole = data.X[:, :]
+        seconds = time.perf_counter() - start
+    assert whole.nnz == dataset.X.nnz and (whole != dataset.X).nnz == 0
+    moved = link.counts()["bytes_down"]
+    results["scan"] = {"seconds": seconds, "bytes": moved, "share": moved / seconds / BANDWIDTH}
+    benchmark.pedantic(lambda: None, rounds=1)
+
+
+def test_apply_to_the_bucket(benchmark, link, h5ad_input, bench_dir, results):
+    local = bench_dir / "remote-apply-local.zarr"
+    start = time.perf_counter()
+    annlayout.apply("ml-minibatch", h5ad_input, local, overwrite=True)
+    local_seconds = time.perf_counter() - start
+    _slow_link(link)
+    with annlayout.store_backend("obstore"):
+        start = time.perf_counter()
+        annlayout.apply("ml-minibatch", h5ad_input, f"s3://{BUCKET}/applied.zarr", overwrite=True)
+        remote_seconds = time.perf_counter() - start
+    counts = link.counts()
+    link_seconds = (counts["bytes_up"] + counts["bytes_down"]) / BANDWIDTH
+    results["apply"] = {
+        "local": local_seconds,
+        "remote": remote_seconds,
+        "link": link_seconds,
+        "ratio": remote_seconds / (local_seconds + link_seconds),
+        "requests": {k: counts[k] for k in ("GET", "PUT", "POST", "LIST", "HEAD", "DELETE")},
+    }
+    benchmark.pedantic(lambda: None, rounds=1)
+
+
+def _dollars_per_epoch(requests: dict[str, Any], n_obs: int, n_vars: int) -> dict[str, float]:
+    """An epoch: every cell once in 256-row batches; every gene once in 10-gene queries."""
+    from annlayout.bench.prices import default_prices
+
+    prices = default_prices()
+    ops = {"256 random rows": n_obs / 256, "10 random genes": n_vars / 10}
+    return {
+        access: ops[access] * prices.dollars(get=counted["GET"], egress_bytes=counted["bytes"])
+        for access, counted in requests.items()
+    }
+
+
+def test_remote_targets(benchmark, results, dataset, bench_dir, terminal_report):
+    n_obs, n_vars = dataset.shape
+    reads = [("access", "annlayout (obstore)", "annlayout (fsspec)", "read_lazy", "speed-up")]
+    for access, measured in results["reads"].items():
+        best = min(measured["annlayout (obstore)"], measured["annlayout (fsspec)"])
+        reads.append(
+            (
+                f"{access} ({ACCESS_LAYOUT[access]})",
+                f"{measured['annlayout (obstore)'] * 1000:.0f} ms",
+                f"{measured['annlayout (fsspec)'] * 1000:.0f} ms",
+                f"{measured['read_lazy (obstore)'] * 1000:.0f} ms",
+                f"{measured['read_lazy (obstore)'] / best:.1f}x",
+            )
+        )
+    costs = [
+        (
+            "layout",
+            "GET/batch",
+            "MB/batch",
+            "GET/10 genes",
+            "MB/10 genes",
+            "$/epoch rows",
+            "$/epoch genes",
+        )
+    ]
+    for name, counted in results["requests"].items():
+        dollars = _dollars_per_epoch(counted, n_obs, n_vars)
+        rows, genes = counted["256 random rows"], counted["10 random genes"]
+        costs.append(
+            (
+                name,
+                f"{rows['GET']}",
+                f"{rows['bytes'] / 1e6:.1f}",
+                f"{genes['GET']}",
+                f"{genes['bytes'] / 1e6:.1f}",
+                f"{dollars['256 random rows']:.4f}",
+                f"{dollars['10 random genes']:.4f}",
+            )
+        )
+    scan, applied = results["scan"], results["apply"]
+    lines = [
+        f"object storage: {n_obs:,} x {n_vars:,}, proxied moto, rtt {RTT * 1000:g} ms, "
+        f"{BANDWIDTH / 1e6:g} MB/s; medians of {ROUNDS}",
+        *text_table(reads),
+        "",
+        *text_table(costs),
+        "",
+        f"full scan (ml-minibatch, obstore): {scan['bytes'] / 1e6:.0f} MB in "
+        f"{scan['seconds']:.2f} s = {scan['share']:.0%} of the link",
+        f"apply h5ad -> s3:// ml-minibatch: {applied['remote']:.1f} s; local {applied['local']:.1f} s"
+        f" + link {applied['link']:.1f} s: ratio {applied['ratio']:.2f}; requests {applied['requests']}",
+    ]
+    publish(benchmark, bench_dir, "remote", results, "\n".join(lines), terminal_report)
+    for access, measured in results["reads"].items():
+        for client in ("obstore", "fsspec"):
+            speedup = measured["read_lazy (obstore)"] / measured[f"annlayout ({client})"]
+            assert speedup >= MIN_SPEEDUP, f"{access} with {client}: {speedup:.1f}x"
+    assert scan["share"] >= MIN_LINK_SHARE, f"full scan at {scan['share']:.0%} of the link"
+    assert applied["ratio"] <= MAX_APPLY_RATIO, f"apply ratio {applied['ratio']:.2f}"
