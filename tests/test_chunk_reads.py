@@ -240,3 +240,20 @@ def test_the_merge_gap_follows_the_measured_link():
     slow.observe(1, 100, 2.0)
     slow.observe(1, 2**30, 3.0)
     assert slow.gap == MAX_GAP
+
+
+@pytest.mark.parametrize("kind", ["v3-sharded-blosc", "v2-zstd-big-endian"])
+def test_a_remote_scan_fetched_in_batches_equals_the_stored_values(arrays, kind, monkeypatch):
+    """Through a store (not pread): batches fetched one ahead of the decoding."""
+    import annlayout.chunk_reads
+
+    monkeypatch.setattr(annlayout.chunk_reads, "FETCH_BATCH", 97 * 8 * 3)  # about 3 chunks
+    array, values = arrays[kind]
+    counters = Counters()
+    remote = zarr.open_array(MeasuredStore(LocalStore(array.store_path.store.root), counters))
+    reader = chunk_reader(remote)
+    assert reader.local_root is None
+    np.testing.assert_array_equal(reader.read([(0, LENGTH)]), values)
+    np.testing.assert_array_equal(
+        reader.read([(5, 900), (1000, 3000)]), np.r_[values[5:900], values[1000:3000]]
+    )

@@ -38,6 +38,7 @@ Decoder = Callable[[bytes], Any]
 EMPTY = 2**64 - 1  # a shard index entry for a chunk that was never written
 MIN_GAP, MAX_GAP = 64 * 1024, 16 * 2**20  # remote: bounds of the merge gap (see Link)
 SMALL_REQUEST = 64 * 1024  # a batch of requests this small on average times the round trip
+FETCH_BATCH = 32 * 2**20  # remote: decoded bytes fetched per batch while the last decodes
 
 
 class Link:
@@ -253,14 +254,39 @@ class ChunkReader:
         outputs = [
             block[k * self.chunk_len : (k + 1) * self.chunk_len] for k in range(len(located))
         ]
-        jobs: list[tuple[Any, np.ndarray]]
         if self.local_root is None:
-            payloads = _store_ranges(self.store, located, self.link)
-            jobs = list(zip(payloads, outputs, strict=True))
-            work: Callable[[list[Any]], None] = self._decode_batch
+            self._fetch_and_decode(located, outputs)
         else:
-            jobs = list(zip(located, outputs, strict=True))
-            work = self._read_local_batch
+            self._run(self._read_local_batch, list(zip(located, outputs, strict=True)))
+
+    def _fetch_and_decode(
+        self, located: list[tuple[str, int, int] | None], outputs: list[np.ndarray]
+    ) -> None:
+        """Fetch in batches of about ``FETCH_BATCH`` decoded bytes, the next batch in flight
+        while this one decodes: a scan then takes about as long as the link needs for its
+        bytes, rather than that plus the decoding."""
+        step = max(1, FETCH_BATCH // max(1, self.chunk_len * self.dtype.itemsize))
+        starts = list(range(0, len(located), step))
+        if len(starts) == 1:
+            payloads = _store_ranges(self.store, located, self.link)
+            self._run(self._decode_batch, list(zip(payloads, outputs, strict=True)))
+            return
+        with ThreadPoolExecutor(1, thread_name_prefix="annlayout-fetch") as fetcher:
+
+            def fetch(k: int) -> Any:
+                batch = located[starts[k] : starts[k] + step]
+                return fetcher.submit(_store_ranges, self.store, batch, self.link)
+
+            future = fetch(0)
+            for k, start in enumerate(starts):
+                payloads = future.result()
+                if k + 1 < len(starts):  # one batch in flight: memory stays two batches
+                    future = fetch(k + 1)
+                jobs = list(zip(payloads, outputs[start : start + step], strict=True))
+                self._run(self._decode_batch, jobs)
+
+    def _run(self, work: Callable[[list[Any]], None], jobs: list[tuple[Any, np.ndarray]]) -> None:
+        """``work`` over ``jobs`` on the decoding pool, in a few tasks per worker."""
         workers = _pool()._max_workers
         if len(jobs) <= 2 or workers == 1:
             work(jobs)
