@@ -23,6 +23,7 @@ import scipy.sparse as sp
 from annlayout.copies import copy_group, stale_reason
 from annlayout.encodings import SPARSE_ENCODINGS, attr, encoding_of, is_group, sparse_shape
 from annlayout.errors import NotAnnDataError
+from annlayout.remote import codec_pipeline_for
 from annlayout.stores import check_anndata_root, open_store
 
 
@@ -225,7 +226,8 @@ class Matrix:
         """Usable orientations: name -> (its data and indices, indptr in memory)."""
         primary = self.encoding[:3]
         indptr = self._node["indptr"][...]
-        found = {primary: (_Arrays(self._node), indptr)}
+        pipeline = codec_pipeline_for("zarrs", self._dataset.source)
+        found = {primary: (_Arrays(self._node, pipeline), indptr)}
         copy = copy_group(self._node)
         if copy is not None:
             reason = stale_reason(self._node, copy, indptr)
@@ -237,7 +239,7 @@ class Matrix:
                     stacklevel=4,
                 )
             else:
-                found[copy.name.rpartition("/")[2]] = (_Arrays(copy), copy["indptr"][...])
+                found[copy.name.rpartition("/")[2]] = (_Arrays(copy, pipeline), copy["indptr"][...])
         return found
 
     def warm(self) -> None:
@@ -281,8 +283,8 @@ class _Arrays:
     """data and indices of one orientation, with their chunk readers (and shard indexes)
     kept for the life of the handle."""
 
-    def __init__(self, group: Any):
-        self.group = group
+    def __init__(self, group: Any, pipeline: str | None):
+        self.group, self.pipeline = group, pipeline
         self._arrays: dict[str, Any] = {}
         self._readers: dict[str, Any] = {}
 
@@ -292,7 +294,7 @@ class _Arrays:
         if hasattr(self.group, "metadata"):  # zarr fixes the codec pipeline when it opens
             from annlayout.codecs import codec_pipeline  # an array: open it under zarrs
 
-            with codec_pipeline("zarrs"):
+            with codec_pipeline(self.pipeline):
                 self._arrays[name] = self.group[name]
         else:
             self._arrays[name] = self.group[name]

@@ -87,9 +87,10 @@ def store_backend(name: str | None) -> Iterator[None]:
 
 
 def codec_pipeline_for(pipeline: str | None, *locations: object) -> str | None:
-    """The zarr codec pipeline to write ``locations`` with: zarrs 0.2.3 rebuilds an obstore
-    store in a runtime of its own, where partial chunk writes hung on HEAD requests until the
-    retry budget ran out (180 s, then an error); zarr-python's pipeline does not."""
+    """The zarr codec pipeline for ``locations``: zarrs 0.2.3 rebuilds an obstore store in a
+    runtime of its own (with a warning on every array it opens), where partial chunk writes
+    hung on HEAD requests until the retry budget ran out (180 s, then an error);
+    zarr-python's pipeline does not."""
     if pipeline == "zarrs" and any(map(is_url, locations)) and chosen_backend() == "obstore":
         return "zarr"
     return pipeline
