@@ -147,3 +147,37 @@ def test_store_backend_option_of_the_cli(tmp_path, s3, backend):
     assert shown.exit_code == 0 and "analysis" in shown.output
     bad = runner.invoke(main, ["--store-backend", "ftp", "inspect", remote])
     assert bad.exit_code == 2 and "ftp" in bad.output
+
+
+def test_removal_takes_the_root_first(tmp_path, s3, backend, monkeypatch):
+    """A removal cut short must not leave a root whose elements are half gone."""
+    from annlayout.remote import ROOT_METADATA, listing, remove
+
+    source = tmp_path / "in.h5ad"
+    make_input(source, "csr")
+    remote = f"{s3}/{backend}/removed.zarr"
+    annlayout.apply("analysis", source, remote, overwrite=True)
+    assert "zarr.json" in listing(remote) and len(listing(remote)) > 5
+    first: list[str] = []
+    if backend == "obstore":
+        import obstore
+
+        real = obstore.delete
+
+        def recording(client, paths):
+            first.extend([paths] if isinstance(paths, str) else paths[:1])
+            return real(client, paths)
+
+        monkeypatch.setattr(obstore, "delete", recording)
+    else:
+        fs = filesystem(remote)
+        real_rm = fs.rm
+
+        def recording_rm(path, *args, **kwargs):
+            first.extend([path] if isinstance(path, str) else path[:1])
+            return real_rm(path, *args, **kwargs)
+
+        monkeypatch.setattr(fs, "rm", recording_rm)
+    remove(remote)
+    assert first and first[0].rpartition("/")[2] in ROOT_METADATA
+    assert listing(remote) == {}

@@ -212,17 +212,27 @@ def zarr_exists(url: str) -> bool:
     return any(fs.exists(f"{url}/{name}") for name in ("zarr.json", ".zgroup", ".zarray"))
 
 
+ROOT_METADATA = ("zarr.json", ".zgroup", ".zattrs", ".zmetadata")
+
+
 def remove(url: str) -> None:
-    """Delete every object under ``url`` (object stores have no directories to remove)."""
+    """Delete every object under ``url`` (object stores have no directories to remove).
+
+    The root metadata goes first: a removal cut short leaves no root, which every reader
+    refuses, rather than a root whose elements are half gone."""
     url = url.rstrip("/")
+    names = sorted(listing(url), key=lambda name: name not in ROOT_METADATA)
     if chosen_backend() == "obstore":
         import obstore
 
         client, key = _split(url)
-        keys = [f"{key}/{name}" if key else name for name in listing(url)]
+        keys = [f"{key}/{name}" if key else name for name in names]
         for start in range(0, len(keys), 1000):  # S3's batch delete takes 1,000 keys
             obstore.delete(client, keys[start : start + 1000])
         return
     fs = filesystem(url)
-    if fs.exists(url):
+    roots = [f"{url}/{name}" for name in names if name in ROOT_METADATA]
+    if roots:
+        fs.rm(roots)
+    if len(names) > len(roots):
         fs.rm(url, recursive=True)
