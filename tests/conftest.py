@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 import socket
 import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import anndata as ad
 import numpy as np
@@ -90,36 +93,91 @@ def assert_matches_plan(plans, store: Path) -> None:
 
 
 @pytest.fixture(scope="session")
-def s3():
-    """A real S3-protocol server (moto) on a free loopback port, for the whole session.
-
-    The AWS environment variables point at it: clients read credentials and the endpoint from
-    the environment, as they do against real object storage.
-    """
+def moto_port():
+    """A real S3-protocol server (moto) on a free loopback port, for the whole session."""
+    moto_server = pytest.importorskip("moto.server")
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    moto_server = pytest.importorskip("moto.server")
-    s3fs = pytest.importorskip("s3fs")
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
-    env = {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-    }
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    s3fs.S3FileSystem.clear_instance_cache()  # cached clients know no endpoint but AWS's
-    filesystem("s3://annlayout-test").mkdir("annlayout-test")
     try:
-        yield "s3://annlayout-test"
+        yield port
     finally:
-        s3fs.S3FileSystem.clear_instance_cache()
         server.stop()
+
+
+@contextmanager
+def _environment(values: dict[str, str]):
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def _aws(endpoint: str) -> dict[str, str]:
+    return {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": endpoint,
+    }
+
+
+@pytest.fixture(scope="session")
+def s3(moto_port):
+    """The moto server's bucket ``annlayout-test``, for the whole session.
+
+    The AWS environment variables point at it: clients read credentials and the endpoint from
+    the environment, as they do against real object storage.
+    """
+    s3fs = pytest.importorskip("s3fs")
+    with _environment(_aws(f"http://127.0.0.1:{moto_port}")):
+        s3fs.S3FileSystem.clear_instance_cache()  # cached clients know no endpoint but AWS's
+        filesystem("s3://annlayout-test").mkdir("annlayout-test")
+        try:
+            yield "s3://annlayout-test"
+        finally:
+            s3fs.S3FileSystem.clear_instance_cache()
+
+
+@pytest.fixture(scope="session")
+def s3_proxy(moto_port):
+    """A NetProxy (tests/netproxy.py) in front of the moto server: latency, bandwidth and
+    failures on real sockets, and requests counted by kind."""
+    from .netproxy import NetProxy
+
+    with NetProxy("127.0.0.1", moto_port) as proxy:
+        yield proxy
+
+
+@dataclass
+class Proxied:
+    url: str  # s3://annlayout-proxied/<this test's prefix>
+    proxy: Any
+
+
+@pytest.fixture
+def proxied_s3(s3_proxy, request):
+    """For one test: every client reaches moto through the proxy (link reset before and
+    after), under a prefix of its own in the bucket ``annlayout-proxied``."""
+    s3fs = pytest.importorskip("s3fs")
+    s3_proxy.reset()
+    with _environment(_aws(s3_proxy.url)):
+        s3fs.S3FileSystem.clear_instance_cache()
+        fs = filesystem("s3://annlayout-proxied")
+        if not fs.exists("annlayout-proxied"):
+            fs.mkdir("annlayout-proxied")
+        s3_proxy.reset_counts()  # the test counts its own requests
+        name = "".join(c if c.isalnum() else "-" for c in request.node.name)
+        try:
+            yield Proxied(f"s3://annlayout-proxied/{name}", s3_proxy)
+        finally:
+            s3_proxy.reset()
+            s3fs.S3FileSystem.clear_instance_cache()
