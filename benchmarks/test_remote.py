@@ -224,12 +224,12 @@ def test_apply_to_the_bucket(benchmark, link, h5ad_input, bench_dir, results):
 
 def _dollars_per_epoch(requests: dict[str, Any], n_obs: int, n_vars: int) -> dict[str, float]:
     """An epoch: every cell once in 256-row batches; every gene once in 10-gene queries."""
-    from annlayout.bench.prices import default_prices
+    from annlayout.bench.cost import load_prices
 
-    prices = default_prices()
+    prices = load_prices()  # S3 Standard, us-east-1, egress to the internet
     ops = {"256 random rows": n_obs / 256, "10 random genes": n_vars / 10}
     return {
-        access: ops[access] * prices.dollars(get=counted["GET"], egress_bytes=counted["bytes"])
+        access: ops[access] * prices.dollars(gets=counted["GET"], nbytes=counted["bytes"])
         for access, counted in requests.items()
     }
 
