@@ -354,8 +354,9 @@ def test_bench_cli_objective_cost_and_prices(tmp_path, dataset):
     eligible = [c for c in report["candidates"] if c["excluded"] is None]
     cheapest = min(eligible, key=lambda c: c["cost_per_epoch"])
     assert report["winner"] == cheapest["name"]
-    for candidate in report["candidates"]:  # GETs at $1 each: dollars are the GETs per epoch
-        assert candidate["cost_per_epoch"] == pytest.approx(candidate["requests_per_epoch"]["GET"])
+    for candidate in report["candidates"]:  # requests free, $1,000 a GB: dollars are bytes
+        by_bytes = candidate["bytes_per_epoch"] / 2**30 * 1000
+        assert candidate["cost_per_epoch"] == pytest.approx(by_bytes)
     text = (out / "recommended.yaml").read_text()
     assert text.startswith("# Recommended by `annlayout bench`")
     why = next(line for line in text.splitlines() if "under --objective cost" in line)
