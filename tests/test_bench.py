@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
@@ -227,3 +228,159 @@ def test_bench_measures_candidates_on_s3(tmp_path, dataset, s3):
         for pattern in candidate["patterns"]:
             assert pattern["requests"] > 0 and pattern["bytes_read"] > 0
     assert not filesystem(storage).exists(storage)  # scratch candidates removed
+
+
+# --------------------------------------------------------------------------- cost model
+
+
+def test_requests_are_counted_by_kind(array_store):
+    """GET per get (and per range), PUT per set, LIST per list call, HEAD per exists and
+    getsize: exact on a 10-chunk uncompressed array of 100 int32s per chunk."""
+    counters = Counters()
+    store = MeasuredStore(LocalStore(array_store), counters)
+    array = zarr.open_array(store)
+    counters.reset()
+    array[250:450]  # chunks 2, 3, 4
+    assert counters.by_kind() == {"GET": 3, "PUT": 0, "LIST": 0, "HEAD": 0}
+    assert counters.bytes == 1200
+    counters.reset()
+    array[0:100] = np.full(100, 7, dtype="i4")  # a whole chunk: written, never read
+    assert counters.by_kind() == {"GET": 0, "PUT": 1, "LIST": 0, "HEAD": 0}
+    counters.reset()
+    array[100:150] = np.full(50, 7, dtype="i4")  # half a chunk: read, merged, written
+    assert counters.by_kind() == {"GET": 1, "PUT": 1, "LIST": 0, "HEAD": 0}
+    assert counters.bytes == 400
+
+    async def lists_and_heads():
+        assert await store.exists("zarr.json")
+        assert await store.getsize("c/1") == 400
+        assert len([k async for k in store.list()]) == 11  # zarr.json and 10 chunks
+        assert "c/3" in [k async for k in store.list_prefix("c/")]
+        assert "c" in [k async for k in store.list_dir("")]
+
+    counters.reset()
+    asyncio.run(lists_and_heads())
+    assert counters.by_kind() == {"GET": 0, "PUT": 0, "LIST": 3, "HEAD": 2}
+    assert counters.bytes == 0
+
+
+COST_WORKLOAD = {
+    "workload": 1,
+    "name": "every-kind",
+    "patterns": [{"kind": kind, **params} for kind, params in PATTERNS.items()],
+}
+# on the full 400 x 150 dataset (2 categories in obs "group"), whatever the sample
+EPOCH_OPS = {
+    "random rows (16)": 25,  # 400 / 16
+    "row slices (20)": 20,  # 400 / 20
+    "gene queries (2)": 75,  # 150 / 2
+    "category, 2 genes": 150,  # 2 categories x 150 / 2
+    "obs columns": 2,  # count: 2
+    "full scan (50)": 8,  # 400 / 50 blocks = one scan
+}
+
+
+@pytest.fixture(scope="module")
+def priced(tmp_path_factory, dataset):
+    """One sampled run over every pattern kind, priced with the shipped defaults."""
+    return run_bench(
+        dataset, Workload.model_validate(COST_WORKLOAD), workdir=tmp_path_factory.mktemp("cost"),
+        layouts=["ml-minibatch", "cell-browser"], sample=200,
+    )  # fmt: skip
+
+
+def test_dollars_per_epoch_are_dollars_per_op_times_ops_per_epoch(priced):
+    from annlayout.bench.cost import load_prices
+
+    prices = load_prices()
+    assert (prices.get_per_1000, prices.list_per_1000, prices.egress_per_gb) == (
+        0.0004, 0.005, 0.09,
+    )  # fmt: skip
+    assert priced.full_shape == (400, 150) and priced.sample == 200
+    for candidate in priced.candidates:
+        for r in candidate.results:
+            assert r.ops_per_epoch == EPOCH_OPS[r.pattern]
+            n = r.operations
+            by_hand = (
+                r.requests / n * 0.0004 + r.heads / n * 0.0004 + (r.puts + r.lists) / n * 0.005
+            ) / 1000 + r.bytes_read / n / 2**30 * 0.09
+            assert r.dollars_per_op == pytest.approx(by_hand)
+            assert r.dollars_per_epoch == pytest.approx(by_hand * EPOCH_OPS[r.pattern])
+            assert r.puts == 0  # reading writes nothing
+        ours = [r for r in candidate.results if r.reader == "annlayout"]
+        assert len(ours) == len(EPOCH_OPS)
+        assert candidate.cost_per_epoch == pytest.approx(sum(r.dollars_per_epoch for r in ours))
+        assert candidate.cost_per_epoch > 0
+
+
+def test_the_objective_decides(priced):
+    """time picks the best score, cost the fewest dollars, balanced the lowest geometric mean:
+    with the cheapest candidate made the slowest, time and cost disagree."""
+    from annlayout.bench.score import cost, recommend
+
+    candidates = priced.candidates
+    cheapest = min(candidates, key=lambda c: c.cost_per_epoch)
+    other = next(c for c in candidates if c is not cheapest)
+    assert cheapest.cost_per_epoch < other.cost_per_epoch
+    cheapest.score, other.score = 3.0, 1.0
+    cost(candidates)
+    assert recommend(candidates, "time") is other
+    assert recommend(candidates, "cost") is cheapest
+    ratio = other.cost_per_epoch / cheapest.cost_per_epoch
+    assert other.balanced == pytest.approx(ratio**0.5)
+    assert cheapest.balanced == pytest.approx(3.0**0.5)
+    assert recommend(candidates, "balanced") is (other if ratio < 3 else cheapest)
+
+
+def test_bench_cli_objective_cost_and_prices(tmp_path, dataset):
+    """--objective cost with bytes made expensive (every candidate of this small dataset makes
+    the same GETs): the winner is the cheapest candidate by report.json's dollars, and
+    recommended.yaml says why and still loads."""
+    prices = tmp_path / "dear-bytes.yaml"
+    prices.write_text(
+        "prices: 1\nname: dear bytes\nget_per_1000: 0\nhead_per_1000: 0\negress_per_gb: 1000\n"
+    )
+    out = tmp_path / "report"
+    args = ["bench", str(dataset), "-w", "cell-browser", "--layout", "ml-minibatch",
+            "--layout", "cell-browser", "--sample", "200", "--out", str(out)]  # fmt: skip
+    result = CliRunner().invoke(main, [*args, "--objective", "cost", "--prices", str(prices)])
+    assert result.exit_code == 0, result.output + result.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["objective"] == "cost"
+    assert report["prices"]["get_per_1000"] == 0 and report["prices"]["egress_per_gb"] == 1000
+    assert report["full_shape"] == [400, 150]
+    assert report["ops_per_epoch"] == {"gene queries (1)": 150, "category, 5 genes": 60,
+                                       "random rows (32)": 13}  # fmt: skip
+    eligible = [c for c in report["candidates"] if c["excluded"] is None]
+    cheapest = min(eligible, key=lambda c: c["cost_per_epoch"])
+    assert report["winner"] == cheapest["name"]
+    for candidate in report["candidates"]:  # requests free, $1,000 a GB: dollars are bytes
+        by_bytes = candidate["bytes_per_epoch"] / 2**30 * 1000
+        assert candidate["cost_per_epoch"] == pytest.approx(by_bytes)
+    text = (out / "recommended.yaml").read_text()
+    assert text.startswith("# Recommended by `annlayout bench`")
+    why = next(line for line in text.splitlines() if "under --objective cost" in line)
+    assert f"${cheapest['cost_per_epoch']:,.4g} per epoch" in why and "GET" in why
+    assert "cheaper than" in why
+    assert annlayout.load_layout(out / "recommended.yaml").name == cheapest["name"]
+    markdown = (out / "report.md").read_text()
+    assert "## Cost" in markdown and "dear bytes" in markdown and "| $ per epoch |" in markdown
+    assert "Objective: **cost**" in markdown and "200-cell sample" in markdown
+
+
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [("get_per_1000: cheap\n", "get_per_1000"), ("get_per_100: 1\n", "get_per_100"),
+     ("egress_per_gb: -1\n", "egress_per_gb")],
+)  # fmt: skip
+def test_bench_cli_bad_prices_file(tmp_path, dataset, text, field):
+    prices = tmp_path / "prices.yaml"
+    prices.write_text("prices: 1\n" + text)
+    result = CliRunner().invoke(
+        main, ["bench", str(dataset), "-w", "analysis", "--prices", str(prices),
+               "--out", str(tmp_path / "out")],
+    )  # fmt: skip
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "prices.yaml:2" in lines[0] and field in lines[0], lines
+    assert not (tmp_path / "out").exists()

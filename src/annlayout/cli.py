@@ -472,6 +472,22 @@ def verify_command(source: str, rewritten: str, as_json: bool, memory: str) -> N
 )
 @click.option("--max-objects", type=int, help="Exclude candidates with more stored objects.")
 @click.option(
+    "--objective",
+    type=click.Choice(["time", "cost", "balanced"]),
+    default="time",
+    show_default=True,
+    help="What to recommend for: time (the fastest score); cost (fewest dollars per workload "
+    "epoch, annlayout's reader); balanced (lowest geometric mean of score / best score and "
+    "cost / best cost).",
+)
+@click.option(
+    "--prices",
+    "prices_file",
+    type=click.Path(path_type=Path),
+    help="A YAML prices file (per 1,000 GET/HEAD/PUT/POST/LIST requests, egress per GB); "
+    "default: S3 Standard us-east-1. Set egress_per_gb: 0 for readers in the bucket's region.",
+)
+@click.option(
     "--out",
     "out_dir",
     required=True,
@@ -489,16 +505,21 @@ def bench_command(
     storage: str,
     max_size: str | None,
     max_objects: int | None,
+    objective: str,
+    prices_file: Path | None,
     out_dir: Path,
 ) -> None:
     """Measure WORKLOAD's access patterns on candidate layouts of INPUT; recommend the best.
 
-    Writes recommended.yaml (a layout file: apply it with `annlayout apply`), report.md,
-    report.json and report.png into --out.
+    Requests (GET, PUT, LIST, HEAD) and bytes are counted per operation and per epoch (one
+    full pass of each pattern over the whole dataset, also with --sample) and priced with
+    --prices. Writes recommended.yaml (a layout file: apply it with `annlayout apply`; a
+    comment at its top says why it won), report.md, report.json and report.png into --out.
     """
     import tempfile
 
     from annlayout.bench import load_workload, parse_storage, run_bench
+    from annlayout.bench.cost import load_prices
     from annlayout.bench.report import write_reports
     from annlayout.rewrite import ApplyError
 
@@ -513,6 +534,7 @@ def bench_command(
         except ValueError:
             raise ApplyError(f"--max-size {max_size!r}: expected e.g. 1.5x") from None
     loaded = load_workload(workload)
+    prices = load_prices(prices_file)
     with tempfile.TemporaryDirectory(
         prefix="annlayout-bench-", dir=out_dir.parent if out_dir.parent.is_dir() else None
     ) as work:
@@ -520,13 +542,14 @@ def bench_command(
             result = run_bench(
                 input, loaded, workdir=Path(work), layouts=list(layouts) or None,
                 storage=simulation, sample=sample, sample_mode=sample_mode, search=search,
-                max_size=limit, max_objects=max_objects,
+                max_size=limit, max_objects=max_objects, objective=objective, prices=prices,
                 progress=lambda message: status.update(message),
             )  # fmt: skip
         paths = write_reports(result, out_dir)
     out.print(
         f"recommended [cyan]{result.winner.name}[/] for workload {loaded.name} "
-        f"(score {result.winner.score:.2f}); wrote {paths['recommended']}, "
+        f"(--objective {objective}: score {result.winner.score:.2f}, "
+        f"${result.winner.cost_per_epoch:,.4g} per epoch); wrote {paths['recommended']}, "
         f"{paths['markdown'].name}, {paths['json'].name}, {paths['png'].name}",
         highlight=False,
     )

@@ -34,7 +34,24 @@ class Candidate:
     x_orientations: list[str] = field(default_factory=list)
     results: list[PatternResult] = field(default_factory=list)
     score: float = math.inf
+    cost_per_epoch: float = math.inf  # dollars per workload epoch, annlayout's reader
+    balanced: float = math.inf  # score.rank: sqrt(score / best x cost / best)
     excluded: str | None = None
+
+    def ours(self) -> list[PatternResult]:
+        """The results through annlayout's reader (what scores and costs are made of)."""
+        return [r for r in self.results if r.reader == "annlayout"]
+
+    def requests_per_epoch(self) -> dict[str, float]:
+        """Requests by kind per workload epoch, annlayout's reader."""
+        totals = {"GET": 0.0, "PUT": 0.0, "LIST": 0.0, "HEAD": 0.0}
+        for r in self.ours():
+            for kind, n in r.per_op().items():
+                totals[kind] += n * r.ops_per_epoch
+        return totals
+
+    def bytes_per_epoch(self) -> float:
+        return sum(r.bytes_per_op * r.ops_per_epoch for r in self.ours())
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -46,6 +63,10 @@ class Candidate:
             "x_major_per_chunk": self.x_major_per_chunk,
             "x_orientations": self.x_orientations,
             "score": self.score,
+            "cost_per_epoch": self.cost_per_epoch,
+            "requests_per_epoch": self.requests_per_epoch(),
+            "bytes_per_epoch": self.bytes_per_epoch(),
+            "balanced": self.balanced,
             "excluded": self.excluded,
             "patterns": [r.summary() for r in self.results],
         }

@@ -1,6 +1,6 @@
 """Replaying a pattern's operations through one reader on one candidate store.
 
-Requests and bytes are counted through a :class:`~annlayout.bench.stores.MeasuredStore`
+Requests (by kind) and bytes are counted through a :class:`~annlayout.bench.stores.MeasuredStore`
 (remote costs simulated when asked), latencies timed, peak memory traced; every answer is
 digested and must equal the first candidate's, so a layout bug cannot win.
 """
@@ -32,10 +32,15 @@ class PatternResult:
     weight: float
     reader: str  # one of annlayout.bench.readers.READERS
     latencies: list[float]
-    requests: int
+    requests: int  # GETs
     bytes_read: int
     rows: int
     peak_memory: int
+    puts: int = 0
+    lists: int = 0
+    heads: int = 0
+    ops_per_epoch: int = 0  # of the full dataset (workloads.ops_per_epoch), set by the runner
+    dollars_per_op: float = 0.0  # requests and bytes per op, priced (cost.Prices), ditto
 
     @property
     def median(self) -> float:
@@ -59,6 +64,18 @@ class PatternResult:
     def bytes_per_op(self) -> float:
         return self.bytes_read / max(1, self.operations)
 
+    def per_op(self) -> dict[str, float]:
+        """Requests per operation by kind (GET, PUT, LIST, HEAD)."""
+        n = max(1, self.operations)
+        return {
+            "GET": self.requests / n, "PUT": self.puts / n, "LIST": self.lists / n,
+            "HEAD": self.heads / n,
+        }  # fmt: skip
+
+    @property
+    def dollars_per_epoch(self) -> float:
+        return self.dollars_per_op * self.ops_per_epoch
+
     @property
     def throughput(self) -> float:
         """Rows per second (bytes per second for obs columns)."""
@@ -70,7 +87,8 @@ class PatternResult:
         data.update(
             median=self.median, p95=self.p95, throughput=self.throughput,
             operations=self.operations, requests_per_op=self.requests_per_op,
-            bytes_per_op=self.bytes_per_op,
+            bytes_per_op=self.bytes_per_op, requests_per_op_by_kind=self.per_op(),
+            dollars_per_epoch=self.dollars_per_epoch,
         )  # fmt: skip
         return data
 
@@ -101,7 +119,7 @@ def measure(
     """Pattern ``index`` of ``workload`` through ``reader`` on the candidate ``name`` written
     at ``location``; None when the reader cannot read the store (or is not installed).
     ``reference`` holds the first answer's digest of every operation."""
-    # Two passes over the same operations. Requests and bytes are counted through a
+    # Two passes over the same operations. Requests (by kind) and bytes are counted through a
     # MeasuredStore; peak memory is traced (tracemalloc), which slows Python-heavy readers,
     # so it is never traced while timing. On local disk (or a real URL) the timed pass reads
     # the store directly (zarr's fast paths, e.g. the zarrs pipeline, need a plain store)
@@ -112,7 +130,7 @@ def measure(
     ops: list[Operation] = []
     latencies: list[float] = []
     rows = peak = 0
-    requests = bytes_read = 0
+    requests = bytes_read = puts = lists = heads = 0
     for timed_pass in (True, False):
         counted = simulated == timed_pass
         source = store if counted else location
@@ -148,6 +166,7 @@ def measure(
                 tracemalloc.stop()
         if counted:
             requests, bytes_read = counters.requests, counters.bytes
+            puts, lists, heads = counters.puts, counters.lists, counters.heads
     return PatternResult(
         pattern=pattern_label(pattern),
         weight=pattern.weight,
@@ -157,4 +176,7 @@ def measure(
         bytes_read=bytes_read,
         rows=rows,
         peak_memory=peak,
+        puts=puts,
+        lists=lists,
+        heads=heads,
     )

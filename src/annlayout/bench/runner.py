@@ -4,15 +4,17 @@ For every candidate: materialize the (sampled) dataset with the streaming apply
 (:mod:`~annlayout.bench.candidates`), then replay every pattern's operations through
 annlayout's reader and anndata's lazy readers (:mod:`~annlayout.bench.readers`) on a
 :class:`~annlayout.bench.stores.MeasuredStore` (:mod:`~annlayout.bench.measure`: requests and
-bytes counted, remote costs simulated when asked), and score them
-(:mod:`~annlayout.bench.score`). Each operation's answer is digested and must be the same for
+bytes counted, remote costs simulated when asked), price them (:mod:`~annlayout.bench.cost`:
+requests by kind and bytes per operation, times the operations in one epoch of the full
+dataset), and score them (:mod:`~annlayout.bench.score`) under an objective: time, cost or
+balanced. Each operation's answer is digested and must be the same for
 every candidate and every reader, so a layout bug cannot win.
 """
 
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +27,13 @@ from annlayout.bench.candidates import (
     search_variants,
     write_candidate,
 )
+from annlayout.bench.cost import OBJECTIVES, Prices, load_prices
 from annlayout.bench.measure import measure
 from annlayout.bench.readers import READERS
-from annlayout.bench.score import recommend, score
+from annlayout.bench.score import cost, rank_key, recommend, score
 from annlayout.bench.stores import Simulation
-from annlayout.bench.workloads import Workload, pattern_label
+from annlayout.bench.workloads import Workload, ops_per_epoch, pattern_label
+from annlayout.errors import BenchError
 from annlayout.optional import requirement
 
 
@@ -41,6 +45,10 @@ class BenchResult:
     sample: int | None
     candidates: list[Candidate]
     winner: Candidate
+    objective: str = "time"
+    prices: Prices = field(default_factory=Prices)
+    full_shape: tuple[int, int] = (0, 0)  # the source's, which epochs are counted on
+    ops_per_epoch: list[int] = field(default_factory=list)  # per pattern of the workload
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -48,6 +56,13 @@ class BenchResult:
             "storage": self.storage.describe(),
             "source": self.source,
             "sample": self.sample,
+            "objective": self.objective,
+            "prices": self.prices.model_dump(mode="json"),
+            "full_shape": list(self.full_shape),
+            "ops_per_epoch": {
+                pattern_label(p): n
+                for p, n in zip(self.workload.patterns, self.ops_per_epoch, strict=True)
+            },
             "winner": self.winner.name,
             "candidates": [c.summary() for c in self.candidates],
         }
@@ -66,11 +81,24 @@ def run_bench(
     max_size: float | None = None,
     max_objects: int | None = None,
     progress: Progress | None = None,
+    objective: str = "time",
+    prices: Prices | str | Path | None = None,
 ) -> BenchResult:
+    """Benchmark ``workload`` on the candidates and recommend one under ``objective``:
+    ``"time"`` (the score), ``"cost"`` (dollars per workload epoch at ``prices``: a
+    :class:`~annlayout.bench.cost.Prices`, a YAML file, or None for S3 Standard) or
+    ``"balanced"`` (geometric mean of both, relative to the best)."""
     say = progress or (lambda message: None)
     storage = storage or Simulation()
+    if objective not in OBJECTIVES:
+        raise BenchError(f"objective {objective!r}: expected one of {', '.join(OBJECTIVES)}")
+    if not isinstance(prices, Prices):
+        prices = load_prices(prices)
     workdir.mkdir(parents=True, exist_ok=True)
-    data = _materialize_sample(source, workdir, sample, sample_mode, workload.seed, say)
+    data, full_shape, full_obs = _materialize_sample(
+        source, workdir, sample, sample_mode, workload.seed, say
+    )
+    epochs = [ops_per_epoch(p, full_shape, full_obs) for p in workload.patterns]
     candidates = initial_candidates(layouts, say)
 
     run_storage = storage  # where candidates go: a prefix of this run's own on a URL, so no
@@ -85,9 +113,11 @@ def run_bench(
     try:
         for candidate in candidates:
             _evaluate(candidate, data, workload, run_storage, workdir, reference, say)
+            _price(candidate, workload, epochs, prices)
         score(candidates, max_size, max_objects)
+        cost(candidates)
         if search:
-            best = min(candidates, key=lambda c: c.score)
+            best = min(candidates, key=lambda c: rank_key(c, objective))
             variants = [
                 v
                 for v in search_variants(best.layout)
@@ -96,23 +126,42 @@ def run_bench(
             for layout in variants:
                 candidate = Candidate(name=layout.name, layout=layout, origin="search")
                 _evaluate(candidate, data, workload, run_storage, workdir, reference, say)
+                _price(candidate, workload, epochs, prices)
                 candidates.append(candidate)
             score(candidates, max_size, max_objects)
+            cost(candidates)
     finally:
         _remove_remote(run_storage, say)
-    winner = recommend(candidates)
-    return BenchResult(workload, storage, str(source), sample, candidates, winner)
+    winner = recommend(candidates, objective)
+    return BenchResult(
+        workload, storage, str(source), sample, candidates, winner, objective, prices,
+        full_shape, epochs,
+    )  # fmt: skip
+
+
+def _price(candidate: Candidate, workload: Workload, epochs: list[int], prices: Prices) -> None:
+    """Operations per epoch (of the full dataset) and dollars per operation on every result."""
+    labels = {pattern_label(p): n for p, n in zip(workload.patterns, epochs, strict=True)}
+    for r in candidate.results:
+        r.ops_per_epoch = labels[r.pattern]
+        n = max(1, r.operations)
+        r.dollars_per_op = prices.dollars(
+            r.requests / n, r.bytes_read / n, puts=r.puts / n, lists=r.lists / n, heads=r.heads / n
+        )
 
 
 def _materialize_sample(
     source: str | Path, workdir: Path, sample: int | None, mode: str, seed: int, say: Progress
-) -> Path | str:
+) -> tuple[Path | str, tuple[int, int], Any]:
+    """The data to benchmark (``source``, or a sample of it written to ``workdir``), and the
+    full source's shape and obs (epochs are counted on the full dataset)."""
     import annlayout
 
     handle = annlayout.open(source)
     n_obs = handle.shape[0]
+    full = (handle.shape[0], handle.shape[1]), handle.obs
     if not sample or sample >= n_obs:
-        return source
+        return source, *full
     if mode == "first":
         rows = np.arange(sample)
     else:
@@ -122,7 +171,7 @@ def _materialize_sample(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         handle.to_adata(obs=rows).write_h5ad(path)
-    return path
+    return path, *full
 
 
 def _evaluate(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from annlayout.bench.candidates import Candidate
+from annlayout.bench.cost import OBJECTIVES, balanced
 from annlayout.errors import BenchError
 
 
@@ -30,9 +31,38 @@ def score(candidates: list[Candidate], max_size: float | None, max_objects: int 
             candidate.excluded = f"{candidate.objects:,} objects > {max_objects:,}"
 
 
-def recommend(candidates: list[Candidate]) -> Candidate:
-    """The best-scoring candidate not excluded (ties: the smaller, then the name)."""
+def cost(candidates: list[Candidate]) -> None:
+    """Each candidate's dollars per workload epoch (the sum over patterns of annlayout's
+    reader's dollars per epoch) and its balanced figure (:func:`~annlayout.bench.cost.balanced`
+    against the best score and the lowest cost among the candidates not excluded)."""
+    for candidate in candidates:
+        candidate.cost_per_epoch = sum(r.dollars_per_epoch for r in candidate.ours())
+    eligible = [c for c in candidates if c.excluded is None] or candidates
+    best_score = min(c.score for c in eligible)
+    best_cost = min(c.cost_per_epoch for c in eligible)
+    for candidate in candidates:
+        candidate.balanced = balanced(
+            candidate.score, best_score, candidate.cost_per_epoch, best_cost
+        )
+
+
+def rank_key(candidate: Candidate, objective: str = "time") -> tuple:
+    """Lower is better. time: the score (rounded: scores 0.5% apart are a tie); cost: dollars
+    per workload epoch; balanced: the geometric mean of both relative to the best. Ties: the
+    score, then the smaller, then the name."""
+    if objective not in OBJECTIVES:
+        raise BenchError(f"--objective {objective!r}: expected one of {', '.join(OBJECTIVES)}")
+    tail = (candidate.size, candidate.name)
+    if objective == "cost":
+        return (candidate.cost_per_epoch, round(candidate.score, 2), *tail)
+    if objective == "balanced":
+        return (round(candidate.balanced, 3), round(candidate.score, 2), *tail)
+    return (round(candidate.score, 2), *tail)
+
+
+def recommend(candidates: list[Candidate], objective: str = "time") -> Candidate:
+    """The best candidate under ``objective`` not excluded (:func:`rank_key`)."""
     eligible = [c for c in candidates if c.excluded is None]
     if not eligible:
         raise BenchError("every candidate breaks --max-size or --max-objects")
-    return min(eligible, key=lambda c: (round(c.score, 2), c.size, c.name))
+    return min(eligible, key=lambda c: rank_key(c, objective))

@@ -1,7 +1,7 @@
 """Stores that count what a read costs, and simulate object storage the same way every time.
 
-:class:`MeasuredStore` wraps any zarr store: it counts read requests and bytes (measured, not
-estimated) and can add what object storage adds to every request: a round-trip latency, a
+:class:`MeasuredStore` wraps any zarr store: it counts requests by kind (GET, PUT, LIST, HEAD,
+as an object store bills them) and bytes read (measured, not estimated) and can add what object storage adds to every request: a round-trip latency, a
 bandwidth limit, and a cap on requests in flight. ``sim:rtt=20ms,bandwidth=200MB/s,
 concurrency=16`` gives remote costs that do not depend on the network of the day.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import re
 import threading
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,20 +23,41 @@ from zarr.storage import WrapperStore
 
 @dataclass
 class Counters:
-    """Read requests and bytes, shared by a store and the copies zarr makes of it."""
+    """Requests by kind and bytes read, shared by a store and the copies zarr makes of it.
 
-    requests: int = 0
-    bytes: int = 0
+    ``requests`` counts GETs (each ``get``, and each range of ``get_partial_values``);
+    ``puts`` each ``set``; ``lists`` each ``list``, ``list_prefix`` or ``list_dir`` call;
+    ``heads`` each ``exists`` or ``getsize``. ``bytes`` are the bytes the GETs returned.
+    """
+
+    requests: int = 0  # GETs
+    bytes: int = 0  # bytes read (GET responses)
+    puts: int = 0
+    lists: int = 0
+    heads: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
+    @property
+    def gets(self) -> int:
+        return self.requests
+
     def add(self, nbytes: int) -> None:
+        """One GET that returned ``nbytes``."""
         with self._lock:
             self.requests += 1
             self.bytes += nbytes
 
+    def count(self, kind: str) -> None:
+        """One request of ``kind``: ``"put"``, ``"list"`` or ``"head"``."""
+        with self._lock:
+            setattr(self, kind + "s", getattr(self, kind + "s") + 1)
+
+    def by_kind(self) -> dict[str, int]:
+        return {"GET": self.requests, "PUT": self.puts, "LIST": self.lists, "HEAD": self.heads}
+
     def reset(self) -> None:
         with self._lock:
-            self.requests = self.bytes = 0
+            self.requests = self.bytes = self.puts = self.lists = self.heads = 0
 
 
 @dataclass(frozen=True)
@@ -165,3 +186,31 @@ class MeasuredStore(WrapperStore):
     ) -> list[Buffer | None]:
         # one request per range, as an object store serves them
         return list(await asyncio.gather(*(self.get(key, prototype, r) for key, r in key_ranges)))
+
+    async def set(self, key: str, value: Buffer) -> None:
+        self.counters.count("put")
+        await self._store.set(key, value)
+
+    async def exists(self, key: str) -> bool:
+        self.counters.count("head")
+        return bool(await self._store.exists(key))
+
+    async def getsize(self, key: str) -> int:
+        self.counters.count("head")
+        return int(await self._store.getsize(key))
+
+    def list(self) -> AsyncIterator[str]:
+        self.counters.count("list")
+        return self._store.list()
+
+    def list_prefix(self, prefix: str) -> AsyncIterator[str]:
+        self.counters.count("list")
+        return self._store.list_prefix(prefix)
+
+    def list_dir(self, prefix: str) -> AsyncIterator[str]:
+        self.counters.count("list")
+        return self._store.list_dir(prefix)
+
+    async def set_if_not_exists(self, key: str, value: Buffer) -> None:
+        self.counters.count("put")
+        await self._store.set_if_not_exists(key, value)

@@ -7,6 +7,7 @@ candidate layout answers exactly the same reads, and the answers can be compared
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -160,6 +161,48 @@ def operations(pattern: Any, shape: tuple[int, int], obs: Any, seed: int) -> Ite
         case FullScan(block_rows=block):
             for start in range(0, n_obs, block):
                 yield Operation(rows=slice(start, min(n_obs, start + block)), cols=slice(None))
+
+
+def ops_per_epoch(pattern: Any, shape: tuple[int, int], obs: Any) -> int:
+    """How many of the pattern's operations make one epoch: one full pass of its access pattern
+    over a dataset of ``shape`` (the full dataset's, also when bench reads a sample; ``obs``:
+    its obs frame). The one definition of an epoch, used by the cost model:
+
+    - random-rows: ceil(n_obs / batch_size) minibatches (every cell once);
+    - row-slices: ceil(n_obs / length) slices (every cell once);
+    - gene-queries: ceil(n_vars / genes) queries (every gene once, over all cells);
+    - category-genes: categories x ceil(n_vars / genes) (every gene once in every category);
+    - obs-columns: the number of columns asked (names, else count, else all);
+    - full-scan: one scan, i.e. ceil(n_obs / block_rows) blocks (an operation is a block).
+    """
+    n_obs, n_vars = shape
+    match pattern:
+        case RandomRows(batch_size=size):
+            return math.ceil(n_obs / size)
+        case RowSlices(length=length):
+            return math.ceil(n_obs / length)
+        case GeneQueries(genes=genes):
+            return math.ceil(n_vars / genes)
+        case CategoryGenes(column=column, genes=genes):
+            values = obs[column or _first_categorical(obs)]
+            categories = len(values.cat.categories) if hasattr(values, "cat") else len(set(values))
+            return categories * math.ceil(n_vars / genes)
+        case ObsColumns(names=names, count=count):
+            available = len(names) if names else len(obs.columns)
+            return min(count, available) if count else available
+        case FullScan(block_rows=block):
+            return math.ceil(n_obs / block)
+    raise TypeError(f"unknown pattern {pattern!r}")
+
+
+EPOCH_DEFINITIONS = {
+    "random-rows": "n_obs / batch_size minibatches",
+    "row-slices": "n_obs / length slices",
+    "gene-queries": "n_vars / genes queries",
+    "category-genes": "categories x n_vars / genes queries",
+    "obs-columns": "the columns asked",
+    "full-scan": "1 scan = n_obs / block_rows blocks",
+}
 
 
 def _first_categorical(obs: Any) -> str:
