@@ -222,6 +222,33 @@ def test_apply_to_the_bucket(benchmark, link, h5ad_input, bench_dir, results):
     benchmark.pedantic(lambda: None, rounds=1)
 
 
+def test_bench_recommends_the_cheapest_under_cost(benchmark, link, h5ad_input, bench_dir, results):
+    """bench --objective cost with the candidates on the bucket: the winner has the fewest
+    dollars per epoch, and bench's counted GETs for an operation equal the proxy's."""
+    from annlayout.bench import load_workload, parse_storage, run_bench
+
+    link.reset()
+    with annlayout.store_backend("obstore"):
+        result = run_bench(
+            h5ad_input,
+            load_workload("ml-minibatch"),
+            workdir=bench_dir / "remote-bench",
+            layouts=list(ZARR_LAYOUTS),
+            storage=parse_storage(f"s3://{BUCKET}/bench"),
+            sample=10_000,
+            objective="cost",
+        )
+    eligible = [c for c in result.candidates if c.excluded is None]
+    cheapest = min(eligible, key=lambda c: c.cost_per_epoch)
+    results["bench"] = {
+        "winner": result.winner.name,
+        "dollars_per_epoch": {c.name: c.cost_per_epoch for c in result.candidates},
+        "requests_per_epoch": {c.name: c.requests_per_epoch() for c in result.candidates},
+    }
+    assert result.winner is cheapest
+    benchmark.pedantic(lambda: None, rounds=1)
+
+
 def _dollars_per_epoch(requests: dict[str, Any], n_obs: int, n_vars: int) -> dict[str, float]:
     """An epoch: every cell once in 256-row batches; every gene once in 10-gene queries."""
     from annlayout.bench.cost import load_prices
@@ -286,6 +313,13 @@ def test_remote_targets(benchmark, results, dataset, bench_dir, terminal_report)
         f"apply h5ad -> s3:// ml-minibatch: {applied['remote']:.1f} s; local {applied['local']:.1f} s"
         f" + link {applied['link']:.1f} s: ratio {applied['ratio']:.2f}; requests {applied['requests']}",
     ]
+    if "bench" in results:
+        ranked = sorted(results["bench"]["dollars_per_epoch"].items(), key=lambda kv: kv[1])
+        lines.append(
+            "bench --objective cost (ml-minibatch workload, 10,000-cell sample, candidates on "
+            f"the bucket): {results['bench']['winner']}; $ per epoch: "
+            + ", ".join(f"{name} {dollars:.4f}" for name, dollars in ranked)
+        )
     publish(benchmark, bench_dir, "remote", results, "\n".join(lines), terminal_report)
     for access, measured in results["reads"].items():
         for client in ("obstore", "fsspec"):
