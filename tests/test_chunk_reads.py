@@ -242,6 +242,42 @@ def test_the_merge_gap_follows_the_measured_link():
     assert slow.gap == MAX_GAP
 
 
+def test_merged_requests_carry_at_most_twice_the_bytes_asked_for():
+    """Gaps that each cost less than a round trip must not add up to whole shards: chunks
+    1 MB apart merge only while the merged range stays within MAX_WASTE of their bytes;
+    neighbours always merge, up to the request span."""
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.sync import sync
+    from zarr.storage import MemoryStore
+
+    from annlayout.chunk_reads import MAX_WASTE, Link, _store_ranges
+
+    store = MemoryStore()
+    payload = bytes(range(256)) * (48 * 2**12)  # 48 MiB
+    sync(store.set("shard", default_buffer_prototype().buffer.from_bytes(payload)))
+    asked: list[int] = []
+    original = store.get_partial_values
+
+    async def counting(prototype, requests):
+        asked.extend(r.end - r.start for _, r in requests)
+        return await original(prototype, requests)
+
+    store.get_partial_values = counting  # type: ignore[method-assign]
+    link = Link()
+    link.rtt, link.rate = 0.020, 200e6  # gap: 4 MB
+    chunk = 100_000
+    scattered = [("shard", k * 2**20, k * 2**20 + chunk) for k in range(20)]
+    got = _store_ranges(store, scattered, link)
+    assert got == [payload[a:b] for _, a, b in scattered]
+    assert sum(asked) <= MAX_WASTE * 20 * chunk + 2**20  # not the 20 MB the gaps span
+    asked.clear()
+    neighbours = [("shard", k * chunk, (k + 1) * chunk) for k in range(400)]  # 40 MB
+    got = _store_ranges(store, neighbours, link)
+    assert b"".join(got) == payload[: 400 * chunk]
+    assert len(asked) == -(-400 * chunk // link.request_span)
+    assert max(asked) <= link.request_span
+
+
 @pytest.mark.parametrize("kind", ["v3-sharded-blosc", "v2-zstd-big-endian"])
 def test_a_remote_scan_fetched_in_batches_equals_the_stored_values(arrays, kind, monkeypatch):
     """Through a store (not pread): batches fetched one ahead of the decoding."""

@@ -54,10 +54,12 @@ def test_round_trip_through_s3(tmp_path, s3, backend):
         annlayout.apply(blocky(), source, remote)
 
 
-def test_failed_remote_apply_removes_what_it_wrote(tmp_path, s3, backend, monkeypatch):
+@pytest.mark.parametrize("staging", ["", "off"], ids=["staged", "in-place"])
+def test_failed_remote_apply_removes_what_it_wrote(tmp_path, s3, backend, staging, monkeypatch):
+    monkeypatch.setenv("ANNLAYOUT_STAGING", staging)
     source = tmp_path / "in.h5ad"
     make_input(source, "csr")
-    remote = f"{s3}/{backend}/failed.zarr"
+    remote = f"{s3}/{backend}/{staging or 'staged'}-failed.zarr"
 
     def failing_finish(self, target):
         raise OSError(5, "connection reset")
@@ -66,6 +68,32 @@ def test_failed_remote_apply_removes_what_it_wrote(tmp_path, s3, backend, monkey
     with pytest.raises(OSError, match="connection reset"):
         annlayout.apply(blocky(), source, remote, memory="64KiB", small_element=0)
     assert not filesystem(remote).exists(remote)
+
+
+@pytest.mark.parametrize("staging", ["", "off"], ids=["staged", "in-place"])
+def test_a_failed_rewrite_leaves_the_existing_store_whole(
+    tmp_path, s3, backend, staging, monkeypatch
+):
+    """With staging the old store is untouched until the new one is built and verified;
+    in place, the old store is removed first and the failed run removes what it wrote."""
+    monkeypatch.setenv("ANNLAYOUT_STAGING", staging)
+    source = tmp_path / "in.h5ad"
+    make_input(source, "csr")
+    remote = f"{s3}/{backend}/{staging or 'staged'}-kept.zarr"
+    annlayout.apply("analysis", source, remote)
+
+    def failing_finish(self, target):
+        raise OSError(5, "connection reset")
+
+    monkeypatch.setattr(stream.Rewriter, "finish", failing_finish)
+    with pytest.raises(OSError, match="connection reset"):
+        annlayout.apply("cell-browser", source, remote, overwrite=True)
+    if staging == "off":
+        assert not filesystem(remote).exists(remote)
+    else:
+        assert annlayout.verify(source, remote) == []
+        survey = json.loads(CliRunner().invoke(main, ["inspect", remote, "--json"]).output)
+        assert survey["provenance"]["layout"] == "analysis"
 
 
 def test_incomplete_remote_store_is_refused(tmp_path, s3, backend):

@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
@@ -39,6 +40,12 @@ EMPTY = 2**64 - 1  # a shard index entry for a chunk that was never written
 MIN_GAP, MAX_GAP = 64 * 1024, 16 * 2**20  # remote: bounds of the merge gap (see Link)
 SMALL_REQUEST = 64 * 1024  # a batch of requests this small on average times the round trip
 FETCH_BATCH = 32 * 2**20  # remote: decoded bytes fetched per batch while the last decodes
+FETCH_DEPTH = 2  # remote: batches in flight
+MIN_SPAN = 2 * 2**20  # remote: merged requests may always span this much (see Link)
+# remote: a merged request carries at most this many times the bytes of the chunks asked
+# for: gaps that each cost less than a round trip still add up to whole shards, and on
+# object storage every byte is billed (egress) where a request costs a fraction of a cent
+MAX_WASTE = 2.0
 
 
 class Link:
@@ -46,9 +53,10 @@ class Link:
 
     Two ranges of one object are fetched as one request when the bytes between them take
     less time to transfer than a round trip: the gap is round trip x throughput (20 ms at
-    200 MB/s: 4 MB). Batches of small requests (shard indexes) time the round trip, batches
-    of chunks the throughput; both are running averages, and the gap stays at ``MIN_GAP``
-    until both are known.
+    200 MB/s: 4 MB), as long as the merged request stays within ``request_span`` and
+    carries at most ``MAX_WASTE`` times the bytes asked for. Batches of small requests
+    (shard indexes) time the round trip, batches of chunks the throughput; both are running
+    averages, and the gap stays at ``MIN_GAP`` until both are known.
     """
 
     def __init__(self, concurrency: int = 10):
@@ -72,6 +80,12 @@ class Link:
         if self.rtt is None or self.rate is None:
             return MIN_GAP
         return int(min(MAX_GAP, max(MIN_GAP, self.rtt * self.rate)))
+
+    @property
+    def request_span(self) -> int:
+        """The most one merged request spans: about a round trip's worth of bytes, so a
+        large read is split over concurrent requests instead of one long stream."""
+        return max(MIN_SPAN, self.gap)
 
 
 def _average(old: float | None, new: float) -> float:
@@ -222,10 +236,12 @@ class ChunkReader:
 
     # -- reading --------------------------------------------------------------------------
 
-    def read(self, runs: Sequence[tuple[int, int]]) -> np.ndarray:
-        """The positions of ``[start, stop)`` runs, concatenated (runs sorted, disjoint)."""
+    def read(self, runs: Sequence[tuple[int, int]], dtype: Any = None) -> np.ndarray:
+        """The positions of ``[start, stop)`` runs, concatenated (runs sorted, disjoint), as
+        ``dtype`` (default the array's): cast chunk by chunk on the decoding threads."""
+        dtype = np.dtype(dtype or self.dtype)
         if not runs:
-            return np.zeros(0, self.dtype)
+            return np.zeros(0, dtype)
         starts = np.fromiter((a for a, _ in runs), np.int64, len(runs))
         stops = np.fromiter((b for _, b in runs), np.int64, len(runs))
         if stops.max() > self.length or starts.min() < 0:
@@ -235,7 +251,7 @@ class ChunkReader:
         # every chunk from first to last of each run, in order, once
         offsets = np.repeat(np.cumsum(counts) - counts, counts)
         chunk_ids = np.unique(np.repeat(first, counts) + np.arange(counts.sum()) - offsets)
-        block = np.empty(chunk_ids.size * self.chunk_len, self.dtype)
+        block = np.empty(chunk_ids.size * self.chunk_len, dtype)
         self._decode_into(chunk_ids, block)
         # a run covers consecutive chunks, which sit next to each other in the block
         slot = np.searchsorted(chunk_ids, first)
@@ -262,26 +278,27 @@ class ChunkReader:
     def _fetch_and_decode(
         self, located: list[tuple[str, int, int] | None], outputs: list[np.ndarray]
     ) -> None:
-        """Fetch in batches of about ``FETCH_BATCH`` decoded bytes, the next batch in flight
-        while this one decodes: a scan then takes about as long as the link needs for its
-        bytes, rather than that plus the decoding."""
+        """Fetch in batches of about ``FETCH_BATCH`` decoded bytes, ``FETCH_DEPTH`` batches in
+        flight while the oldest decodes: a scan then takes about as long as the link needs
+        for its bytes, rather than that plus the decoding, and the slowest request of one
+        batch does not leave the link idle."""
         step = max(1, FETCH_BATCH // max(1, self.chunk_len * self.dtype.itemsize))
         starts = list(range(0, len(located), step))
         if len(starts) == 1:
             payloads = _store_ranges(self.store, located, self.link)
             self._run(self._decode_batch, list(zip(payloads, outputs, strict=True)))
             return
-        with ThreadPoolExecutor(1, thread_name_prefix="annlayout-fetch") as fetcher:
-
-            def fetch(k: int) -> Any:
-                batch = located[starts[k] : starts[k] + step]
-                return fetcher.submit(_store_ranges, self.store, batch, self.link)
-
-            future = fetch(0)
+        with ThreadPoolExecutor(FETCH_DEPTH, thread_name_prefix="annlayout-fetch") as fetcher:
+            pending = deque(
+                fetcher.submit(_store_ranges, self.store, located[a : a + step], self.link)
+                for a in starts[:FETCH_DEPTH]
+            )
             for k, start in enumerate(starts):
-                payloads = future.result()
-                if k + 1 < len(starts):  # one batch in flight: memory stays two batches
-                    future = fetch(k + 1)
+                payloads = pending.popleft().result()
+                if k + FETCH_DEPTH < len(starts):  # memory: FETCH_DEPTH + 1 batches at most
+                    a = starts[k + FETCH_DEPTH]
+                    batch = located[a : a + step]
+                    pending.append(fetcher.submit(_store_ranges, self.store, batch, self.link))
                 jobs = list(zip(payloads, outputs[start : start + step], strict=True))
                 self._run(self._decode_batch, jobs)
 
@@ -334,7 +351,12 @@ class ChunkReader:
             if self._blosc_last:
                 for decoder in self.decoders[:-1]:
                     payload = decoder(payload)
-                self._blosc_into(payload, out)
+                if out.dtype == self.dtype:
+                    self._blosc_into(payload, out)
+                else:
+                    decoded = np.empty(out.size, self.dtype)
+                    self._blosc_into(payload, decoded)
+                    out[...] = decoded
                 continue
             for decoder in self.decoders:
                 payload = decoder(payload)
@@ -487,14 +509,26 @@ def _store_ranges(
         (i for i, where in enumerate(located) if where is not None),
         key=lambda i: (located[i][0], located[i][1]),  # type: ignore[index]
     )
+    span = link.request_span
+    useful = 0  # bytes of the last group's own chunks
     for i in order:
         key, start, stop = located[i]  # type: ignore[misc]
         last = groups[-1] if groups else None
-        if last and last[0] == key and stop >= 0 and last[2] >= 0 and start - last[2] <= gap:
+        if (
+            last
+            and last[0] == key
+            and stop >= 0
+            and last[2] >= 0
+            and start - last[2] <= gap
+            and stop - last[1] <= span
+            and stop - last[1] <= MAX_WASTE * (useful + stop - start)
+        ):
             last[3].append(i)
+            useful += stop - start
             groups[-1] = (key, last[1], max(last[2], stop), last[3])
         else:
             groups.append((key, start, stop, [i]))
+            useful = max(0, stop - start)
     requests = [
         (key, None if stop < 0 else RangeByteRequest(start, stop)) for key, start, stop, _ in groups
     ]

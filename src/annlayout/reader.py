@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 from typing import Any
 
@@ -308,13 +309,32 @@ class _Arrays:
             if self._readers[name] is not None:
                 self._readers[name].load_indexes()
 
-    def read(self, name: str, runs: list[tuple[int, int]]) -> np.ndarray:
+    def read_both(
+        self, runs: list[tuple[int, int]], index_dtype: Any
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """data, and indices as ``index_dtype``, at ``runs``; from object storage both at
+        once, so their round trips overlap and the link stays busy while either decodes."""
+        for name in ("data", "indices"):
+            if name not in self._arrays:
+                self._open(name)
+        if not all(self._remote(name) for name in ("data", "indices")):
+            return self.read("data", runs), self.read("indices", runs, index_dtype)
+        with ThreadPoolExecutor(1, thread_name_prefix="annlayout-indices") as other:
+            indices = other.submit(self.read, "indices", runs, index_dtype)
+            return self.read("data", runs), indices.result()
+
+    def _remote(self, name: str) -> bool:
+        reader = self._readers[name]
+        return reader is not None and reader.local_root is None
+
+    def read(self, name: str, runs: list[tuple[int, int]], dtype: Any = None) -> np.ndarray:
         if name not in self._arrays:
             self._open(name)
         reader = self._readers[name]
         if reader is not None:
-            return reader.read(runs)
-        return _read_runs(self._arrays[name], runs)
+            return reader.read(runs, dtype)
+        values = _read_runs(self._arrays[name], runs)
+        return values if dtype is None else values.astype(dtype, copy=False)
 
 
 def _gather(arrays: _Arrays, indptr: np.ndarray, majors: np.ndarray):
@@ -323,9 +343,9 @@ def _gather(arrays: _Arrays, indptr: np.ndarray, majors: np.ndarray):
     sub_indptr = np.zeros(majors.size + 1, dtype=np.int64)
     np.cumsum(stops - starts, out=sub_indptr[1:])
     runs = _runs(starts, stops)
-    data, indices = (arrays.read(name, runs) for name in ("data", "indices"))
-    # scipy keeps int32 indices when they fit: converting once here avoids int64 copies
+    # scipy keeps int32 indices when they fit: decoded straight into them, not copied after
     index_dtype = np.int32 if sub_indptr[-1] < 2**31 else np.int64
+    data, indices = arrays.read_both(runs, index_dtype)
     return data, indices.astype(index_dtype, copy=False), sub_indptr.astype(index_dtype)
 
 

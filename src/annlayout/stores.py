@@ -80,8 +80,14 @@ def detect_format(path: str | Path) -> Literal["zarr", "h5ad"]:
     if is_url(path):
         try:
             found = zarr_exists(str(path))
+            leftovers = not found and bool(listing(str(path)))
         except Exception as err:
             raise NotAnnDataError(f"{path}: cannot reach: {str(err).splitlines()[0]}") from None
+        if leftovers:  # the root goes up last and is removed first
+            raise NotAnnDataError(
+                f"{path}: an incomplete store (objects but no zarr.json/.zgroup: an upload or "
+                "removal was cut short); apply again"
+            )
         if not found:
             raise NotAnnDataError(f"{path}: no zarr store there (no zarr.json/.zgroup)")
         return "zarr"
@@ -123,15 +129,15 @@ def check_anndata_root(root: Any, path: Any) -> dict[str, Any] | None:
 
     Returns the store's annlayout provenance, if any.
     """
-    if attr(root, "encoding-type") not in (None, "anndata") or not (
-        "obs" in root and "var" in root
-    ):
-        raise NotAnnDataError(f"{path}: not an AnnData store (no obs/var at its root)")
-    provenance = json_attr(root, PROVENANCE_KEY)
+    provenance = json_attr(root, PROVENANCE_KEY)  # first: an early kill leaves no obs/var
     if isinstance(provenance, dict) and provenance.get("complete") is False:
         raise NotAnnDataError(
             f"{path}: an incomplete annlayout store (its apply did not finish); apply again"
         )
+    if attr(root, "encoding-type") not in (None, "anndata") or not (
+        "obs" in root and "var" in root
+    ):
+        raise NotAnnDataError(f"{path}: not an AnnData store (no obs/var at its root)")
     return provenance
 
 

@@ -24,6 +24,7 @@ import resource
 import time
 import warnings
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,8 @@ from annlayout.rewrite.atomic import (
     check_paths,
     check_remote_paths,
     remote_output,
+    staged_remote_output,
+    staging_dir,
 )
 from annlayout.rewrite.blocks import (
     Block,
@@ -226,16 +229,22 @@ def _apply(
         )
         if needed:
             raise ApplyError(needed)
+    output_bytes = sum(e.stored_bytes or 0 for e in survey.elements)
+    staging = staging_dir(output_bytes) if remote else None
     if not remote:
-        check_free_space(Path(output).parent, sum(e.stored_bytes or 0 for e in survey.elements))
+        check_free_space(Path(output).parent, output_bytes)
 
     result = ApplyResult(path=output, layout=layout.name, plan=plan)
     pipeline = codec_pipeline_name if layout.target.format == "zarr" else None
-    pipeline = codec_pipeline_for(pipeline, source, output)
-    with (
-        remote_output(str(output)) if remote else atomic_output(Path(output)) as tmp,
-        codec_pipeline(pipeline),
-    ):
+    pipeline = codec_pipeline_for(pipeline, source, *([] if staging else [output]))
+    output_context: AbstractContextManager[Path | str]
+    if staging is not None:  # built and verified locally, then uploaded root last
+        output_context = staged_remote_output(str(output), staging, progress)
+    elif remote:
+        output_context = remote_output(str(output))
+    else:
+        output_context = atomic_output(Path(output))
+    with output_context as tmp, codec_pipeline(pipeline):
         rewriter = Rewriter(
             layout, plan, survey, memory_model.per_worker, small, memory=memory_model
         )
@@ -500,11 +509,17 @@ class _StreamingCallback:
         self.consumed: set[int] = set()
         self.whole_bytes = 0
         self.current = ""  # the element being written, for error messages
+        self.marked = False
 
     def __call__(self, func, store, elem_name, elem, *, iospec, dataset_kwargs=None):
         check_interrupted()
         path = element_path(store, elem_name)
         self.current = path
+        if not self.marked and path and not store.name.strip("/"):
+            # anndata recreated the root (its attributes gone) before writing this, its
+            # first child: mark it incomplete again before any element lands
+            set_json_attr(store, PROVENANCE_KEY, {"complete": False})
+            self.marked = True
         source = self.upgraded.stand_in(elem)
         rewriter = self.rewriter
         if source is None:
