@@ -51,6 +51,22 @@ def test_requests_and_bytes_are_counted_exactly(array_store):
     assert (counters.requests, counters.bytes) == (10, 4000)
 
 
+def test_sharded_reads_are_counted_on_every_zarr(tmp_path):
+    """zarr >= 3.4 reads a shard's chunks through get_ranges (or sync IO), past a wrapper's
+    get: every fetch must still be counted, and no byte read uncounted."""
+    path = tmp_path / "sharded.zarr"
+    array = zarr.create_array(
+        path, shape=(1000,), chunks=(100,), shards=(500,), dtype="i4", compressors=None
+    )
+    array[:] = np.arange(1000, dtype="i4")
+    counters = Counters()
+    measured = zarr.open_array(MeasuredStore(LocalStore(path, read_only=True), counters))
+    counters.reset()
+    np.testing.assert_array_equal(measured[250:450], np.arange(250, 450))
+    # two shard indexes at least, and the three chunks' bytes at least
+    assert counters.requests >= 2 and counters.bytes >= 3 * 100 * 4
+
+
 def test_simulated_latency_and_concurrency(array_store):
     simulation = parse_storage("sim:rtt=20ms,concurrency=2")
     store = MeasuredStore(LocalStore(array_store, read_only=True), Counters(), simulation)

@@ -341,7 +341,9 @@ def apply_command(
 
     Large elements are copied shard by shard within --memory; the input is only read. OUTPUT
     is built beside its final path, verified against INPUT, and renamed into place only when
-    complete, so it is either the whole new store or untouched.
+    complete, so it is either the whole new store or untouched. An s3:// OUTPUT is built and
+    verified in $ANNLAYOUT_STAGING (default: the temporary directory, when it has room) and
+    then uploaded, its root metadata last.
     """
     import annlayout
 
