@@ -359,6 +359,8 @@ def test_bench_cli_objective_cost_and_prices(tmp_path, dataset):
     out = tmp_path / "report"
     args = ["bench", str(dataset), "-w", "cell-browser", "--layout", "ml-minibatch",
             "--layout", "cell-browser", "--sample", "200", "--out", str(out)]  # fmt: skip
+    from annlayout.bench.cost import money
+
     result = CliRunner().invoke(main, [*args, "--objective", "cost", "--prices", str(prices)])
     assert result.exit_code == 0, result.output + result.stderr
     report = json.loads((out / "report.json").read_text())
@@ -376,7 +378,7 @@ def test_bench_cli_objective_cost_and_prices(tmp_path, dataset):
     text = (out / "recommended.yaml").read_text()
     assert text.startswith("# Recommended by `annlayout bench`")
     why = next(line for line in text.splitlines() if "under --objective cost" in line)
-    assert f"${cheapest['cost_per_epoch']:,.4g} per epoch" in why and "GET" in why
+    assert f"${money(cheapest['cost_per_epoch'])} per epoch" in why and "GET" in why
     assert "cheaper than" in why
     assert annlayout.load_layout(out / "recommended.yaml").name == cheapest["name"]
     markdown = (out / "report.md").read_text()
@@ -400,3 +402,12 @@ def test_bench_cli_bad_prices_file(tmp_path, dataset, text, field):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "prices.yaml:2" in lines[0] and field in lines[0], lines
     assert not (tmp_path / "out").exists()
+
+
+def test_dollars_are_written_without_exponents():
+    from annlayout.bench.cost import money
+
+    assert money(0.0000185) == "0.0000185"
+    assert money(0.012345) == "0.0123"
+    assert money(1234.5678) == "1,234.57"
+    assert money(0) == "0.00" and money(3) == "3.00"

@@ -521,7 +521,7 @@ def bench_command(
     import tempfile
 
     from annlayout.bench import load_workload, parse_storage, run_bench
-    from annlayout.bench.cost import load_prices
+    from annlayout.bench.cost import load_prices, money
     from annlayout.bench.report import write_reports
     from annlayout.rewrite import ApplyError
 
@@ -551,7 +551,7 @@ def bench_command(
     out.print(
         f"recommended [cyan]{result.winner.name}[/] for workload {loaded.name} "
         f"(--objective {objective}: score {result.winner.score:.2f}, "
-        f"${result.winner.cost_per_epoch:,.4g} per epoch); wrote {paths['recommended']}, "
+        f"${money(result.winner.cost_per_epoch)} per epoch); wrote {paths['recommended']}, "
         f"{paths['markdown'].name}, {paths['json'].name}, {paths['png'].name}",
         highlight=False,
     )

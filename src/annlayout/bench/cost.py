@@ -83,3 +83,14 @@ def balanced(score: float, best_score: float, cost: float, best_cost: float) -> 
     time_ratio = score / best_score if best_score > 0 else 1.0
     cost_ratio = cost / best_cost if best_cost > 0 else 1.0
     return math.sqrt(time_ratio * cost_ratio)
+
+
+def money(amount: float, digits: int = 3) -> str:
+    """``amount`` to ``digits`` significant digits, never in exponent form: 0.0000185,
+    0.0123, 1,234.57 (at least two decimals); ``$`` is the caller's."""
+    if not math.isfinite(amount):
+        return str(amount)
+    if amount == 0:
+        return "0.00"
+    decimals = max(2, digits - 1 - math.floor(math.log10(abs(amount))))
+    return f"{amount:,.{decimals}f}"

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from annlayout.bench.candidates import Candidate
+from annlayout.bench.cost import money
 from annlayout.bench.readers import READERS
 from annlayout.bench.runner import BenchResult
 from annlayout.bench.score import rank_key
@@ -47,7 +48,7 @@ def _why(result: BenchResult) -> str:
     winner = result.winner
     second = ranked[1] if len(ranked) > 1 else None
     dollars = (
-        f"${winner.cost_per_epoch:,.4g} per epoch ({_requests_text(winner)}, "
+        f"${money(winner.cost_per_epoch)} per epoch ({_requests_text(winner)}, "
         f"{human_size(int(winner.bytes_per_epoch()))} read)"
     )
     objective = result.objective
@@ -57,7 +58,7 @@ def _why(result: BenchResult) -> str:
             line += (
                 f", {second.cost_per_epoch / winner.cost_per_epoch:.2f}x cheaper than {second.name}"
                 if winner.cost_per_epoch
-                else f", free where {second.name} costs ${second.cost_per_epoch:,.4g}"
+                else f", free where {second.name} costs ${money(second.cost_per_epoch)}"
             )
         elif second is not None:
             line += f", as cheap as {second.name} (the tie goes to the better score)"
@@ -115,7 +116,7 @@ def _markdown(result: BenchResult) -> str:
     for c in _ranked(result):
         per_chunk = "-" if c.x_major_per_chunk is None else f"{c.x_major_per_chunk:,.0f}"
         lines.append(
-            f"| {c.name} | {c.score:.2f} | {c.cost_per_epoch:.4g} | {c.balanced:.2f} | "
+            f"| {c.name} | {c.score:.2f} | {money(c.cost_per_epoch)} | {c.balanced:.2f} | "
             f"{c.write_seconds:.2f} | {human_size(c.size)} | "
             f"{c.objects:,} | {per_chunk} | {'+'.join(c.x_orientations)} | {c.excluded or ''} |"
         )
@@ -177,14 +178,14 @@ def _cost_section(result: BenchResult) -> list[str]:
                 lines.append(
                     f"| {pattern} | {c.name} | {r.ops_per_epoch:,} | {per_op['GET']:,.1f} | "
                     f"{per_op['PUT']:,.1f} | {per_op['LIST']:,.1f} | {per_op['HEAD']:,.1f} | "
-                    f"{human_size(int(r.bytes_per_op))} | {r.dollars_per_op:.3g} | "
-                    f"{r.dollars_per_epoch:.4g} |"
+                    f"{human_size(int(r.bytes_per_op))} | {money(r.dollars_per_op)} | "
+                    f"{money(r.dollars_per_epoch)} |"
                 )
     lines += ["", "| layout | $ per workload epoch | requests per epoch | bytes per epoch |"]
     lines.append("| --- | ---: | --- | ---: |")
     for c in _ranked(result):
         lines.append(
-            f"| {c.name} | {c.cost_per_epoch:.4g} | {_requests_text(c)} | "
+            f"| {c.name} | {money(c.cost_per_epoch)} | {_requests_text(c)} | "
             f"{human_size(int(c.bytes_per_epoch()))} |"
         )
     return lines
