@@ -322,6 +322,39 @@ def test_generate_writes_a_dataset_and_refuses_to_clobber(tmp_path):
     run("generate", out, code=1)
 
 
+def test_generate_a_collection_of_files_that_differ(tmp_path):
+    """--files: a directory of h5ad files over one gene universe, each with its own genes (in
+    its own order), cell types and repeating barcodes, as real collections come."""
+    import anndata as ad
+
+    out = tmp_path / "collection"
+    run("generate", out, "--cells", "1001", "--genes", "200", "--nnz-per-cell", "30",
+        "--files", "4")  # fmt: skip
+    parts = sorted(out.glob("part-*.h5ad"))
+    assert [p.name for p in parts] == [f"part-{i:03d}.h5ad" for i in range(4)]
+    adatas = [ad.read_h5ad(p) for p in parts]
+    assert [a.n_obs for a in adatas] == [251, 250, 250, 250]
+    universe = {f"ENSG{i:011d}" for i in range(200)}
+    genes = [set(a.var_names) for a in adatas]
+    assert all(g <= universe and len(g) == 180 for g in genes)
+    assert len(set.intersection(*genes)) < 180 < len(set.union(*genes))
+    assert list(adatas[0].var_names) != sorted(adatas[0].var_names)  # an order of its own
+    assert adatas[0].obs_names[0] == adatas[1].obs_names[0]  # barcodes repeat
+    assert {str(a.obs["sample"].iloc[0]) for a in adatas} == {f"sample_{i:03d}" for i in range(4)}
+    assert len({tuple(a.obs["cell_type"].cat.categories) for a in adatas}) > 1
+    assert all(a.X.has_sorted_indices and a.X.nnz > 0 for a in adatas)
+    outer = ad.concat(adatas, join="outer", index_unique="-")
+    assert outer.shape == (1001, len(set.union(*genes)))
+    again = tmp_path / "again"
+    run("generate", again, "--cells", "1001", "--genes", "200", "--nnz-per-cell", "30",
+        "--files", "4")  # fmt: skip
+    first = ad.read_h5ad(again / "part-002.h5ad")
+    assert (first.X != adatas[2].X).nnz == 0  # deterministic per (part, seed)
+    run("generate", out, "--files", "2", code=1)  # exists
+    refused = run("generate", tmp_path / "none", "--files", "0", code=1)
+    assert "--files 0" in refused.stderr and not (tmp_path / "none").exists()
+
+
 def test_console_script_end_to_end(tmp_path):
     """The README's first command, through the installed console script."""
     exe = Path(sys.executable).with_name("annlayout")

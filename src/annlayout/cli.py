@@ -559,22 +559,59 @@ def bench_command(
 
 @main.command("generate")
 @click.argument("output", type=click.Path(path_type=Path))
-@click.option("--cells", default=5_000, show_default=True, help="Number of cells (obs).")
+@click.option("--cells", default=5_000, show_default=True, help="Number of cells (obs), in all.")
 @click.option("--genes", default=2_000, show_default=True, help="Number of genes (var).")
 @click.option("--nnz-per-cell", default=900.0, show_default=True, help="Mean nonzeros per cell.")
+@click.option(
+    "--files",
+    default=None,
+    type=int,
+    help="Write a collection instead: OUTPUT becomes a directory of this many .h5ad files "
+    "(part-000.h5ad, ...), the cells split between them, each with its own 90% of the genes "
+    "in its own order, its own cell types, and repeating barcodes.",
+)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 @handle_errors
 def generate_command(
-    output: Path, cells: int, genes: int, nnz_per_cell: float, seed: int, overwrite: bool
+    output: Path,
+    cells: int,
+    genes: int,
+    nnz_per_cell: float,
+    files: int | None,
+    seed: int,
+    overwrite: bool,
 ) -> None:
-    """Write a synthetic dataset with realistic skewed counts to OUTPUT (.h5ad or .zarr)."""
-    from annlayout.datagen import make_dataset
+    """Write a synthetic dataset with realistic skewed counts to OUTPUT (.h5ad or .zarr), or
+    with --files a collection of h5ad files that differ the way real ones do."""
     from annlayout.rewrite import ApplyError
-    from annlayout.rewrite.atomic import remove
+    from annlayout.rewrite.atomic import atomic_output, remove
 
     if output.exists() and not overwrite:
         raise ApplyError(f"{output}: already exists (use --overwrite to replace it)")
+    if files is not None:
+        from annlayout.datagen import collection_sizes, make_part
+
+        try:
+            sizes = collection_sizes(cells, files)
+        except ValueError as err:
+            raise ApplyError(str(err)) from None
+        nnz = 0
+        with atomic_output(output) as tmp:  # the whole collection or nothing
+            tmp.mkdir()
+            for part, n_obs in enumerate(sizes):
+                adata = make_part(part, n_obs, genes, nnz_per_cell=nnz_per_cell, seed=seed)
+                adata.write_h5ad(tmp / f"part-{part:03d}.h5ad")
+                nnz += adata.X.nnz
+                del adata
+        out.print(
+            f"wrote [bold]{output}[/]: {files} files, {cells:,} cells over a universe of "
+            f"{genes:,} genes, {nnz:,} nonzeros",
+            highlight=False,
+        )
+        return
+    from annlayout.datagen import make_dataset
+
     adata = make_dataset(cells, genes, nnz_per_cell=nnz_per_cell, seed=seed)
     remove(output)
     if output.suffix == ".zarr":

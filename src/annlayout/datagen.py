@@ -74,3 +74,51 @@ def make_dataset(
         adata.obsm["X_pca"] = rng.standard_normal((n_obs, n_pcs), dtype=np.float32)
     adata.uns["generator"] = {"name": "annlayout.datagen", "seed": seed}
     return adata
+
+
+def make_part(
+    part: int,
+    n_obs: int,
+    n_vars: int,
+    *,
+    gene_share: float = 0.9,
+    nnz_per_cell: float = 300.0,
+    n_pcs: int = 20,
+    seed: int = 0,
+):
+    """File ``part`` of a synthetic collection: what a lab's runs or an atlas download look
+    like side by side, so that combining them has real work to do.
+
+    Every part draws its genes from one universe of ``n_vars`` (names shared across parts) but
+    keeps a different ``gene_share`` of them, in a different order; its cell types are a
+    different subset of the universe's; its obs names (barcodes) repeat between parts; it
+    carries ``sample`` (which run) and the universe's ``X_pca`` width. Deterministic in
+    (part, seed).
+    """
+    part_seed = np.random.SeedSequence([seed, part]).generate_state(1)[0]
+    rng = np.random.default_rng(part_seed)
+    kept = max(1, round(n_vars * gene_share)) if n_vars else 0
+    genes = np.sort(rng.choice(n_vars, kept, replace=False)) if n_vars else np.zeros(0, int)
+    order = rng.permutation(kept)  # files list their genes in orders of their own
+    adata = make_dataset(n_obs, kept, nnz_per_cell=nnz_per_cell, n_pcs=n_pcs, seed=int(part_seed))
+    universe = pd.Index([f"ENSG{i:011d}" for i in range(n_vars)])
+    adata.var.index = universe[genes]
+    adata.var["gene_symbol"] = [f"G{i}" for i in genes]
+    adata = adata[:, order].copy()
+    adata.X.sort_indices()  # column selection leaves them unsorted; writers sort theirs
+    types = adata.obs["cell_type"].cat.categories
+    present = sorted(rng.choice(len(types), max(2, len(types) * 3 // 4), replace=False))
+    codes = rng.integers(0, len(present), n_obs)
+    adata.obs["cell_type"] = pd.Categorical.from_codes(codes, categories=types[present])
+    adata.obs["sample"] = pd.Categorical([f"sample_{part:03d}"] * n_obs)
+    adata.obs.index = pd.Index([f"barcode_{i}" for i in range(n_obs)])
+    adata.uns["generator"] = {"name": "annlayout.datagen", "seed": seed, "part": part}
+    return adata
+
+
+def collection_sizes(n_obs: int, n_files: int) -> list[int]:
+    """Cells per file: ``n_obs`` split over ``n_files`` as evenly as whole cells allow."""
+    if n_files < 1:
+        raise ValueError(f"--files {n_files}: a collection needs at least one file")
+    base, extra = divmod(n_obs, n_files)
+    return [base + (1 if i < extra else 0) for i in range(n_files)]
