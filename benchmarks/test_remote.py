@@ -1,6 +1,6 @@
 """Object storage over a link like a cloud region's, in one session.
 
-The loopback S3 server (moto, in a process of its own) sits behind ``NetProxy``
+The loopback S3 server (moto) sits behind ``NetProxy``, each in a process of its own
 (tests/netproxy.py) set to a 20 ms round trip per request and 200 MB/s shared by all
 connections; every byte and request crosses real sockets. Stores of every shipped zarr layout
 are written there once (untimed, link open). On a two-core machine the proxy and moto deliver
@@ -40,7 +40,7 @@ import annlayout
 from tables import publish, text_table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/netproxy.py
-from tests.netproxy import NetProxy
+from tests.netproxy import ProxyProcess
 
 pytest.importorskip("moto.server")
 pytest.importorskip("obstore")
@@ -58,8 +58,8 @@ ZARR_LAYOUTS = ("ml-minibatch", "cell-browser", "analysis", "archive", "anndata-
 
 @pytest.fixture(scope="module")
 def link():
-    """moto in a process of its own (as a real server is not in the client's process: on two
-    cores it would compete with the client for the GIL) behind the proxy; the AWS_*
+    """moto and the proxy each in a process of its own (a real server and network are not in
+    the client's process: on two cores they would compete with it for the GIL); the AWS_*
     variables point every client at the proxy for the module, and are restored after."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -75,7 +75,7 @@ def link():
             if probe.connect_ex(("127.0.0.1", port)) == 0:
                 break
         time.sleep(0.1)
-    proxy = NetProxy("127.0.0.1", port).start()
+    proxy = ProxyProcess("127.0.0.1", port)
     env = {
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
@@ -103,7 +103,7 @@ def link():
 
 
 @pytest.fixture(scope="module")
-def remote_stores(link: NetProxy, dataset: Any) -> dict[str, str]:
+def remote_stores(link: ProxyProcess, dataset: Any) -> dict[str, str]:
     """Every shipped zarr layout of the dataset, written to the bucket with the link open."""
     link.reset()
     urls = {}
@@ -119,7 +119,7 @@ def results() -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def capacity(link: NetProxy, remote_stores: dict[str, str], results: dict[str, Any]) -> Any:
+def capacity(link: ProxyProcess, remote_stores: dict[str, str], results: dict[str, Any]) -> Any:
     """What the link (proxy and server, on this machine) delivers to a client that does
     nothing but move bytes: every object of the ml-minibatch store's X downloaded in 2 MiB
     ranges, and as many bytes uploaded in 8 MiB objects, 16 requests in flight, with obstore
@@ -171,7 +171,7 @@ def selections(dataset: Any) -> dict[str, Any]:
 ACCESS_LAYOUT = {"256 random rows": "ml-minibatch", "10 random genes": "cell-browser"}
 
 
-def _slow_link(link: NetProxy) -> None:
+def _slow_link(link: ProxyProcess) -> None:
     link.reset()
     link.rtt, link.bandwidth = RTT, BANDWIDTH
 

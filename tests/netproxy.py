@@ -354,3 +354,61 @@ def _close(sock: socket.socket) -> None:
     with suppress(OSError):
         sock.shutdown(socket.SHUT_RDWR)
     sock.close()
+
+
+def _serve_in_child(connection, upstream_host: str, upstream_port: int) -> None:
+    """A NetProxy in a process of its own, driven over ``connection``: (name, *args) calls
+    its methods, ("set", attr, value) sets rtt or bandwidth."""
+    proxy = NetProxy(upstream_host, upstream_port).start()
+    connection.send(proxy.url)
+    while True:
+        name, *args = connection.recv()
+        if name == "stop":
+            proxy.stop()
+            connection.send(None)
+            return
+        if name == "set":
+            setattr(proxy, args[0], args[1])
+            connection.send(None)
+        else:
+            connection.send(getattr(proxy, name)(*args))
+
+
+class ProxyProcess:
+    """NetProxy's link controls (rtt, bandwidth, counts, reset) with the proxy in a child
+    process: benchmarks on a two-core machine then do not share the client's GIL with a
+    Python proxy relaying every byte, as a real network is not in the client's process."""
+
+    def __init__(self, upstream_host: str, upstream_port: int):
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")
+        self._connection, child = context.Pipe()
+        self._process = context.Process(
+            target=_serve_in_child, args=(child, upstream_host, upstream_port), daemon=True
+        )
+        self._process.start()
+        self.url: str = self._connection.recv()
+
+    def _call(self, name: str, *args: object) -> object:
+        self._connection.send((name, *args))
+        return self._connection.recv()
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name in ("rtt", "bandwidth"):
+            self._call("set", name, value)
+        else:
+            super().__setattr__(name, value)
+
+    def counts(self) -> dict[str, int]:
+        return self._call("counts")  # type: ignore[return-value]
+
+    def reset_counts(self) -> None:
+        self._call("reset_counts")
+
+    def reset(self) -> None:
+        self._call("reset")
+
+    def stop(self) -> None:
+        self._call("stop")
+        self._process.join(10)
