@@ -236,15 +236,19 @@ def test_requests_per_access_for_every_layout(benchmark, link, remote_stores, se
 
 def test_full_scan_over_the_link(benchmark, link, capacity, remote_stores, dataset, results):
     url = remote_stores["ml-minibatch"]
+    times = []
     with annlayout.store_backend("obstore"):
-        data = annlayout.open(url)
-        data.X.warm()
-        _slow_link(link)
-        start = time.perf_counter()
-        whole = data.X[:, :]
-        seconds = time.perf_counter() - start
-    assert whole.nnz == dataset.X.nnz and (whole != dataset.X).nnz == 0
-    moved = link.counts()["bytes_down"]
+        for _ in range(ROUNDS):  # each round a fresh handle, warmed as a loader keeps one
+            data = annlayout.open(url)
+            data.X.warm()
+            _slow_link(link)
+            start = time.perf_counter()
+            whole = data.X[:, :]
+            times.append(time.perf_counter() - start)
+            moved = link.counts()["bytes_down"]
+            assert whole.nnz == dataset.X.nnz and (whole != dataset.X).nnz == 0
+            del whole
+    seconds = statistics.median(times)
     results["scan"] = {
         "seconds": seconds,
         "bytes": moved,
