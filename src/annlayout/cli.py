@@ -379,6 +379,65 @@ def apply_command(
         )
 
 
+@main.command("concat")
+@click.argument("layout")
+@click.argument("paths", nargs=-1, required=True, metavar="INPUT... OUTPUT")
+@click.option(
+    "--join",
+    type=click.Choice(["inner", "outer"]),
+    default="inner",
+    show_default=True,
+    help="Genes every input has (inner), or any input has (outer: absent ones are zeros).",
+)
+@click.option("--label", metavar="COLUMN", help="An obs column recording each cell's input.")
+@click.option("--keys", metavar="K1,K2,...", help="The --label values, one per input.")
+@click.option("--index-unique", metavar="SEP", help="Make obs names unique: name + SEP + key.")
+@click.option(
+    "--merge",
+    type=click.Choice(["same", "unique", "first", "only"]),
+    help="How var, varm and uns columns that differ between inputs are kept (anndata's merge=).",
+)
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+@click.option("--memory", default=defaults.MEMORY, show_default=True, help="Memory budget.")
+@click.option("--no-verify", is_flag=True, help="Skip comparing the output with the inputs.")
+@click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
+@handle_errors
+def concat_command(
+    layout: str,
+    paths: tuple[str, ...],
+    join: str,
+    label: str | None,
+    keys: str | None,
+    index_unique: str | None,
+    merge: str | None,
+    overwrite: bool,
+    memory: str,
+    no_verify: bool,
+    quiet: bool,
+) -> None:
+    """Combine INPUT stores (h5ad, zarr; local or s3://) into OUTPUT with LAYOUT, as
+    anndata.concat would, streaming X and the layers every input has."""
+    from annlayout.concat import ConcatError, concat
+
+    if len(paths) < 2:
+        raise ConcatError("concat: give at least one INPUT and the OUTPUT")
+    *inputs, output = paths
+    with _progress(enabled=not quiet) as progress:
+        result = concat(
+            layout, inputs, output, join=join, label=label,  # type: ignore[arg-type]
+            keys=keys.split(",") if keys else None, index_unique=index_unique,
+            merge=merge, memory=memory, overwrite=overwrite,  # type: ignore[arg-type]
+            verify=not no_verify, progress=progress,
+        )  # fmt: skip
+    if not quiet:
+        out.print(
+            f"wrote [bold]{result.path}[/] with layout [cyan]{result.layout}[/] from "
+            f"{len(inputs)} inputs in {result.seconds:.1f} s"
+            + (", verified" if result.verified else ""),
+            highlight=False,
+        )
+
+
 @contextmanager
 def _progress(enabled: bool):
     """A progress bar (bytes copied, rate, ETA) on a terminal; nothing otherwise."""

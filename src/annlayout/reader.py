@@ -91,6 +91,19 @@ class Dataset:
             group = dict(self._upgraded.obsm)
         return {key: Matrix(group[key], self, var_axis=False) for key in group}
 
+    def small_elements(self) -> Any:
+        """An AnnData of obs, var, obsm, varm and uns as anndata reads them (categoricals
+        kept, legacy forms upgraded), without X, layers, obsp and varp."""
+        import anndata as ad
+
+        keys = ("obs", "var", "obsm", "varm", "uns")
+        if self._upgraded is not None:
+            found = {key: getattr(self._upgraded, key) for key in keys}
+        else:
+            read_elem = getattr(ad, "io", ad.experimental).read_elem
+            found = {key: read_elem(self._root[key]) for key in keys if key in self._root}
+        return ad.AnnData(**{k: v if k in ("obs", "var") else dict(v) for k, v in found.items()})
+
     def to_adata(self, obs: Any = slice(None), var: Any = slice(None)) -> Any:
         """An in-memory AnnData of a selection, with its obs, var and obsm rows."""
         import anndata as ad

@@ -1,54 +1,31 @@
 """Combining many inputs into one matrix, the pure part: which genes the result has and where
 each input's columns go, and the rows of a CSR block moved onto those columns.
 
-No IO: the streaming writer reads row blocks of each input and passes them through
-:func:`remap_rows`; the reference for both is ``anndata.concat`` with the same ``join``.
+No IO: ``annlayout.concat`` reads row blocks of each input and passes them through
+:func:`remap_rows`; which genes the result has is ``anndata.concat``'s decision (join, order),
+taken on the inputs' obs and var alone.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from functools import reduce
-from typing import Literal
-
 import numpy as np
 import pandas as pd
 
-Join = Literal["inner", "outer"]
 
-
-@dataclass(frozen=True)
-class VarAlignment:
-    """The result's var names, and per input the result column of each input column (-1:
-    not in the result, an inner join dropped it)."""
-
-    var_names: pd.Index
-    column_maps: list[np.ndarray]
-
-    def monotonic(self, i: int) -> bool:
-        """Input ``i``'s kept columns keep their order: rows need no re-sorting."""
-        kept = self.column_maps[i][self.column_maps[i] >= 0]
-        return bool(np.all(kept[1:] > kept[:-1]))
-
-
-def align_vars(var_names: list[pd.Index], join: Join = "inner") -> VarAlignment:
-    """Genes aligned by name as ``anndata.concat`` aligns them: ``inner`` keeps the genes
-    every input has (in the first input's order), ``outer`` every gene any input has (sorted
-    where the names sort, as pandas' union does)."""
-    if not var_names:
-        raise ValueError("no inputs to combine")
-    for names in var_names:
+def column_maps(result: pd.Index, inputs: list[pd.Index]) -> list[np.ndarray]:
+    """Per input, the result column of each of its columns (-1: not in the result, which an
+    inner join dropped). ``result`` is the var index ``anndata.concat`` chose."""
+    for names in inputs:
         if not names.is_unique:
             duplicated = names[names.duplicated()][0]
             raise ValueError(f"var name {duplicated!r} appears twice in one input")
-    if join == "inner":
-        result = reduce(lambda a, b: a.intersection(b, sort=False), var_names)
-    elif join == "outer":
-        result = reduce(lambda a, b: a.union(b), var_names)
-    else:
-        raise ValueError(f"join {join!r}: use inner or outer")
-    maps = [np.asarray(result.get_indexer(names), dtype=np.int64) for names in var_names]
-    return VarAlignment(result, maps)
+    return [np.asarray(result.get_indexer(names), dtype=np.int64) for names in inputs]
+
+
+def is_monotonic(column_map: np.ndarray) -> bool:
+    """The kept columns keep their order: a block's rows need no re-sorting."""
+    kept = column_map[column_map >= 0]
+    return bool(np.all(kept[1:] > kept[:-1]))
 
 
 def remap_rows(
@@ -67,8 +44,7 @@ def remap_rows(
     if not keep.all():
         mapped, data, rows = mapped[keep], data[keep], rows[keep]
     if monotonic is None:
-        kept = column_map[column_map >= 0]
-        monotonic = bool(np.all(kept[1:] > kept[:-1]))
+        monotonic = is_monotonic(column_map)
     if not monotonic:
         order = np.lexsort((mapped, rows))
         mapped, data = mapped[order], data[order]
