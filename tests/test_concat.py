@@ -77,3 +77,26 @@ def test_concat_cli_and_bad_inputs(tmp_path, collection):
     keys = CliRunner().invoke(main, ["concat", "analysis", *map(str, paths), str(tmp_path / "k.zarr"),
                                      "--keys", "a,b"])  # fmt: skip
     assert keys.exit_code == 1 and "--keys" in keys.stderr
+
+
+def _corpus_readable():
+    from .test_corpus import CORPUS, READABLE
+
+    return [CORPUS / entry["path"] for entry in READABLE]
+
+
+@pytest.mark.parametrize("path", _corpus_readable(), ids=lambda p: p.name)
+def test_concat_of_corpus_files_equals_anndata_concat(tmp_path, path):
+    """Every corpus file combined with itself, as anndata.concat combines its read."""
+    from .test_corpus import assert_same, read_any
+
+    adata = read_any(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            expected = ad.concat([adata, adata], index_unique="-", merge="same", uns_merge="same")
+        except Exception as err:  # anndata cannot either: ours must say so in one line
+            pytest.skip(f"anndata.concat refuses it too: {err}")
+    out = tmp_path / "twice.zarr"
+    concat("analysis", [path, path], out, index_unique="-", merge="same")
+    assert_same(read_any(out), expected)

@@ -20,7 +20,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from annlayout.defaults import MEMORY
-from annlayout.encodings import SPARSE_ENCODINGS
+from annlayout.encodings import SPARSE_ENCODINGS, writing
 from annlayout.errors import AnnlayoutError, NotAnnDataError
 from annlayout.reader import Dataset
 from annlayout.reader import open as open_dataset
@@ -126,9 +126,9 @@ def _assemble(
     import zarr
 
     root = zarr.open_group(target, mode="w", zarr_format=3)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), writing():
         warnings.simplefilter("ignore")
-        for key in ("obs", "var", "obsm", "varm", "uns"):
+        for key in ("obs", "var", "obsm", "varm", "varp", "uns"):
             value = getattr(combined, key)
             ad.experimental.write_elem(root, key, value if key in ("obs", "var") else dict(value))
     root.attrs.update({"encoding-type": "anndata", "encoding-version": "0.1.0"})

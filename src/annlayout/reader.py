@@ -92,11 +92,11 @@ class Dataset:
         return {key: Matrix(group[key], self, var_axis=False) for key in group}
 
     def small_elements(self) -> Any:
-        """An AnnData of obs, var, obsm, varm and uns as anndata reads them (categoricals
-        kept, legacy forms upgraded), without X, layers, obsp and varp."""
+        """An AnnData of obs, var, obsm, varm, varp and uns as anndata reads them
+        (categoricals kept, legacy forms upgraded), without X, layers and obsp."""
         import anndata as ad
 
-        keys = ("obs", "var", "obsm", "varm", "uns")
+        keys = ("obs", "var", "obsm", "varm", "varp", "uns")
         if self._upgraded is not None:
             found = {key: getattr(self._upgraded, key) for key in keys}
         else:
