@@ -91,14 +91,40 @@ class Dataset:
             group = dict(self._upgraded.obsm)
         return {key: Matrix(group[key], self, var_axis=False) for key in group}
 
+    @cached_property
+    def raw(self) -> tuple[Matrix | LoadedMatrix, Any] | None:
+        """raw's X and raw as anndata reads it without X (var, varm), or None."""
+        import anndata as ad
+
+        if self._upgraded is not None:
+            if self._upgraded.raw is None:
+                return None
+            # a legacy raw (anndata < 0.7) is read whole, upgraded, as anndata reads it
+            from annlayout.encodings import read_upgraded
+
+            raw = read_upgraded(self._root, large=lambda path, node: False).adata.raw
+            return LoadedMatrix(raw.X), {"var": raw.var, "varm": dict(raw.varm)}
+        if "raw" not in self._root or "X" not in self._root["raw"]:
+            return None
+        group = self._root["raw"]
+        read_elem = getattr(ad, "io", ad.experimental).read_elem
+        parts = {key: read_elem(group[key]) for key in ("var", "varm") if key in group}
+        return Matrix(group["X"], self), parts
+
     def small_elements(self) -> Any:
         """An AnnData of obs, var, obsm, varm, varp and uns as anndata reads them
         (categoricals kept, legacy forms upgraded), without X, layers and obsp."""
         import anndata as ad
 
         keys = ("obs", "var", "obsm", "varm", "varp", "uns")
-        if self._upgraded is not None:
-            found = {key: getattr(self._upgraded, key) for key in keys}
+        if self._upgraded is not None:  # read again: only the matrices left as stand-ins
+            from annlayout.encodings import read_upgraded
+
+            def matrix(path: str, node: Any) -> bool:
+                return path in ("X", "raw/X") or path.startswith("layers/")
+
+            upgraded = read_upgraded(self._root, large=matrix).adata
+            found = {key: getattr(upgraded, key) for key in keys}
         else:
             read_elem = getattr(ad, "io", ad.experimental).read_elem
             found = {key: read_elem(self._root[key]) for key in keys if key in self._root}
@@ -203,6 +229,21 @@ class LoadedFrame(Frame):
         return self._frame[column]
 
 
+class LoadedMatrix:
+    """A matrix already in memory (a legacy raw's X), with :class:`Matrix`'s row reads."""
+
+    def __init__(self, value: Any):
+        self._value = value
+        self.encoding = "csr_matrix" if sp.issparse(value) else "array"
+        self.shape = tuple(value.shape)
+        self.dtype = np.dtype(value.dtype)
+        self.nnz = int(value.nnz) if sp.issparse(value) else int(np.prod(value.shape))
+
+    def rows(self, start: int, stop: int) -> Any:
+        block = self._value[start:stop]
+        return sp.csr_matrix(block) if sp.issparse(block) else np.asarray(block)
+
+
 class Matrix:
     """X, a layer or an obsm entry: sparse (with or without a second orientation) or dense."""
 
@@ -232,6 +273,25 @@ class Matrix:
         if self.encoding != "array":
             raise TypeError(f"{self._node.name}: cannot select from a {self.encoding} element")
         return _dense_take(self._node, rows, cols)
+
+    @property
+    def dtype(self) -> np.dtype:
+        values = self._node["data"] if self.encoding in SPARSE_ENCODINGS else self._node
+        return np.dtype(values.dtype)
+
+    @property
+    def nnz(self) -> int:
+        """Stored values: nonzeros of a sparse matrix, every value of a dense one."""
+        if self.encoding in SPARSE_ENCODINGS:
+            return int(self._node["data"].shape[0])
+        return int(np.prod(self.shape))
+
+    def rows(self, start: int, stop: int) -> Any:
+        """Rows ``start:stop`` with every column: CSR for a sparse matrix, an array else."""
+        positions = np.arange(start, stop)
+        if self.encoding in SPARSE_ENCODINGS:
+            return self._sparse(positions, np.arange(self.shape[1]))
+        return np.asarray(self._node[start:stop])
 
     # -- sparse ------------------------------------------------------------------------
 
