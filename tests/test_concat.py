@@ -12,8 +12,8 @@ import pytest
 import scipy.sparse as sp
 from click.testing import CliRunner
 
+from annlayout import concat
 from annlayout.cli import main
-from annlayout.concat import concat
 from annlayout.datagen import make_part
 
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from annlayout.defaults import VERIFY_MEMORY
 
 if TYPE_CHECKING:
+    from annlayout.concatenate import concat
     from annlayout.errors import AnnlayoutError, ApplyError, LayoutError, PlanError
     from annlayout.layout_files import json_schema, load_layout
     from annlayout.layout_models import Layout
@@ -52,6 +53,7 @@ _LAZY = {
     "apply": "annlayout.rewrite.stream",
     "Survey": "annlayout.survey_models",
     "store_backend": "annlayout.remote",
+    "concat": "annlayout.concatenate",
 }
 
 
@@ -126,6 +128,7 @@ __all__ = [
     "WriteResult",
     "__version__",
     "apply",
+    "concat",
     "json_schema",
     "load_layout",
     "make_plan",

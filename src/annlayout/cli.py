@@ -417,7 +417,7 @@ def concat_command(
 ) -> None:
     """Combine INPUT stores (h5ad, zarr; local or s3://) into OUTPUT with LAYOUT, as
     anndata.concat would, streaming X and the layers every input has."""
-    from annlayout.concat import ConcatError, concat
+    from annlayout.concatenate import ConcatError, concat
 
     if len(paths) < 2:
         raise ConcatError("concat: give at least one INPUT and the OUTPUT")
