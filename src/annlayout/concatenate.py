@@ -119,7 +119,7 @@ def _matrix(data: Dataset, path: str) -> Any:
 
 
 def _raw(
-    datasets: list[Dataset], combined: Any, join: str, label: Any, keys: Any, index_unique: Any
+    datasets: list[Dataset], combined: Any, join: Join, label: Any, keys: Any, index_unique: Any
 ) -> tuple[Any, list[Any], list[np.ndarray]] | None:
     """raw as ``anndata.concat`` combines it: only where every input has one, its var
     joined on its own, without merging columns. (combined raw without X, raw X per input,

@@ -128,7 +128,10 @@ class Dataset:
         else:
             read_elem = getattr(ad, "io", ad.experimental).read_elem
             found = {key: read_elem(self._root[key]) for key in keys if key in self._root}
-        return ad.AnnData(**{k: v if k in ("obs", "var") else dict(v) for k, v in found.items()})
+        elements: dict[str, Any] = {
+            k: v if k in ("obs", "var") else dict(v) for k, v in found.items()
+        }
+        return ad.AnnData(**elements)
 
     def to_adata(self, obs: Any = slice(None), var: Any = slice(None)) -> Any:
         """An in-memory AnnData of a selection, with its obs, var and obsm rows."""
