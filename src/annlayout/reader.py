@@ -94,22 +94,29 @@ class Dataset:
     @cached_property
     def raw(self) -> tuple[Matrix | LoadedMatrix, Any] | None:
         """raw's X and raw as anndata reads it without X (var, varm), or None."""
-        import anndata as ad
-
         if self._upgraded is not None:
             if self._upgraded.raw is None:
                 return None
             # a legacy raw (anndata < 0.7) is read whole, upgraded, as anndata reads it
-            from annlayout.encodings import read_upgraded
-
-            raw = read_upgraded(self._root, large=lambda path, node: False).adata.raw
+            raw = self._read_upgraded(keep_raw_x=True).raw
             return LoadedMatrix(raw.X), {"var": raw.var, "varm": dict(raw.varm)}
         if "raw" not in self._root or "X" not in self._root["raw"]:
             return None
+        from anndata.io import read_elem
+
         group = self._root["raw"]
-        read_elem = getattr(ad, "io", ad.experimental).read_elem
         parts = {key: read_elem(group[key]) for key in ("var", "varm") if key in group}
         return Matrix(group["X"], self), parts
+
+    def _read_upgraded(self, *, keep_raw_x: bool) -> Any:
+        """A legacy store as anndata reads it, read in full but for X and the layers (and
+        raw's X unless ``keep_raw_x``), which stay stand-ins."""
+        from annlayout.encodings import read_upgraded
+
+        def matrix(path: str, node: Any) -> bool:
+            return path == "X" or path.startswith("layers/") or (path == "raw/X" and not keep_raw_x)
+
+        return read_upgraded(self._root, large=matrix).adata
 
     def small_elements(self) -> Any:
         """An AnnData of obs, var, obsm, varm, varp and uns as anndata reads them
@@ -118,15 +125,11 @@ class Dataset:
 
         keys = ("obs", "var", "obsm", "varm", "varp", "uns")
         if self._upgraded is not None:  # read again: only the matrices left as stand-ins
-            from annlayout.encodings import read_upgraded
-
-            def matrix(path: str, node: Any) -> bool:
-                return path in ("X", "raw/X") or path.startswith("layers/")
-
-            upgraded = read_upgraded(self._root, large=matrix).adata
+            upgraded = self._read_upgraded(keep_raw_x=False)
             found = {key: getattr(upgraded, key) for key in keys}
         else:
-            read_elem = getattr(ad, "io", ad.experimental).read_elem
+            from anndata.io import read_elem
+
             found = {key: read_elem(self._root[key]) for key in keys if key in self._root}
         elements: dict[str, Any] = {
             k: v if k in ("obs", "var") else dict(v) for k, v in found.items()
@@ -422,7 +425,7 @@ def _gather(arrays: _Arrays, indptr: np.ndarray, majors: np.ndarray):
     # scipy keeps int32 indices when they fit: decoded straight into them, not copied after
     index_dtype = np.int32 if sub_indptr[-1] < 2**31 else np.int64
     data, indices = arrays.read_both(runs, index_dtype)
-    return data, indices.astype(index_dtype, copy=False), sub_indptr.astype(index_dtype)
+    return data, indices, sub_indptr.astype(index_dtype)
 
 
 def _read_runs(array: Any, runs: list[tuple[int, int]]) -> np.ndarray:
