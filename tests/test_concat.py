@@ -100,3 +100,17 @@ def test_concat_of_corpus_files_equals_anndata_concat(tmp_path, path):
     out = tmp_path / "twice.zarr"
     concat("analysis", [path, path], out, index_unique="-", merge="same")
     assert_same(read_any(out), expected)
+
+
+def test_an_input_with_a_gene_twice_is_named(tmp_path, collection):
+    paths, adatas = collection
+    twice = adatas[0].copy()
+    twice.var_names = [twice.var_names[0], *twice.var_names[:-1]]
+    bad = tmp_path / "twice.h5ad"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        twice.write_h5ad(bad)
+    out = tmp_path / "never.zarr"
+    result = CliRunner().invoke(main, ["concat", "analysis", str(paths[1]), str(bad), str(out)])
+    assert result.exit_code == 1 and "twice.h5ad" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not out.exists()

@@ -64,6 +64,10 @@ def concat(
         raise ConcatError(f"--keys: {len(keys)} keys for {len(inputs)} inputs")
     budget = parse_size(memory)
     datasets = [_open(path) for path in inputs]
+    for data in datasets:  # genes are aligned by name: a name twice has no one place
+        if not data.var.index.is_unique:
+            twice = data.var.index[data.var.index.duplicated()][0]
+            raise ConcatError(f"{data.source}: var name {twice!r} appears twice; nothing written")
     light = [_small_elements(data) for data in datasets]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # obs names repeat between inputs: index_unique says
