@@ -114,3 +114,93 @@ def test_an_input_with_a_gene_twice_is_named(tmp_path, collection):
     result = CliRunner().invoke(main, ["concat", "analysis", str(paths[1]), str(bad), str(out)])
     assert result.exit_code == 1 and "twice.h5ad" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not out.exists()
+
+
+def _expected(adatas, **options):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return ad.concat(adatas, merge="same", uns_merge="same", **options)
+
+
+def test_shuffle_equals_anndata_concat_permuted_by_the_recorded_order(tmp_path, collection):
+    """A budget of 64 KiB makes dozens of buckets: rows cross buckets in every block."""
+    paths, adatas = collection
+    options = {"label": "source", "keys": ["a", "b", "c"], "index_unique": "-"}
+    first = concat("ml-minibatch", paths, tmp_path / "a.zarr", shuffle=7, memory="64KiB",
+                   merge="same", **options)  # fmt: skip
+    got = ad.read_zarr(tmp_path / "a.zarr")
+    record = got.uns.pop("annlayout_order")
+    order = np.asarray(record["source_row"])
+    assert record["method"] == "shuffle" and record["seed"] == 7
+    assert list(record["input_n_obs"]) == [a.n_obs for a in adatas]
+    assert sorted(order) == list(range(got.n_obs)) and not np.array_equal(order, np.sort(order))
+    _assert_same(got, _expected(adatas, **options)[order].copy())
+    observed, uniform = first.mixing
+    assert abs(observed - uniform) < 0.1  # three inputs: about 1.5 bits in both
+    again = concat("ml-minibatch", paths, tmp_path / "b.zarr", shuffle=7, memory="1MiB",
+                   merge="same", **options)  # fmt: skip
+    assert again.verified
+    same = ad.read_zarr(tmp_path / "b.zarr")
+    np.testing.assert_array_equal(same.uns["annlayout_order"]["source_row"], order)
+    other = concat("ml-minibatch", paths, tmp_path / "c.zarr", shuffle=8, **options)
+    assert other.mixing is not None
+    assert not np.array_equal(
+        ad.read_zarr(tmp_path / "c.zarr").uns["annlayout_order"]["source_row"], order
+    )
+
+
+def test_groupby_orders_cells_by_a_column_stably(tmp_path, collection):
+    paths, adatas = collection
+    concat("cell-browser", paths, tmp_path / "g.zarr", groupby="cell_type", index_unique="-",
+           join="outer", memory="64KiB")  # fmt: skip
+    got = ad.read_zarr(tmp_path / "g.zarr")
+    record = got.uns.pop("annlayout_order")
+    assert record["method"] == "groupby" and record["column"] == "cell_type"
+    expected = _expected(adatas, index_unique="-", join="outer")
+    codes = expected.obs["cell_type"].cat.codes.to_numpy()
+    order = np.argsort(codes, kind="stable")
+    np.testing.assert_array_equal(record["source_row"], order)
+    _assert_same(got, expected[order].copy())
+
+
+def test_shuffle_moves_dense_layers_raw_and_obsm_with_the_cells(tmp_path):
+    paths, adatas = [], []
+    for i in range(2):
+        adata = make_part(i, 60 + 30 * i, 40, nnz_per_cell=8, n_pcs=3, seed=5)
+        adata.layers["dense"] = adata.X.toarray()
+        adata.raw = adata
+        path = tmp_path / f"p{i}.h5ad"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            adata.write_h5ad(path)
+        paths.append(path)
+        adatas.append(ad.read_h5ad(path))
+    concat(
+        "analysis",
+        paths,
+        tmp_path / "s.zarr",
+        shuffle=1,
+        index_unique="-",
+        merge="same",
+        memory="16KiB",
+    )
+    got = ad.read_zarr(tmp_path / "s.zarr")
+    order = np.asarray(got.uns.pop("annlayout_order")["source_row"])
+    expected = _expected(adatas, index_unique="-")[order].copy()
+    _assert_same(got, expected)
+    assert (sp.csr_matrix(got.raw.X) != sp.csr_matrix(expected.raw.X)).nnz == 0
+    assert list(got.raw.var_names) == list(expected.raw.var_names)
+
+
+def test_order_options_refused_in_one_line(tmp_path, collection):
+    paths, _ = collection
+    out = tmp_path / "never.zarr"
+    both = CliRunner().invoke(main, ["concat", "analysis", *map(str, paths), str(out),
+                                     "--shuffle", "1", "--groupby", "cell_type"])  # fmt: skip
+    assert both.exit_code == 1 and "--groupby" in both.stderr
+    unknown = CliRunner().invoke(main, ["concat", "analysis", *map(str, paths), str(out),
+                                        "--groupby", "tissue"])  # fmt: skip
+    assert unknown.exit_code == 1 and "'tissue'" in unknown.stderr
+    for result in (both, unknown):
+        assert len(result.stderr.strip().splitlines()) == 1
+    assert not out.exists()

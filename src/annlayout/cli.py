@@ -397,6 +397,14 @@ def apply_command(
     type=click.Choice(["same", "unique", "first", "only"]),
     help="How var, varm and uns columns that differ between inputs are kept (anndata's merge=).",
 )
+@click.option(
+    "--shuffle",
+    type=int,
+    metavar="SEED",
+    help="Permute the cells at random (the same SEED, the same order), out of core; the "
+    "order is kept in uns['annlayout_order'].",
+)
+@click.option("--groupby", metavar="COLUMN", help="Order the cells by an obs column instead.")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 @click.option("--memory", default=defaults.MEMORY, show_default=True, help="Memory budget.")
 @click.option("--no-verify", is_flag=True, help="Skip comparing the output with the inputs.")
@@ -410,6 +418,8 @@ def concat_command(
     keys: str | None,
     index_unique: str | None,
     merge: str | None,
+    shuffle: int | None,
+    groupby: str | None,
     overwrite: bool,
     memory: str,
     no_verify: bool,
@@ -426,16 +436,24 @@ def concat_command(
         result = concat(
             layout, inputs, output, join=join, label=label,  # type: ignore[arg-type]
             keys=keys.split(",") if keys else None, index_unique=index_unique,
-            merge=merge, memory=memory, overwrite=overwrite,  # type: ignore[arg-type]
-            verify=not no_verify, progress=progress,
+            merge=merge, shuffle=shuffle, groupby=groupby, memory=memory,  # type: ignore[arg-type]
+            overwrite=overwrite, verify=not no_verify, progress=progress,
         )  # fmt: skip
     if not quiet:
         out.print(
             f"wrote [bold]{result.path}[/] with layout [cyan]{result.layout}[/] from "
             f"{len(inputs)} inputs in {result.seconds:.1f} s"
-            + (", verified" if result.verified else ""),
+            + (", verified" if result.verified else "")
+            + f", peak memory {human_size(result.peak_rss)}",
             highlight=False,
         )
+        if result.mixing is not None:
+            got, uniform = result.mixing
+            out.print(
+                f"mixing: {got:.2f} bits of input entropy per 256-cell window "
+                f"({uniform:.2f} under a uniform shuffle)",
+                highlight=False,
+            )
 
 
 @contextmanager

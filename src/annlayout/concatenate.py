@@ -6,6 +6,11 @@ way), then applies the layout to it with :func:`annlayout.rewrite.apply`, which 
 sharding, second orientations, verification and the atomic (or uploaded) result. obs, var,
 obsm and uns are what ``anndata.concat`` makes of the inputs' small elements with the same
 options, so the result equals ``anndata.concat`` of the inputs read into memory.
+
+With ``shuffle`` or ``groupby`` the rows are put in a new order on the way: the small elements
+in memory, the matrices through :class:`~annlayout.rewrite.buckets.RowBuckets` (a two-pass
+bucketed shuffle). The order is kept in ``uns["annlayout_order"]``: ``source_row[i]`` is the
+row of ``anndata.concat``'s result that row ``i`` holds.
 """
 
 from __future__ import annotations
@@ -13,7 +18,8 @@ from __future__ import annotations
 import tempfile
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,16 +32,35 @@ from annlayout.errors import AnnlayoutError, NotAnnDataError
 from annlayout.reader import Dataset
 from annlayout.reader import open as open_dataset
 from annlayout.remote import is_url
-from annlayout.rewrite.collection import column_maps, is_monotonic, remap_rows
+from annlayout.rewrite.buckets import RowBuckets
+from annlayout.rewrite.collection import (
+    column_maps,
+    grouped,
+    is_monotonic,
+    mixing,
+    remap_rows,
+    shuffled,
+)
 from annlayout.rewrite.stream import ApplyResult, Progress, apply, parse_size
 
 Join = Literal["inner", "outer"]
 Merge = Literal["same", "unique", "first", "only"] | None
 SCRATCH_CHUNK = 2**20  # values per chunk of the intermediate arrays (uncompressed)
+ORDER_KEY = "annlayout_order"
+MIXING_WINDOW = 256  # cells: a minibatch read as one contiguous run
 
 
 class ConcatError(AnnlayoutError):
     """Inputs that cannot be combined."""
+
+
+@dataclass
+class ConcatResult(ApplyResult):
+    """What :func:`apply` reports, and how well the cells' sources are mixed: mean entropy
+    (bits) of the input labels in windows of :data:`MIXING_WINDOW` rows, as written and as a
+    uniform random permutation would give (``None`` for a single input)."""
+
+    mixing: tuple[float, float] | None = None
 
 
 def concat(
@@ -48,13 +73,19 @@ def concat(
     keys: Sequence[str] | None = None,
     index_unique: str | None = None,
     merge: Merge = None,
+    shuffle: int | None = None,
+    groupby: str | None = None,
     memory: str | int = MEMORY,
     overwrite: bool = False,
     verify: bool = True,
     progress: Progress | None = None,
-) -> ApplyResult:
+) -> ConcatResult:
     """Combine ``inputs`` into ``output`` with ``layout``, as ``anndata.concat(inputs, join=,
-    label=, keys=, index_unique=, merge=, uns_merge=merge)`` would, out of core."""
+    label=, keys=, index_unique=, merge=, uns_merge=merge)`` would, out of core.
+
+    ``shuffle=SEED`` permutes the cells at random (reproducibly), ``groupby=COLUMN`` orders
+    them by an obs column of the result; the order is recorded in ``uns["annlayout_order"]``.
+    """
     import anndata as ad
 
     start = time.perf_counter()
@@ -62,6 +93,8 @@ def concat(
         raise ConcatError("concat: no inputs given")
     if keys is not None and len(keys) != len(inputs):
         raise ConcatError(f"--keys: {len(keys)} keys for {len(inputs)} inputs")
+    if shuffle is not None and groupby is not None:
+        raise ConcatError("concat: --shuffle and --groupby each set the order; give one")
     budget = parse_size(memory)
     datasets = [_open(path) for path in inputs]
     for data in datasets:  # genes are aligned by name: a name twice has no one place
@@ -79,6 +112,19 @@ def concat(
         except Exception as err:
             raise ConcatError(f"concat: anndata cannot combine the inputs: {err}") from None
     maps = column_maps(combined.var_names, [d.var.index for d in datasets])
+    sizes = np.array([part.n_obs for part in light], dtype=np.int64)
+    sources = np.repeat(np.arange(len(datasets)), sizes)
+    order = _order(combined, shuffle, groupby)
+    if order is not None:
+        combined = combined[order].copy()
+        combined.uns[ORDER_KEY] = {
+            "source_row": order,
+            "method": "shuffle" if shuffle is not None else "groupby",
+            **({"seed": shuffle} if shuffle is not None else {"column": groupby}),
+            "inputs": np.array([str(path) for path in inputs], dtype=object),
+            "input_n_obs": sizes,
+        }
+        sources = sources[order]
     matrices = {
         path: [_matrix(d, path) for d in datasets] for path in ["X", *_common_layers(datasets)]
     }
@@ -86,13 +132,35 @@ def concat(
     scratch_parent = None if is_url(output) else Path(output).resolve().parent
     with tempfile.TemporaryDirectory(prefix=".annlayout-concat-", dir=scratch_parent) as tmp:
         assembled = Path(tmp) / "assembled.zarr"
-        _assemble(assembled, combined, matrices, maps, raw, budget, progress)
-        result = apply(
+        rank = None if order is None else _inverse(order)
+        _assemble(assembled, combined, matrices, maps, raw, budget, progress, rank)
+        applied = apply(
             layout, assembled, output, overwrite=overwrite, memory=memory, verify=verify,
             progress=progress,
         )  # fmt: skip
+    result = ConcatResult(**{f.name: getattr(applied, f.name) for f in fields(ApplyResult)})
     result.seconds = time.perf_counter() - start  # the assembly included
+    if len(datasets) > 1:
+        result.mixing = mixing(sources, MIXING_WINDOW)
     return result
+
+
+def _order(combined: Any, shuffle: int | None, groupby: str | None) -> np.ndarray | None:
+    if shuffle is not None:
+        return shuffled(combined.n_obs, shuffle)
+    if groupby is None:
+        return None
+    if groupby not in combined.obs.columns:
+        known = ", ".join(map(str, combined.obs.columns)) or "none"
+        raise ConcatError(f"--groupby: no obs column {groupby!r} in the result (columns: {known})")
+    return grouped(combined.obs[groupby])
+
+
+def _inverse(order: np.ndarray) -> np.ndarray:
+    """The new position of each row of the concatenation."""
+    rank = np.empty_like(order)
+    rank[order] = np.arange(order.size, dtype=order.dtype)
+    return rank
 
 
 def _open(path: str | Path) -> Dataset:
@@ -154,13 +222,16 @@ def _assemble(
     raw: tuple[Any, list[Any], list[np.ndarray]] | None,
     budget: int,
     progress: Progress | None,
+    rank: np.ndarray | None,
 ) -> None:
     """The combined AnnData as a zarr store: small elements through anndata, each matrix
-    appended in row blocks of about a quarter of ``budget``."""
+    appended in row blocks of about a quarter of ``budget`` (through buckets beside
+    ``target`` when ``rank`` moves rows)."""
     import anndata as ad
     import zarr
 
     root = zarr.open_group(target, mode="w", zarr_format=3)
+    buckets = target.parent / "buckets"
     with warnings.catch_warnings(), writing():
         warnings.simplefilter("ignore")
         for key in ("obs", "var", "obsm", "varm", "varp", "uns"):
@@ -175,9 +246,9 @@ def _assemble(
     for path, present in matrices.items():
         if any(m is None for m in present):
             continue
-        _write_matrix(root, path, present, maps, combined.n_vars, budget, progress)
+        _write_matrix(root, path, present, maps, combined.n_vars, budget, progress, rank, buckets)
     if raw is not None:
-        _write_matrix(root, "raw/X", raw[1], raw[2], raw[0].n_vars, budget, progress)
+        _write_matrix(root, "raw/X", raw[1], raw[2], raw[0].n_vars, budget, progress, rank, buckets)
 
 
 def _write_matrix(
@@ -188,13 +259,14 @@ def _write_matrix(
     n_vars: int,
     budget: int,
     progress: Progress | None,
+    rank: np.ndarray | None,
+    scratch: Path,
 ) -> None:
     """One matrix of the inputs, stacked: CSR where any input is sparse (as anndata.concat
     makes it), dense where all are (absent columns NaN, its fill for dense arrays)."""
     dtype = np.result_type(*(m.dtype for m in present))
     n_obs = sum(m.shape[0] for m in present)
-    dense = all(m.encoding not in SPARSE_ENCODINGS for m in present)
-    if dense:
+    if all(m.encoding not in SPARSE_ENCODINGS for m in present):
         if any((m < 0).any() for m in maps):  # outer join: anndata fills NaN
             dtype = np.result_type(dtype, np.float32)
         rows = max(1, min(n_obs, budget // 4 // max(1, n_vars * dtype.itemsize)))
@@ -203,18 +275,14 @@ def _write_matrix(
             compressors=None,
         )  # fmt: skip
         array.attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
-        at = 0
-        for matrix, column_map in zip(present, maps, strict=True):
-            kept = column_map >= 0
-            for start in range(0, matrix.shape[0], rows):
-                stop = min(matrix.shape[0], start + rows)
-                block = matrix.rows(start, stop)
-                if sp.issparse(block):
-                    block = block.toarray()
-                out = np.full((stop - start, n_vars), np.nan if dtype.kind == "f" else 0, dtype)
-                out[:, column_map[kept]] = block[:, kept]
-                array[at : at + stop - start] = out
-                at += stop - start
+        blocks = _dense_blocks(present, maps, n_vars, dtype, rows)
+        if rank is not None:
+            buckets = RowBuckets(scratch / path, rank, rows)
+            for first, block in blocks:
+                buckets.add_dense(first, block)
+            blocks = _numbered(buckets.drain_dense())
+        for first, block in blocks:
+            array[first : first + block.shape[0]] = block
         return
     group = root.create_group(path)
     group.attrs.update(
@@ -222,24 +290,67 @@ def _write_matrix(
     )
     data = _growing(group, "data", dtype)
     indices = _growing(group, "indices", np.int32 if n_vars < 2**31 else np.int64)
+    sparse = _csr_blocks(present, maps, budget, path, progress)
+    if rank is not None:
+        nnz = sum(m.nnz for m in present)
+        buckets = RowBuckets(scratch / path, rank, _rows_per_block(nnz, n_obs, budget))
+        for first, ptr, idx, val in sparse:
+            buckets.add_csr(first, ptr, idx.astype(indices.dtype, copy=False), val)
+        sparse = ((0, *bucket) for bucket in buckets.drain_csr())
     indptr_parts = [np.zeros(1, dtype=np.int64)]
     offset = 0
+    for _, ptr, idx, val in sparse:
+        data.append(val.astype(dtype, copy=False))
+        indices.append(idx.astype(indices.dtype, copy=False))
+        indptr_parts.append(ptr[1:] + offset)
+        offset += int(ptr[-1])
+    indptr = np.concatenate(indptr_parts)
+    group.create_array("indptr", data=indptr, chunks=(SCRATCH_CHUNK,), compressors=None)
+
+
+def _dense_blocks(
+    present: list[Any], maps: list[np.ndarray], n_vars: int, dtype: Any, rows: int
+) -> Iterator[tuple[int, np.ndarray]]:
+    """(first row, block) of the inputs one after another, on the result's columns."""
+    at = 0
+    for matrix, column_map in zip(present, maps, strict=True):
+        kept = column_map >= 0
+        for start in range(0, matrix.shape[0], rows):
+            stop = min(matrix.shape[0], start + rows)
+            block = matrix.rows(start, stop)
+            if sp.issparse(block):
+                block = block.toarray()
+            out = np.full((stop - start, n_vars), np.nan if dtype.kind == "f" else 0, dtype)
+            out[:, column_map[kept]] = block[:, kept]
+            yield at, out
+            at += stop - start
+
+
+def _csr_blocks(
+    present: list[Any], maps: list[np.ndarray], budget: int, path: str, progress: Any
+) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
+    """(first row, indptr, indices, data) of the inputs' row blocks, on the result's
+    columns."""
+    at = 0
     for number, (matrix, column_map) in enumerate(zip(present, maps, strict=True)):
         monotonic = is_monotonic(column_map)
-        step = _rows_per_block(matrix, budget)
+        step = _rows_per_block(matrix.nnz, matrix.shape[0], budget)
         for start in range(0, matrix.shape[0], step):
             block = sp.csr_matrix(matrix.rows(start, min(matrix.shape[0], start + step)))
             ptr, idx, val = remap_rows(
                 block.indptr, block.indices, block.data, column_map, monotonic=monotonic
             )
-            data.append(val.astype(dtype, copy=False))
-            indices.append(idx.astype(indices.dtype, copy=False))
-            indptr_parts.append(ptr[1:] + offset)
-            offset += int(ptr[-1])
+            yield at, ptr, idx, val
+            at += block.shape[0]
         if progress:
             progress(f"assembling {path}", number + 1, len(present))
-    indptr = np.concatenate(indptr_parts)
-    group.create_array("indptr", data=indptr, chunks=(SCRATCH_CHUNK,), compressors=None)
+
+
+def _numbered(blocks: Iterator[np.ndarray]) -> Iterator[tuple[int, np.ndarray]]:
+    at = 0
+    for block in blocks:
+        yield at, block
+        at += block.shape[0]
 
 
 def _growing(group: Any, name: str, dtype: Any) -> Any:
@@ -248,9 +359,8 @@ def _growing(group: Any, name: str, dtype: Any) -> Any:
     )
 
 
-def _rows_per_block(matrix: Any, budget: int) -> int:
+def _rows_per_block(nnz: int, n_obs: int, budget: int) -> int:
     """Rows whose nonzeros (value, index, row id, sort order: about 28 bytes each, twice
     while remapping) fill a quarter of the budget."""
-    n_obs = matrix.shape[0]
-    per_row = max(1.0, matrix.nnz / max(1, n_obs)) * 28 * 2
+    per_row = max(1.0, nnz / max(1, n_obs)) * 28 * 2
     return max(1, int(budget / 4 / per_row))

@@ -52,3 +52,56 @@ def remap_rows(
     new_indptr = np.zeros(indptr.size, dtype=np.int64)
     np.cumsum(counts, out=new_indptr[1:])
     return new_indptr, mapped, data
+
+
+def shuffled(n_obs: int, seed: int) -> np.ndarray:
+    """A uniform random permutation, the same for the same seed on every platform (numpy's
+    PCG64): row ``i`` of the result is row ``order[i]`` of the concatenation."""
+    return np.random.default_rng(seed).permutation(n_obs).astype(np.int64)
+
+
+def grouped(values: pd.Series) -> np.ndarray:
+    """Rows ordered by a column, stably (input order kept within a group): categories in
+    their declared order, other values sorted, missing values last."""
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        keys = values.cat.codes.to_numpy().astype(np.int64)
+    else:
+        keys = pd.factorize(values, sort=True)[0].astype(np.int64)
+    keys[keys < 0] = keys.max(initial=0) + 1  # NaN: code -1
+    return np.argsort(keys, kind="stable").astype(np.int64)
+
+
+def reorder_csr(
+    indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, order: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A CSR block's rows taken in ``order``: one gather of every stored value."""
+    lengths = np.diff(indptr)[order]
+    new_indptr = np.zeros(order.size + 1, dtype=np.int64)
+    np.cumsum(lengths, out=new_indptr[1:])
+    shift = np.repeat(np.asarray(indptr[:-1], dtype=np.int64)[order] - new_indptr[:-1], lengths)
+    take = np.arange(new_indptr[-1], dtype=np.int64) + shift
+    return new_indptr, indices[take], data[take]
+
+
+def window_entropy(sources: np.ndarray, window: int = 256) -> float:
+    """Mean Shannon entropy, in bits, of the source labels in consecutive windows of
+    ``window`` rows: what a loader reading ``window`` contiguous cells sees of the mix.
+    ``sources`` are small non-negative integers (the input of each row)."""
+    n_windows = sources.size // window
+    if n_windows == 0:
+        return 0.0
+    labels = np.asarray(sources[: n_windows * window], dtype=np.int64).reshape(n_windows, window)
+    k = int(labels.max()) + 1
+    offsets = labels + np.arange(n_windows, dtype=np.int64)[:, None] * k
+    counts = np.bincount(offsets.ravel(), minlength=n_windows * k).reshape(n_windows, k)
+    p = counts / window
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(p > 0, -p * np.log2(p), 0.0)
+    return float(terms.sum(axis=1).mean())
+
+
+def mixing(sources: np.ndarray, window: int = 256, seed: int = 0) -> tuple[float, float]:
+    """(entropy of the rows as ordered, entropy of the same labels under a uniform random
+    permutation): equal for a true shuffle, zero-ish for inputs laid end to end."""
+    expected = np.random.default_rng(seed).permutation(sources)
+    return window_entropy(sources, window), window_entropy(expected, window)

@@ -1,0 +1,101 @@
+"""Rows moved to new positions out of core: a bucketed two-pass shuffle through files.
+
+A permutation of a matrix bigger than memory cannot be gathered row by row from the inputs
+(a million random reads). Instead the rows stream past once, in input order, and each is
+appended to the file of the bucket its new position falls in (bucket ``b`` holds the new
+positions ``b * rows_per_bucket`` onwards); then each bucket, small enough for memory, is
+read back whole, its rows put in their final order, and handed on. Every read and write is
+sequential, and memory holds one input block or one bucket.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from annlayout.rewrite.collection import reorder_csr
+
+
+class RowBuckets:
+    """Rows of one matrix on their way to the positions ``rank`` gives them (``rank[r]``:
+    the new position of row ``r``). Sparse rows (``add_csr``) or dense ones (``add_dense``),
+    not both; ``drain`` yields the buckets in order, rows sorted."""
+
+    def __init__(self, directory: Path, rank: np.ndarray, rows_per_bucket: int):
+        self.directory = directory
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.rank = rank
+        self.rows_per_bucket = max(1, rows_per_bucket)
+        self.n_buckets = max(1, -(-rank.size // self.rows_per_bucket))
+        self._ranks: list[list[np.ndarray]] = [[] for _ in range(self.n_buckets)]
+        self._lengths: list[list[np.ndarray]] = [[] for _ in range(self.n_buckets)]
+        self._dtypes: dict[str, np.dtype] = {}
+        self._row_shape: tuple[int, ...] = ()
+
+    def add_csr(
+        self, first_row: int, indptr: np.ndarray, indices: np.ndarray, data: np.ndarray
+    ) -> None:
+        """Rows ``first_row:first_row + len(indptr) - 1`` of the matrix, as CSR."""
+        rows = np.arange(first_row, first_row + indptr.size - 1)
+        by_bucket = np.argsort(self.rank[rows] // self.rows_per_bucket, kind="stable")
+        ptr, idx, val = reorder_csr(indptr, indices, data, by_bucket)
+        self._split(rows[by_bucket], ptr, {"indices": idx, "data": val})
+
+    def add_dense(self, first_row: int, block: np.ndarray) -> None:
+        rows = np.arange(first_row, first_row + block.shape[0])
+        by_bucket = np.argsort(self.rank[rows] // self.rows_per_bucket, kind="stable")
+        self._row_shape = block.shape[1:]
+        per_row = int(np.prod(self._row_shape, dtype=np.int64))
+        ptr = np.arange(rows.size + 1, dtype=np.int64) * per_row
+        self._split(rows[by_bucket], ptr, {"data": block[by_bucket].reshape(-1)})
+
+    def _split(self, rows: np.ndarray, ptr: np.ndarray, arrays: dict[str, np.ndarray]) -> None:
+        buckets = self.rank[rows] // self.rows_per_bucket
+        bounds = np.searchsorted(buckets, np.arange(self.n_buckets + 1))
+        for name, values in arrays.items():
+            self._dtypes[name] = values.dtype
+        for bucket in np.unique(buckets):
+            lo, hi = bounds[bucket], bounds[bucket + 1]
+            self._ranks[bucket].append(self.rank[rows[lo:hi]])
+            self._lengths[bucket].append(np.diff(ptr[lo : hi + 1]))
+            for name, values in arrays.items():
+                with open(self._file(bucket, name), "ab") as out:
+                    values[ptr[lo] : ptr[hi]].tofile(out)
+
+    def _file(self, bucket: int, name: str) -> Path:
+        return self.directory / f"{bucket:06d}.{name}"
+
+    def _read(self, bucket: int, name: str) -> np.ndarray:
+        path = self._file(bucket, name)
+        if not path.exists():
+            return np.empty(0, dtype=self._dtypes.get(name, np.float32))
+        values = np.fromfile(path, dtype=self._dtypes[name])
+        path.unlink()  # read once: the disk is given back as the shuffle proceeds
+        return values
+
+    def drain_csr(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Per bucket, in order: (indptr, indices, data) of its rows in their new order."""
+        for bucket in range(self.n_buckets):
+            ranks, lengths = self._take(bucket)
+            indptr = np.zeros(lengths.size + 1, dtype=np.int64)
+            np.cumsum(lengths, out=indptr[1:])
+            indices, data = self._read(bucket, "indices"), self._read(bucket, "data")
+            yield reorder_csr(indptr, indices, data, np.argsort(ranks, kind="stable"))
+
+    def drain_dense(self) -> Iterator[np.ndarray]:
+        for bucket in range(self.n_buckets):
+            ranks, _ = self._take(bucket)
+            block = self._read(bucket, "data").reshape(ranks.size, *self._row_shape)
+            yield block[np.argsort(ranks, kind="stable")]
+
+    def _take(self, bucket: int) -> tuple[np.ndarray, np.ndarray]:
+        ranks = np.concatenate(self._ranks[bucket] or [np.empty(0, np.int64)])
+        lengths = np.concatenate(self._lengths[bucket] or [np.empty(0, np.int64)])
+        self._ranks[bucket], self._lengths[bucket] = [], []
+        first = bucket * self.rows_per_bucket
+        expected = min(self.rank.size, first + self.rows_per_bucket) - first
+        if ranks.size != expected:  # every new position arrives exactly once
+            raise RuntimeError(f"bucket {bucket}: {ranks.size} rows arrived, {expected} expected")
+        return ranks, lengths
