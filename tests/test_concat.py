@@ -3,7 +3,13 @@ differing genes and gene orders, differing categories, repeating obs names, laye
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 import warnings
+from pathlib import Path
 
 import anndata as ad
 import numpy as np
@@ -12,6 +18,7 @@ import pytest
 import scipy.sparse as sp
 from click.testing import CliRunner
 
+import annlayout
 from annlayout import concat
 from annlayout.cli import main
 from annlayout.datagen import make_part
@@ -204,3 +211,66 @@ def test_order_options_refused_in_one_line(tmp_path, collection):
     for result in (both, unknown):
         assert len(result.stderr.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_inputs_with_a_csc_copy_or_a_csc_matrix(tmp_path, collection):
+    """An annlayout store with a second orientation and an h5ad whose X is CSC."""
+    paths, adatas = collection
+    with_copy = tmp_path / "with-copy.zarr"
+    annlayout.apply("cell-browser", paths[0], with_copy)
+    as_csc = tmp_path / "csc.h5ad"
+    csc = adatas[2].copy()
+    csc.X = sp.csc_matrix(csc.X)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        csc.write_h5ad(as_csc)
+    out = tmp_path / "mixed.zarr"
+    concat("cell-browser", [with_copy, paths[1], as_csc], out, index_unique="-", merge="same",
+           memory="64KiB", shuffle=3)  # fmt: skip
+    got = ad.read_zarr(out)
+    order = np.asarray(got.uns.pop("annlayout_order")["source_row"])
+    inputs = [ad.read_zarr(with_copy), adatas[1], ad.read_h5ad(as_csc)]
+    _assert_same(got, _expected(inputs, index_unique="-")[order].copy())
+    assert sorted(annlayout.open(out).X._orientations) == ["csc", "csr"]
+
+
+def test_mismatched_obsm_is_refused_in_one_line(tmp_path, collection):
+    paths, adatas = collection
+    narrow = adatas[0].copy()
+    narrow.obsm["X_pca"] = narrow.obsm["X_pca"][:, :2]
+    bad = tmp_path / "narrow.h5ad"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        narrow.write_h5ad(bad)
+    out = tmp_path / "never.zarr"
+    result = CliRunner().invoke(main, ["concat", "analysis", str(bad), str(paths[1]), str(out)])
+    assert result.exit_code == 1, result.output
+    assert "obsm" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not out.exists() and not list(tmp_path.glob(".never.zarr*"))
+
+
+def test_concat_killed_leaves_nothing_and_a_rerun_succeeds(tmp_path):
+    source = tmp_path / "in.h5ad"
+    X = sp.random(20_000, 2_000, density=0.05, format="csr", dtype=np.float32, random_state=0)
+    ad.AnnData(X=X).write_h5ad(source)
+    before = source.read_bytes()
+    out = tmp_path / "out.zarr"
+    exe = Path(sys.executable).with_name("annlayout")
+    command = [exe, "concat", "ml-minibatch", source, source, out, "--index-unique", "-",
+               "--shuffle", "0", "--memory", "64MiB", "--quiet"]  # fmt: skip
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    buckets = tmp_path / ".out.zarr.annlayout-concat" / "buckets" / "X"
+    deadline = time.monotonic() + 60
+    while not (buckets.is_dir() and len(os.listdir(buckets)) > 10):
+        assert child.poll() is None, child.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    child.send_signal(signal.SIGKILL)
+    child.communicate(timeout=60)
+    assert not out.exists() and source.read_bytes() == before
+    rerun = subprocess.run(command, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.h5ad", "out.zarr"]
+    got = ad.read_zarr(out)
+    order = np.asarray(got.uns["annlayout_order"]["source_row"])
+    assert (sp.vstack([X, X]).tocsr()[order] != got.X).nnz == 0

@@ -19,6 +19,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -32,6 +33,7 @@ from annlayout.errors import AnnlayoutError, NotAnnDataError
 from annlayout.reader import Dataset
 from annlayout.reader import open as open_dataset
 from annlayout.remote import is_url
+from annlayout.rewrite.atomic import remove
 from annlayout.rewrite.buckets import RowBuckets
 from annlayout.rewrite.collection import (
     column_maps,
@@ -46,6 +48,7 @@ from annlayout.rewrite.stream import ApplyResult, Progress, apply, parse_size
 Join = Literal["inner", "outer"]
 Merge = Literal["same", "unique", "first", "only"] | None
 SCRATCH_CHUNK = 2**20  # values per chunk of the intermediate arrays (uncompressed)
+SCRATCH_SUFFIX = ".annlayout-concat"
 ORDER_KEY = "annlayout_order"
 MIXING_WINDOW = 256  # cells: a minibatch read as one contiguous run
 
@@ -102,6 +105,7 @@ def concat(
             twice = data.var.index[data.var.index.duplicated()][0]
             raise ConcatError(f"{data.source}: var name {twice!r} appears twice; nothing written")
     light = [_small_elements(data) for data in datasets]
+    _check_obsm_widths(datasets, light)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # obs names repeat between inputs: index_unique says
         try:
@@ -129,9 +133,8 @@ def concat(
         path: [_matrix(d, path) for d in datasets] for path in ["X", *_common_layers(datasets)]
     }
     raw = _raw(datasets, combined, join, label, keys, index_unique)
-    scratch_parent = None if is_url(output) else Path(output).resolve().parent
-    with tempfile.TemporaryDirectory(prefix=".annlayout-concat-", dir=scratch_parent) as tmp:
-        assembled = Path(tmp) / "assembled.zarr"
+    with _scratch(output) as tmp:
+        assembled = tmp / "assembled.zarr"
         rank = None if order is None else _inverse(order)
         _assemble(assembled, combined, matrices, maps, raw, budget, progress, rank)
         applied = apply(
@@ -143,6 +146,23 @@ def concat(
     if len(datasets) > 1:
         result.mixing = mixing(sources, MIXING_WINDOW)
     return result
+
+
+@contextmanager
+def _scratch(output: str | Path) -> Iterator[Path]:
+    """The intermediate store's directory: beside a local output, under one name, so that a
+    run that was killed leaves nothing the next run does not remove first."""
+    if is_url(output):
+        with tempfile.TemporaryDirectory(prefix=".annlayout-concat-") as tmp:
+            yield Path(tmp)
+        return
+    output = Path(output).resolve()
+    scratch = output.with_name(f".{output.name}{SCRATCH_SUFFIX}")
+    remove(scratch)
+    try:
+        yield scratch
+    finally:
+        remove(scratch)
 
 
 def _order(combined: Any, shuffle: int | None, groupby: str | None) -> np.ndarray | None:
@@ -179,6 +199,28 @@ def _small_elements(data: Dataset) -> Any:
         return data.small_elements()
     except Exception as err:
         raise ConcatError(f"{data.source}: cannot read obs/var/obsm/uns: {err}") from None
+
+
+def _check_obsm_widths(datasets: list[Dataset], light: list[Any]) -> None:
+    """An embedding's columns are its coordinates: two inputs whose ``obsm[key]`` differ in
+    width hold different bases, which anndata.concat would silently cut to the narrower (or
+    pad) and so mix; refused instead."""
+    widths: dict[str, tuple[tuple[int, ...], str]] = {}
+    for data, part in zip(datasets, light, strict=True):
+        for key, value in part.obsm.items():
+            if not (isinstance(value, np.ndarray) or sp.issparse(value)):
+                continue  # data frames are joined by column name, awkward arrays by field
+            shape = tuple(value.shape[1:])
+            first = widths.setdefault(key, (shape, data.source))
+            if first[0] != shape:
+                raise ConcatError(
+                    f"obsm[{key!r}] is {_shape(first[0])} in {first[1]} but {_shape(shape)} "
+                    f"in {data.source}: the columns do not line up; drop or recompute it"
+                )
+
+
+def _shape(trailing: tuple[int, ...]) -> str:
+    return "x".join(map(str, trailing)) + " wide" if trailing else "1-D"
 
 
 def _common_layers(datasets: list[Dataset]) -> list[str]:
