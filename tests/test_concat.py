@@ -274,3 +274,17 @@ def test_concat_killed_leaves_nothing_and_a_rerun_succeeds(tmp_path):
     got = ad.read_zarr(out)
     order = np.asarray(got.uns["annlayout_order"]["source_row"])
     assert (sp.vstack([X, X]).tocsr()[order] != got.X).nnz == 0
+
+
+def test_concat_on_threads_and_a_local_cluster_equals_the_serial_result(tmp_path, collection):
+    distributed = pytest.importorskip("distributed")
+    paths, _ = collection
+    options = {"index_unique": "-", "shuffle": 2, "memory": "256KiB"}
+    concat("cell-browser", paths, tmp_path / "serial.zarr", **options)
+    concat("cell-browser", paths, tmp_path / "threads.zarr", workers=2, **options)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True) as cluster:
+        result = concat("cell-browser", paths, tmp_path / "cluster.zarr",
+                        scheduler=cluster.scheduler_address, **options)  # fmt: skip
+    assert result.verified
+    for other in ("threads.zarr", "cluster.zarr"):
+        assert annlayout.verify(tmp_path / "serial.zarr", tmp_path / other) == []

@@ -407,6 +407,10 @@ def apply_command(
 @click.option("--groupby", metavar="COLUMN", help="Order the cells by an obs column instead.")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 @click.option("--memory", default=defaults.MEMORY, show_default=True, help="Memory budget.")
+@click.option(
+    "--workers", default=1, show_default=True, help="Write the layout with N threads (dask)."
+)
+@click.option("--scheduler", metavar="ADDRESS", help="Write the layout on a dask cluster.")
 @click.option("--no-verify", is_flag=True, help="Skip comparing the output with the inputs.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 @handle_errors
@@ -422,6 +426,8 @@ def concat_command(
     groupby: str | None,
     overwrite: bool,
     memory: str,
+    workers: int,
+    scheduler: str | None,
     no_verify: bool,
     quiet: bool,
 ) -> None:
@@ -437,7 +443,8 @@ def concat_command(
             layout, inputs, output, join=join, label=label,  # type: ignore[arg-type]
             keys=keys.split(",") if keys else None, index_unique=index_unique,
             merge=merge, shuffle=shuffle, groupby=groupby, memory=memory,  # type: ignore[arg-type]
-            overwrite=overwrite, verify=not no_verify, progress=progress,
+            workers=workers, scheduler=scheduler, overwrite=overwrite, verify=not no_verify,
+            progress=progress,
         )  # fmt: skip
     if not quiet:
         out.print(

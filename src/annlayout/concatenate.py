@@ -79,6 +79,8 @@ def concat(
     shuffle: int | None = None,
     groupby: str | None = None,
     memory: str | int = MEMORY,
+    workers: int = 1,
+    scheduler: str | None = None,
     overwrite: bool = False,
     verify: bool = True,
     progress: Progress | None = None,
@@ -88,6 +90,9 @@ def concat(
 
     ``shuffle=SEED`` permutes the cells at random (reproducibly), ``groupby=COLUMN`` orders
     them by an obs column of the result; the order is recorded in ``uns["annlayout_order"]``.
+    ``workers``/``scheduler``: the layout's block copies and transposes run as dask tasks
+    (threads, or a dask.distributed cluster that sees the output's directory), as in apply;
+    combining the inputs runs in this process.
     """
     import anndata as ad
 
@@ -138,8 +143,8 @@ def concat(
         rank = None if order is None else _inverse(order)
         _assemble(assembled, combined, matrices, maps, raw, budget, progress, rank)
         applied = apply(
-            layout, assembled, output, overwrite=overwrite, memory=memory, verify=verify,
-            progress=progress,
+            layout, assembled, output, overwrite=overwrite, memory=memory, workers=workers,
+            scheduler=scheduler, verify=verify, progress=progress,
         )  # fmt: skip
     result = ConcatResult(**{f.name: getattr(applied, f.name) for f in fields(ApplyResult)})
     result.seconds = time.perf_counter() - start  # the assembly included
