@@ -20,7 +20,8 @@ def column_maps(result: pd.Index, inputs: list[pd.Index]) -> list[np.ndarray]:
         if not names.is_unique:
             duplicated = names[names.duplicated()][0]
             raise ValueError(f"var name {duplicated!r} appears twice in one input")
-    return [np.asarray(result.get_indexer(names), dtype=np.int64) for names in inputs]
+    dtype = np.int32 if len(result) < 2**31 else np.int64  # half the bytes moved per value
+    return [np.asarray(result.get_indexer(names), dtype=dtype) for names in inputs]
 
 
 def is_monotonic(column_map: np.ndarray) -> bool:
@@ -41,12 +42,12 @@ def remap_rows(
     each row's indices sorted again where the map changed their order."""
     mapped = column_map[indices]
     keep = mapped >= 0
-    rows = np.repeat(np.arange(indptr.size - 1), np.diff(indptr))
-    if not keep.all():
-        mapped, data, rows = mapped[keep], data[keep], rows[keep]
-    counts = np.bincount(rows, minlength=indptr.size - 1)
-    new_indptr = np.zeros(indptr.size, dtype=np.int64)
-    np.cumsum(counts, out=new_indptr[1:])
+    if keep.all():
+        new_indptr = np.asarray(indptr, dtype=np.int64)
+    else:  # a row's new start: how many kept values lie before its old start
+        kept = np.flatnonzero(keep)
+        mapped, data = mapped[kept], data[kept]
+        new_indptr = np.searchsorted(kept, indptr).astype(np.int64)
     if monotonic is None:
         monotonic = is_monotonic(column_map)
     if not monotonic:  # scipy sorts each row on its own: ~8x a global lexsort of the block
