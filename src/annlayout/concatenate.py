@@ -27,6 +27,7 @@ from typing import Any, Literal
 import numpy as np
 import scipy.sparse as sp
 
+from annlayout.codecs import codec_pipeline
 from annlayout.defaults import MEMORY
 from annlayout.encodings import SPARSE_ENCODINGS, writing
 from annlayout.errors import AnnlayoutError, NotAnnDataError
@@ -290,12 +291,17 @@ def _assemble(
             ad.experimental.write_elem(raw_group, "var", raw[0].var)
             ad.experimental.write_elem(raw_group, "varm", dict(raw[0].varm))
     root.attrs.update({"encoding-type": "anndata", "encoding-version": "0.1.0"})
-    for path, present in matrices.items():
-        if any(m is None for m in present):
-            continue
-        _write_matrix(root, path, present, maps, combined.n_vars, budget, progress, rank, buckets)
-    if raw is not None:
-        _write_matrix(root, "raw/X", raw[1], raw[2], raw[0].n_vars, budget, progress, rank, buckets)
+    with codec_pipeline("zarrs"):  # local and uncompressed: zarrs appends 2x as fast
+        for path, present in matrices.items():
+            if any(m is None for m in present):
+                continue
+            _write_matrix(
+                root, path, present, maps, combined.n_vars, budget, progress, rank, buckets
+            )
+        if raw is not None:
+            _write_matrix(
+                root, "raw/X", raw[1], raw[2], raw[0].n_vars, budget, progress, rank, buckets
+            )
 
 
 def _write_matrix(
