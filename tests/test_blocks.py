@@ -16,6 +16,7 @@ from annlayout.rewrite.blocks import (
     DEFAULT_MEMORY,
     DEFAULT_VERIFY_MEMORY,
     DEFAULT_WHOLE_BELOW,
+    MAX_VERIFY_BYTES,
     READ_BYTES_PER_NONZERO,
     memory_plan,
     parse_size,
@@ -146,8 +147,10 @@ def test_streamable_matches_the_old_rule():
 
 
 def test_verify_sizes():
+    block, sizes = verify_sizes(128 * MiB)
+    assert block == 32 * MiB  # a quarter per side
     block, sizes = verify_sizes(512 * MiB)
-    assert block == 128 * MiB and sizes.read_block == 512 * MiB // 160
+    assert block == MAX_VERIFY_BYTES == 64 * MiB and sizes.read_block == 512 * MiB // 160
     assert sizes.pass_budget == (512 * MiB - 40 * sizes.read_block) // 3
     block, sizes = verify_sizes(1024)  # floors
     assert block == MiB and sizes.pass_budget == MiB and sizes.read_block == 1024

@@ -288,3 +288,53 @@ def test_concat_on_threads_and_a_local_cluster_equals_the_serial_result(tmp_path
     assert result.verified
     for other in ("threads.zarr", "cluster.zarr"):
         assert annlayout.verify(tmp_path / "serial.zarr", tmp_path / other) == []
+
+
+def _killed_after_combining(source: Path, out: Path, *options: str) -> Path:
+    """Run concat of ``source`` twice into ``out`` and SIGKILL it once the combined inputs
+    are complete (while the layout is written); return the scratch directory."""
+    exe = Path(sys.executable).with_name("annlayout")
+    command = [exe, "concat", "ml-minibatch", source, source, out, "--index-unique", "-",
+               "--memory", "64MiB", "--quiet", *options]  # fmt: skip
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    scratch = out.with_name(f".{out.name}.annlayout-concat")
+    deadline = time.monotonic() + 60
+    while not (scratch / "assembled.done").exists():
+        assert child.poll() is None, child.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    child.send_signal(signal.SIGKILL)
+    child.communicate(timeout=60)
+    assert not out.exists()
+    return scratch
+
+
+def test_resume_continues_from_the_combined_inputs_and_equals_a_clean_run(tmp_path):
+    source = tmp_path / "in.h5ad"
+    X = sp.random(20_000, 2_000, density=0.05, format="csr", dtype=np.float32, random_state=1)
+    ad.AnnData(X=X).write_h5ad(source)
+    out = tmp_path / "out.zarr"
+    scratch = _killed_after_combining(source, out, "--shuffle", "4")
+    said: list[str] = []
+    concat("ml-minibatch", [source, source], out, resume=True, index_unique="-", shuffle=4,
+           progress=lambda what, *_: said.append(what))  # fmt: skip
+    assert "resuming from the combined inputs" in said and not scratch.exists()
+    concat("ml-minibatch", [source, source], tmp_path / "clean.zarr", index_unique="-", shuffle=4)
+    assert annlayout.verify(tmp_path / "clean.zarr", out) == []
+
+    said.clear()  # other options: the kept inputs do not fit them, so they are made again
+    again = tmp_path / "again.zarr"
+    _killed_after_combining(source, again, "--shuffle", "4")
+    concat("ml-minibatch", [source, source], again, resume=True, index_unique="-", shuffle=5,
+           progress=lambda what, *_: said.append(what))  # fmt: skip
+    assert "resuming from the combined inputs" not in said
+    assert ad.read_zarr(again).uns["annlayout_order"]["seed"] == 5
+
+
+def test_an_existing_output_is_refused_before_any_work(tmp_path, collection):
+    paths, _ = collection
+    out = tmp_path / "there.zarr"
+    out.mkdir()
+    result = CliRunner().invoke(main, ["concat", "analysis", *map(str, paths), str(out)])
+    assert result.exit_code == 1 and "--overwrite" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["there.zarr"]

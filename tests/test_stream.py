@@ -308,6 +308,30 @@ def test_verify_catches_a_changed_value(pair):
     assert line == "X/data: 1 values differ (first at index 17)"
 
 
+def test_verify_compares_blocks_in_slices(monkeypatch):
+    """A block is compared a slice at a time: its differences are all counted, the first is
+    found in whichever slice holds it, NaNs are equal, and the step is sized by either side."""
+    from annlayout.rewrite import verify
+
+    monkeypatch.setattr(verify, "COMPARE_VALUES", 6)  # 3 rows of 2 per slice
+    a = np.arange(40, dtype=np.float32).reshape(20, 2)
+    a[1, 0] = np.nan
+    b = a.copy()
+    b[[7, 9, 13], 1] += 1  # one block of 16 rows (8 bytes each), three of its slices
+    assert verify._compare_blocks(a, b, 128, check_dtype=True) == (
+        "3 values differ (first at index 7)"
+    )
+    b[19, 0] += 1  # the second block is never read: the first already differs
+    assert verify._compare_blocks(a, b, 128, check_dtype=True).startswith("3 values")
+    assert verify._compare_blocks(a, a.copy(), 128, check_dtype=True) is None
+    indices = np.arange(20, dtype=np.uint16)
+    wider = indices.astype(np.int64)
+    wider[[3, 5]] = 99  # 16 bytes per side: blocks of 2 rows of int64, not 8 of uint16
+    assert verify._compare_blocks(indices, wider, 16, check_dtype=False) == (
+        "1 values differ (first at index 3)"
+    )
+
+
 def test_verify_catches_a_missing_element(pair):
     source, out = pair
     shutil.rmtree(out / "obsm" / "X_pca")

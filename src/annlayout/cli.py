@@ -411,6 +411,12 @@ def apply_command(
     "--workers", default=1, show_default=True, help="Write the layout with N threads (dask)."
 )
 @click.option("--scheduler", metavar="ADDRESS", help="Write the layout on a dask cluster.")
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue a run that was killed or failed after combining the inputs (same inputs "
+    "and options); without it a rerun starts clean.",
+)
 @click.option("--no-verify", is_flag=True, help="Skip comparing the output with the inputs.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 @handle_errors
@@ -428,6 +434,7 @@ def concat_command(
     memory: str,
     workers: int,
     scheduler: str | None,
+    resume: bool,
     no_verify: bool,
     quiet: bool,
 ) -> None:
@@ -443,8 +450,8 @@ def concat_command(
             layout, inputs, output, join=join, label=label,  # type: ignore[arg-type]
             keys=keys.split(",") if keys else None, index_unique=index_unique,
             merge=merge, shuffle=shuffle, groupby=groupby, memory=memory,  # type: ignore[arg-type]
-            workers=workers, scheduler=scheduler, overwrite=overwrite, verify=not no_verify,
-            progress=progress,
+            workers=workers, scheduler=scheduler, overwrite=overwrite, resume=resume,
+            verify=not no_verify, progress=progress,
         )  # fmt: skip
     if not quiet:
         out.print(

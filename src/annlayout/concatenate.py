@@ -15,6 +15,8 @@ row of ``anndata.concat``'s result that row ``i`` holds.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import tempfile
 import time
 import warnings
@@ -34,7 +36,7 @@ from annlayout.errors import AnnlayoutError, NotAnnDataError
 from annlayout.reader import Dataset
 from annlayout.reader import open as open_dataset
 from annlayout.remote import is_url
-from annlayout.rewrite.atomic import remove
+from annlayout.rewrite.atomic import check_paths, remove
 from annlayout.rewrite.buckets import RowBuckets
 from annlayout.rewrite.collection import (
     column_maps,
@@ -50,6 +52,7 @@ Join = Literal["inner", "outer"]
 Merge = Literal["same", "unique", "first", "only"] | None
 SCRATCH_CHUNK = 2**20  # values per chunk of the intermediate arrays (uncompressed)
 SCRATCH_SUFFIX = ".annlayout-concat"
+ASSEMBLED_MARKER = "assembled.done"  # the combined inputs are complete: --resume uses them
 ORDER_KEY = "annlayout_order"
 MIXING_WINDOW = 256  # cells: a minibatch read as one contiguous run
 
@@ -83,6 +86,7 @@ def concat(
     workers: int = 1,
     scheduler: str | None = None,
     overwrite: bool = False,
+    resume: bool = False,
     verify: bool = True,
     progress: Progress | None = None,
 ) -> ConcatResult:
@@ -93,7 +97,9 @@ def concat(
     them by an obs column of the result; the order is recorded in ``uns["annlayout_order"]``.
     ``workers``/``scheduler``: the layout's block copies and transposes run as dask tasks
     (threads, or a dask.distributed cluster that sees the output's directory), as in apply;
-    combining the inputs runs in this process.
+    combining the inputs runs in this process. ``resume``: a run that was killed or failed
+    after combining the inputs continues from them (kept beside the output) when the inputs
+    and options are the same; otherwise it starts clean, as without ``resume``.
     """
     import anndata as ad
 
@@ -105,6 +111,10 @@ def concat(
     if shuffle is not None and groupby is not None:
         raise ConcatError("concat: --shuffle and --groupby each set the order; give one")
     budget = parse_size(memory)
+    if not is_url(output):  # before the inputs are combined, not after
+        for path in inputs:
+            if not is_url(path):
+                check_paths(Path(path), Path(output), overwrite=overwrite)
     datasets = [_open(path) for path in inputs]
     for data in datasets:  # genes are aligned by name: a name twice has no one place
         if not data.var.index.is_unique:
@@ -139,14 +149,29 @@ def concat(
         path: [_matrix(d, path) for d in datasets] for path in ["X", *_common_layers(datasets)]
     }
     raw = _raw(datasets, combined, join, label, keys, index_unique)
-    with _scratch(output) as tmp:
+    fingerprint = _fingerprint(inputs, join=join, label=label, keys=keys,
+                               index_unique=index_unique, merge=merge, shuffle=shuffle,
+                               groupby=groupby)  # fmt: skip
+    with _scratch(output, resume) as tmp:
         assembled = tmp / "assembled.zarr"
-        rank = None if order is None else _inverse(order)
-        _assemble(assembled, combined, matrices, maps, raw, budget, progress, rank)
-        applied = apply(
-            layout, assembled, output, overwrite=overwrite, memory=memory, workers=workers,
-            scheduler=scheduler, verify=verify, progress=progress,
-        )  # fmt: skip
+        done = tmp / ASSEMBLED_MARKER
+        if not (resume and done.exists() and done.read_text() == fingerprint):
+            remove(assembled)
+            rank = None if order is None else _inverse(order)
+            _assemble(assembled, combined, matrices, maps, raw, budget, progress, rank)
+            done.write_text(fingerprint)
+        elif progress:
+            progress("resuming from the combined inputs", 1, 1)
+        try:
+            applied = apply(
+                layout, assembled, output, overwrite=overwrite, memory=memory,
+                workers=workers, scheduler=scheduler, verify=verify, progress=progress,
+            )  # fmt: skip
+        except AnnlayoutError as err:
+            raise ConcatError(
+                f"{err} (the combined inputs are kept in {tmp}; rerun with --resume to "
+                "start from them)"
+            ) from None
     result = ConcatResult(**{f.name: getattr(applied, f.name) for f in fields(ApplyResult)})
     result.seconds = time.perf_counter() - start  # the assembly included
     if len(datasets) > 1:
@@ -155,20 +180,41 @@ def concat(
 
 
 @contextmanager
-def _scratch(output: str | Path) -> Iterator[Path]:
-    """The intermediate store's directory: beside a local output, under one name, so that a
-    run that was killed leaves nothing the next run does not remove first."""
+def _scratch(output: str | Path, resume: bool) -> Iterator[Path]:
+    """The intermediate store's directory, under one name for an output: beside a local
+    output, in the temp directory for a URL. A run that was killed leaves it, and the next
+    run removes it first, or with ``resume`` takes the combined inputs from it when they are
+    complete and were made from the same inputs and options. A run that fails or is
+    interrupted after combining the inputs keeps them for ``resume``."""
     if is_url(output):
-        with tempfile.TemporaryDirectory(prefix=".annlayout-concat-") as tmp:
-            yield Path(tmp)
-        return
-    output = Path(output).resolve()
-    scratch = output.with_name(f".{output.name}{SCRATCH_SUFFIX}")
-    remove(scratch)
+        name = hashlib.sha256(str(output).encode()).hexdigest()[:16]
+        scratch = Path(tempfile.gettempdir()) / f".annlayout-concat-{name}"
+    else:
+        output = Path(output).resolve()
+        scratch = output.with_name(f".{output.name}{SCRATCH_SUFFIX}")
+    if not resume:
+        remove(scratch)
+    scratch.mkdir(parents=True, exist_ok=True)
     try:
         yield scratch
-    finally:
-        remove(scratch)
+    except BaseException:
+        if not (scratch / ASSEMBLED_MARKER).exists():
+            remove(scratch)
+        raise
+    remove(scratch)
+
+
+def _fingerprint(inputs: Sequence[str | Path], **options: Any) -> str:
+    """What the combined inputs were made of: each input's location, size and modification
+    time (a local file or directory; a URL by name), and the options that shape them."""
+    described = []
+    for path in inputs:
+        entry: dict[str, Any] = {"input": str(path)}
+        if not is_url(path):
+            stat = Path(path).stat()
+            entry.update(size=stat.st_size, mtime_ns=stat.st_mtime_ns)
+        described.append(entry)
+    return json.dumps({"inputs": described, **options}, sort_keys=True, default=str)
 
 
 def _order(combined: Any, shuffle: int | None, groupby: str | None) -> np.ndarray | None:

@@ -48,6 +48,10 @@ MIN_PASS_SHARE = 8
 PASS_INDEX_BYTES = 8
 #: verify: the smallest block and pass budget, whatever --memory says.
 MIN_VERIFY_BYTES = 1 << 20
+#: verify: the largest compared block per side. Larger blocks read no faster, and verify runs
+#: while both stores' obs, var and uns are held (after apply, in its process): a block of
+#: --memory // 4 per side put 1 GB on top of them at --memory 1GiB.
+MAX_VERIFY_BYTES = 64 << 20
 
 MiB = 1 << 20
 
@@ -194,14 +198,15 @@ def transpose_sizes(budget: int, *, writes: int = 0, fixed: int = 0) -> Transpos
 def verify_sizes(memory: int, *, fixed: int = 0) -> tuple[int, TransposeSizes]:
     """``verify``: (bytes per side of a compared block, transpose sizes).
 
-    A compared block is read from both stores (two sides plus the comparison): a quarter of
-    ``memory`` per side. A transpose compared with a stored orientation holds its pass buffers
-    and the stored range read back (about as large), so each gets a third of what the reads
-    and indptrs leave.
+    A compared block is read from both stores and compared in small slices: a quarter of
+    ``memory`` per side (the rest for the codecs' buffers), at most ``MAX_VERIFY_BYTES``. A
+    transpose compared with a stored orientation holds its pass buffers and the stored range
+    read back (about as large), so each gets a third of what the reads and indptrs leave.
     """
     block = read_block(memory)
     passes = (memory - fixed - READ_BYTES_PER_NONZERO * block) // 3
-    return max(MIN_VERIFY_BYTES, memory // 4), TransposeSizes(block, max(MIN_VERIFY_BYTES, passes))
+    side = min(MAX_VERIFY_BYTES, max(MIN_VERIFY_BYTES, memory // 4))
+    return side, TransposeSizes(block, max(MIN_VERIFY_BYTES, passes))
 
 
 @dataclass(frozen=True)

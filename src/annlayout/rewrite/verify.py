@@ -41,6 +41,8 @@ from annlayout.rewrite.blocks import parse_size, transpose_fixed, verify_sizes
 from annlayout.stores import AnnDataStore, open_anndata
 
 DEFAULT_VERIFY_MEMORY = parse_size(VERIFY_MEMORY)
+#: Values compared at once within a block (its masks: a few MB).
+COMPARE_VALUES = 1 << 20
 
 
 @dataclass
@@ -269,15 +271,23 @@ def _compare_blocks(a: Any, b: Any, block_bytes: int, *, check_dtype: bool) -> s
     if tuple(a.shape) != tuple(b.shape):
         return f"shape {tuple(a.shape)} became {tuple(b.shape)}"
     rows = a.shape[0] if a.shape else 0
-    row_bytes = max(1, math.prod(a.shape[1:]) * np.dtype(a.dtype).itemsize)
-    step = max(1, block_bytes // row_bytes)
+    row_values = max(1, math.prod(a.shape[1:]))
+    itemsize = max(np.dtype(a.dtype).itemsize, np.dtype(b.dtype).itemsize)  # either side
+    step = max(1, block_bytes // (row_values * itemsize))
+    # compared a slice at a time: masks of a whole block (equal, NaNs, their negation) would
+    # hold 1.25x a float32 block more
+    sub = max(1, COMPARE_VALUES // row_values)
     for start in range(0, rows, step):
         block_a = np.asarray(a[start : start + step])
         block_b = np.asarray(b[start : start + step])
-        unequal = ~_equal_values(block_a, block_b)
-        if unequal.any():
-            first = start + int(np.argwhere(unequal)[0][0])
-            return f"{int(unequal.sum()):,} values differ (first at index {first:,})"
+        count, first = 0, 0
+        for offset in range(0, len(block_a), sub):
+            unequal = ~_equal_values(block_a[offset : offset + sub], block_b[offset : offset + sub])
+            if unequal.any():
+                first = first if count else start + offset + int(np.argwhere(unequal)[0][0])
+                count += int(unequal.sum())
+        if count:
+            return f"{count:,} values differ (first at index {first:,})"
     return None
 
 
