@@ -131,8 +131,9 @@ def concat(
             )  # fmt: skip
         except Exception as err:
             raise ConcatError(f"concat: anndata cannot combine the inputs: {err}") from None
-    maps = column_maps(combined.var_names, [d.var.index for d in datasets])
     sizes = np.array([part.n_obs for part in light], dtype=np.int64)
+    del light  # obsm can be hundreds of MB: one copy (the combined one) is enough
+    maps = column_maps(combined.var_names, [d.var.index for d in datasets])
     sources = np.repeat(np.arange(len(datasets)), sizes)
     order = _order(combined, shuffle, groupby)
     if order is not None:
@@ -162,6 +163,7 @@ def concat(
             done.write_text(fingerprint)
         elif progress:
             progress("resuming from the combined inputs", 1, 1)
+        del combined, raw, matrices  # written: the layout step's memory is its own
         try:
             applied = apply(
                 layout, assembled, output, overwrite=overwrite, memory=memory,
