@@ -141,9 +141,11 @@ def test_bench_counts_the_same_requests_through_either_client(tmp_path, s3, back
 
     # the merge gap follows timings measured during the run: pinned, both clients merge alike
     monkeypatch.setattr(Link, "gap", property(lambda self: MIN_GAP))
-    # Requests only: the bytes of the first gene query differed now and then (114,271 against
-    # 130,296 or 135,389, same 18 requests) since this session; not yet explained (issue 13
-    # note), and not the merge gap, MeasuredStore's zarr 3.4 counting or concurrent reads.
+    # Each client's bench writes its own candidate store, and zarrs places a shard's chunks
+    # in the order they finish encoding (two applies of one input give shards of one size but
+    # different bytes). Neighbouring chunks of a query may then lie apart and merge into one
+    # more request, or carry other gap bytes: counts are compared within a tenth (at least one
+    # request) per pattern, bytes not at all.
 
     source = tmp_path / "in.h5ad"
     make_input(source, "csr")
@@ -158,11 +160,15 @@ def test_bench_counts_the_same_requests_through_either_client(tmp_path, s3, back
                 workdir=tmp_path / client,
             )
         counted[client] = result.candidates[0].summary()["patterns"]
-    assert counted["obstore"] and _requests(counted["obstore"]) == _requests(counted["fsspec"])
+    by_obstore, by_fsspec = _requests(counted["obstore"]), _requests(counted["fsspec"])
+    assert by_obstore and by_obstore.keys() == by_fsspec.keys()
+    for pattern, requests in by_obstore.items():
+        slack = max(1, requests // 10)
+        assert abs(requests - by_fsspec[pattern]) <= slack, (pattern, requests, by_fsspec[pattern])
 
 
-def _requests(patterns) -> list:
-    return [(p["pattern"], p["requests"]) for p in patterns if p["reader"] == "annlayout"]
+def _requests(patterns) -> dict[str, int]:
+    return {p["pattern"]: p["requests"] for p in patterns if p["reader"] == "annlayout"}
 
 
 def test_store_backend_option_of_the_cli(tmp_path, s3, backend):
