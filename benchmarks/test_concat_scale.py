@@ -152,9 +152,12 @@ def scale_settings() -> ScaleSettings:
 
 @pytest.fixture(scope="module")
 def collection(scale_settings: ScaleSettings) -> list[Path]:
+    return build_collection(scale_settings)
+
+
+def build_collection(s: ScaleSettings) -> list[Path]:
     """The collection's h5ad files, generated into the cache on first use (~1 min and ~4 GB
     of RSS at the default size: each file is built in memory)."""
-    s = scale_settings
     directory = s.cache / s.name
     if not directory.is_dir():
         s.cache.mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from annlayout.defaults import VERIFY_MEMORY
 
 if TYPE_CHECKING:
+    from annlayout.appending import append
     from annlayout.concatenate import concat
     from annlayout.errors import AnnlayoutError, ApplyError, LayoutError, PlanError
     from annlayout.layout_files import json_schema, load_layout
@@ -54,6 +55,7 @@ _LAZY = {
     "Survey": "annlayout.survey_models",
     "store_backend": "annlayout.remote",
     "concat": "annlayout.concatenate",
+    "append": "annlayout.appending",
 }
 
 
@@ -127,6 +129,7 @@ __all__ = [
     "Survey",
     "WriteResult",
     "__version__",
+    "append",
     "apply",
     "concat",
     "json_schema",

@@ -470,6 +470,58 @@ def concat_command(
             )
 
 
+@main.command("append")
+@click.argument("store")
+@click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
+@click.option(
+    "--join",
+    type=click.Choice(["inner", "outer"]),
+    default="inner",
+    show_default=True,
+    help="inner: every input must have all the store's genes; outer: absent ones are zeros.",
+)
+@click.option("--label", metavar="COLUMN", help="An obs column recording each new cell's input.")
+@click.option("--keys", metavar="K1,K2,...", help="The --label values, one per input.")
+@click.option("--index-unique", metavar="SEP", help="New obs names: name + SEP + key.")
+@click.option("--memory", default=defaults.MEMORY, show_default=True, help="Memory budget.")
+@click.option("--no-verify", is_flag=True, help="Skip comparing the result with its sources.")
+@click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
+@handle_errors
+def append_command(
+    store: str,
+    inputs: tuple[str, ...],
+    join: str,
+    label: str | None,
+    keys: str | None,
+    index_unique: str | None,
+    memory: str,
+    no_verify: bool,
+    quiet: bool,
+) -> None:
+    """Add the cells of INPUT stores to STORE, a zarr store annlayout wrote, in its recorded
+    layout and with its genes: shards before the last partial one are kept, not rewritten.
+    Atomic: an interrupted or failed append leaves STORE as it was."""
+    from annlayout.appending import append
+
+    with _progress(enabled=not quiet) as progress:
+        result = append(
+            store, inputs, join=join, label=label,  # type: ignore[arg-type]
+            keys=keys.split(",") if keys else None, index_unique=index_unique,
+            memory=memory, verify=not no_verify, progress=progress,
+        )  # fmt: skip
+    if not quiet:
+        for note in result.notes:
+            err.print(f"note: {note}", highlight=False)
+        out.print(
+            f"appended {result.n_obs_added:,} cells to [bold]{result.path}[/] "
+            f"({result.n_obs_before:,} before) with layout [cyan]{result.layout}[/] in "
+            f"{result.seconds:.1f} s" + (", verified" if result.verified else "")
+            + f": kept {human_size(result.linked_bytes)} as it was, wrote "
+            f"{human_size(result.written_bytes)}, peak memory {human_size(result.peak_rss)}",
+            highlight=False,
+        )  # fmt: skip
+
+
 @contextmanager
 def _progress(enabled: bool):
     """A progress bar (bytes copied, rate, ETA) on a terminal; nothing otherwise."""

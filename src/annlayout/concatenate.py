@@ -115,13 +115,10 @@ def concat(
         for path in inputs:
             if not is_url(path):
                 check_paths(Path(path), Path(output), overwrite=overwrite)
-    datasets = [_open(path) for path in inputs]
-    for data in datasets:  # genes are aligned by name: a name twice has no one place
-        if not data.var.index.is_unique:
-            twice = data.var.index[data.var.index.duplicated()][0]
-            raise ConcatError(f"{data.source}: var name {twice!r} appears twice; nothing written")
-    light = [_small_elements(data) for data in datasets]
-    _check_obsm_widths(datasets, light)
+    datasets = [open_input(path) for path in inputs]
+    check_unique_var(datasets)
+    light = [small_elements_of(data) for data in datasets]
+    check_obsm_widths(datasets, light)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # obs names repeat between inputs: index_unique says
         try:
@@ -147,7 +144,7 @@ def concat(
         }
         sources = sources[order]
     matrices = {
-        path: [_matrix(d, path) for d in datasets] for path in ["X", *_common_layers(datasets)]
+        path: [matrix_of(d, path) for d in datasets] for path in ["X", *common_layers(datasets)]
     }
     raw = _raw(datasets, combined, join, label, keys, index_unique)
     fingerprint = _fingerprint(inputs, join=join, label=label, keys=keys,
@@ -237,7 +234,7 @@ def _inverse(order: np.ndarray) -> np.ndarray:
     return rank
 
 
-def _open(path: str | Path) -> Dataset:
+def open_input(path: str | Path) -> Dataset:
     try:
         return open_dataset(path)
     except NotAnnDataError:
@@ -246,7 +243,15 @@ def _open(path: str | Path) -> Dataset:
         raise NotAnnDataError(f"{path}: cannot open: {str(err).splitlines()[0]}") from None
 
 
-def _small_elements(data: Dataset) -> Any:
+def check_unique_var(datasets: list[Dataset]) -> None:
+    """Genes are aligned by name: a name twice has no one place."""
+    for data in datasets:
+        if not data.var.index.is_unique:
+            twice = data.var.index[data.var.index.duplicated()][0]
+            raise ConcatError(f"{data.source}: var name {twice!r} appears twice; nothing written")
+
+
+def small_elements_of(data: Dataset) -> Any:
     """The input without its matrices: obs, var, obsm, varm, uns, as anndata.concat takes
     them."""
     try:
@@ -255,7 +260,7 @@ def _small_elements(data: Dataset) -> Any:
         raise ConcatError(f"{data.source}: cannot read obs/var/obsm/uns: {err}") from None
 
 
-def _check_obsm_widths(datasets: list[Dataset], light: list[Any]) -> None:
+def check_obsm_widths(datasets: list[Dataset], light: list[Any]) -> None:
     """An embedding's columns are its coordinates: two inputs whose ``obsm[key]`` differ in
     width hold different bases, which anndata.concat would silently cut to the narrower (or
     pad) and so mix; refused instead."""
@@ -277,12 +282,12 @@ def _shape(trailing: tuple[int, ...]) -> str:
     return "x".join(map(str, trailing)) + " wide" if trailing else "1-D"
 
 
-def _common_layers(datasets: list[Dataset]) -> list[str]:
+def common_layers(datasets: list[Dataset]) -> list[str]:
     names = [set(d.layers) for d in datasets]
     return [f"layers/{key}" for key in sorted(set.intersection(*names))] if names else []
 
 
-def _matrix(data: Dataset, path: str) -> Any:
+def matrix_of(data: Dataset, path: str) -> Any:
     return data.X if path == "X" else data.layers[path.split("/", 1)[1]]
 
 
@@ -376,7 +381,7 @@ def _write_matrix(
             compressors=None,
         )  # fmt: skip
         array.attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
-        blocks = _dense_blocks(present, maps, n_vars, dtype, rows)
+        blocks = dense_blocks(present, maps, n_vars, dtype, rows)
         if rank is not None:
             buckets = RowBuckets(scratch / path, rank, rows)
             for first, block in blocks:
@@ -391,10 +396,10 @@ def _write_matrix(
     )
     data = _growing(group, "data", dtype)
     indices = _growing(group, "indices", np.int32 if n_vars < 2**31 else np.int64)
-    sparse = _csr_blocks(present, maps, budget, path, progress)
+    sparse = csr_blocks(present, maps, budget, path, progress)
     if rank is not None:
         nnz = sum(m.nnz for m in present)
-        buckets = RowBuckets(scratch / path, rank, _rows_per_block(nnz, n_obs, budget))
+        buckets = RowBuckets(scratch / path, rank, rows_per_block(nnz, n_obs, budget))
         for first, ptr, idx, val in sparse:
             buckets.add_csr(first, ptr, idx.astype(indices.dtype, copy=False), val)
         sparse = ((0, *bucket) for bucket in buckets.drain_csr())
@@ -409,7 +414,7 @@ def _write_matrix(
     group.create_array("indptr", data=indptr, chunks=(SCRATCH_CHUNK,), compressors=None)
 
 
-def _dense_blocks(
+def dense_blocks(
     present: list[Any], maps: list[np.ndarray], n_vars: int, dtype: Any, rows: int
 ) -> Iterator[tuple[int, np.ndarray]]:
     """(first row, block) of the inputs one after another, on the result's columns."""
@@ -427,7 +432,7 @@ def _dense_blocks(
             at += stop - start
 
 
-def _csr_blocks(
+def csr_blocks(
     present: list[Any], maps: list[np.ndarray], budget: int, path: str, progress: Any
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
     """(first row, indptr, indices, data) of the inputs' row blocks, on the result's
@@ -435,7 +440,7 @@ def _csr_blocks(
     at = 0
     for number, (matrix, column_map) in enumerate(zip(present, maps, strict=True)):
         monotonic = is_monotonic(column_map)
-        step = _rows_per_block(matrix.nnz, matrix.shape[0], budget)
+        step = rows_per_block(matrix.nnz, matrix.shape[0], budget)
         for start in range(0, matrix.shape[0], step):
             block = sp.csr_matrix(matrix.rows(start, min(matrix.shape[0], start + step)))
             ptr, idx, val = remap_rows(
@@ -460,7 +465,7 @@ def _growing(group: Any, name: str, dtype: Any) -> Any:
     )
 
 
-def _rows_per_block(nnz: int, n_obs: int, budget: int) -> int:
+def rows_per_block(nnz: int, n_obs: int, budget: int) -> int:
     """Rows whose nonzeros (value, index, row id, sort order: about 28 bytes each, twice
     while remapping) fill a quarter of the budget."""
     per_row = max(1.0, nnz / max(1, n_obs)) * 28 * 2

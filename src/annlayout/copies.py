@@ -146,22 +146,25 @@ def transposed_ranges(
 
 
 class SequentialWriter:
-    """Writes consecutive ranges into a 1-D array in whole units (shards, or chunks).
+    """Writes consecutive ranges along an array's first axis in whole units (shards, or
+    chunks).
 
     Ranges arrive in order but need not align with shard boundaries; the tail of a range
     that ends inside a shard is held until the next range completes it, so every shard is
-    written exactly once.
+    written exactly once. ``position``: where the first range goes (a unit boundary);
+    ``grow``: the array is lengthened as ranges arrive (an append whose final length is
+    known only at the end).
     """
 
-    def __init__(self, array: Any, unit: int, dtype: Any):
+    def __init__(self, array: Any, unit: int, dtype: Any, *, position: int = 0, grow: bool = False):
         self.array, self.unit, self.dtype = array, max(1, unit), np.dtype(dtype)
-        self.position = 0
+        self.position, self.grow = position, grow
         self.pending: list[np.ndarray] = []
         self.pending_size = 0
 
     def write(self, values: np.ndarray) -> None:
         self.pending.append(values.astype(self.dtype, copy=False))
-        self.pending_size += values.size
+        self.pending_size += values.shape[0]
         whole = (self.pending_size // self.unit) * self.unit
         if whole:
             self._flush(whole)
@@ -172,8 +175,11 @@ class SequentialWriter:
 
     def _flush(self, size: int) -> None:
         joined = np.concatenate(self.pending) if len(self.pending) > 1 else self.pending[0]
-        self.array[self.position : self.position + size] = joined[:size]
-        self.position += size
+        stop = self.position + size
+        if self.grow and stop > self.array.shape[0]:
+            self.array.resize((stop, *self.array.shape[1:]))
+        self.array[self.position : stop] = joined[:size]
+        self.position = stop
         rest = joined[size:]
-        self.pending = [rest] if rest.size else []
-        self.pending_size = rest.size
+        self.pending = [rest] if rest.shape[0] else []
+        self.pending_size = rest.shape[0]

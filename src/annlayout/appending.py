@@ -1,0 +1,752 @@
+"""``annlayout append``: new cells added to a store annlayout wrote, in its recorded layout.
+
+The store's genes stay as they are (its var, varm, varp and uns are kept), so every array
+along the cells grows at its end and nothing before its last partial shard changes. The new
+store is built in a hidden sibling: every file that does not change is a hard link to the
+store's own (no bytes copied), metadata files are copies, and each array along the cells is
+written from its last partial shard on (the old tail, then the new rows, in whole shards).
+obs is written whole; a second orientation (``X/csc``) is rebuilt by the out-of-core
+transpose from the grown primary and its mirror record renewed. After verification the
+sibling and the store trade places in one ``renameat2(RENAME_EXCHANGE)``, so an interrupted
+or failed append leaves the store exactly as it was.
+
+The inputs' columns are aligned to the store's genes by name, as ``concat`` aligns them:
+``join="inner"`` refuses an input that lacks some of the store's genes, ``join="outer"`` fills
+them with implicit zeros (NaN in dense arrays); genes the store does not have are dropped and
+counted in the result's notes. ``label``, ``keys`` and ``index_unique`` apply to the new cells
+(the store's cells keep their names and their values of the label column).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import json
+import os
+import shutil
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from annlayout.codecs import codec_pipeline
+from annlayout.concatenate import (
+    Join,
+    check_obsm_widths,
+    check_unique_var,
+    csr_blocks,
+    dense_blocks,
+    open_input,
+    small_elements_of,
+)
+from annlayout.copies import SequentialWriter, copy_group, mirror_record, write_record
+from annlayout.defaults import MEMORY
+from annlayout.encodings import (
+    PROVENANCE_KEY,
+    SPARSE_ENCODINGS,
+    encoding_of,
+    json_attr,
+    set_json_attr,
+    writing,
+)
+from annlayout.errors import AnnlayoutError
+from annlayout.plan import make_plan
+from annlayout.remote import is_url
+from annlayout.rewrite.atomic import check_interrupted, deferred_interrupts, remove
+from annlayout.rewrite.blocks import parse_size, plan_transpose
+from annlayout.rewrite.execute import Stores, TransposeTask, opened
+from annlayout.rewrite.memory_limits import release_memory
+from annlayout.rewrite.stream import Progress, peak_rss
+from annlayout.rewrite.verify import check_copy
+from annlayout.spec import Layout
+from annlayout.stores import AnnDataStore, consolidate_metadata, detect_format
+from annlayout.survey import survey_opened
+
+APPEND_SUFFIX = ".annlayout-append"
+METADATA_FILES = frozenset({"zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadata"})
+RENAME_EXCHANGE = 2  # linux/fs.h
+AT_FDCWD = -100
+
+
+class AppendError(AnnlayoutError):
+    """A store or inputs that cannot be appended."""
+
+
+@dataclass
+class AppendResult:
+    path: Path
+    layout: str
+    n_obs_before: int
+    n_obs_added: int
+    seconds: float = 0.0
+    linked_files: int = 0
+    linked_bytes: int = 0  # kept as they were: hard links to the store's own files
+    written_bytes: int = 0  # new files (shards from the last partial one on, obs, the copy)
+    verified: bool = False
+    verify_seconds: float = 0.0
+    peak_rss: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "store": str(self.path),
+            "layout": self.layout,
+            "n_obs_before": self.n_obs_before,
+            "n_obs_added": self.n_obs_added,
+            "seconds": round(self.seconds, 3),
+            "linked_files": self.linked_files,
+            "linked_bytes": self.linked_bytes,
+            "written_bytes": self.written_bytes,
+            "verified": self.verified,
+            "verify_seconds": round(self.verify_seconds, 3),
+            "peak_rss": self.peak_rss,
+            "notes": self.notes,
+        }
+
+
+@dataclass
+class Growth:
+    """One array of the store along the cells: kept up to ``boundary`` (the start of the
+    shard, or chunk, that holds its last old row), written from there on."""
+
+    path: str
+    old_length: int
+    unit: int
+
+    @property
+    def boundary(self) -> int:
+        return self.old_length // self.unit * self.unit
+
+
+def append(
+    store: str | Path,
+    inputs: Sequence[str | Path],
+    *,
+    join: Join = "inner",
+    label: str | None = None,
+    keys: Sequence[str] | None = None,
+    index_unique: str | None = None,
+    memory: str | int = MEMORY,
+    verify: bool = True,
+    progress: Progress | None = None,
+) -> AppendResult:
+    """Add the cells of ``inputs`` to ``store`` (a zarr store annlayout wrote), keeping its
+    recorded layout and genes. Atomic: the store changes only once the append is complete
+    and verified."""
+    import anndata as ad
+    import zarr
+
+    start = time.perf_counter()
+    if not inputs:
+        raise AppendError("append: no inputs given")
+    if keys is not None and len(keys) != len(inputs):
+        raise AppendError(f"--keys: {len(keys)} keys for {len(inputs)} inputs")
+    if is_url(store):
+        raise AppendError(f"{store}: append works on local stores; object storage is not yet")
+    store = Path(store)
+    budget = parse_size(memory)
+    layout, record = _recorded_layout(store)
+    root: Any = zarr.open_group(str(store), mode="r")
+    n_old, n_vars = _shape(root)
+    datasets = [open_input(path) for path in inputs]
+    check_unique_var(datasets)
+    fingerprint = _fingerprint(inputs, join=join, label=label, keys=keys, index_unique=index_unique)
+    for earlier in record.get("appended", []):  # a rerun after a kill past the exchange
+        if earlier.get("fingerprint") == fingerprint:
+            raise AppendError(
+                f"{store}: these inputs were already appended ({earlier.get('n_obs')} cells); "
+                "nothing written"
+            )
+    notes: list[str] = []
+    var_names = _index(root["var"])
+    sources = [data.source for data in datasets]
+    maps = _gene_maps(store, var_names, sources, [d.var.index for d in datasets], join, notes)
+    matrices = _matrices(store, root, datasets)
+    raw = None
+    if "raw" in root and "X" in root["raw"]:
+        raw = _raw_inputs(store, root, datasets, join, notes)
+    light = [small_elements_of(data) for data in datasets]
+    check_obsm_widths(datasets, light)
+    obsm = _obsm_rows(store, root, datasets, light)
+    obs = _combined_obs(root, light, label, keys, index_unique)
+    del light
+    n_new = len(obs) - n_old
+
+    result = AppendResult(path=store, layout=layout.name, n_obs_before=n_old, n_obs_added=n_new)
+    result.notes = notes
+    growths = _growths(root, matrices, raw, obsm)
+    rebuilt = [copy.name.strip("/") for path in _sparse_paths(root, matrices, raw)
+               if (copy := copy_group(root[path])) is not None]  # fmt: skip
+    tmp = store.with_name(f".{store.name}{APPEND_SUFFIX}")
+    remove(tmp)  # left by a run that was killed
+    with deferred_interrupts():
+        try:
+            result.linked_files, result.linked_bytes = _link_tree(
+                store, tmp, growths, skipped=["obs"], emptied=rebuilt
+            )
+            # not through the copied consolidated metadata: it holds the old shapes
+            target = zarr.open_group(str(tmp), mode="r+", use_consolidated=False)
+            set_json_attr(target, PROVENANCE_KEY, {**record, "complete": False})
+            with codec_pipeline("zarrs"), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # obs names repeated: as anndata.concat warns
+                with writing():  # first: the survey of the grown store reads it
+                    ad.experimental.write_dispatched(target, "obs", obs, callback=layout.callback())
+                for path, present in matrices.items():
+                    _grow_matrix(
+                        root, target, layout, path, present, maps, n_vars, budget, progress
+                    )
+                if raw is not None:
+                    _grow_matrix(
+                        root, target, layout, "raw/X", raw[0], raw[1], raw[2], budget, progress
+                    )
+                for key, values in obsm.items():
+                    _grow_rows(root, target, f"obsm/{key}", iter([values]))
+                check_interrupted()
+                _rebuild_copies(tmp, target, layout, rebuilt, budget, progress)
+            appended = {"inputs": [str(p) for p in inputs], "n_obs": n_new,
+                        "fingerprint": fingerprint}  # fmt: skip
+            done = {**record, "complete": True,
+                    "appended": [*record.get("appended", []), appended]}  # fmt: skip
+            set_json_attr(target, PROVENANCE_KEY, done)
+            if layout.target.consolidate_metadata:
+                consolidate_metadata(tmp, layout.target.zarr_format)
+            if verify:
+                started = time.perf_counter()
+                problems = _verify(store, tmp, growths, matrices, maps, raw, obsm, obs, budget)
+                result.verify_seconds = time.perf_counter() - started
+                if problems:
+                    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+                    raise AppendError(
+                        f"{store}: verification failed, store left as it was: {problems[0]}{more}"
+                    )
+                result.verified = True
+            result.written_bytes = _new_bytes(tmp)
+            check_interrupted()
+            _exchange(tmp, store)  # the store is now the appended one; tmp holds the old
+        except BaseException:
+            remove(tmp)
+            raise
+        remove(tmp)
+    result.seconds = time.perf_counter() - start
+    result.peak_rss = peak_rss()
+    return result
+
+
+# --------------------------------------------------------------------------- the store
+
+
+def _recorded_layout(store: Path) -> tuple[Layout, dict[str, Any]]:
+    """The layout the store was written with, from its provenance: append keeps it."""
+    import zarr
+
+    if not store.exists():
+        raise AppendError(f"{store}: no such store")
+    if detect_format(store) != "zarr":
+        raise AppendError(f"{store}: append works on zarr stores; this is an h5ad file")
+    root: Any = zarr.open_group(str(store), mode="r")
+    record = json_attr(root, PROVENANCE_KEY)
+    if not isinstance(record, dict) or "resolved_layout" not in record:
+        raise AppendError(
+            f"{store}: not a store annlayout wrote (no layout recorded); append keeps a "
+            "store's layout: write it with annlayout apply or concat first"
+        )
+    if record.get("complete") is not True:
+        raise AppendError(f"{store}: an incomplete annlayout store; apply it again first")
+    try:
+        layout = Layout.model_validate(record["resolved_layout"])
+    except Exception as err:
+        first = str(err).splitlines()[0]
+        raise AppendError(f"{store}: its recorded layout cannot be read: {first}") from None
+    return layout, record
+
+
+def _shape(root: Any) -> tuple[int, int]:
+    return len(_index(root["obs"])), len(_index(root["var"]))
+
+
+def _index(frame_group: Any) -> Any:
+    import pandas as pd
+    from anndata.io import read_elem
+
+    name = frame_group.attrs.get("_index", "_index")
+    return pd.Index(read_elem(frame_group[name]))
+
+
+def _gene_maps(
+    store: Path,
+    var_names: Any,
+    sources: list[str],
+    genes: list[Any],
+    join: Join,
+    notes: list[str],
+) -> list[np.ndarray]:
+    """Each input's columns on the store's genes; an inner join refuses missing genes."""
+    from annlayout.rewrite.collection import column_maps
+
+    maps = column_maps(var_names, genes)
+    for source, column_map in zip(sources, maps, strict=True):
+        covered = np.zeros(len(var_names), dtype=bool)
+        covered[column_map[column_map >= 0]] = True
+        if not covered.all() and join == "inner":
+            missing = var_names[~covered]
+            raise AppendError(
+                f"{source}: lacks {missing.size:,} of the {len(var_names):,} genes of "
+                f"{store} (e.g. {missing[0]!r}); --join outer fills them with zeros"
+            )
+        dropped = int((column_map < 0).sum())
+        if dropped:
+            notes.append(f"{source}: {dropped:,} genes the store does not have were dropped")
+    return maps
+
+
+def _matrices(store: Path, root: Any, datasets: list[Any]) -> dict[str, list[Any]]:
+    """X and the store's layers, from every input: an input without one of them is refused
+    (the store's cells would have it and the new ones not)."""
+    paths = (["X"] if "X" in root else []) + [
+        f"layers/{key}" for key in (sorted(root["layers"]) if "layers" in root else [])
+    ]
+    found: dict[str, list[Any]] = {}
+    for path in paths:
+        _check_appendable(store, root, path)
+        present = []
+        for data in datasets:
+            matrix = data.X if path == "X" else data.layers.get(path.split("/", 1)[1])
+            if matrix is None:
+                raise AppendError(f"{data.source}: has no {path}, which {store} has")
+            present.append(matrix)
+        found[path] = present
+    if "obsp" in root and len(root["obsp"]):
+        key = next(iter(root["obsp"]))
+        raise AppendError(
+            f"{store}: obsp[{key!r}] is cells x cells and cannot grow by rows; remove obsp or "
+            "use annlayout concat"
+        )
+    return found
+
+
+def _check_appendable(store: Path, root: Any, path: str) -> None:
+    node = root[path]
+    encoding = encoding_of(node) or "array"
+    if encoding == "csc_matrix":
+        raise AppendError(
+            f"{store}: {path} is stored CSC first, so every column changes with new cells; "
+            "use annlayout concat"
+        )
+    if encoding not in ("csr_matrix", "array"):
+        raise AppendError(f"{store}: {path} is stored as {encoding}; append grows arrays and CSR")
+
+
+def _raw_inputs(
+    store: Path, root: Any, datasets: list[Any], join: Join, notes: list[str]
+) -> tuple[list[Any], list[np.ndarray], int]:
+    """raw's X of every input on the store's raw genes."""
+    _check_appendable(store, root, "raw/X")
+    raws = []
+    for data in datasets:
+        if data.raw is None:
+            raise AppendError(f"{data.source}: has no raw, which {store} has")
+        raws.append(data.raw)
+    var_names = _index(root["raw/var"])
+    sources = [f"{data.source} (raw)" for data in datasets]
+    genes = [parts["var"].index for _, parts in raws]
+    maps = _gene_maps(store, var_names, sources, genes, join, notes)
+    return [matrix for matrix, _ in raws], maps, len(var_names)
+
+
+def _obsm_rows(
+    store: Path, root: Any, datasets: list[Any], light: list[Any]
+) -> dict[str, np.ndarray]:
+    """The new rows of each of the store's obsm arrays, from every input."""
+    found: dict[str, np.ndarray] = {}
+    if "obsm" not in root:
+        return found
+    for key in sorted(root["obsm"]):
+        node = root["obsm"][key]
+        if (encoding_of(node) or "array") != "array":
+            raise AppendError(
+                f"{store}: obsm[{key!r}] is stored as {encoding_of(node)}; append grows arrays only"
+            )
+        parts = []
+        for data, part in zip(datasets, light, strict=True):
+            if key not in part.obsm:
+                raise AppendError(f"{data.source}: has no obsm[{key!r}], which {store} has")
+            value = part.obsm[key]
+            value = value.toarray() if sp.issparse(value) else np.asarray(value)
+            if value.shape[1:] != node.shape[1:]:
+                raise AppendError(
+                    f"obsm[{key!r}] is {node.shape[1:]} wide in {store} but "
+                    f"{value.shape[1:]} in {data.source}: the columns do not line up"
+                )
+            parts.append(value)
+        found[key] = np.concatenate(parts).astype(node.dtype, copy=False)
+    return found
+
+
+def _combined_obs(
+    root: Any, light: list[Any], label: str | None, keys: Any, index_unique: str | None
+) -> Any:
+    """The store's obs and the new cells' after it, columns combined as anndata.concat
+    combines them (categories unioned, absent values missing)."""
+    import anndata as ad
+    from anndata.io import read_elem
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        new = ad.concat(
+            [ad.AnnData(obs=part.obs) for part in light], join="outer", label=label, keys=keys,
+            index_unique=index_unique,
+        )  # fmt: skip
+        old = ad.AnnData(obs=read_elem(root["obs"]))
+        return ad.concat([old, new], join="outer").obs
+
+
+def _growths(
+    root: Any, matrices: dict[str, list[Any]], raw: Any, obsm: dict[str, np.ndarray]
+) -> list[Growth]:
+    """Every array of the store along the cells (sparse primaries' parts, dense matrices,
+    obsm), with where its rewrite starts."""
+    sparse = _sparse_paths(root, matrices, raw)
+    arrays = [f"{path}/{name}" for path in sparse for name in ("data", "indices", "indptr")]
+    arrays += [p for p in [*matrices, *(["raw/X"] if raw else [])] if p not in sparse]
+    arrays += [f"obsm/{key}" for key in obsm]
+    growths = []
+    for path in arrays:
+        array = root[path]
+        unit = (array.shards or array.chunks)[0]
+        growths.append(Growth(path, int(array.shape[0]), int(unit)))
+    return growths
+
+
+def _sparse_paths(root: Any, matrices: dict[str, list[Any]], raw: Any) -> list[str]:
+    """The matrices the store holds as CSR (the others are dense arrays)."""
+    paths = [*matrices, *(["raw/X"] if raw is not None else [])]
+    return [path for path in paths if encoding_of(root[path]) == "csr_matrix"]
+
+
+# --------------------------------------------------------------------------- the new store
+
+
+def _link_tree(
+    store: Path, tmp: Path, growths: list[Growth], *, skipped: list[str], emptied: list[str]
+) -> tuple[int, int]:
+    """The store's directory tree in ``tmp``: files that stay the same as hard links,
+    metadata files copied (zarr rewrites them in place), nothing of ``skipped`` groups, only
+    the metadata of ``emptied`` ones, and of each growing array its shards before the
+    boundary."""
+    import zarr
+
+    kept: dict[str, set[str]] = {}  # array path -> its chunk keys kept
+    for growth in growths:
+        array = zarr.open_array(str(store / growth.path), mode="r")
+        kept[growth.path] = set(_keys_before(array, growth))
+    files = bytes_ = 0
+    for directory, _, names in os.walk(store):
+        relative = Path(directory).relative_to(store)
+        rel = relative.as_posix() if str(relative) != "." else ""
+        if any(rel == s or rel.startswith(f"{s}/") for s in skipped):
+            continue
+        (tmp / relative).mkdir(parents=True, exist_ok=True)
+        emptied_here = any(rel == e or rel.startswith(f"{e}/") for e in emptied)
+        owner = _owning_array(rel, kept)
+        for name in names:
+            source, target = Path(directory) / name, tmp / relative / name
+            if name in METADATA_FILES:
+                shutil.copy2(source, target)
+                continue
+            if emptied_here:
+                continue
+            if owner is not None:
+                key = (Path(rel) / name).relative_to(owner).as_posix()
+                if key not in kept[owner]:
+                    continue
+            os.link(source, target)
+            files += 1
+            bytes_ += source.stat().st_size
+    return files, bytes_
+
+
+def _keys_before(array: Any, growth: Growth) -> Iterator[str]:
+    """The stored keys of ``array``'s shards (chunks) that lie wholly before the boundary."""
+    import itertools
+
+    n_before = growth.boundary // growth.unit
+    shape = array.shape
+    units = array.shards or array.chunks
+    others = [range(-(-n // u)) for n, u in zip(shape[1:], units[1:], strict=True)]
+    for first in range(n_before):
+        for tail in itertools.product(*others):
+            yield array.metadata.encode_chunk_key((first, *tail))
+
+
+def _owning_array(rel: str, kept: dict[str, set[str]]) -> str | None:
+    for path in kept:
+        if rel == path or rel.startswith(f"{path}/"):
+            return path
+    return None
+
+
+def _grow_matrix(
+    root: Any,
+    target: Any,
+    layout: Layout,
+    path: str,
+    present: list[Any],
+    maps: list[np.ndarray],
+    n_vars: int,
+    budget: int,
+    progress: Progress | None,
+) -> None:
+    """The new rows of one matrix written after the store's: a CSR matrix's data, indices
+    and indptr, or a dense array's rows."""
+    node = root[path]
+    if (encoding_of(node) or "array") == "array":
+        rows = max(1, budget // 4 // max(1, n_vars * node.dtype.itemsize))
+        blocks = (block for _, block in dense_blocks(present, maps, n_vars, node.dtype, rows))
+        _grow_rows(root, target, path, blocks)
+        return
+    writers = {name: _writer(root, target, f"{path}/{name}") for name in ("data", "indices")}
+    offsets = [np.zeros(0, dtype=np.int64)]  # the new rows' ends: 8 bytes a cell, kept
+    offset = int(node["data"].shape[0])
+    for _, ptr, idx, val in csr_blocks(present, maps, budget, path, progress):
+        check_interrupted()
+        if val.size and not np.can_cast(val.dtype, writers["data"].dtype, "same_kind"):
+            raise AppendError(
+                f"{path}: values of dtype {val.dtype} cannot be stored as the store's "
+                f"{writers['data'].dtype}"
+            )
+        writers["data"].write(val)
+        writers["indices"].write(idx)
+        offsets.append(ptr[1:].astype(np.int64) + offset)
+        offset += int(ptr[-1])
+        release_memory()
+    for writer in writers.values():
+        writer.close()
+    new_offsets = np.concatenate(offsets)
+    stored = np.dtype(node["indptr"].dtype)
+    if offset <= np.iinfo(stored).max:
+        _grow_rows(root, target, f"{path}/indptr", iter([new_offsets]))
+    else:  # the offsets outgrew the stored dtype: the layout's choice for the grown matrix
+        _replan_indptr(root, target, layout, path, new_offsets)
+    group = target[path]
+    group.attrs["shape"] = [int(node.attrs["shape"][0]) + new_offsets.size, int(n_vars)]
+
+
+def _replan_indptr(
+    root: Any, target: Any, layout: Layout, path: str, new_offsets: np.ndarray
+) -> None:
+    """indptr written whole again, as the layout plans it for the grown matrix (an index
+    dtype of ``minimal`` picks a wider one once the nonzeros pass its range)."""
+    from annlayout.storage import backend_of, create_array
+
+    group = target[path]
+    plan_store = AnnDataStore(location="", format="zarr", root=target, provenance=None)
+    element = next(e for e in make_plan(layout, survey_opened(plan_store)).elements
+                   if e.path == path)  # fmt: skip
+    n_rows = int(root[path]["indptr"].shape[0]) - 1 + new_offsets.size
+    planned = element.parts("csr")["indptr"].model_copy(update={"shape": (n_rows + 1,)})
+    values = np.concatenate([root[path]["indptr"][...].astype(np.int64), new_offsets])
+    if values[-1] > np.iinfo(np.dtype(planned.dtype)).max:
+        raise AppendError(f"{path}/indptr: {values[-1]:,} nonzeros do not fit {planned.dtype}")
+    del group["indptr"]
+    create_array(group, "indptr", values.astype(planned.dtype), planned, backend_of(group))
+
+
+def _writer(root: Any, target: Any, path: str) -> SequentialWriter:
+    """A writer appending to ``path`` in ``target``, from the boundary :func:`_link_tree`
+    kept up to (:class:`Growth`): the old tail from the store first."""
+    old = root[path]
+    array = target[path]
+    growth = Growth(path, int(old.shape[0]), int((old.shards or old.chunks)[0]))
+    array.resize((growth.boundary, *array.shape[1:]))
+    writer = SequentialWriter(array, growth.unit, array.dtype, position=growth.boundary, grow=True)
+    if growth.old_length > growth.boundary:
+        writer.write(old[growth.boundary :])
+    return writer
+
+
+def _grow_rows(root: Any, target: Any, path: str, blocks: Iterator[np.ndarray]) -> None:
+    writer = _writer(root, target, path)
+    for block in blocks:
+        check_interrupted()
+        writer.write(block)
+    writer.close()
+
+
+def _rebuild_copies(
+    tmp: Path, target: Any, layout: Layout, copies: list[str], budget: int, progress: Any
+) -> None:
+    """Each second orientation built again from its grown primary (out of core), with its
+    mirror record."""
+    import zarr
+
+    if not copies:
+        return
+    read = zarr.open_group(str(tmp), mode="r", use_consolidated=False)
+    survey = survey_opened(AnnDataStore(location=tmp, format="zarr", root=read, provenance=None))
+    plans = {e.path: e for e in make_plan(layout, survey).elements}
+    stores = Stores(str(tmp.resolve()), str(tmp.resolve()), "zarrs", None)
+    for number, group in enumerate(copies):
+        element, _, orientation = group.rpartition("/")
+        plan = plans[element]
+        arrays = plan.parts(orientation)
+        primary = target[element]
+        nnz = int(primary["data"].shape[0])
+        for name in ("data", "indices"):
+            target[f"{group}/{name}"].resize((nnz,))
+        item = int(primary["data"].dtype.itemsize)
+        transpose = plan_transpose(plan, orientation, arrays, item, budget, group)
+        if transpose.problem:
+            raise AppendError(transpose.problem)
+        with opened(stores, read, target):
+            TransposeTask(transpose, stores).run()
+        copy = target[group]
+        copy.attrs["shape"] = list(primary.attrs["shape"])
+        primary_orientation = "csr" if orientation == "csc" else "csc"
+        record = mirror_record(
+            tuple(primary.attrs["shape"]), nnz, primary["indptr"][...], primary_orientation
+        )
+        write_record(copy, record)
+        if progress:
+            progress(f"rebuilding {group}", number + 1, len(copies))
+
+
+def _exchange(tmp: Path, store: Path) -> None:
+    """Swap the two directories in one step (Linux renameat2); where that is missing, the
+    store is set aside and the new one renamed into its place."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is not None:
+        done = renameat2(AT_FDCWD, os.fsencode(tmp), AT_FDCWD, os.fsencode(store), RENAME_EXCHANGE)
+        if done == 0:
+            return
+    aside = store.with_name(f".{store.name}.annlayout-old")
+    remove(aside)
+    store.rename(aside)
+    tmp.rename(store)
+    aside.rename(tmp)
+
+
+def _new_bytes(tmp: Path) -> int:
+    """Bytes in files that are not shared with the old store."""
+    total = 0
+    for directory, _, names in os.walk(tmp):
+        for name in names:
+            stat = (Path(directory) / name).stat()
+            if stat.st_nlink == 1:
+                total += stat.st_size
+    return total
+
+
+def _fingerprint(inputs: Sequence[str | Path], **options: Any) -> str:
+    described = []
+    for path in inputs:
+        entry: dict[str, Any] = {"input": str(Path(path).resolve()) if not is_url(path) else path}
+        if not is_url(path):
+            stat = Path(path).stat()
+            entry.update(size=stat.st_size, mtime_ns=stat.st_mtime_ns)
+        described.append(entry)
+    blob = json.dumps({"inputs": described, **options}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------- verification
+
+
+def _verify(
+    store: Path,
+    tmp: Path,
+    growths: list[Growth],
+    matrices: dict[str, list[Any]],
+    maps: list[np.ndarray],
+    raw: Any,
+    obsm: dict[str, np.ndarray],
+    obs: Any,
+    budget: int,
+) -> list[str]:
+    """The appended store against its sources: each growing array's kept shards are the
+    store's own files, its rewritten old rows equal the store's, its new rows equal the
+    inputs' (read again); obs equals the combined obs; every second orientation mirrors its
+    primary."""
+    import zarr
+    from anndata.io import read_elem
+
+    old: Any = zarr.open_group(str(store), mode="r")
+    new: Any = zarr.open_group(str(tmp), mode="r")
+    problems: list[str] = []
+    step = max(1, budget // 64)
+    for growth in growths:
+        a, b = old[growth.path], new[growth.path]
+        for start in range(growth.boundary, growth.old_length, step):
+            stop = min(growth.old_length, start + step)
+            if not np.array_equal(a[start:stop], b[start:stop], equal_nan=a.dtype.kind == "f"):
+                problems.append(f"{growth.path}[{start}:{stop}]: differs from the store's")
+                break
+    for path, present in matrices.items():
+        problems += _compare_new_rows(old, new, path, present, maps, budget)
+    if raw is not None:
+        problems += _compare_new_rows(old, new, "raw/X", raw[0], raw[1], budget)
+    n_old = len(_index(old["obs"]))
+    for key, values in obsm.items():
+        stored = new[f"obsm/{key}"][n_old:]
+        if not np.array_equal(stored, values, equal_nan=values.dtype.kind == "f"):
+            problems.append(f"obsm/{key}: the new rows differ from the inputs'")
+    found = _frame_values_difference(obs, read_elem(new["obs"]))
+    if found:
+        problems.append(f"obs: {found}")
+    for path in _sparse_paths(old, matrices, raw):
+        problems += check_copy(path, new[path], budget)
+    return problems
+
+
+def _compare_new_rows(
+    old: Any, new: Any, path: str, present: list[Any], maps: list[np.ndarray], budget: int
+) -> list[str]:
+    node = new[path]
+    n_old = _rows_of(old[path])
+    n_vars = int(node.attrs["shape"][1]) if "shape" in node.attrs else node.shape[1]
+    if (encoding_of(node) or "array") == "array":
+        rows = max(1, budget // 8 // max(1, n_vars * node.dtype.itemsize))
+        for first, block in dense_blocks(present, maps, n_vars, node.dtype, rows):
+            stored = node[n_old + first : n_old + first + block.shape[0]]
+            if not np.array_equal(stored, block, equal_nan=block.dtype.kind == "f"):
+                return [f"{path}: rows from {n_old + first} differ from the inputs'"]
+        return []
+    indptr = node["indptr"]
+    for first, ptr, idx, val in csr_blocks(present, maps, budget // 2, path, None):
+        rows = slice(n_old + first, n_old + first + ptr.size)
+        stored_ptr = indptr[rows].astype(np.int64)
+        lo, hi = int(stored_ptr[0]), int(stored_ptr[-1])
+        if not np.array_equal(stored_ptr - lo, ptr) or hi - lo != val.size:
+            return [f"{path}/indptr: rows from {rows.start} differ from the inputs'"]
+        if not np.array_equal(node["indices"][lo:hi], idx):
+            return [f"{path}/indices: rows from {rows.start} differ from the inputs'"]
+        expected = val.astype(node["data"].dtype, copy=False)
+        if not np.array_equal(node["data"][lo:hi], expected, equal_nan=expected.dtype.kind == "f"):
+            return [f"{path}/data: rows from {rows.start} differ from the inputs'"]
+    return []
+
+
+def _rows_of(node: Any) -> int:
+    if (encoding_of(node) or "array") in SPARSE_ENCODINGS:
+        return int(node.attrs["shape"][0])
+    return int(node.shape[0])
+
+
+__all__ = ["AppendError", "AppendResult", "append"]
+
+
+def _frame_values_difference(expected: Any, stored: Any) -> str | None:
+    """pandas' own comparison of two data frames (index, columns, dtypes, categories,
+    values): its first line, or None."""
+    import pandas as pd
+
+    try:
+        pd.testing.assert_frame_equal(stored, expected, check_exact=True, check_column_type=False)
+    except AssertionError as err:
+        return " ".join(str(err).split())[:200]
+    return None
