@@ -302,3 +302,25 @@ def test_append_a_corpus_file_to_its_own_store(tmp_path, path):
     pd.testing.assert_frame_equal(got.obs, expected.obs)
     if expected.X is not None:
         assert (sp.csr_matrix(got.X) != sp.csr_matrix(expected.X)).nnz == 0
+
+
+def test_verification_reads_back_what_was_written(tmp_path, parts, monkeypatch):
+    """New rows changed on disk after they were written (here: zeroed) fail verification,
+    and the store is left as it was."""
+    import annlayout.appending as appending
+
+    paths, _ = parts
+    store = tmp_path / "store.zarr"
+    concat(_layout(tmp_path, "ml-minibatch"), paths[:2], store, join="outer")
+    files = _files(store)
+    rebuild = appending._rebuild_copies
+
+    def corrupt_then_rebuild(tmp, target, *args):
+        data = target["X/data"]
+        data[data.shape[0] - 5 :] = 0
+        return rebuild(tmp, target, *args)
+
+    monkeypatch.setattr(appending, "_rebuild_copies", corrupt_then_rebuild)
+    with pytest.raises(appending.AppendError, match=r"X: rows \d+:\d+ differ from what was written"):
+        append(store, paths[2:3], join="outer")
+    assert _files(store) == files

@@ -26,6 +26,7 @@ import os
 import shutil
 import time
 import warnings
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +49,6 @@ from annlayout.copies import SequentialWriter, copy_group, mirror_record, write_
 from annlayout.defaults import MEMORY
 from annlayout.encodings import (
     PROVENANCE_KEY,
-    SPARSE_ENCODINGS,
     encoding_of,
     json_attr,
     set_json_attr,
@@ -71,6 +71,9 @@ APPEND_SUFFIX = ".annlayout-append"
 METADATA_FILES = frozenset({"zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadata"})
 RENAME_EXCHANGE = 2  # linux/fs.h
 AT_FDCWD = -100
+
+
+Written = dict[str, list[tuple[int, int, int]]]  # array path -> new blocks (first, stop, crc)
 
 
 class AppendError(AnnlayoutError):
@@ -152,7 +155,7 @@ def append(
     budget = parse_size(memory)
     layout, record = _recorded_layout(store)
     root: Any = zarr.open_group(str(store), mode="r")
-    n_old, n_vars = _shape(root)
+    n_vars = len(_index(root["var"]))
     datasets = [open_input(path) for path in inputs]
     check_unique_var(datasets)
     fingerprint = _fingerprint(inputs, join=join, label=label, keys=keys, index_unique=index_unique)
@@ -173,7 +176,7 @@ def append(
     light = [small_elements_of(data) for data in datasets]
     check_obsm_widths(datasets, light)
     obsm = _obsm_rows(store, root, datasets, light)
-    obs = _combined_obs(root, light, label, keys, index_unique)
+    obs, n_old = _combined_obs(root, light, label, keys, index_unique)
     del light
     n_new = len(obs) - n_old
 
@@ -192,20 +195,23 @@ def append(
             # not through the copied consolidated metadata: it holds the old shapes
             target = zarr.open_group(str(tmp), mode="r+", use_consolidated=False)
             set_json_attr(target, PROVENANCE_KEY, {**record, "complete": False})
+            written: Written = {}  # per array, its new blocks' (first, stop, digest)
             with codec_pipeline("zarrs"), warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # obs names repeated: as anndata.concat warns
                 with writing():  # first: the survey of the grown store reads it
                     ad.experimental.write_dispatched(target, "obs", obs, callback=layout.callback())
                 for path, present in matrices.items():
                     _grow_matrix(
-                        root, target, layout, path, present, maps, n_vars, budget, progress
-                    )
+                        root, target, layout, path, present, maps, n_vars, budget, progress,
+                        written,
+                    )  # fmt: skip
                 if raw is not None:
                     _grow_matrix(
-                        root, target, layout, "raw/X", raw[0], raw[1], raw[2], budget, progress
-                    )
+                        root, target, layout, "raw/X", raw[0], raw[1], raw[2], budget,
+                        progress, written,
+                    )  # fmt: skip
                 for key, values in obsm.items():
-                    _grow_rows(root, target, f"obsm/{key}", iter([values]))
+                    _grow_rows(root, target, f"obsm/{key}", iter([values]), written)
                 check_interrupted()
                 _rebuild_copies(tmp, target, layout, rebuilt, budget, progress)
             appended = {"inputs": [str(p) for p in inputs], "n_obs": n_new,
@@ -217,7 +223,8 @@ def append(
                 consolidate_metadata(tmp, layout.target.zarr_format)
             if verify:
                 started = time.perf_counter()
-                problems = _verify(store, tmp, growths, matrices, maps, raw, obsm, obs, budget)
+                with codec_pipeline("zarrs"):
+                    problems = _verify(store, tmp, growths, written, obs, n_old, budget)
                 result.verify_seconds = time.perf_counter() - started
                 if problems:
                     more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
@@ -263,10 +270,6 @@ def _recorded_layout(store: Path) -> tuple[Layout, dict[str, Any]]:
         first = str(err).splitlines()[0]
         raise AppendError(f"{store}: its recorded layout cannot be read: {first}") from None
     return layout, record
-
-
-def _shape(root: Any) -> tuple[int, int]:
-    return len(_index(root["obs"])), len(_index(root["var"]))
 
 
 def _index(frame_group: Any) -> Any:
@@ -389,8 +392,8 @@ def _obsm_rows(
 
 def _combined_obs(
     root: Any, light: list[Any], label: str | None, keys: Any, index_unique: str | None
-) -> Any:
-    """The store's obs and the new cells' after it, columns combined as anndata.concat
+) -> tuple[Any, int]:
+    """The store's obs and the new cells' after it (and the store's number of cells), columns combined as anndata.concat
     combines them (categories unioned, absent values missing)."""
     import anndata as ad
     from anndata.io import read_elem
@@ -402,7 +405,7 @@ def _combined_obs(
             index_unique=index_unique,
         )  # fmt: skip
         old = ad.AnnData(obs=read_elem(root["obs"]))
-        return ad.concat([old, new], join="outer").obs
+        return ad.concat([old, new], join="outer").obs, old.n_obs
 
 
 def _growths(
@@ -500,27 +503,32 @@ def _grow_matrix(
     n_vars: int,
     budget: int,
     progress: Progress | None,
+    written: Written,
 ) -> None:
     """The new rows of one matrix written after the store's: a CSR matrix's data, indices
-    and indptr, or a dense array's rows."""
+    and indptr, or a dense array's rows; each block's digest recorded in ``written``."""
     node = root[path]
     if (encoding_of(node) or "array") == "array":
         rows = max(1, budget // 4 // max(1, n_vars * node.dtype.itemsize))
         blocks = (block for _, block in dense_blocks(present, maps, n_vars, node.dtype, rows))
-        _grow_rows(root, target, path, blocks)
+        _grow_rows(root, target, path, blocks, written)
         return
     writers = {name: _writer(root, target, f"{path}/{name}") for name in ("data", "indices")}
     offsets = [np.zeros(0, dtype=np.int64)]  # the new rows' ends: 8 bytes a cell, kept
     offset = int(node["data"].shape[0])
-    for _, ptr, idx, val in csr_blocks(present, maps, budget, path, progress):
+    digests = written.setdefault(path, [])
+    for first, ptr, idx, val in csr_blocks(present, maps, budget, path, progress):
         check_interrupted()
         if val.size and not np.can_cast(val.dtype, writers["data"].dtype, "same_kind"):
             raise AppendError(
                 f"{path}: values of dtype {val.dtype} cannot be stored as the store's "
                 f"{writers['data'].dtype}"
             )
+        val = val.astype(writers["data"].dtype, copy=False)
+        idx = idx.astype(writers["indices"].dtype, copy=False)
         writers["data"].write(val)
         writers["indices"].write(idx)
+        digests.append((first, first + ptr.size - 1, _digest(ptr.astype(np.int64), idx, val)))
         offsets.append(ptr[1:].astype(np.int64) + offset)
         offset += int(ptr[-1])
         release_memory()
@@ -569,12 +577,31 @@ def _writer(root: Any, target: Any, path: str) -> SequentialWriter:
     return writer
 
 
-def _grow_rows(root: Any, target: Any, path: str, blocks: Iterator[np.ndarray]) -> None:
+def _grow_rows(
+    root: Any,
+    target: Any,
+    path: str,
+    blocks: Iterator[np.ndarray],
+    written: Written | None = None,
+) -> None:
     writer = _writer(root, target, path)
+    at = 0
     for block in blocks:
         check_interrupted()
+        block = block.astype(writer.dtype, copy=False)
         writer.write(block)
+        if written is not None:
+            written.setdefault(path, []).append((at, at + block.shape[0], _digest(block)))
+        at += block.shape[0]
     writer.close()
+
+
+def _digest(*arrays: np.ndarray) -> int:
+    """crc32 of the arrays' bytes, one after another: what verification reads back."""
+    crc = 0
+    for array in arrays:
+        crc = zlib.crc32(np.ascontiguousarray(array).data, crc)
+    return crc
 
 
 def _rebuild_copies(
@@ -661,17 +688,15 @@ def _verify(
     store: Path,
     tmp: Path,
     growths: list[Growth],
-    matrices: dict[str, list[Any]],
-    maps: list[np.ndarray],
-    raw: Any,
-    obsm: dict[str, np.ndarray],
+    written: Written,
     obs: Any,
+    n_old: int,
     budget: int,
 ) -> list[str]:
-    """The appended store against its sources: each growing array's kept shards are the
-    store's own files, its rewritten old rows equal the store's, its new rows equal the
-    inputs' (read again); obs equals the combined obs; every second orientation mirrors its
-    primary."""
+    """The appended store read back: each growing array's rewritten old rows equal the
+    store's (the shards before them are the store's own files), each block of new rows has
+    the digest of what was written, obs equals the combined obs, and every second
+    orientation mirrors its primary (read in passes)."""
     import zarr
     from anndata.io import read_elem
 
@@ -686,58 +711,40 @@ def _verify(
             if not np.array_equal(a[start:stop], b[start:stop], equal_nan=a.dtype.kind == "f"):
                 problems.append(f"{growth.path}[{start}:{stop}]: differs from the store's")
                 break
-    for path, present in matrices.items():
-        problems += _compare_new_rows(old, new, path, present, maps, budget)
-    if raw is not None:
-        problems += _compare_new_rows(old, new, "raw/X", raw[0], raw[1], budget)
-    n_old = len(_index(old["obs"]))
-    for key, values in obsm.items():
-        stored = new[f"obsm/{key}"][n_old:]
-        if not np.array_equal(stored, values, equal_nan=values.dtype.kind == "f"):
-            problems.append(f"obsm/{key}: the new rows differ from the inputs'")
+    for path, blocks in written.items():
+        problem = _compare_written(old, new, path, blocks, n_old)
+        if problem:
+            problems.append(problem)
     found = _frame_values_difference(obs, read_elem(new["obs"]))
     if found:
         problems.append(f"obs: {found}")
-    for path in _sparse_paths(old, matrices, raw):
-        problems += check_copy(path, new[path], budget)
+    for path in written:
+        if encoding_of(new[path]) == "csr_matrix":
+            problems += check_copy(path, new[path], budget)
     return problems
 
 
-def _compare_new_rows(
-    old: Any, new: Any, path: str, present: list[Any], maps: list[np.ndarray], budget: int
-) -> list[str]:
+def _compare_written(
+    old: Any, new: Any, path: str, blocks: list[tuple[int, int, int]], n_old: int
+) -> str | None:
+    """The new rows of ``path`` read back, block by block, against the digests recorded
+    while writing them."""
     node = new[path]
-    n_old = _rows_of(old[path])
-    n_vars = int(node.attrs["shape"][1]) if "shape" in node.attrs else node.shape[1]
-    if (encoding_of(node) or "array") == "array":
-        rows = max(1, budget // 8 // max(1, n_vars * node.dtype.itemsize))
-        for first, block in dense_blocks(present, maps, n_vars, node.dtype, rows):
-            stored = node[n_old + first : n_old + first + block.shape[0]]
-            if not np.array_equal(stored, block, equal_nan=block.dtype.kind == "f"):
-                return [f"{path}: rows from {n_old + first} differ from the inputs'"]
-        return []
-    indptr = node["indptr"]
-    for first, ptr, idx, val in csr_blocks(present, maps, budget // 2, path, None):
-        rows = slice(n_old + first, n_old + first + ptr.size)
-        stored_ptr = indptr[rows].astype(np.int64)
-        lo, hi = int(stored_ptr[0]), int(stored_ptr[-1])
-        if not np.array_equal(stored_ptr - lo, ptr) or hi - lo != val.size:
-            return [f"{path}/indptr: rows from {rows.start} differ from the inputs'"]
-        if not np.array_equal(node["indices"][lo:hi], idx):
-            return [f"{path}/indices: rows from {rows.start} differ from the inputs'"]
-        expected = val.astype(node["data"].dtype, copy=False)
-        if not np.array_equal(node["data"][lo:hi], expected, equal_nan=expected.dtype.kind == "f"):
-            return [f"{path}/data: rows from {rows.start} differ from the inputs'"]
-    return []
-
-
-def _rows_of(node: Any) -> int:
-    if (encoding_of(node) or "array") in SPARSE_ENCODINGS:
-        return int(node.attrs["shape"][0])
-    return int(node.shape[0])
-
-
-__all__ = ["AppendError", "AppendResult", "append"]
+    if encoding_of(node) != "csr_matrix":
+        for first, stop, digest in blocks:
+            if _digest(node[n_old + first : n_old + stop]) != digest:
+                return f"{path}: rows {n_old + first}:{n_old + stop} differ from what was written"
+        return None
+    old_nnz = int(old[path]["data"].shape[0])
+    indptr, indices, data = node["indptr"], node["indices"], node["data"]
+    for first, stop, digest in blocks:
+        ptr = indptr[n_old + first : n_old + stop + 1].astype(np.int64)
+        lo, hi = int(ptr[0]), int(ptr[-1])
+        if first == 0 and lo != old_nnz:
+            return f"{path}/indptr: the new rows start at {lo}, not after the {old_nnz} stored"
+        if _digest(ptr - lo, indices[lo:hi], data[lo:hi]) != digest:
+            return f"{path}: rows {n_old + first}:{n_old + stop} differ from what was written"
+    return None
 
 
 def _frame_values_difference(expected: Any, stored: Any) -> str | None:
