@@ -321,6 +321,8 @@ def test_verification_reads_back_what_was_written(tmp_path, parts, monkeypatch):
         return rebuild(tmp, target, *args)
 
     monkeypatch.setattr(appending, "_rebuild_copies", corrupt_then_rebuild)
-    with pytest.raises(appending.AppendError, match=r"X: rows \d+:\d+ differ from what was written"):
+    with pytest.raises(
+        appending.AppendError, match=r"X: rows \d+:\d+ differ from what was written"
+    ):
         append(store, paths[2:3], join="outer")
     assert _files(store) == files

@@ -288,6 +288,51 @@ def test_interrupted_apply_leaves_the_earlier_store_and_a_rerun_succeeds(tmp_pat
     assert survey_store(out).provenance["layout"] == "ml-minibatch"
 
 
+def _kill_after_tasks(tmp_path: Path, command: list, tasks: int) -> None:
+    """Start ``command`` and SIGKILL it once its journal lists ``tasks`` completed tasks."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    journal = tmp_path / ".out.zarr.annlayout-resume" / "done.log"
+    deadline = time.monotonic() + 60
+    while not (journal.exists() and journal.read_text().count("\n") >= tasks):
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=60)
+
+
+def test_a_killed_apply_resumes_from_the_blocks_it_completed(tmp_path):
+    source = _slow_input(tmp_path)
+    out = tmp_path / "out.zarr"
+    options = {"codec_pipeline_name": "zarr", "small_element": 0, "memory": "8MiB"}
+    command = [Path(sys.executable).with_name("annlayout"), "apply", tmp_path / "slow.yaml",
+               source, out, "--codec-pipeline", "zarr", "--whole-below", "0", "--memory",
+               "8MiB", "--quiet"]  # fmt: skip
+    _kill_after_tasks(tmp_path, command, 3)
+    assert not out.exists()
+    resumed = annlayout.apply(tmp_path / "slow.yaml", source, out, resume=True, **options)
+    assert resumed.verified and resumed.resumed_tasks >= 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.h5ad", "out.zarr", "slow.yaml"]
+    clean = tmp_path / "clean.zarr"
+    annlayout.apply(tmp_path / "slow.yaml", source, clean, **options)
+    assert annlayout.verify(clean, out) == []
+    # other options than the killed run's: --resume starts clean
+    _kill_after_tasks(tmp_path, [*command, "--overwrite"], 2)
+    other = annlayout.apply(
+        tmp_path / "slow.yaml", source, out, resume=True, overwrite=True,
+        **{**options, "memory": "16MiB"},
+    )  # fmt: skip
+    assert other.verified and other.resumed_tasks == 0
+    assert annlayout.verify(clean, out) == []
+    from click.testing import CliRunner
+
+    from annlayout.cli import main
+
+    refused = CliRunner().invoke(main, ["apply", "h5ad-gzip", str(source),
+                                        str(tmp_path / "o.h5ad"), "--resume"])  # fmt: skip
+    assert refused.exit_code == 1 and "local zarr outputs only" in refused.stderr
+
+
 # --------------------------------------------------------------------------- verify
 
 

@@ -320,6 +320,12 @@ def inspect_command(store: str, as_json: bool) -> None:
     show_default=True,
     help="zarr codec pipeline: zarrs (Rust, parallel) or zarr-python's own.",
 )
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue a run that was killed (same INPUT, layout, --memory and --workers) from "
+    "the blocks it completed; without it a rerun starts clean. Local zarr outputs.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 @handle_errors
@@ -334,6 +340,7 @@ def apply_command(
     no_verify: bool,
     whole_below: str,
     codec_pipeline: str,
+    resume: bool,
     as_json: bool,
     quiet: bool,
 ) -> None:
@@ -360,6 +367,7 @@ def apply_command(
             verify=not no_verify,
             progress=progress,
             small_element=whole_below,
+            resume=resume,
         )
     summary = result.summary()
     if as_json:
@@ -370,6 +378,11 @@ def apply_command(
         for upgrade in result.upgrades:
             err.print(f"[cyan]upgraded:[/] {escape(upgrade)}", highlight=False)
         checked = f", verified in {result.verify_seconds:.1f} s" if result.verified else ""
+        if result.resumed_tasks:
+            err.print(
+                f"resumed: {result.resumed_tasks:,} tasks done by the killed run were skipped",
+                highlight=False,
+            )
         out.print(
             f"wrote [bold]{result.path}[/] with layout [cyan]{result.layout}[/] in "
             f"{result.seconds:.1f} s{checked}: {summary['elements']} elements, "
@@ -415,7 +428,8 @@ def apply_command(
     "--resume",
     is_flag=True,
     help="Continue a run that was killed or failed after combining the inputs (same inputs "
-    "and options); without it a rerun starts clean.",
+    "and options), and its layout step from the blocks it completed; without it a rerun "
+    "starts clean.",
 )
 @click.option("--no-verify", is_flag=True, help="Skip comparing the output with the inputs.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")

@@ -165,6 +165,7 @@ def concat(
             applied = apply(
                 layout, assembled, output, overwrite=overwrite, memory=memory,
                 workers=workers, scheduler=scheduler, verify=verify, progress=progress,
+                resume=resume and not is_url(output),
             )  # fmt: skip
         except AnnlayoutError as err:
             raise ConcatError(

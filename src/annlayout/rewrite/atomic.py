@@ -119,10 +119,13 @@ def deferred_interrupts() -> Iterator[None]:
 
 
 @contextmanager
-def atomic_output(output: Path) -> Iterator[Path]:
-    """Yield a temporary path; on success it becomes ``output``, on any failure it is removed."""
+def atomic_output(output: Path, *, keep: bool = False) -> Iterator[Path]:
+    """Yield a temporary path; on success it becomes ``output``, on any failure it is removed
+    (``keep``: a partial one left by a killed run is kept, and so is this run's on failure,
+    for a resumed run to continue)."""
     tmp = temporary_sibling(output)
-    remove(tmp)  # left by a run that was killed
+    if not keep:
+        remove(tmp)  # left by a run that was killed
     old = output.with_name(f".{output.name}{OLD_SUFFIX}")
     if old.exists() and output.exists():
         remove(old)  # a kill between the two renames of replace()
@@ -133,7 +136,8 @@ def atomic_output(output: Path) -> Iterator[Path]:
             yield tmp
             replace(tmp, output)
         except BaseException:
-            remove(tmp)
+            if not keep:
+                remove(tmp)
             raise
 
 

@@ -33,6 +33,7 @@ from annlayout.errors import ApplyError
 from annlayout.rewrite.atomic import Interrupted, check_interrupted
 from annlayout.rewrite.blocks import Block, Transpose, write_unit
 from annlayout.rewrite.memory_limits import release_memory
+from annlayout.rewrite.resume import record
 
 Progress = Callable[[str, int, int], None]  # (what, done, total)
 Advance = Callable[[int], None]
@@ -215,6 +216,37 @@ class TransposeTask:
             writer.close()
         target["indptr"][...] = new_indptr.astype(t.arrays["indptr"].dtype)
         return self.nbytes
+
+
+def task_key(task: Task) -> str:
+    """A task's name in the resume journal: the same on every run of the same plan."""
+    if isinstance(task, CopyTask):
+        block = task.block
+        return f"copy {block.target_array} {block.start} {block.stop}"
+    if isinstance(task, TransposeTask):
+        return f"transpose {task.transpose.group}"
+    raise TypeError(f"no journal key for {type(task).__name__}")
+
+
+@dataclass(frozen=True)
+class Journaled:
+    """A task whose completion is appended to ``journal``, so a resumed run skips it."""
+
+    task: Task
+    journal: str
+
+    @property
+    def stores(self) -> Stores:
+        return self.task.stores
+
+    @property
+    def nbytes(self) -> int:
+        return self.task.nbytes
+
+    def run(self, advance: Advance | None = None) -> int:
+        done = self.task.run(advance)
+        record(self.journal, task_key(self.task))
+        return done
 
 
 def run_task(task: Task) -> int:

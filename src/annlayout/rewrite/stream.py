@@ -63,6 +63,7 @@ from annlayout.rewrite.atomic import (
     check_paths,
     check_remote_paths,
     remote_output,
+    remove,
     staged_remote_output,
     staging_dir,
 )
@@ -78,14 +79,25 @@ from annlayout.rewrite.blocks import (
 )
 from annlayout.rewrite.execute import (
     CopyTask,
+    Journaled,
     Stores,
     Task,
     TransposeTask,
     execute,
     executor_for,
     opened,
+    task_key,
 )
 from annlayout.rewrite.memory_limits import bound_malloc_arenas, release_memory
+from annlayout.rewrite.resume import (
+    JOURNAL,
+    Prepared,
+    completed,
+    fingerprint,
+    load,
+    resume_dir,
+    save,
+)
 from annlayout.spec import Layout, load_layout
 from annlayout.storage import backend_of, create_array
 from annlayout.stores import (
@@ -99,6 +111,7 @@ from annlayout.stores import (
     zarr_store,
 )
 from annlayout.survey import Survey, survey_opened
+from annlayout.version import package_version
 
 DEFAULT_MEMORY = MEMORY  # the defaults live in annlayout.defaults
 
@@ -118,6 +131,7 @@ class ApplyResult:
     verify_seconds: float = 0.0
     streamed: list[str] = field(default_factory=list)
     upgrades: list[str] = field(default_factory=list)
+    resumed_tasks: int = 0  # tasks a killed run had completed, skipped by --resume
 
     @property
     def n_objects(self) -> int:
@@ -162,12 +176,16 @@ def apply(
     verify: bool = True,
     progress: Progress | None = None,
     small_element: str | int = WHOLE_BELOW,
+    resume: bool = False,
 ) -> ApplyResult:
     """Rewrite the AnnData store ``source`` into ``output`` with ``layout``, out of core.
 
     Large elements are copied block by block within ``memory`` (a byte size, shared by
     ``workers``); what does not fit is refused before anything is written. The input is only
     read; ``output`` appears only when complete and (unless ``verify=False``) verified.
+    ``resume``: a local zarr output whose run was killed continues from the tasks that run
+    completed, when the input, layout, memory and workers are the same (otherwise it starts
+    clean); a resumed run that fails keeps its partial output for the next ``resume``.
     """
     start = time.perf_counter()
     bound_malloc_arenas()  # best before codec threads start: the CLI calls it first
@@ -186,7 +204,7 @@ def apply(
     with open_anndata(source) as store:
         return _apply(
             layout, store, output, remote, codec_pipeline_name, memory, workers, scheduler,
-            verify, progress, small_element, start,
+            verify, progress, small_element, start, resume,
         )  # fmt: skip
 
 
@@ -203,6 +221,7 @@ def _apply(
     progress: Progress | None,
     small_element: str | int,
     start: float,
+    resume: bool = False,
 ) -> ApplyResult:
     source = store.location
     budget = parse_size(memory)
@@ -243,33 +262,68 @@ def _apply(
     elif remote:
         output_context = remote_output(str(output))
     else:
-        output_context = atomic_output(Path(output))
-    with output_context as tmp, codec_pipeline(pipeline):
-        rewriter = Rewriter(
-            layout, plan, survey, memory_model.per_worker, small, memory=memory_model
-        )
-        blocks = rewriter.prepare(store, tmp)
-        result.notes, result.streamed = rewriter.callback.notes, rewriter.streamed
-        result.upgrades = rewriter.upgrades
-        result.n_blocks = len(blocks)
-        result.bytes_read = sum(b.nbytes for b in blocks) + rewriter.whole_bytes
-        stores = Stores(_location(source), _location(tmp), pipeline, chosen_backend())
-        with opened(stores, rewriter.source_root, rewriter.target_root):
-            execute(rewriter.tasks(blocks, stores), executor_for(workers, scheduler), progress)
-        rewriter.finish(tmp)
-        if verify:
-            from annlayout.rewrite.verify import verify_report
+        output_context = atomic_output(Path(output), keep=resume)
+    # a local zarr output journals its tasks, so a killed run can be resumed
+    journal = None if remote or layout.target.format != "zarr" else resume_dir(Path(output))
+    if resume and journal is None:
+        raise ApplyError(f"{output}: --resume continues local zarr outputs only")
+    if journal is not None and not resume:
+        remove(journal)  # left by a run that was killed: starting clean
+    state = fingerprint(
+        source, layout=layout.sha256(), memory=budget, workers=workers, small=small,
+        pipeline=pipeline, version=package_version(),
+    ) if journal is not None else ""  # fmt: skip
+    try:
+        with output_context as tmp, codec_pipeline(pipeline):
+            rewriter = Rewriter(
+                layout, plan, survey, memory_model.per_worker, small, memory=memory_model
+            )
+            prepared = load(journal, state) if resume and journal and Path(tmp).exists() else None
+            if prepared is not None:
+                blocks = rewriter.restore(store, tmp, prepared)
+            else:
+                if journal is not None:
+                    remove(journal)
+                    remove(Path(tmp))  # a partial output from other inputs or options
+                blocks = rewriter.prepare(store, tmp)
+                if journal is not None:
+                    save(journal, rewriter.prepared(state, blocks))
+            result.notes, result.streamed = rewriter.notes, rewriter.streamed
+            result.upgrades = rewriter.upgrades
+            result.n_blocks = len(blocks)
+            result.bytes_read = sum(b.nbytes for b in blocks) + rewriter.whole_bytes
+            stores = Stores(_location(source), _location(tmp), pipeline, chosen_backend())
+            tasks = rewriter.tasks(blocks, stores)
+            if journal is not None:
+                done = completed(journal) if prepared is not None else set()
+                result.resumed_tasks = sum(task_key(task) in done for task in tasks)
+                log = str(Path(journal, JOURNAL).resolve())
+                tasks = [Journaled(task, log) for task in tasks if task_key(task) not in done]
+            with opened(stores, rewriter.source_root, rewriter.target_root):
+                execute(tasks, executor_for(workers, scheduler), progress)
+            rewriter.finish(tmp)
+            if verify:
+                from annlayout.rewrite.verify import verify_report
 
-            started = time.perf_counter()
-            differences = verify_report(store, tmp, memory=budget).differences
-            result.verify_seconds = time.perf_counter() - started
-            if differences:
-                raise ApplyError(
-                    f"{output}: verification failed, output discarded: {differences[0]}"
-                    + (f" (and {len(differences) - 1} more)" if len(differences) > 1 else "")
-                )
-            result.verified = True
-        result.bytes_written, _ = footprint(tmp)
+                started = time.perf_counter()
+                differences = verify_report(store, tmp, memory=budget).differences
+                result.verify_seconds = time.perf_counter() - started
+                if differences:
+                    for partial in (Path(tmp), journal):
+                        if partial is not None and not remote:
+                            remove(partial)
+                    raise ApplyError(
+                        f"{output}: verification failed, output discarded: {differences[0]}"
+                        + (f" (and {len(differences) - 1} more)" if len(differences) > 1 else "")
+                    )
+                result.verified = True
+            result.bytes_written, _ = footprint(tmp)
+    except BaseException:
+        if journal is not None and not resume:  # cleanup, as of the partial output
+            remove(journal)
+        raise
+    if journal is not None:
+        remove(journal)
     result.seconds = time.perf_counter() - start
     result.peak_rss = peak_rss()
     return result
@@ -354,6 +408,36 @@ class Rewriter:
         self.whole_bytes = streaming.whole_bytes
         release_memory()  # what anndata freed writing the small elements, before the copy
         return blocks
+
+    @property
+    def notes(self) -> list[str]:
+        return self.callback.notes
+
+    def prepared(self, state: str, blocks: list[Block]) -> Prepared:
+        """What :meth:`prepare` made, by path: saved so a killed run can be resumed."""
+        return Prepared(
+            fingerprint=state, blocks=blocks,
+            transposes=[(path, into.name.strip("/"), arrays)
+                        for path, into, arrays in self.transposes],
+            mirrors=[(primary.name.strip("/"), copy.name.strip("/"), orientation)
+                     for primary, copy, orientation in self.mirrors],
+            notes=list(self.notes), streamed=self.streamed, upgrades=self.upgrades,
+            whole_bytes=self.whole_bytes,
+        )  # fmt: skip
+
+    def restore(self, source: AnnDataStore, target: Path | str, state: Prepared) -> list[Block]:
+        """Reopen the partial output a killed run prepared, instead of preparing it again."""
+        import zarr
+
+        self.source_root = source.root
+        self.target_root = zarr.open_group(zarr_store(target, read_only=False), mode="r+")
+        root = self.target_root
+        self.transposes = [(path, root[group], arrays) for path, group, arrays in state.transposes]
+        self.mirrors = [(root[p], root[c], orientation) for p, c, orientation in state.mirrors]
+        self.callback.notes = list(state.notes)
+        self.streamed, self.upgrades = state.streamed, state.upgrades
+        self.whole_bytes = state.whole_bytes
+        return state.blocks
 
     def _large(self, path: str, node: Any) -> bool:
         """Streamed in blocks rather than read whole: what the memory model streams

@@ -1,0 +1,101 @@
+"""Resuming a killed apply.
+
+What the prepare phase made (the blocks to copy, the transposes to run, the mirror records
+to write at the end) is saved beside the output once the output's structure exists, and each
+copy or transpose task appends a line to a journal when it completes. A run with ``resume``
+whose input, layout and budget are those of the saved state reopens the partial output,
+skips the prepare phase and the tasks in the journal, and runs the rest: a task killed
+halfway is run again whole (it writes whole shards, so nothing of it survives half-done).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from annlayout.plan import ArrayPlan
+from annlayout.remote import is_url
+from annlayout.rewrite.blocks import Block
+
+RESUME_SUFFIX = ".annlayout-resume"
+STATE = "prepared.pickle"
+JOURNAL = "done.log"
+
+
+def resume_dir(output: Path) -> Path:
+    """Where an output's resume state lives: a hidden sibling, like its temporary store."""
+    return output.with_name(f".{output.name}{RESUME_SUFFIX}")
+
+
+def fingerprint(source: Any, **options: Any) -> str:
+    """The input (every file's path, size and modification time; a URL by name) and the
+    options that shape the blocks."""
+    files: list[tuple[str, int, int]] = []
+    if not is_url(str(source)):
+        path = Path(source)
+        found = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+        for item in found:
+            stat = item.stat()
+            files.append((item.relative_to(path).as_posix(), stat.st_size, stat.st_mtime_ns))
+    blob = json.dumps({"source": str(source), "files": files, **options}, sort_keys=True,
+                      default=str)  # fmt: skip
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+@dataclass
+class Prepared:
+    """The prepare phase's result, by path (groups are reopened on resume)."""
+
+    fingerprint: str
+    blocks: list[Block]
+    # (input element, output group, part plans): orientations built after the blocks
+    transposes: list[tuple[str, str, dict[str, ArrayPlan]]]
+    # (primary group, copy group, primary orientation): mirror records written at the end
+    mirrors: list[tuple[str, str, str]]
+    notes: list[str] = field(default_factory=list)
+    streamed: list[str] = field(default_factory=list)
+    upgrades: list[str] = field(default_factory=list)
+    whole_bytes: int = 0
+
+
+def save(directory: Path, prepared: Prepared) -> None:
+    """The state, written whole (a temporary file renamed), and an empty journal."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / JOURNAL).write_text("")
+    partial = directory / f"{STATE}.partial"
+    partial.write_bytes(pickle.dumps(prepared))
+    partial.replace(directory / STATE)
+
+
+def load(directory: Path, expected: str) -> Prepared | None:
+    """The saved state if it was made from the same input and options, else None."""
+    try:
+        prepared = pickle.loads((directory / STATE).read_bytes())
+    except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError):
+        return None
+    if not isinstance(prepared, Prepared) or prepared.fingerprint != expected:
+        return None
+    return prepared
+
+
+def completed(directory: Path) -> set[str]:
+    """The tasks the journal lists as done (a line cut short by a kill is not one)."""
+    try:
+        text = (directory / JOURNAL).read_text()
+    except OSError:
+        return set()
+    return {line for line in text.split("\n")[:-1] if line}
+
+
+def record(journal: str, key: str) -> None:
+    """One completed task: a line appended (one write, so lines never interleave)."""
+    fd = os.open(journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, f"{key}\n".encode())
+    finally:
+        os.close(fd)
