@@ -338,3 +338,33 @@ def test_an_existing_output_is_refused_before_any_work(tmp_path, collection):
     result = CliRunner().invoke(main, ["concat", "analysis", *map(str, paths), str(out)])
     assert result.exit_code == 1 and "--overwrite" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["there.zarr"]
+
+
+def test_prefetched_blocks_keep_their_order_errors_and_stop_early():
+    import threading
+
+    from annlayout.concatenate import prefetched
+
+    assert list(prefetched(iter(range(50)))) == list(range(50))
+
+    def failing():
+        yield 1
+        raise ValueError("input 2 is corrupt")
+
+    got = []
+    with pytest.raises(ValueError, match="input 2 is corrupt"):
+        for value in prefetched(failing()):
+            got.append(value)
+    assert got == [1]
+    produced = []
+
+    def endless():
+        for n in range(10**9):
+            produced.append(n)
+            yield n
+
+    blocks = prefetched(endless())
+    assert [next(blocks) for _ in range(3)] == [0, 1, 2]
+    blocks.close()  # the caller stops early: the producer thread ends too
+    assert not [t for t in threading.enumerate() if t.name == "annlayout-prefetch"]
+    assert len(produced) < 10

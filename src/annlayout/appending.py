@@ -43,6 +43,7 @@ from annlayout.concatenate import (
     csr_blocks,
     dense_blocks,
     open_input,
+    prefetched,
     small_elements_of,
 )
 from annlayout.copies import SequentialWriter, copy_group, mirror_record, write_record
@@ -517,7 +518,8 @@ def _grow_matrix(
     offsets = [np.zeros(0, dtype=np.int64)]  # the new rows' ends: 8 bytes a cell, kept
     offset = int(node["data"].shape[0])
     digests = written.setdefault(path, [])
-    for first, ptr, idx, val in csr_blocks(present, maps, budget, path, progress):
+    sparse = prefetched(csr_blocks(present, maps, budget // 2, path, progress))
+    for first, ptr, idx, val in sparse:
         check_interrupted()
         if val.size and not np.can_cast(val.dtype, writers["data"].dtype, "same_kind"):
             raise AppendError(

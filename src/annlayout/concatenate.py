@@ -397,7 +397,10 @@ def _write_matrix(
     )
     data = _growing(group, "data", dtype)
     indices = _growing(group, "indices", np.int32 if n_vars < 2**31 else np.int64)
-    sparse = csr_blocks(present, maps, budget, path, progress)
+    # the next block is read and remapped on a thread while this one is bucketed or written
+    # (h5py reads, scipy's row sort and numpy's gathers release the GIL); blocks are half as
+    # big, so the two in flight take what one took
+    sparse = prefetched(csr_blocks(present, maps, budget // 2, path, progress))
     if rank is not None:
         nnz = sum(m.nnz for m in present)
         buckets = RowBuckets(scratch / path, rank, rows_per_block(nnz, n_obs, budget))
@@ -413,6 +416,48 @@ def _write_matrix(
         offset += int(ptr[-1])
     indptr = np.concatenate(indptr_parts)
     group.create_array("indptr", data=indptr, chunks=(SCRATCH_CHUNK,), compressors=None)
+
+
+def prefetched(blocks: Iterator[Any]) -> Iterator[Any]:
+    """``blocks``, each produced on a thread while the caller works on the one before."""
+    import queue
+    import threading
+
+    handoff: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for block in blocks:
+                while not stop.is_set():
+                    try:
+                        handoff.put(("block", block), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            handoff.put(("end", None))
+        except BaseException as err:  # handed to the caller, raised there
+            handoff.put(("error", err))
+
+    producer = threading.Thread(target=produce, daemon=True, name="annlayout-prefetch")
+    producer.start()
+    try:
+        while True:
+            kind, value = handoff.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
+        while producer.is_alive():  # unblock a producer waiting to hand over
+            try:
+                handoff.get_nowait()
+            except queue.Empty:
+                producer.join(timeout=0.1)
 
 
 def dense_blocks(
