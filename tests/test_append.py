@@ -20,6 +20,7 @@ import pytest
 import scipy.sparse as sp
 from click.testing import CliRunner
 
+import annlayout
 from annlayout import append, concat
 from annlayout.cli import main
 from annlayout.datagen import make_part
@@ -173,8 +174,7 @@ def test_append_dense_layers_raw_and_obsm(tmp_path):
     first.write_h5ad(source)
     second.write_h5ad(new)
     store = tmp_path / "store.zarr"
-    annlayout_apply = __import__("annlayout").apply
-    annlayout_apply(_layout(tmp_path, "ml-minibatch"), source, store)
+    annlayout.apply(_layout(tmp_path, "ml-minibatch"), source, store)
     before = ad.read_zarr(store)
     result = append(store, [new], memory="32KiB")
     assert result.verified
@@ -326,3 +326,52 @@ def test_verification_reads_back_what_was_written(tmp_path, parts, monkeypatch):
     ):
         append(store, paths[2:3], join="outer")
     assert _files(store) == files
+
+
+def _small(n: int, seed: int, dtype=np.float32, dense: bool = False) -> ad.AnnData:
+    X = sp.random(n, 50, density=0.2, format="csr", dtype=np.float32, random_state=seed)
+    X = X.astype(dtype)
+    return ad.AnnData(
+        X=X.toarray() if dense else X,
+        obs=pd.DataFrame(index=[f"c{seed}-{i}" for i in range(n)]),
+        var=pd.DataFrame(index=[f"g{j}" for j in range(50)]),
+    )
+
+
+@pytest.mark.parametrize("verify", [True, False])
+def test_the_csc_copy_widens_its_index_dtype_as_cells_pass_its_range(tmp_path, verify):
+    """cell-browser's copy holds cell numbers in the minimal dtype: uint8 for 200 cells,
+    uint16 once 300; the copy is planned again for the grown matrix."""
+    first, second = tmp_path / "a.h5ad", tmp_path / "b.h5ad"
+    _small(200, 1).write_h5ad(first)
+    _small(100, 2).write_h5ad(second)
+    store = tmp_path / "store.zarr"
+    annlayout.apply("cell-browser", first, store)
+    import zarr
+
+    assert zarr.open_array(store / "X" / "csc" / "indices").dtype == np.uint8
+    append(store, [second], verify=verify)
+    got = ad.read_zarr(store)
+    genes = ["g0", "g1", "g17"]
+    column = open_dataset(store).X[:, genes]
+    assert (sp.csr_matrix(column) != sp.csr_matrix(got[:, genes].X)).nnz == 0
+    expected = sp.vstack([_small(200, 1).X, _small(100, 2).X]).tocsr()
+    assert (sp.csr_matrix(got.X) != expected).nnz == 0
+
+
+def test_append_refuses_lossy_casts_and_follows_a_link_to_the_store(tmp_path):
+    ints, floats = tmp_path / "ints.h5ad", tmp_path / "floats.h5ad"
+    _small(60, 1, dtype=np.int32, dense=True).write_h5ad(ints)
+    _small(40, 2, dense=True).write_h5ad(floats)
+    store = tmp_path / "real" / "store.zarr"
+    store.parent.mkdir()
+    concat("ml-minibatch", [ints], store)
+    files = _files(store)
+    bad = CliRunner().invoke(main, ["append", str(store), str(floats)])
+    assert bad.exit_code == 1 and "floats.h5ad" in bad.stderr and "int32" in bad.stderr
+    assert _files(store) == files
+    link = tmp_path / "link.zarr"
+    link.symlink_to(store)
+    _small(30, 3, dtype=np.int32, dense=True).write_h5ad(tmp_path / "more.h5ad")
+    append(link, [tmp_path / "more.h5ad"])
+    assert link.is_symlink() and ad.read_zarr(store).n_obs == 90

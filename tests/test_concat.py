@@ -368,3 +368,11 @@ def test_prefetched_blocks_keep_their_order_errors_and_stop_early():
     blocks.close()  # the caller stops early: the producer thread ends too
     assert not [t for t in threading.enumerate() if t.name == "annlayout-prefetch"]
     assert len(produced) < 10
+
+
+def test_concat_resume_to_an_h5ad_layout_redoes_the_layout_step(tmp_path, collection):
+    """apply resumes local zarr outputs only; an h5ad output's layout step runs whole."""
+    paths, adatas = collection
+    out = tmp_path / "combined.h5ad"
+    result = concat("h5ad-gzip", paths, out, join="outer", index_unique="-", resume=True)
+    assert result.verified and ad.read_h5ad(out).n_obs == sum(a.n_obs for a in adatas)

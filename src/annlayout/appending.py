@@ -37,6 +37,7 @@ import scipy.sparse as sp
 
 from annlayout.codecs import codec_pipeline
 from annlayout.concatenate import (
+    ORDER_KEY,
     Join,
     check_obsm_widths,
     check_unique_var,
@@ -152,7 +153,7 @@ def append(
         raise AppendError(f"--keys: {len(keys)} keys for {len(inputs)} inputs")
     if is_url(store):
         raise AppendError(f"{store}: append works on local stores; object storage is not yet")
-    store = Path(store)
+    store = Path(store).resolve()  # a link to a store: the store itself is swapped, not the link
     budget = parse_size(memory)
     layout, record = _recorded_layout(store)
     root: Any = zarr.open_group(str(store), mode="r")
@@ -182,6 +183,11 @@ def append(
     n_new = len(obs) - n_old
 
     result = AppendResult(path=store, layout=layout.name, n_obs_before=n_old, n_obs_added=n_new)
+    if "uns" in root and ORDER_KEY in root["uns"]:  # kept as it is: it maps concat's rows
+        notes.append(
+            f"uns[{ORDER_KEY!r}] describes the first {n_old:,} cells, in the order concat gave "
+            f"them; the {n_new:,} appended cells follow, in their inputs' order"
+        )
     result.notes = notes
     growths = _growths(root, matrices, raw, obsm)
     rebuilt = [copy.name.strip("/") for path in _sparse_paths(root, matrices, raw)
@@ -204,12 +210,12 @@ def append(
                 for path, present in matrices.items():
                     _grow_matrix(
                         root, target, layout, path, present, maps, n_vars, budget, progress,
-                        written,
+                        written, sources,
                     )  # fmt: skip
                 if raw is not None:
                     _grow_matrix(
                         root, target, layout, "raw/X", raw[0], raw[1], raw[2], budget,
-                        progress, written,
+                        progress, written, sources,
                     )  # fmt: skip
                 for key, values in obsm.items():
                     _grow_rows(root, target, f"obsm/{key}", iter([values]), written)
@@ -505,11 +511,27 @@ def _grow_matrix(
     budget: int,
     progress: Progress | None,
     written: Written,
+    sources: list[str],
 ) -> None:
     """The new rows of one matrix written after the store's: a CSR matrix's data, indices
     and indptr, or a dense array's rows; each block's digest recorded in ``written``."""
     node = root[path]
-    if (encoding_of(node) or "array") == "array":
+    dense = (encoding_of(node) or "array") == "array"
+    stored = np.dtype(node.dtype if dense else node["data"].dtype)
+    for source, matrix, column_map in zip(sources, present, maps, strict=True):
+        if not np.can_cast(matrix.dtype, stored, "same_kind"):
+            raise AppendError(
+                f"{source}: {path} holds {matrix.dtype}, which the store's {stored} cannot "
+                "hold without changing values"
+            )
+        covered = np.zeros(n_vars, dtype=bool)
+        covered[column_map[column_map >= 0]] = True
+        if dense and stored.kind != "f" and not covered.all():
+            raise AppendError(
+                f"{source}: lacks genes of the store, which a dense {stored} {path} cannot "
+                "fill with NaN"
+            )
+    if dense:
         rows = max(1, budget // 4 // max(1, n_vars * node.dtype.itemsize))
         blocks = (block for _, block in dense_blocks(present, maps, n_vars, node.dtype, rows))
         _grow_rows(root, target, path, blocks, written)
@@ -521,11 +543,6 @@ def _grow_matrix(
     sparse = prefetched(csr_blocks(present, maps, budget // 2, path, progress))
     for first, ptr, idx, val in sparse:
         check_interrupted()
-        if val.size and not np.can_cast(val.dtype, writers["data"].dtype, "same_kind"):
-            raise AppendError(
-                f"{path}: values of dtype {val.dtype} cannot be stored as the store's "
-                f"{writers['data'].dtype}"
-            )
         val = val.astype(writers["data"].dtype, copy=False)
         idx = idx.astype(writers["indices"].dtype, copy=False)
         writers["data"].write(val)
@@ -613,6 +630,8 @@ def _rebuild_copies(
     mirror record."""
     import zarr
 
+    from annlayout.storage import backend_of, create_array
+
     if not copies:
         return
     read = zarr.open_group(str(tmp), mode="r", use_consolidated=False)
@@ -625,15 +644,16 @@ def _rebuild_copies(
         arrays = plan.parts(orientation)
         primary = target[element]
         nnz = int(primary["data"].shape[0])
-        for name in ("data", "indices"):
-            target[f"{group}/{name}"].resize((nnz,))
+        copy = target[group]
+        for name in ("data", "indices", "indptr"):  # as the grown matrix plans them: a
+            del copy[name]  # minimal index dtype widens once the cells pass its range
+            create_array(copy, name, None, arrays[name], backend_of(target))
         item = int(primary["data"].dtype.itemsize)
         transpose = plan_transpose(plan, orientation, arrays, item, budget, group)
         if transpose.problem:
             raise AppendError(transpose.problem)
         with opened(stores, read, target):
             TransposeTask(transpose, stores).run()
-        copy = target[group]
         copy.attrs["shape"] = list(primary.attrs["shape"])
         primary_orientation = "csr" if orientation == "csc" else "csc"
         record = mirror_record(

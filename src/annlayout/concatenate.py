@@ -165,7 +165,7 @@ def concat(
             applied = apply(
                 layout, assembled, output, overwrite=overwrite, memory=memory,
                 workers=workers, scheduler=scheduler, verify=verify, progress=progress,
-                resume=resume and not is_url(output),
+                resume=resume and _resumable(layout, output),
             )  # fmt: skip
         except AnnlayoutError as err:
             raise ConcatError(
@@ -177,6 +177,13 @@ def concat(
     if len(datasets) > 1:
         result.mixing = mixing(sources, MIXING_WINDOW)
     return result
+
+
+def _resumable(layout: Any, output: str | Path) -> bool:
+    """apply resumes local zarr outputs; others redo the layout step whole."""
+    from annlayout.spec import load_layout
+
+    return not is_url(output) and load_layout(layout).target.format == "zarr"
 
 
 @contextmanager

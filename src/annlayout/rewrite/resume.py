@@ -13,8 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import pickle
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ from annlayout.remote import is_url
 from annlayout.rewrite.blocks import Block
 
 RESUME_SUFFIX = ".annlayout-resume"
-STATE = "prepared.pickle"
+STATE = "prepared.json"
 JOURNAL = "done.log"
 
 
@@ -64,23 +63,52 @@ class Prepared:
 
 
 def save(directory: Path, prepared: Prepared) -> None:
-    """The state, written whole (a temporary file renamed), and an empty journal."""
+    """The state as JSON (plain data: nothing in it runs when read), written whole (a
+    temporary file renamed), and an empty journal."""
     directory.mkdir(parents=True, exist_ok=True)
     (directory / JOURNAL).write_text("")
+    state = {
+        **asdict(prepared),
+        "blocks": [asdict(block) for block in prepared.blocks],
+        "transposes": [
+            [path, group, {name: plan.model_dump(mode="json") for name, plan in arrays.items()}]
+            for path, group, arrays in prepared.transposes
+        ],
+    }
     partial = directory / f"{STATE}.partial"
-    partial.write_bytes(pickle.dumps(prepared))
+    partial.write_text(json.dumps(state, default=_plain))
     partial.replace(directory / STATE)
 
 
+def _plain(value: Any) -> Any:
+    """numpy scalars (block bounds) as Python numbers."""
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not plain data")
+
+
 def load(directory: Path, expected: str) -> Prepared | None:
-    """The saved state if it was made from the same input and options, else None."""
+    """The saved state if it was made from the same input and options, else None (a
+    missing or damaged state too: the run starts clean)."""
     try:
-        prepared = pickle.loads((directory / STATE).read_bytes())
-    except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError):
+        state = json.loads((directory / STATE).read_text())
+        if state.get("fingerprint") != expected:
+            return None
+        return Prepared(
+            fingerprint=state["fingerprint"],
+            blocks=[Block(**block) for block in state["blocks"]],
+            transposes=[
+                (path, group, {n: ArrayPlan.model_validate(p) for n, p in arrays.items()})
+                for path, group, arrays in state["transposes"]
+            ],
+            mirrors=[(p, c, o) for p, c, o in state["mirrors"]],
+            notes=list(state["notes"]),
+            streamed=list(state["streamed"]),
+            upgrades=list(state["upgrades"]),
+            whole_bytes=int(state["whole_bytes"]),
+        )
+    except Exception:  # unreadable, or from another version: not resumable
         return None
-    if not isinstance(prepared, Prepared) or prepared.fingerprint != expected:
-        return None
-    return prepared
 
 
 def completed(directory: Path) -> set[str]:
