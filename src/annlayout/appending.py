@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
-import json
 import os
 import shutil
 import time
@@ -43,6 +42,7 @@ from annlayout.concatenate import (
     check_unique_var,
     csr_blocks,
     dense_blocks,
+    inputs_fingerprint,
     open_input,
     prefetched,
     small_elements_of,
@@ -57,7 +57,7 @@ from annlayout.encodings import (
     writing,
 )
 from annlayout.errors import AnnlayoutError
-from annlayout.plan import make_plan
+from annlayout.plan import ElementPlan, make_plan
 from annlayout.remote import is_url
 from annlayout.rewrite.atomic import check_interrupted, deferred_interrupts, remove
 from annlayout.rewrite.blocks import parse_size, plan_transpose
@@ -122,6 +122,11 @@ class Growth:
     path: str
     old_length: int
     unit: int
+
+    @classmethod
+    def of(cls, path: str, array: Any) -> Growth:
+        """``array`` (the store's, at ``path``) in units of its shards, or chunks."""
+        return cls(path, int(array.shape[0]), int((array.shards or array.chunks)[0]))
 
     @property
     def boundary(self) -> int:
@@ -424,12 +429,7 @@ def _growths(
     arrays = [f"{path}/{name}" for path in sparse for name in ("data", "indices", "indptr")]
     arrays += [p for p in [*matrices, *(["raw/X"] if raw else [])] if p not in sparse]
     arrays += [f"obsm/{key}" for key in obsm]
-    growths = []
-    for path in arrays:
-        array = root[path]
-        unit = (array.shards or array.chunks)[0]
-        growths.append(Growth(path, int(array.shape[0]), int(unit)))
-    return growths
+    return [Growth.of(path, root[path]) for path in arrays]
 
 
 def _sparse_paths(root: Any, matrices: dict[str, list[Any]], raw: Any) -> list[str]:
@@ -563,6 +563,13 @@ def _grow_matrix(
     group.attrs["shape"] = [int(node.attrs["shape"][0]) + new_offsets.size, int(n_vars)]
 
 
+def _grown_plans(layout: Layout, root: Any) -> dict[str, ElementPlan]:
+    """The layout's plan of the store as grown so far (metadata only): what a fresh apply of
+    the grown store would write."""
+    survey = survey_opened(AnnDataStore(location="", format="zarr", root=root, provenance=None))
+    return {element.path: element for element in make_plan(layout, survey).elements}
+
+
 def _replan_indptr(
     root: Any, target: Any, layout: Layout, path: str, new_offsets: np.ndarray
 ) -> None:
@@ -571,9 +578,7 @@ def _replan_indptr(
     from annlayout.storage import backend_of, create_array
 
     group = target[path]
-    plan_store = AnnDataStore(location="", format="zarr", root=target, provenance=None)
-    element = next(e for e in make_plan(layout, survey_opened(plan_store)).elements
-                   if e.path == path)  # fmt: skip
+    element = _grown_plans(layout, target)[path]
     n_rows = int(root[path]["indptr"].shape[0]) - 1 + new_offsets.size
     planned = element.parts("csr")["indptr"].model_copy(update={"shape": (n_rows + 1,)})
     values = np.concatenate([root[path]["indptr"][...].astype(np.int64), new_offsets])
@@ -588,7 +593,7 @@ def _writer(root: Any, target: Any, path: str) -> SequentialWriter:
     kept up to (:class:`Growth`): the old tail from the store first."""
     old = root[path]
     array = target[path]
-    growth = Growth(path, int(old.shape[0]), int((old.shards or old.chunks)[0]))
+    growth = Growth.of(path, old)
     array.resize((growth.boundary, *array.shape[1:]))
     writer = SequentialWriter(array, growth.unit, array.dtype, position=growth.boundary, grow=True)
     if growth.old_length > growth.boundary:
@@ -635,8 +640,7 @@ def _rebuild_copies(
     if not copies:
         return
     read = zarr.open_group(str(tmp), mode="r", use_consolidated=False)
-    survey = survey_opened(AnnDataStore(location=tmp, format="zarr", root=read, provenance=None))
-    plans = {e.path: e for e in make_plan(layout, survey).elements}
+    plans = _grown_plans(layout, read)
     stores = Stores(str(tmp.resolve()), str(tmp.resolve()), "zarrs", None)
     for number, group in enumerate(copies):
         element, _, orientation = group.rpartition("/")
@@ -692,15 +696,10 @@ def _new_bytes(tmp: Path) -> int:
 
 
 def _fingerprint(inputs: Sequence[str | Path], **options: Any) -> str:
-    described = []
-    for path in inputs:
-        entry: dict[str, Any] = {"input": str(Path(path).resolve()) if not is_url(path) else path}
-        if not is_url(path):
-            stat = Path(path).stat()
-            entry.update(size=stat.st_size, mtime_ns=stat.st_mtime_ns)
-        described.append(entry)
-    blob = json.dumps({"inputs": described, **options}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()
+    """concat's fingerprint of the inputs (size, mtime, options) with paths resolved, as a
+    short digest for the provenance record."""
+    located = [path if is_url(path) else Path(path).resolve() for path in inputs]
+    return hashlib.sha256(inputs_fingerprint(located, **options).encode()).hexdigest()
 
 
 # --------------------------------------------------------------------------- verification

@@ -147,7 +147,7 @@ def concat(
         path: [matrix_of(d, path) for d in datasets] for path in ["X", *common_layers(datasets)]
     }
     raw = _raw(datasets, combined, join, label, keys, index_unique)
-    fingerprint = _fingerprint(inputs, join=join, label=label, keys=keys,
+    fingerprint = inputs_fingerprint(inputs, join=join, label=label, keys=keys,
                                index_unique=index_unique, merge=merge, shuffle=shuffle,
                                groupby=groupby)  # fmt: skip
     with _scratch(output, resume) as tmp:
@@ -211,7 +211,7 @@ def _scratch(output: str | Path, resume: bool) -> Iterator[Path]:
     remove(scratch)
 
 
-def _fingerprint(inputs: Sequence[str | Path], **options: Any) -> str:
+def inputs_fingerprint(inputs: Sequence[str | Path], **options: Any) -> str:
     """What the combined inputs were made of: each input's location, size and modification
     time (a local file or directory; a URL by name), and the options that shape them."""
     described = []
