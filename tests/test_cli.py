@@ -71,6 +71,53 @@ def imported_by(*args: str) -> tuple[set[str], str]:
     return set(last.split()[1:]), done.stdout
 
 
+def run_console_script(args: list[str]) -> tuple[bool, str]:
+    """``annlayout ARGS`` as the console script runs it, in a process of its own: whether
+    dask was imported, and the output."""
+    code = textwrap.dedent(
+        f"""
+        import sys
+        from annlayout.cli import run
+        try:
+            run({args!r})
+        except SystemExit as done:
+            assert not done.code, done.code
+        loaded = {{m.split(".")[0] for m, module in sys.modules.items() if module is not None}}
+        print("DASK", "dask" in loaded, file=sys.stderr)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return done.stderr.strip().splitlines()[-1] == "DASK True", done.stdout
+
+
+@pytest.mark.parametrize("workers", [None, "2"])
+def test_apply_runs_without_dask_unless_it_uses_it(stores, tmp_path, workers):
+    """anndata imports dask.array whenever dask is installed (~0.8 s a process); the console
+    script hides it from commands that do not use it, and the result is the same."""
+    output = tmp_path / f"workers-{workers}.zarr"
+    args = ["apply", "ml-minibatch", str(stores["h5ad"]), str(output)]
+    dask, stdout = run_console_script(args + (["--workers", workers] if workers else []))
+    assert dask == (workers is not None)
+    assert "verified" in stdout
+    assert_equal(read_any(output), read_any(stores["h5ad"]))
+
+
+def test_concat_and_append_run_without_dask(stores, tmp_path):
+    """anndata.concat (which concat and append call) has no use for dask on in-memory data."""
+    import anndata as ad
+
+    output = tmp_path / "both.zarr"
+    inputs = [str(stores["h5ad"]), str(stores["zarr3"])]
+    dask, stdout = run_console_script(["concat", "ml-minibatch", *inputs, str(output)])
+    assert not dask and "verified" in stdout
+    dask, stdout = run_console_script(["append", str(output), str(stores["zarr2"])])
+    assert not dask and "verified" in stdout
+    parts = [read_any(Path(p)) for p in [*inputs, str(stores["zarr2"])]]
+    assert read_any(output).n_obs == sum(p.n_obs for p in parts)
+    expected = ad.concat(parts)
+    assert_equal(read_any(output).obs, expected.obs)
+
+
 @pytest.mark.parametrize("args", [["--help"], ["layouts"], ["plan", "--help"]])
 def test_start_up_imports_nothing_heavy(args):
     """--help and layouts start without numpy, zarr, anndata or pydantic (times: benchmarks/)."""

@@ -783,3 +783,18 @@ def generate_command(
 
 if __name__ == "__main__":
     main()
+
+
+# Commands that use dask themselves: bench (anndata's read_lazy), --workers, --scheduler.
+USES_DASK = ("bench", "--workers", "--scheduler")
+
+
+def run(args: list[str] | None = None) -> None:
+    """The console script: :func:`main` in a process of its own. anndata imports dask.array
+    whenever dask is installed (about 0.8 s of each process, more than the whole copy of a
+    50,000-cell h5ad takes), though only its lazy reading uses it; a command that does not
+    use dask runs with dask hidden, so anndata starts without it."""
+    args = sys.argv[1:] if args is None else args
+    if "dask" not in sys.modules and not any(a.startswith(USES_DASK) for a in args):
+        sys.modules["dask"] = None  # type: ignore[assignment]  # import dask: ImportError
+    main(args)

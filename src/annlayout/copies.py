@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from annlayout.h5_reads import read_slice
+
 COPY_KEY = "annlayout-copy-of"
 ORIENTATIONS = ("csr", "csc")
 
@@ -83,7 +85,7 @@ def transposed_indptr(
     """The indptr of the transpose: nonzeros per minor index, counted in one pass."""
     counts = np.zeros(n_minor, dtype=np.int64)
     for start in range(0, nnz, read_block):
-        counts += np.bincount(np.asarray(indices[start : start + read_block]), minlength=n_minor)
+        counts += np.bincount(read_slice(indices, start, start + read_block), minlength=n_minor)
     new_indptr = np.zeros(n_minor + 1, dtype=np.int64)
     np.cumsum(counts, out=new_indptr[1:])
     return new_indptr
@@ -122,14 +124,14 @@ def transposed_ranges(
         fill = new_indptr[lo:hi] - base  # next free slot per minor index in this pass
         for start in range(0, nnz, read_block):
             stop = min(nnz, start + read_block)
-            minor = np.asarray(indices[start:stop]).astype(np.int64, copy=False)
+            minor = read_slice(indices, start, stop).astype(np.int64, copy=False)
             keep = (minor >= lo) & (minor < hi)
             if not keep.any():
                 continue
             positions = np.flatnonzero(keep) + start
             # the major index of each kept nonzero: which indptr range holds its position
             major = np.searchsorted(row_starts, positions, side="right") - 1
-            values = np.asarray(data[start:stop])[keep]
+            values = read_slice(data, start, stop)[keep]
             minor = minor[keep] - lo
             order = np.argsort(minor, kind="stable")  # input is major-sorted: stays sorted
             minor, major, values = minor[order], major[order], values[order]

@@ -370,6 +370,7 @@ class _Arrays:
 
     def _open(self, name: str) -> None:
         from annlayout.chunk_reads import chunk_reader
+        from annlayout.h5_reads import h5_reader
 
         if hasattr(self.group, "metadata"):  # zarr fixes the codec pipeline when it opens
             from annlayout.codecs import codec_pipeline  # an array: open it under zarrs
@@ -378,7 +379,7 @@ class _Arrays:
                 self._arrays[name] = self.group[name]
         else:
             self._arrays[name] = self.group[name]
-        self._readers[name] = chunk_reader(self._arrays[name])
+        self._readers[name] = chunk_reader(self._arrays[name]) or h5_reader(self._arrays[name])
 
     def warm(self) -> None:
         """Open both arrays and read every shard index now rather than on the first read."""

@@ -30,6 +30,7 @@ import numpy as np
 
 from annlayout.copies import SequentialWriter, transposed_indptr, transposed_ranges
 from annlayout.errors import ApplyError
+from annlayout.h5_reads import read_slice
 from annlayout.rewrite.atomic import Interrupted, check_interrupted
 from annlayout.rewrite.blocks import Block, Transpose, write_unit
 from annlayout.rewrite.memory_limits import release_memory
@@ -152,7 +153,7 @@ class CopyTask:
 
 def copy_block(source: Any, target: Any, block: Block) -> int:
     try:
-        values = np.asarray(source[block.start : block.stop])
+        values = read_slice(source, block.start, block.stop)
     except Exception as err:  # a corrupt chunk: codecs raise many kinds of errors
         raise ApplyError(
             f"{block.source_array}: cannot read the input at {block.start:,}-{block.stop:,}: "
