@@ -170,6 +170,27 @@ def test_groupby_orders_cells_by_a_column_stably(tmp_path, collection):
     _assert_same(got, expected[order].copy())
 
 
+def test_a_dense_input_among_sparse_ones_is_stacked_as_csr(tmp_path):
+    """One input with a dense X, read ahead on the threads with the sparse ones."""
+    paths, adatas = [], []
+    for i in range(3):
+        adata = make_part(i, 70 + 20 * i, 40, nnz_per_cell=8, n_pcs=3, seed=7)
+        if i == 1:
+            adata.X = adata.X.toarray()
+        path = tmp_path / f"p{i}.h5ad"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            adata.write_h5ad(path)
+        paths.append(path)
+        adatas.append(ad.read_h5ad(path))
+    concat("ml-minibatch", paths, tmp_path / "m.zarr", index_unique="-", memory="16KiB")
+    got = ad.read_zarr(tmp_path / "m.zarr")
+    expected = _expected(adatas, index_unique="-")
+    assert sp.issparse(got.X)
+    assert (sp.csr_matrix(got.X) != sp.csr_matrix(expected.X)).nnz == 0
+    pd.testing.assert_frame_equal(got.obs, expected.obs)
+
+
 def test_shuffle_moves_dense_layers_raw_and_obsm_with_the_cells(tmp_path):
     paths, adatas = [], []
     for i in range(2):
@@ -368,6 +389,41 @@ def test_prefetched_blocks_keep_their_order_errors_and_stop_early():
     blocks.close()  # the caller stops early: the producer thread ends too
     assert not [t for t in threading.enumerate() if t.name == "annlayout-prefetch"]
     assert len(produced) < 10
+
+
+def test_ordered_map_keeps_order_raises_and_stops_early():
+    import threading
+    import time
+
+    from annlayout.concatenate import ordered_map
+
+    def slow_square(n):
+        time.sleep(0.002 * (n % 3))  # later items finish first: the order is still kept
+        return n * n
+
+    assert list(ordered_map(slow_square, range(40), 2)) == [n * n for n in range(40)]
+
+    def failing(n):
+        if n == 2:
+            raise ValueError("input 2 is corrupt")
+        return n
+
+    got = []
+    with pytest.raises(ValueError, match="input 2 is corrupt"):
+        for value in ordered_map(failing, range(10), 2):
+            got.append(value)
+    assert got == [0, 1]
+    started = []
+
+    def tracked(n):
+        started.append(n)
+        return n
+
+    results = ordered_map(tracked, range(1000), 2)
+    assert [next(results) for _ in range(3)] == [0, 1, 2]
+    results.close()  # the caller stops early: nothing more starts, the threads end
+    assert len(started) <= 6
+    assert not [t for t in threading.enumerate() if t.name.startswith("annlayout-prefetch_")]
 
 
 def test_concat_resume_to_an_h5ad_layout_redoes_the_layout_step(tmp_path, collection):

@@ -44,7 +44,6 @@ from annlayout.concatenate import (
     dense_blocks,
     inputs_fingerprint,
     open_input,
-    prefetched,
     small_elements_of,
 )
 from annlayout.copies import SequentialWriter, copy_group, mirror_record, write_record
@@ -540,7 +539,7 @@ def _grow_matrix(
     offsets = [np.zeros(0, dtype=np.int64)]  # the new rows' ends: 8 bytes a cell, kept
     offset = int(node["data"].shape[0])
     digests = written.setdefault(path, [])
-    sparse = prefetched(csr_blocks(present, maps, budget // 2, path, progress))
+    sparse = csr_blocks(present, maps, budget, path, progress)
     for first, ptr, idx, val in sparse:
         check_interrupted()
         val = val.astype(writers["data"].dtype, copy=False)

@@ -404,16 +404,14 @@ def _write_matrix(
     )
     data = _growing(group, "data", dtype)
     indices = _growing(group, "indices", np.int32 if n_vars < 2**31 else np.int64)
-    # the next block is read and remapped on a thread while this one is bucketed or written
-    # (h5py reads, scipy's row sort and numpy's gathers release the GIL); blocks are half as
-    # big, so the two in flight take what one took
-    sparse = prefetched(csr_blocks(present, maps, budget // 2, path, progress))
+    sparse = csr_blocks(present, maps, budget, path, progress)  # read ahead on threads
     if rank is not None:
         nnz = sum(m.nnz for m in present)
         buckets = RowBuckets(scratch / path, rank, rows_per_block(nnz, n_obs, budget))
         for first, ptr, idx, val in sparse:
             buckets.add_csr(first, ptr, idx.astype(indices.dtype, copy=False), val)
-        sparse = ((0, *bucket) for bucket in buckets.drain_csr())
+        # the next bucket read back and put in order on a thread while this one is written
+        sparse = prefetched((0, *bucket) for bucket in buckets.drain_csr())
     indptr_parts = [np.zeros(1, dtype=np.int64)]
     offset = 0
     for _, ptr, idx, val in sparse:
@@ -485,24 +483,65 @@ def dense_blocks(
             at += stop - start
 
 
+READERS = 2  # threads reading and remapping input blocks ahead of the caller
+
+
 def csr_blocks(
     present: list[Any], maps: list[np.ndarray], budget: int, path: str, progress: Any
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
     """(first row, indptr, indices, data) of the inputs' row blocks, on the result's
-    columns."""
+    columns, in order. :data:`READERS` threads read and remap the next blocks while the
+    caller works on this one (h5py and pread reads, scipy's row sort and numpy's gathers
+    release the GIL): the caller's block and ``READERS`` more are in memory, each within
+    ``budget / (READERS + 1)``."""
+    jobs = []
     at = 0
     for number, (matrix, column_map) in enumerate(zip(present, maps, strict=True)):
+        if matrix.encoding in SPARSE_ENCODINGS:  # its indptr and shard indexes read here,
+            matrix.warm()  # not by two threads at once
         monotonic = is_monotonic(column_map)
-        step = rows_per_block(matrix.nnz, matrix.shape[0], budget)
+        step = rows_per_block(matrix.nnz, matrix.shape[0], budget // (READERS + 1))
         for start in range(0, matrix.shape[0], step):
-            block = sp.csr_matrix(matrix.rows(start, min(matrix.shape[0], start + step)))
-            ptr, idx, val = remap_rows(
-                block.indptr, block.indices, block.data, column_map, monotonic=monotonic
-            )
-            yield at, ptr, idx, val
-            at += block.shape[0]
-        if progress:
+            stop = min(matrix.shape[0], start + step)
+            jobs.append((number, matrix, column_map, monotonic, start, stop, at))
+            at += stop - start
+
+    def remapped(job: tuple[Any, ...]) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
+        _, matrix, column_map, monotonic, start, stop, at = job
+        block = sp.csr_matrix(matrix.rows(start, stop))
+        ptr, idx, val = remap_rows(
+            block.indptr, block.indices, block.data, column_map, monotonic=monotonic
+        )
+        return at, ptr, idx, val
+
+    last_of_input = {job[0]: i for i, job in enumerate(jobs)}
+    for i, block in enumerate(ordered_map(remapped, jobs, READERS)):
+        yield block
+        number = jobs[i][0]
+        if progress and last_of_input[number] == i:
             progress(f"assembling {path}", number + 1, len(present))
+
+
+def ordered_map(function: Any, items: Sequence[Any], workers: int) -> Iterator[Any]:
+    """``function`` of each item, in order, computed on ``workers`` threads that run at most
+    ``workers`` items ahead of the caller. An error is raised in the caller; a caller that
+    stops early cancels what has not started and waits for what has."""
+    from collections import deque
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="annlayout-prefetch")
+    pending: deque[Future[Any]] = deque()
+    try:
+        for item in items:
+            pending.append(pool.submit(function, item))
+            if len(pending) > workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        for future in pending:
+            future.cancel()
+        pool.shutdown(wait=True)
 
 
 def _numbered(blocks: Iterator[np.ndarray]) -> Iterator[tuple[int, np.ndarray]]:

@@ -11,6 +11,7 @@ cannot), not row by row.
 
 from __future__ import annotations
 
+import threading
 import warnings
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -249,6 +250,9 @@ class LoadedMatrix:
         block = self._value[start:stop]
         return sp.csr_matrix(block) if sp.issparse(block) else np.asarray(block)
 
+    def warm(self) -> None:
+        """Nothing to read ahead: it is in memory."""
+
 
 class Matrix:
     """X, a layer or an obsm entry: sparse (with or without a second orientation) or dense."""
@@ -367,19 +371,24 @@ class _Arrays:
         self.group, self.pipeline = group, pipeline
         self._arrays: dict[str, Any] = {}
         self._readers: dict[str, Any] = {}
+        self._opening = threading.Lock()  # concat reads blocks of one matrix on two threads
 
     def _open(self, name: str) -> None:
         from annlayout.chunk_reads import chunk_reader
         from annlayout.h5_reads import h5_reader
 
-        if hasattr(self.group, "metadata"):  # zarr fixes the codec pipeline when it opens
-            from annlayout.codecs import codec_pipeline  # an array: open it under zarrs
+        with self._opening:
+            if name in self._arrays:
+                return
+            if hasattr(self.group, "metadata"):  # zarr fixes the codec pipeline when it opens
+                from annlayout.codecs import codec_pipeline  # an array: open it under zarrs
 
-            with codec_pipeline(self.pipeline):
-                self._arrays[name] = self.group[name]
-        else:
-            self._arrays[name] = self.group[name]
-        self._readers[name] = chunk_reader(self._arrays[name]) or h5_reader(self._arrays[name])
+                with codec_pipeline(self.pipeline):
+                    array = self.group[name]
+            else:
+                array = self.group[name]
+            self._readers[name] = chunk_reader(array) or h5_reader(array)
+            self._arrays[name] = array  # last: another thread takes it as opened
 
     def warm(self) -> None:
         """Open both arrays and read every shard index now rather than on the first read."""
