@@ -170,19 +170,30 @@ def test_groupby_orders_cells_by_a_column_stably(tmp_path, collection):
     _assert_same(got, expected[order].copy())
 
 
-def test_a_dense_input_among_sparse_ones_is_stacked_as_csr(tmp_path):
-    """One input with a dense X, read ahead on the threads with the sparse ones."""
+def _h5ad_parts(tmp_path, sizes, *, seed, change):
+    """Generated parts of ``sizes`` cells x 40 genes, each changed by ``change(i, adata)``,
+    written as h5ad; their paths and the files read back."""
     paths, adatas = [], []
-    for i in range(3):
-        adata = make_part(i, 70 + 20 * i, 40, nnz_per_cell=8, n_pcs=3, seed=7)
-        if i == 1:
-            adata.X = adata.X.toarray()
+    for i, n_obs in enumerate(sizes):
+        adata = make_part(i, n_obs, 40, nnz_per_cell=8, n_pcs=3, seed=seed)
+        change(i, adata)
         path = tmp_path / f"p{i}.h5ad"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             adata.write_h5ad(path)
         paths.append(path)
         adatas.append(ad.read_h5ad(path))
+    return paths, adatas
+
+
+def test_a_dense_input_among_sparse_ones_is_stacked_as_csr(tmp_path):
+    """One input with a dense X, read ahead on the threads with the sparse ones."""
+
+    def densify_the_second(i, adata):
+        if i == 1:
+            adata.X = adata.X.toarray()
+
+    paths, adatas = _h5ad_parts(tmp_path, [70, 90, 110], seed=7, change=densify_the_second)
     concat("ml-minibatch", paths, tmp_path / "m.zarr", index_unique="-", memory="16KiB")
     got = ad.read_zarr(tmp_path / "m.zarr")
     expected = _expected(adatas, index_unique="-")
@@ -192,17 +203,11 @@ def test_a_dense_input_among_sparse_ones_is_stacked_as_csr(tmp_path):
 
 
 def test_shuffle_moves_dense_layers_raw_and_obsm_with_the_cells(tmp_path):
-    paths, adatas = [], []
-    for i in range(2):
-        adata = make_part(i, 60 + 30 * i, 40, nnz_per_cell=8, n_pcs=3, seed=5)
+    def add_dense_layer_and_raw(i, adata):
         adata.layers["dense"] = adata.X.toarray()
         adata.raw = adata
-        path = tmp_path / f"p{i}.h5ad"
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            adata.write_h5ad(path)
-        paths.append(path)
-        adatas.append(ad.read_h5ad(path))
+
+    paths, adatas = _h5ad_parts(tmp_path, [60, 90], seed=5, change=add_dense_layer_and_raw)
     concat(
         "analysis",
         paths,
