@@ -89,6 +89,25 @@ def test_a_rewritten_file_gets_a_new_reader(tmp_path):
             np.testing.assert_array_equal(cached_h5_reader(f["x"]).read([(0, LENGTH)]), values)
 
 
+def test_without_preadv_the_reads_are_the_same(h5, monkeypatch):
+    """macOS before 11 has pread but not preadv."""
+    import os
+
+    monkeypatch.delattr(os, "preadv")
+    for name in ("chunked", "contiguous", "partly written"):
+        np.testing.assert_array_equal(h5_reader(h5[name]).read([(3, LENGTH - 2)]),
+                                      h5[name][3 : LENGTH - 2])  # fmt: skip
+
+
+def test_a_file_with_a_user_block_is_read_at_its_offsets(tmp_path):
+    with h5py.File(tmp_path / "u.h5", "w", userblock_size=512) as f:
+        f.create_dataset("chunked", data=VALUES, chunks=(100,))
+        f.create_dataset("contiguous", data=VALUES)
+    with h5py.File(tmp_path / "u.h5", "r") as f:
+        for name in ("chunked", "contiguous"):
+            np.testing.assert_array_equal(h5_reader(f[name]).read([(0, LENGTH)]), VALUES)
+
+
 def test_positions_beyond_the_dataset_are_refused(h5):
     with pytest.raises(IndexError, match="beyond"):
         h5_reader(h5["chunked"]).read([(0, LENGTH + 1)])

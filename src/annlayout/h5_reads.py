@@ -146,7 +146,13 @@ class H5Reader:
 def _pread_exactly(fd: int, view: memoryview, offset: int, at: int, nbytes: int, name: str) -> None:
     done = 0
     while done < nbytes:
-        got = os.preadv(fd, [view[at + done : at + nbytes]], offset + done)
+        into = view[at + done : at + nbytes]
+        if hasattr(os, "preadv"):  # straight into the output
+            got = os.preadv(fd, [into], offset + done)
+        else:  # macOS before 11: a copy
+            piece = os.pread(fd, len(into), offset + done)
+            into[: len(piece)] = piece
+            got = len(piece)
         if got <= 0:
             raise OSError(f"{name}: {nbytes - done} bytes missing at byte {offset + done}")
         done += got
@@ -193,6 +199,8 @@ def h5_reader(dataset: Any) -> H5Reader | None:
     if not isinstance(dataset, h5py.Dataset) or dataset.ndim != 1 or dataset.is_virtual:
         return None
     file = dataset.file
+    if not hasattr(os, "pread"):  # Windows
+        return None
     if file.driver != "sec2" or file.mode != "r" or not os.path.isfile(file.filename):
         return None
     dtype = np.dtype(dataset.dtype)
