@@ -122,24 +122,28 @@ class H5Reader:
     def _inflate_into(
         self, fd: int, pieces: list[tuple[int, int, int, int]], out: np.ndarray
     ) -> None:
-        """Deflated chunks: each read whole and inflated on the read threads."""
+        """Deflated chunks: each read whole and inflated once, on the read threads, however
+        many runs it holds (scattered rows often share a chunk)."""
         size = self.dtype.itemsize
+        parts: dict[int, list[tuple[int, int, int]]] = {}
+        for chunk, within, count, at in pieces:
+            parts.setdefault(chunk, []).append((within, count, at))
 
-        def one(piece: tuple[int, int, int, int]) -> None:
-            chunk, within, count, at = piece
+        def one(chunk: int) -> None:
             offset, stored, mask = (int(v) for v in self.extents[chunk])
             if offset < 0:
-                out[at : at + count] = self.fill_value
+                for _, count, at in parts[chunk]:
+                    out[at : at + count] = self.fill_value
                 return
             raw = os.pread(fd, stored, offset)
             if len(raw) != stored:
                 raise OSError(f"{self.filename}: chunk at byte {offset} is cut short")
             if not mask & 1:  # bit 0 set: the deflate filter was skipped for this chunk
                 raw = zlib.decompress(raw)
-            values = np.frombuffer(raw, self.dtype, count, within * size)
-            out[at : at + count] = values
+            for within, count, at in parts[chunk]:
+                out[at : at + count] = np.frombuffer(raw, self.dtype, count, within * size)
 
-        for _ in _pool().map(one, pieces):
+        for _ in _pool().map(one, parts):
             pass
 
 
