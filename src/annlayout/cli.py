@@ -781,10 +781,6 @@ def generate_command(
     )
 
 
-if __name__ == "__main__":
-    main()
-
-
 # Commands that use dask themselves: bench (anndata's read_lazy), --workers, --scheduler.
 USES_DASK = ("bench", "--workers", "--scheduler")
 
@@ -798,3 +794,7 @@ def run(args: list[str] | None = None) -> None:
     if "dask" not in sys.modules and not any(a.startswith(USES_DASK) for a in args):
         sys.modules["dask"] = None  # type: ignore[assignment]  # import dask: ImportError
     main(args)
+
+
+if __name__ == "__main__":
+    run()
