@@ -157,6 +157,13 @@ def s3_proxy(moto_port):
         yield proxy
 
 
+@pytest.fixture(params=["obstore", "fsspec"])
+def backend(request, monkeypatch):
+    """The test runs through each object-storage client, as ``--store-backend`` chooses it."""
+    monkeypatch.setenv("ANNLAYOUT_STORE_BACKEND", request.param)
+    return request.param
+
+
 @dataclass
 class Proxied:
     url: str  # s3://annlayout-proxied/<this test's prefix>

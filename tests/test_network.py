@@ -29,12 +29,6 @@ pytest.importorskip("s3fs")
 pytest.importorskip("obstore")
 
 
-@pytest.fixture(params=["obstore", "fsspec"])
-def backend(request, monkeypatch):
-    monkeypatch.setenv("ANNLAYOUT_STORE_BACKEND", request.param)
-    return request.param
-
-
 @pytest.mark.parametrize("staging", ["", "off"], ids=["staged", "in-place"])
 def test_apply_through_injected_failures_equals_a_clean_run(
     tmp_path, proxied_s3, backend, staging, monkeypatch

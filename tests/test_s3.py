@@ -26,11 +26,7 @@ pytest.importorskip("s3fs")
 pytest.importorskip("obstore")
 
 
-@pytest.fixture(params=["obstore", "fsspec"], autouse=True)
-def backend(request, monkeypatch):
-    """Every test runs through each client, as ``--store-backend`` chooses it."""
-    monkeypatch.setenv("ANNLAYOUT_STORE_BACKEND", request.param)
-    return request.param
+pytestmark = pytest.mark.usefixtures("backend")  # every test through each client
 
 
 def test_round_trip_through_s3(tmp_path, s3, backend):

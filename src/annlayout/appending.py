@@ -55,9 +55,11 @@ from annlayout.encodings import (
     set_json_attr,
     writing,
 )
-from annlayout.errors import AnnlayoutError
+from annlayout.errors import AnnlayoutError, NotAnnDataError
+from annlayout.journal import commit, has_journal, roll_back
 from annlayout.plan import ElementPlan, make_plan
-from annlayout.remote import is_url
+from annlayout.remote import chosen_backend, codec_pipeline_for, copy_objects, is_url, listing
+from annlayout.remote import remove as remove_objects
 from annlayout.rewrite.atomic import check_interrupted, deferred_interrupts, remove
 from annlayout.rewrite.blocks import parse_size, plan_transpose
 from annlayout.rewrite.execute import Stores, TransposeTask, opened
@@ -65,7 +67,7 @@ from annlayout.rewrite.memory_limits import release_memory
 from annlayout.rewrite.stream import Progress, peak_rss
 from annlayout.rewrite.verify import check_copy
 from annlayout.spec import Layout
-from annlayout.stores import AnnDataStore, consolidate_metadata, detect_format
+from annlayout.stores import AnnDataStore, consolidate_metadata, detect_format, zarr_store
 from annlayout.survey import survey_opened
 
 APPEND_SUFFIX = ".annlayout-append"
@@ -74,6 +76,7 @@ RENAME_EXCHANGE = 2  # linux/fs.h
 AT_FDCWD = -100
 
 
+Location = Path | str  # a local store, or a URL
 Written = dict[str, list[tuple[int, int, int]]]  # array path -> new blocks (first, stop, crc)
 
 
@@ -83,7 +86,7 @@ class AppendError(AnnlayoutError):
 
 @dataclass
 class AppendResult:
-    path: Path
+    path: Location
     layout: str
     n_obs_before: int
     n_obs_added: int
@@ -155,12 +158,17 @@ def append(
         raise AppendError("append: no inputs given")
     if keys is not None and len(keys) != len(inputs):
         raise AppendError(f"--keys: {len(keys)} keys for {len(inputs)} inputs")
-    if is_url(store):
-        raise AppendError(f"{store}: append works on local stores; object storage is not yet")
-    store = Path(store).resolve()  # a link to a store: the store itself is swapped, not the link
+    notes: list[str] = []
+    remote = is_url(store)
+    if remote:
+        store = str(store).rstrip("/")
+        if roll_back(store):  # an append killed while it changed the store: undone first
+            notes.append(f"{store}: an append that was cut short was rolled back first")
+    else:  # a link to a store: the store itself is swapped, not the link
+        store = Path(store).resolve()
     budget = parse_size(memory)
     layout, record = _recorded_layout(store)
-    root: Any = zarr.open_group(str(store), mode="r")
+    root: Any = zarr.open_group(zarr_store(store), mode="r")
     n_vars = len(_index(root["var"]))
     datasets = [open_input(path) for path in inputs]
     check_unique_var(datasets)
@@ -171,7 +179,6 @@ def append(
                 f"{store}: these inputs were already appended ({earlier.get('n_obs')} cells); "
                 "nothing written"
             )
-    notes: list[str] = []
     var_names = _index(root["var"])
     sources = [data.source for data in datasets]
     maps = _gene_maps(store, var_names, sources, [d.var.index for d in datasets], join, notes)
@@ -196,18 +203,20 @@ def append(
     growths = _growths(root, matrices, raw, obsm)
     rebuilt = [copy.name.strip("/") for path in _sparse_paths(root, matrices, raw)
                if (copy := copy_group(root[path])) is not None]  # fmt: skip
-    tmp = store.with_name(f".{store.name}{APPEND_SUFFIX}")
-    remove(tmp)  # left by a run that was killed
+    tmp = _sibling(store)
+    _remove(tmp)  # left by a run that was killed
+    pipeline = codec_pipeline_for("zarrs", store)
     with deferred_interrupts():
         try:
-            result.linked_files, result.linked_bytes = _link_tree(
-                store, tmp, growths, skipped=["obs"], emptied=rebuilt
-            )
+            linked = _link_tree(root, store, tmp, growths, skipped=["obs"], emptied=rebuilt)
+            result.linked_files, result.linked_bytes = len(linked), sum(linked.values())
             # not through the copied consolidated metadata: it holds the old shapes
-            target = zarr.open_group(str(tmp), mode="r+", use_consolidated=False)
+            target = zarr.open_group(
+                zarr_store(tmp, read_only=False), mode="r+", use_consolidated=False
+            )
             set_json_attr(target, PROVENANCE_KEY, {**record, "complete": False})
             written: Written = {}  # per array, its new blocks' (first, stop, digest)
-            with codec_pipeline("zarrs"), warnings.catch_warnings():
+            with codec_pipeline(pipeline), warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # obs names repeated: as anndata.concat warns
                 with writing():  # first: the survey of the grown store reads it
                     ad.experimental.write_dispatched(target, "obs", obs, callback=layout.callback())
@@ -234,7 +243,7 @@ def append(
                 consolidate_metadata(tmp, layout.target.zarr_format)
             if verify:
                 started = time.perf_counter()
-                with codec_pipeline("zarrs"):
+                with codec_pipeline(pipeline):
                     problems = _verify(store, tmp, growths, written, obs, n_old, budget)
                 result.verify_seconds = time.perf_counter() - started
                 if problems:
@@ -243,13 +252,16 @@ def append(
                         f"{store}: verification failed, store left as it was: {problems[0]}{more}"
                     )
                 result.verified = True
-            result.written_bytes = _new_bytes(tmp)
+            result.written_bytes = _new_bytes(tmp, linked)
             check_interrupted()
-            _exchange(tmp, store)  # the store is now the appended one; tmp holds the old
+            if isinstance(store, Path) and isinstance(tmp, Path):
+                _exchange(tmp, store)  # the store is now the appended one; tmp holds the old
+            else:
+                _commit(str(tmp), str(store), linked)
         except BaseException:
-            remove(tmp)
+            _remove(tmp)
             raise
-        remove(tmp)
+        _remove(tmp)
     result.seconds = time.perf_counter() - start
     result.peak_rss = peak_rss()
     return result
@@ -258,15 +270,19 @@ def append(
 # --------------------------------------------------------------------------- the store
 
 
-def _recorded_layout(store: Path) -> tuple[Layout, dict[str, Any]]:
+def _recorded_layout(store: Location) -> tuple[Layout, dict[str, Any]]:
     """The layout the store was written with, from its provenance: append keeps it."""
     import zarr
 
-    if not store.exists():
+    if isinstance(store, Path) and not store.exists():
         raise AppendError(f"{store}: no such store")
-    if detect_format(store) != "zarr":
+    try:
+        found = detect_format(store)
+    except NotAnnDataError as err:
+        raise AppendError(str(err)) from None
+    if found != "zarr":
         raise AppendError(f"{store}: append works on zarr stores; this is an h5ad file")
-    root: Any = zarr.open_group(str(store), mode="r")
+    root: Any = zarr.open_group(zarr_store(store), mode="r")
     record = json_attr(root, PROVENANCE_KEY)
     if not isinstance(record, dict) or "resolved_layout" not in record:
         raise AppendError(
@@ -292,7 +308,7 @@ def _index(frame_group: Any) -> Any:
 
 
 def _gene_maps(
-    store: Path,
+    store: Location,
     var_names: Any,
     sources: list[str],
     genes: list[Any],
@@ -318,7 +334,7 @@ def _gene_maps(
     return maps
 
 
-def _matrices(store: Path, root: Any, datasets: list[Any]) -> dict[str, list[Any]]:
+def _matrices(store: Location, root: Any, datasets: list[Any]) -> dict[str, list[Any]]:
     """X and the store's layers, from every input: an input without one of them is refused
     (the store's cells would have it and the new ones not)."""
     paths = (["X"] if "X" in root else []) + [
@@ -343,7 +359,7 @@ def _matrices(store: Path, root: Any, datasets: list[Any]) -> dict[str, list[Any
     return found
 
 
-def _check_appendable(store: Path, root: Any, path: str) -> None:
+def _check_appendable(store: Location, root: Any, path: str) -> None:
     node = root[path]
     encoding = encoding_of(node) or "array"
     if encoding == "csc_matrix":
@@ -356,7 +372,7 @@ def _check_appendable(store: Path, root: Any, path: str) -> None:
 
 
 def _raw_inputs(
-    store: Path, root: Any, datasets: list[Any], join: Join, notes: list[str]
+    store: Location, root: Any, datasets: list[Any], join: Join, notes: list[str]
 ) -> tuple[list[Any], list[np.ndarray], int]:
     """raw's X of every input on the store's raw genes."""
     _check_appendable(store, root, "raw/X")
@@ -373,7 +389,7 @@ def _raw_inputs(
 
 
 def _obsm_rows(
-    store: Path, root: Any, datasets: list[Any], light: list[Any]
+    store: Location, root: Any, datasets: list[Any], light: list[Any]
 ) -> dict[str, np.ndarray]:
     """The new rows of each of the store's obsm arrays, from every input."""
     found: dict[str, np.ndarray] = {}
@@ -441,42 +457,60 @@ def _sparse_paths(root: Any, matrices: dict[str, list[Any]], raw: Any) -> list[s
 
 
 def _link_tree(
-    store: Path, tmp: Path, growths: list[Growth], *, skipped: list[str], emptied: list[str]
-) -> tuple[int, int]:
-    """The store's directory tree in ``tmp``: files that stay the same as hard links,
-    metadata files copied (zarr rewrites them in place), nothing of ``skipped`` groups, only
-    the metadata of ``emptied`` ones, and of each growing array its shards before the
-    boundary."""
-    import zarr
-
-    kept: dict[str, set[str]] = {}  # array path -> its chunk keys kept
-    for growth in growths:
-        array = zarr.open_array(str(store / growth.path), mode="r")
-        kept[growth.path] = set(_keys_before(array, growth))
-    files = bytes_ = 0
-    for directory, _, names in os.walk(store):
-        relative = Path(directory).relative_to(store)
-        rel = relative.as_posix() if str(relative) != "." else ""
-        if any(rel == s or rel.startswith(f"{s}/") for s in skipped):
+    root: Any,
+    store: Location,
+    tmp: Location,
+    growths: list[Growth],
+    *,
+    skipped: list[str],
+    emptied: list[str],
+) -> dict[str, int]:
+    """The store's objects in ``tmp``: those that stay the same as hard links (server-side
+    copies on object storage), metadata copied (zarr rewrites it), nothing of ``skipped``
+    groups, only the metadata of ``emptied`` ones, and of each growing array its shards
+    before the boundary. Returns the kept objects (name -> size)."""
+    kept = {growth.path: set(_keys_before(root[growth.path], growth)) for growth in growths}
+    sizes = listing(store) if isinstance(store, str) else _files(store)
+    linked: dict[str, int] = {}
+    metadata: list[str] = []
+    for name, size in sizes.items():
+        directory, _, base = name.rpartition("/")
+        if _under(directory, skipped):
             continue
-        (tmp / relative).mkdir(parents=True, exist_ok=True)
-        emptied_here = any(rel == e or rel.startswith(f"{e}/") for e in emptied)
-        owner = _owning_array(rel, kept)
+        if base in METADATA_FILES:
+            metadata.append(name)
+            continue
+        if _under(directory, emptied):
+            continue
+        owner = _owning_array(directory, kept)
+        if owner is not None and name[len(owner) + 1 :] not in kept[owner]:
+            continue
+        linked[name] = size
+    if isinstance(store, str):
+        copy_objects(store, str(tmp), [*linked, *metadata])
+        return linked
+    assert isinstance(store, Path) and isinstance(tmp, Path)
+    for name in [*linked, *metadata]:
+        (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+        if name in linked:
+            os.link(store / name, tmp / name)
+        else:  # a copy: zarr rewrites metadata files in place
+            shutil.copy2(store / name, tmp / name)
+    return linked
+
+
+def _files(directory: Path) -> dict[str, int]:
+    """name (relative, with /) -> size of every file under ``directory``."""
+    found = {}
+    for parent, _, names in os.walk(directory):
         for name in names:
-            source, target = Path(directory) / name, tmp / relative / name
-            if name in METADATA_FILES:
-                shutil.copy2(source, target)
-                continue
-            if emptied_here:
-                continue
-            if owner is not None:
-                key = (Path(rel) / name).relative_to(owner).as_posix()
-                if key not in kept[owner]:
-                    continue
-            os.link(source, target)
-            files += 1
-            bytes_ += source.stat().st_size
-    return files, bytes_
+            path = Path(parent) / name
+            found[path.relative_to(directory).as_posix()] = path.stat().st_size
+    return found
+
+
+def _under(directory: str, groups: list[str]) -> bool:
+    return any(directory == g or directory.startswith(f"{g}/") for g in groups)
 
 
 def _keys_before(array: Any, growth: Growth) -> Iterator[str]:
@@ -628,7 +662,7 @@ def _digest(*arrays: np.ndarray) -> int:
 
 
 def _rebuild_copies(
-    tmp: Path, target: Any, layout: Layout, copies: list[str], budget: int, progress: Any
+    tmp: Location, target: Any, layout: Layout, copies: list[str], budget: int, progress: Any
 ) -> None:
     """Each second orientation built again from its grown primary (out of core), with its
     mirror record."""
@@ -638,9 +672,11 @@ def _rebuild_copies(
 
     if not copies:
         return
-    read = zarr.open_group(str(tmp), mode="r", use_consolidated=False)
+    read = zarr.open_group(zarr_store(tmp), mode="r", use_consolidated=False)
     plans = _grown_plans(layout, read)
-    stores = Stores(str(tmp.resolve()), str(tmp.resolve()), "zarrs", None)
+    location = str(tmp)
+    backend = chosen_backend() if isinstance(tmp, str) else None
+    stores = Stores(location, location, codec_pipeline_for("zarrs", location), backend)
     for number, group in enumerate(copies):
         element, _, orientation = group.rpartition("/")
         plan = plans[element]
@@ -683,15 +719,39 @@ def _exchange(tmp: Path, store: Path) -> None:
     aside.rename(tmp)
 
 
-def _new_bytes(tmp: Path) -> int:
-    """Bytes in files that are not shared with the old store."""
-    total = 0
-    for directory, _, names in os.walk(tmp):
-        for name in names:
-            stat = (Path(directory) / name).stat()
-            if stat.st_nlink == 1:
-                total += stat.st_size
-    return total
+def _commit(tmp: str, store: str, linked: dict[str, int]) -> None:
+    """The appended store in place of the old one on object storage (journaled: see
+    :mod:`annlayout.journal`); a failure that cannot be undone says how to finish it."""
+    try:
+        commit(tmp, store, linked, between=check_interrupted)
+    except Exception as err:
+        if has_journal(store):
+            raise AppendError(
+                f"{store}: the append failed while it replaced objects and could not be undone "
+                f"({str(err).splitlines()[0]}); run annlayout append again to restore the store"
+            ) from err
+        raise
+
+
+def _sibling(store: Location) -> Location:
+    """Where the appended store is built: a hidden sibling of the store."""
+    if isinstance(store, Path):
+        return store.with_name(f".{store.name}{APPEND_SUFFIX}")
+    parent, _, name = store.rpartition("/")
+    return f"{parent}/.{name}{APPEND_SUFFIX}"
+
+
+def _remove(location: Location) -> None:
+    if isinstance(location, Path):
+        remove(location)
+    else:
+        remove_objects(location)
+
+
+def _new_bytes(tmp: Location, linked: dict[str, int]) -> int:
+    """Bytes in objects that are not the old store's own."""
+    sizes = listing(tmp) if isinstance(tmp, str) else _files(tmp)
+    return sum(size for name, size in sizes.items() if name not in linked)
 
 
 def _fingerprint(inputs: Sequence[str | Path], **options: Any) -> str:
@@ -705,8 +765,8 @@ def _fingerprint(inputs: Sequence[str | Path], **options: Any) -> str:
 
 
 def _verify(
-    store: Path,
-    tmp: Path,
+    store: Location,
+    tmp: Location,
     growths: list[Growth],
     written: Written,
     obs: Any,
@@ -720,8 +780,8 @@ def _verify(
     import zarr
     from anndata.io import read_elem
 
-    old: Any = zarr.open_group(str(store), mode="r")
-    new: Any = zarr.open_group(str(tmp), mode="r")
+    old: Any = zarr.open_group(zarr_store(store), mode="r")
+    new: Any = zarr.open_group(zarr_store(tmp), mode="r")
     problems: list[str] = []
     step = max(1, budget // 64)
     for growth in growths:

@@ -305,3 +305,81 @@ def _put_files(url: str, items: list[tuple[str, Path]]) -> None:
         return
     fs = filesystem(url)
     fs.put([str(p) for _, p in items], [f"{url}/{name}" for name, _ in items])
+
+
+# -- objects within a bucket, copied on the server -------------------------------------------
+
+
+def copy_objects(source: str, target: str, names: list[str]) -> None:
+    """Copy the objects ``names`` from under ``source`` to under ``target`` on the server
+    (S3 CopyObject: the bytes never come down), concurrently."""
+    if not names:
+        return
+    source, target = source.rstrip("/"), target.rstrip("/")
+    if chosen_backend() == "obstore":
+        import obstore
+
+        _require("obstore", source)
+        (client, source_key), (_, target_key) = _split(source), _split(target)
+        if _bucket(source) != _bucket(target):
+            raise ValueError(f"{source} -> {target}: copies stay within one bucket")
+
+        def copy(name: str) -> None:
+            obstore.copy(client, _join(source_key, name), _join(target_key, name))
+
+        with ThreadPoolExecutor(UPLOAD_CONCURRENCY) as pool:
+            list(pool.map(copy, names))
+        return
+    fs = filesystem(source)
+    fs.copy([f"{source}/{name}" for name in names], [f"{target}/{name}" for name in names])
+
+
+def delete_objects(url: str, names: list[str]) -> None:
+    """Delete the objects ``names`` under ``url`` (absent ones are no error)."""
+    url = url.rstrip("/")
+    if not names:
+        return
+    if chosen_backend() == "obstore":
+        import obstore
+
+        client, key = _split(url)
+        keys = [_join(key, name) for name in names]
+        for start in range(0, len(keys), 1000):
+            obstore.delete(client, keys[start : start + 1000])
+        return
+    fs = filesystem(url)
+    fs.invalidate_cache(url)  # s3fs answers from its listing cache, which others outdate
+    fs.rm([f"{url}/{name}" for name in names])  # S3's batch delete: absent keys are no error
+
+
+def read_object(url: str) -> bytes:
+    """The bytes of one object; FileNotFoundError when there is none."""
+    if chosen_backend() == "obstore":
+        import obstore
+
+        _require("obstore", url)
+        client, key = _split(url)
+        return bytes(obstore.get(client, key).bytes())
+    fs = filesystem(url)
+    fs.invalidate_cache(url)
+    return bytes(fs.cat_file(url))
+
+
+def write_object(url: str, data: bytes) -> None:
+    if chosen_backend() == "obstore":
+        import obstore
+
+        _require("obstore", url)
+        client, key = _split(url)
+        obstore.put(client, key, data)
+        return
+    filesystem(url).pipe_file(url, data)
+
+
+def _bucket(url: str) -> str:
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{rest.strip('/').partition('/')[0]}"
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}/{name}" if prefix else name

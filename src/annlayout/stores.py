@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from annlayout.encodings import PROVENANCE_KEY, Upgraded, attr, json_attr, read_upgraded
 from annlayout.errors import NotAnnDataError
+from annlayout.journal import has_journal
 from annlayout.remote import is_url, listing, remote_zarr_store, zarr_exists
 from annlayout.version import package_version
 
@@ -83,6 +84,12 @@ def detect_format(path: str | Path) -> Literal["zarr", "h5ad"]:
             leftovers = not found and bool(listing(str(path)))
         except Exception as err:
             raise NotAnnDataError(f"{path}: cannot reach: {str(err).splitlines()[0]}") from None
+        if leftovers and has_journal(str(path)):
+            raise NotAnnDataError(
+                f"{path}: an append to this store was cut short while it replaced objects; "
+                "run the same annlayout append again (it restores the store from its journal "
+                "first)"
+            )
         if leftovers:  # the root goes up last and is removed first
             raise NotAnnDataError(
                 f"{path}: an incomplete store (objects but no zarr.json/.zgroup: an upload or "
