@@ -94,10 +94,38 @@ def test_row_buckets_deliver_every_row_at_its_new_place(tmp_path, rows_per_bucke
     for start in range(0, 300, 64):
         block = matrix[start : start + 64]
         buckets.add_csr(start, block.indptr, block.indices, block.data)
-    parts = [sp.csr_matrix((v, i, p), shape=(p.size - 1, 20)) for p, i, v in buckets.drain_csr()]
+    parts = []
+    for number, (p, i, v) in enumerate(buckets.drain_csr()):
+        parts.append(sp.csr_matrix((v, i, p), shape=(p.size - 1, 20)))
+        buckets.discard(number)
     assert (sp.vstack(parts) != matrix[order]).nnz == 0
-    assert not list((tmp_path / "b").iterdir())  # read once, given back
+    assert list(buckets.files()) == ["rows.bin"]  # the values given back as they were written
     dense = RowBuckets(tmp_path / "d", rank, rows_per_bucket)
     for start in range(0, 300, 64):
         dense.add_dense(start, matrix[start : start + 64].toarray())
     np.testing.assert_array_equal(np.vstack(list(dense.drain_dense())), matrix[order].toarray())
+
+
+@pytest.mark.parametrize("rows_per_bucket", [1, 7, 1000])
+@pytest.mark.parametrize("killed_after", [0, 2, 4])
+def test_row_buckets_resume_from_a_checkpoint(tmp_path, rows_per_bucket, killed_after):
+    """A run killed after block ``killed_after`` was checkpointed (and one more block was
+    half on disk) continues from the checkpoint and gives every row once, in its place."""
+    matrix = sp.random(300, 20, density=0.2, format="csr", random_state=5, dtype=np.float64)
+    rank = np.random.default_rng(6).permutation(300)
+    starts = range(0, 300, 64)
+    killed = RowBuckets(tmp_path / "b", rank, rows_per_bucket)
+    for number, start in enumerate(starts):
+        block = matrix[start : start + 64]
+        killed.add_csr(start, block.indptr, block.indices, block.data.astype(np.float32))
+        if number == killed_after:
+            checkpoint, dtypes = killed.files(), killed.dtypes
+        if number == killed_after + 1:
+            break  # written after the checkpoint: cut off on resuming
+    resumed = RowBuckets(tmp_path / "b", rank, rows_per_bucket, restore=checkpoint, dtypes=dtypes)
+    for start in starts[killed_after + 1 :]:
+        block = matrix[start : start + 64]
+        resumed.add_csr(start, block.indptr, block.indices, block.data.astype(np.float32))
+    parts = [sp.csr_matrix((v, i, p), shape=(p.size - 1, 20)) for p, i, v in resumed.drain_csr()]
+    order = np.argsort(rank)
+    assert (sp.vstack(parts) != matrix[order].astype(np.float32)).nnz == 0

@@ -3,6 +3,7 @@ differing genes and gene orders, differing categories, repeating obs names, laye
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -355,6 +356,62 @@ def test_resume_continues_from_the_combined_inputs_and_equals_a_clean_run(tmp_pa
            progress=lambda what, *_: said.append(what))  # fmt: skip
     assert "resuming from the combined inputs" not in said
     assert ad.read_zarr(again).uns["annlayout_order"]["seed"] == 5
+
+
+def _recorded(scratch: Path, key: str) -> int:
+    """How far the combining of X got: its checkpoint's ``scattered`` or ``rows``."""
+    record = scratch / "assembling" / "X.json"
+    return json.loads(record.read_text()).get(key, 0) if record.exists() else 0
+
+
+@pytest.mark.parametrize(
+    ("phase", "options"),
+    [("shuffle's first pass", ["--shuffle", "3"]), ("shuffle's second pass", ["--shuffle", "3"]),
+     ("stacking", [])],
+)  # fmt: skip
+def test_resume_continues_inside_the_combining_step(tmp_path, phase, options):
+    """Killed while the inputs are combined (rows scattered to buckets, buckets drained, or
+    rows stacked), a --resume run continues from the rows recorded and equals a clean run."""
+    source = tmp_path / "in.h5ad"
+    X = sp.random(20_000, 2_000, density=0.05, format="csr", dtype=np.float32, random_state=2)
+    ad.AnnData(X=X).write_h5ad(source)
+    out, scratch = tmp_path / "out.zarr", tmp_path / ".out.zarr.annlayout-concat"
+    exe = Path(sys.executable).with_name("annlayout")
+    command = [exe, "concat", "ml-minibatch", source, source, out, "--index-unique", "-",
+               "--memory", "64MiB", "--quiet", *options]  # fmt: skip
+    if phase == "shuffle's first pass":
+        reached = lambda: _recorded(scratch, "scattered") > 5_000  # noqa: E731
+    else:
+        reached = lambda: _recorded(scratch, "rows") > 5_000  # noqa: E731
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not reached():
+        assert child.poll() is None, child.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    child.send_signal(signal.SIGKILL)
+    child.communicate(timeout=60)
+    assert not out.exists() and not (scratch / "assembled.done").exists()
+    scattered, written = _recorded(scratch, "scattered"), _recorded(scratch, "rows")
+    said: list[str] = []
+    shuffle = {"shuffle": 3} if options else {}
+    concat("ml-minibatch", [source, source], out, resume=True, index_unique="-", memory="64MiB",
+           progress=lambda what, *_: said.append(what), **shuffle)  # fmt: skip
+    if phase == "shuffle's first pass":
+        assert 0 < scattered < 40_000 and written == 0
+        assert f"resuming the shuffle of X at row {scattered:,}" in said
+    else:
+        assert 0 < written < 40_000
+        assert f"resuming X at row {written:,}" in said
+    assert not scratch.exists()
+    clean = tmp_path / "clean.zarr"
+    concat("ml-minibatch", [source, source], clean, index_unique="-", **shuffle)
+    assert annlayout.verify(clean, out) == []
+    got = ad.read_zarr(out)
+    expected = sp.vstack([X, X]).tocsr()
+    if options:
+        expected = expected[np.asarray(got.uns["annlayout_order"]["source_row"])]
+    assert (expected != got.X).nnz == 0
 
 
 def test_an_existing_output_is_refused_before_any_work(tmp_path, collection):

@@ -427,8 +427,8 @@ def apply_command(
 @click.option(
     "--resume",
     is_flag=True,
-    help="Continue a run that was killed or failed after combining the inputs (same inputs "
-    "and options), and its layout step from the blocks it completed; without it a rerun "
+    help="Continue a run that was killed (same inputs and options): combining the inputs from "
+    "the rows it recorded, the layout step from the blocks it completed; without it a rerun "
     "starts clean.",
 )
 @click.option("--no-verify", is_flag=True, help="Skip comparing the output with the inputs.")
@@ -512,7 +512,8 @@ def append_command(
     no_verify: bool,
     quiet: bool,
 ) -> None:
-    """Add the cells of INPUT stores to STORE, a zarr store annlayout wrote, in its recorded
+    """Add the cells of INPUT stores to STORE, a zarr store annlayout wrote (a path or an
+    s3:// URL), in its recorded
     layout and with its genes: shards before the last partial one are kept, not rewritten.
     Atomic: an interrupted or failed append leaves STORE as it was."""
     from annlayout.appending import append

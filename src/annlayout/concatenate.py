@@ -19,6 +19,7 @@ import hashlib
 import json
 import tempfile
 import time
+import uuid
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -36,7 +37,7 @@ from annlayout.errors import AnnlayoutError, NotAnnDataError
 from annlayout.reader import Dataset
 from annlayout.reader import open as open_dataset
 from annlayout.remote import is_url
-from annlayout.rewrite.atomic import check_paths, remove
+from annlayout.rewrite.atomic import Interrupted, check_paths, remove
 from annlayout.rewrite.buckets import RowBuckets
 from annlayout.rewrite.collection import (
     column_maps,
@@ -51,6 +52,8 @@ from annlayout.rewrite.stream import ApplyResult, Progress, apply, parse_size
 Join = Literal["inner", "outer"]
 Merge = Literal["same", "unique", "first", "only"] | None
 SCRATCH_CHUNK = 2**20  # values per chunk of the intermediate arrays (uncompressed)
+# indptr grows by a block's rows at a time, and each append rewrites its last chunk: smaller
+INDPTR_CHUNK = 2**16
 SCRATCH_SUFFIX = ".annlayout-concat"
 ASSEMBLED_MARKER = "assembled.done"  # the combined inputs are complete: --resume uses them
 ORDER_KEY = "annlayout_order"
@@ -97,9 +100,10 @@ def concat(
     them by an obs column of the result; the order is recorded in ``uns["annlayout_order"]``.
     ``workers``/``scheduler``: the layout's block copies and transposes run as dask tasks
     (threads, or a dask.distributed cluster that sees the output's directory), as in apply;
-    combining the inputs runs in this process. ``resume``: a run that was killed or failed
-    after combining the inputs continues from them (kept beside the output) when the inputs
-    and options are the same; otherwise it starts clean, as without ``resume``.
+    combining the inputs runs in this process. ``resume``: a run that was killed continues
+    (when the inputs and options are the same) from what it recorded beside the output: the
+    rows it combined, or the combined inputs and the layout's blocks it completed; otherwise
+    it starts clean, as without ``resume``.
     """
     import anndata as ad
 
@@ -154,10 +158,13 @@ def concat(
         assembled = tmp / "assembled.zarr"
         done = tmp / ASSEMBLED_MARKER
         if not (resume and done.exists() and done.read_text() == fingerprint):
-            remove(assembled)
+            started = Checkpoints(tmp / "assembling", fingerprint, resume=resume)
+            if not started.resumed:
+                remove(assembled)
             rank = None if order is None else _inverse(order)
-            _assemble(assembled, combined, matrices, maps, raw, budget, progress, rank)
+            _assemble(assembled, combined, matrices, maps, raw, budget, progress, rank, started)
             done.write_text(fingerprint)
+            remove(started.directory)
         elif progress:
             progress("resuming from the combined inputs", 1, 1)
         del combined, raw, matrices  # written: the layout step's memory is its own
@@ -191,8 +198,8 @@ def _scratch(output: str | Path, resume: bool) -> Iterator[Path]:
     """The intermediate store's directory, under one name for an output: beside a local
     output, in the temp directory for a URL. A run that was killed leaves it, and the next
     run removes it first, or with ``resume`` takes the combined inputs from it when they are
-    complete and were made from the same inputs and options. A run that fails or is
-    interrupted after combining the inputs keeps them for ``resume``."""
+    complete and were made from the same inputs and options. A run that fails after
+    combining the inputs, or is interrupted at any point, keeps them for ``resume``."""
     if is_url(output):
         name = hashlib.sha256(str(output).encode()).hexdigest()[:16]
         scratch = Path(tempfile.gettempdir()) / f".annlayout-concat-{name}"
@@ -204,6 +211,8 @@ def _scratch(output: str | Path, resume: bool) -> Iterator[Path]:
     scratch.mkdir(parents=True, exist_ok=True)
     try:
         yield scratch
+    except (Interrupted, KeyboardInterrupt):  # --resume continues from what was combined
+        raise
     except BaseException:
         if not (scratch / ASSEMBLED_MARKER).exists():
             remove(scratch)
@@ -323,6 +332,55 @@ def _raw(
     return raw, matrices, column_maps(raw.var_names, [parts["var"].index for _, parts in raws])
 
 
+class Checkpoints:
+    """How far the assembly got, recorded as it goes (a small JSON file per matrix in
+    ``directory``), so that ``--resume`` continues a run killed while it combined the inputs.
+    A matrix's record says how many rows and nonzeros its arrays hold whole (written after
+    them: zarr grows an array's shape before it writes the values, so the shape alone does
+    not say), and where a shuffle's first pass got to."""
+
+    def __init__(self, directory: Path, fingerprint: str, *, resume: bool):
+        self.directory = directory
+        marker = directory / "fingerprint"
+        self.resumed = resume and marker.exists() and marker.read_text() == fingerprint
+        if not self.resumed:
+            remove(directory)
+            directory.mkdir(parents=True)
+            marker.write_text(fingerprint)
+
+    def _file(self, name: str) -> Path:
+        return self.directory / (name.replace("/", "__") + ".json")
+
+    def get(self, name: str) -> dict[str, Any] | None:
+        """The last record of ``name`` (a matrix, or ``small`` for the small elements), if
+        this run resumes an earlier one that made it."""
+        path = self._file(name)
+        return json.loads(path.read_text()) if self.resumed and path.exists() else None
+
+    def put(self, name: str, saved: dict[str, np.ndarray] | None = None, **record: Any) -> None:
+        """Record ``name``'s progress, and the arrays ``saved`` with it (in a file of their
+        own that the record names: written first, and the one it replaces removed after)."""
+        path = self._file(name)
+        before = json.loads(path.read_text()).get("arrays") if path.exists() else None
+        record.pop("arrays", None)
+        if saved is not None:  # a new name each time: the recorded file is never touched
+            record["arrays"] = f"{path.stem}.{uuid.uuid4().hex[:12]}.npz"
+            np.savez(self.directory / record["arrays"], **saved)  # type: ignore[arg-type]
+        partial = path.with_suffix(".partial")
+        partial.write_text(json.dumps(record))
+        partial.replace(path)  # whole or not at all
+        if before and before != record.get("arrays"):
+            (self.directory / before).unlink(missing_ok=True)
+
+    def arrays(self, name: str) -> dict[str, np.ndarray]:
+        """The arrays recorded with ``name``'s last record."""
+        record = self.get(name) or {}
+        if "arrays" not in record:
+            return {}
+        with np.load(self.directory / record["arrays"]) as saved:
+            return {key: saved[key] for key in saved.files}
+
+
 def _assemble(
     target: Path,
     combined: Any,
@@ -332,15 +390,36 @@ def _assemble(
     budget: int,
     progress: Progress | None,
     rank: np.ndarray | None,
+    log: Checkpoints,
 ) -> None:
     """The combined AnnData as a zarr store: small elements through anndata, each matrix
     appended in row blocks of about a quarter of ``budget`` (through buckets beside
-    ``target`` when ``rank`` moves rows)."""
-    import anndata as ad
+    ``target`` when ``rank`` moves rows). Resumes where ``log`` says an earlier run got."""
     import zarr
 
-    root = zarr.open_group(target, mode="w", zarr_format=3)
+    if log.get("small") is None:
+        root = zarr.open_group(target, mode="w", zarr_format=3)
+        _write_small(root, combined, raw)
+        log.put("small", done=True)
+    root = zarr.open_group(target, mode="r+")
     buckets = target.parent / "buckets"
+    with codec_pipeline("zarrs"):  # local and uncompressed: zarrs appends 2x as fast
+        for path, present in matrices.items():
+            if any(m is None for m in present):
+                continue
+            _write_matrix(
+                root, path, present, maps, combined.n_vars, budget, progress, rank, buckets, log
+            )
+        if raw is not None:
+            _write_matrix(
+                root, "raw/X", raw[1], raw[2], raw[0].n_vars, budget, progress, rank, buckets,
+                log,
+            )  # fmt: skip
+
+
+def _write_small(root: Any, combined: Any, raw: Any) -> None:
+    import anndata as ad
+
     with warnings.catch_warnings(), writing():
         warnings.simplefilter("ignore")
         for key in ("obs", "var", "obsm", "varm", "varp", "uns"):
@@ -352,17 +431,6 @@ def _assemble(
             ad.experimental.write_elem(raw_group, "var", raw[0].var)
             ad.experimental.write_elem(raw_group, "varm", dict(raw[0].varm))
     root.attrs.update({"encoding-type": "anndata", "encoding-version": "0.1.0"})
-    with codec_pipeline("zarrs"):  # local and uncompressed: zarrs appends 2x as fast
-        for path, present in matrices.items():
-            if any(m is None for m in present):
-                continue
-            _write_matrix(
-                root, path, present, maps, combined.n_vars, budget, progress, rank, buckets
-            )
-        if raw is not None:
-            _write_matrix(
-                root, "raw/X", raw[1], raw[2], raw[0].n_vars, budget, progress, rank, buckets
-            )
 
 
 def _write_matrix(
@@ -375,52 +443,139 @@ def _write_matrix(
     progress: Progress | None,
     rank: np.ndarray | None,
     scratch: Path,
+    log: Checkpoints,
 ) -> None:
     """One matrix of the inputs, stacked: CSR where any input is sparse (as anndata.concat
     makes it), dense where all are (absent columns NaN, its fill for dense arrays)."""
     dtype = np.result_type(*(m.dtype for m in present))
     n_obs = sum(m.shape[0] for m in present)
-    if all(m.encoding not in SPARSE_ENCODINGS for m in present):
+    if (log.get(path) or {}).get("done"):
+        return
+    if all(m.encoding not in SPARSE_ENCODINGS for m in present):  # rare: redone whole
         if any((m < 0).any() for m in maps):  # outer join: anndata fills NaN
             dtype = np.result_type(dtype, np.float32)
         rows = max(1, min(n_obs, budget // 4 // max(1, n_vars * dtype.itemsize)))
         array = root.create_array(
             path, shape=(n_obs, n_vars), dtype=dtype, chunks=(rows, max(1, n_vars)),
-            compressors=None,
+            compressors=None, overwrite=True,
         )  # fmt: skip
         array.attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
         blocks = dense_blocks(present, maps, n_vars, dtype, rows)
         if rank is not None:
-            buckets = RowBuckets(scratch / path, rank, rows)
+            dense = RowBuckets(scratch / path, rank, rows)
             for first, block in blocks:
-                buckets.add_dense(first, block)
-            blocks = _numbered(buckets.drain_dense())
+                dense.add_dense(first, block)
+            blocks = _numbered(dense.drain_dense())
         for first, block in blocks:
             array[first : first + block.shape[0]] = block
+        log.put(path, done=True)
         return
-    group = root.create_group(path)
-    group.attrs.update(
-        {"encoding-type": "csr_matrix", "encoding-version": "0.1.0", "shape": [n_obs, n_vars]}
-    )
-    data = _growing(group, "data", dtype)
-    indices = _growing(group, "indices", np.int32 if n_vars < 2**31 else np.int64)
-    sparse = csr_blocks(present, maps, budget, path, progress)  # read ahead on threads
-    if rank is not None:
+    record = log.get(path)
+    if record is None or path not in root:
+        record = {"rows": 0, "nnz": 0}
+        group = root.create_group(path, overwrite=True)
+        group.attrs.update(
+            {"encoding-type": "csr_matrix", "encoding-version": "0.1.0", "shape": [n_obs, n_vars]}
+        )  # fmt: skip
+        _growing(group, "data", dtype)
+        _growing(group, "indices", np.int32 if n_vars < 2**31 else np.int64)
+        _growing(group, "indptr", np.int64, INDPTR_CHUNK)
+        tails = {"indptr": np.zeros(1, dtype=np.int64)}
+    else:  # resumed: the whole chunks recorded are kept, the rest cut off; the tails read
+        group = root[path]
+        tails = log.arrays(path)
+    parts = {
+        name: ChunkAppender(group[name], record.get("lengths", {}).get(name, 0), tails.get(name))
+        for name in ("data", "indices", "indptr")
+    }
+    data, indices, indptr = parts["data"], parts["indices"], parts["indptr"]
+    rows_written, offset = record["rows"], record["nnz"]
+    if progress and rows_written:
+        progress(f"resuming {path} at row {rows_written:,}", rows_written, n_obs)
+
+    def checkpoint() -> None:
+        record.update(rows=rows_written, nnz=offset,
+                      lengths={name: part.stored for name, part in parts.items()})  # fmt: skip
+        log.put(path, {name: part.tail for name, part in parts.items()}, **record)
+
+    buckets: RowBuckets | None = None
+    if rank is None:
+        sparse = csr_blocks(present, maps, budget, path, progress, start=rows_written)
+    else:
         nnz = sum(m.nnz for m in present)
-        buckets = RowBuckets(scratch / path, rank, rows_per_block(nnz, n_obs, budget))
-        for first, ptr, idx, val in sparse:
+        per_bucket = record.get("rows_per_bucket") or rows_per_block(nnz, n_obs, budget)
+        scattered = record.get("scattered", 0)
+        if progress and 0 < scattered < n_obs:
+            progress(f"resuming the shuffle of {path} at row {scattered:,}", scattered, n_obs)
+        buckets = RowBuckets(
+            scratch / path, rank, per_bucket, restore=record.get("files"),
+            dtypes=record.get("dtypes"),
+        )  # fmt: skip
+        for first, ptr, idx, val in csr_blocks(present, maps, budget, path, progress, scattered):
             buckets.add_csr(first, ptr, idx.astype(indices.dtype, copy=False), val)
+            record.update(rows_per_bucket=per_bucket, scattered=first + ptr.size - 1,
+                          files=buckets.files(), dtypes=buckets.dtypes)  # fmt: skip
+            checkpoint()
         # the next bucket read back and put in order on a thread while this one is written
-        sparse = prefetched((0, *bucket) for bucket in buckets.drain_csr())
-    indptr_parts = [np.zeros(1, dtype=np.int64)]
-    offset = 0
-    for _, ptr, idx, val in sparse:
-        data.append(val.astype(dtype, copy=False))
+        first_bucket = rows_written // per_bucket
+        drained = buckets.drain_csr(first_bucket)
+        sparse = prefetched((first_bucket + i, *b) for i, b in enumerate(drained))
+    since, drained_buckets = 0, []  # bytes written since the last checkpoint; buckets in them
+    for number, ptr, idx, val in sparse:
+        data.append(val.astype(data.dtype, copy=False))
         indices.append(idx.astype(indices.dtype, copy=False))
-        indptr_parts.append(ptr[1:] + offset)
+        indptr.append(ptr[1:] + offset)
         offset += int(ptr[-1])
-    indptr = np.concatenate(indptr_parts)
-    group.create_array("indptr", data=indptr, chunks=(SCRATCH_CHUNK,), compressors=None)
+        rows_written += ptr.size - 1
+        since += val.nbytes + idx.nbytes
+        drained_buckets.append(number)
+        if since >= budget // 4:  # a record per quarter budget written: cheap, and a resumed
+            # run redoes little (a 1 GiB budget: every 256 MB, about 1-2 s of writing)
+            checkpoint()
+            since = 0
+            if buckets is not None:  # a bucket's files go once a checkpoint is past it
+                for bucket in drained_buckets:
+                    buckets.discard(bucket)
+            drained_buckets.clear()
+    for part in parts.values():
+        part.finish()
+    log.put(path, done=True)
+
+
+class ChunkAppender:
+    """Values appended to a 1-D zarr array in whole chunks only, the rest (the tail) kept
+    until more come, so no chunk is ever written twice: a run killed while it writes can
+    spoil only chunks written after its last checkpoint (the array's whole chunks and the
+    tail, :meth:`Checkpoints.put`), never one the checkpoint counts."""
+
+    def __init__(self, array: Any, stored: int, tail: np.ndarray | None):
+        self.array = array
+        self.chunk = int(array.chunks[0])
+        self.dtype = np.dtype(array.dtype)
+        if array.shape[0] != stored:
+            array.resize((stored,))
+        self.tail = np.empty(0, self.dtype) if tail is None else tail.astype(self.dtype)
+
+    @property
+    def stored(self) -> int:
+        return int(self.array.shape[0])
+
+    def append(self, values: np.ndarray) -> None:
+        if self.tail.size + values.size < self.chunk:
+            self.tail = np.concatenate([self.tail, values])
+            return
+        head = self.chunk - self.tail.size  # the tail filled to a whole chunk first
+        self.array.append(np.concatenate([self.tail, values[:head]]))
+        rest = values[head:]
+        whole = rest.size // self.chunk * self.chunk
+        if whole:
+            self.array.append(rest[:whole])
+        self.tail = rest[whole:].copy()  # not a view: the block it came from can go
+
+    def finish(self) -> None:
+        if self.tail.size:
+            self.array.append(self.tail)
+            self.tail = self.tail[:0]
 
 
 def prefetched(blocks: Iterator[Any]) -> Iterator[Any]:
@@ -487,24 +642,33 @@ READERS = 2  # threads reading and remapping input blocks ahead of the caller
 
 
 def csr_blocks(
-    present: list[Any], maps: list[np.ndarray], budget: int, path: str, progress: Any
+    present: list[Any],
+    maps: list[np.ndarray],
+    budget: int,
+    path: str,
+    progress: Any,
+    start: int = 0,
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
     """(first row, indptr, indices, data) of the inputs' row blocks, on the result's
     columns, in order. :data:`READERS` threads read and remap the next blocks while the
     caller works on this one (h5py and pread reads, scipy's row sort and numpy's gathers
     release the GIL): the caller's block and ``READERS`` more are in memory, each within
-    ``budget / (READERS + 1)``."""
+    ``budget / (READERS + 1)``. ``start``: the first row of the stacked inputs to yield
+    (a resumed run's)."""
     jobs = []
-    at = 0
+    offset = 0  # the input's first row in the stack
     for number, (matrix, column_map) in enumerate(zip(present, maps, strict=True)):
+        n_rows = matrix.shape[0]
+        offset, first = offset + n_rows, offset
+        if first + n_rows <= start:
+            continue
         if matrix.encoding in SPARSE_ENCODINGS:  # its indptr and shard indexes read here,
             matrix.warm()  # not by two threads at once
         monotonic = is_monotonic(column_map)
-        step = rows_per_block(matrix.nnz, matrix.shape[0], budget // (READERS + 1))
-        for start in range(0, matrix.shape[0], step):
-            stop = min(matrix.shape[0], start + step)
-            jobs.append((number, matrix, column_map, monotonic, start, stop, at))
-            at += stop - start
+        step = rows_per_block(matrix.nnz, n_rows, budget // (READERS + 1))
+        for lo in range(max(0, start - first), n_rows, step):
+            hi = min(n_rows, lo + step)
+            jobs.append((number, matrix, column_map, monotonic, lo, hi, first + lo))
 
     def remapped(job: tuple[Any, ...]) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
         _, matrix, column_map, monotonic, start, stop, at = job
@@ -551,10 +715,8 @@ def _numbered(blocks: Iterator[np.ndarray]) -> Iterator[tuple[int, np.ndarray]]:
         at += block.shape[0]
 
 
-def _growing(group: Any, name: str, dtype: Any) -> Any:
-    return group.create_array(
-        name, shape=(0,), dtype=dtype, chunks=(SCRATCH_CHUNK,), compressors=None
-    )
+def _growing(group: Any, name: str, dtype: Any, chunk: int = SCRATCH_CHUNK) -> Any:
+    return group.create_array(name, shape=(0,), dtype=dtype, chunks=(chunk,), compressors=None)
 
 
 def rows_per_block(nnz: int, n_obs: int, budget: int) -> int:

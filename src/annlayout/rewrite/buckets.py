@@ -6,10 +6,17 @@ appended to the file of the bucket its new position falls in (bucket ``b`` holds
 positions ``b * rows_per_bucket`` onwards); then each bucket, small enough for memory, is
 read back whole, its rows put in their final order, and handed on. Every read and write is
 sequential, and memory holds one input block or one bucket.
+
+Everything the buckets hold is in their files (each row's new position and length too, in
+``rows.bin``), only ever appended to; so :meth:`RowBuckets.files` taken after a block is a
+checkpoint, and a run killed later resumes from it (``restore=``): files cut back to those
+sizes, the rows after them added again.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,18 +28,55 @@ from annlayout.rewrite.collection import reorder_csr
 class RowBuckets:
     """Rows of one matrix on their way to the positions ``rank`` gives them (``rank[r]``:
     the new position of row ``r``). Sparse rows (``add_csr``) or dense ones (``add_dense``),
-    not both; ``drain`` yields the buckets in order, rows sorted."""
+    not both; ``drain`` yields the buckets in order, rows sorted. ``restore``: the
+    :meth:`files` of an earlier run in ``directory`` to continue from (else it starts empty);
+    ``dtypes`` (name -> dtype of the values) must be given for it."""
 
-    def __init__(self, directory: Path, rank: np.ndarray, rows_per_bucket: int):
+    def __init__(
+        self,
+        directory: Path,
+        rank: np.ndarray,
+        rows_per_bucket: int,
+        *,
+        restore: dict[str, int] | None = None,
+        dtypes: dict[str, str] | None = None,
+    ):
         self.directory = directory
-        self.directory.mkdir(parents=True, exist_ok=True)
         self.rank = rank
         self.rows_per_bucket = max(1, rows_per_bucket)
         self.n_buckets = max(1, -(-rank.size // self.rows_per_bucket))
         self._ranks: list[list[np.ndarray]] = [[] for _ in range(self.n_buckets)]
         self._lengths: list[list[np.ndarray]] = [[] for _ in range(self.n_buckets)]
-        self._dtypes: dict[str, np.dtype] = {}
+        self._dtypes: dict[str, np.dtype] = {k: np.dtype(v) for k, v in (dtypes or {}).items()}
         self._row_shape: tuple[int, ...] = ()
+        if restore is None:
+            shutil.rmtree(directory, ignore_errors=True)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if restore is not None:
+            self._restore(restore)
+
+    @property
+    def dtypes(self) -> dict[str, str]:
+        return {name: dtype.str for name, dtype in self._dtypes.items()}
+
+    def files(self) -> dict[str, int]:
+        """name -> size of every file the buckets hold: a checkpoint for ``restore``."""
+        return {entry.name: entry.stat().st_size for entry in os.scandir(self.directory)}
+
+    def _restore(self, files: dict[str, int]) -> None:
+        for entry in os.scandir(self.directory):
+            if entry.name not in files:
+                os.unlink(entry.path)  # written after the checkpoint
+            elif entry.stat().st_size > files[entry.name]:
+                os.truncate(entry.path, files[entry.name])
+        pairs = np.fromfile(self.directory / "rows.bin", dtype=np.int64).reshape(-1, 2)
+        buckets = pairs[:, 0] // self.rows_per_bucket
+        order = np.argsort(buckets, kind="stable")  # each bucket's rows in the order they came
+        bounds = np.searchsorted(buckets[order], np.arange(self.n_buckets + 1))
+        for bucket in range(self.n_buckets):
+            rows = pairs[order[bounds[bucket] : bounds[bucket + 1]]]
+            self._ranks[bucket] = [rows[:, 0]]
+            self._lengths[bucket] = [rows[:, 1]]
 
     def add_csr(
         self, first_row: int, indptr: np.ndarray, indices: np.ndarray, data: np.ndarray
@@ -63,6 +107,10 @@ class RowBuckets:
             for name, values in arrays.items():
                 with open(self._file(bucket, name), "ab") as out:
                     values[ptr[lo] : ptr[hi]].tofile(out)
+        # last: a checkpoint's rows.bin never names values that are not in the files yet
+        pairs = np.column_stack([self.rank[rows], np.diff(ptr)]).astype(np.int64)
+        with open(self.directory / "rows.bin", "ab") as out:
+            pairs.tofile(out)
 
     def _file(self, bucket: int, name: str) -> Path:
         return self.directory / f"{bucket:06d}.{name}"
@@ -71,13 +119,18 @@ class RowBuckets:
         path = self._file(bucket, name)
         if not path.exists():
             return np.empty(0, dtype=self._dtypes.get(name, np.float32))
-        values = np.fromfile(path, dtype=self._dtypes[name])
-        path.unlink()  # read once: the disk is given back as the shuffle proceeds
-        return values
+        return np.fromfile(path, dtype=self._dtypes[name])
 
-    def drain_csr(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """Per bucket, in order: (indptr, indices, data) of its rows in their new order."""
-        for bucket in range(self.n_buckets):
+    def discard(self, bucket: int) -> None:
+        """A bucket's files, once its rows are written: the disk is given back as the
+        shuffle proceeds (not on reading it, so a run killed meanwhile can read it again)."""
+        for name in ("indices", "data"):
+            self._file(bucket, name).unlink(missing_ok=True)
+
+    def drain_csr(self, first: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Per bucket from ``first`` on, in order: (indptr, indices, data) of its rows in
+        their new order."""
+        for bucket in range(first, self.n_buckets):
             ranks, lengths = self._take(bucket)
             indptr = np.zeros(lengths.size + 1, dtype=np.int64)
             np.cumsum(lengths, out=indptr[1:])
@@ -89,6 +142,7 @@ class RowBuckets:
             ranks, _ = self._take(bucket)
             block = self._read(bucket, "data").reshape(ranks.size, *self._row_shape)
             yield block[np.argsort(ranks, kind="stable")]
+            self.discard(bucket)
 
     def _take(self, bucket: int) -> tuple[np.ndarray, np.ndarray]:
         ranks = np.concatenate(self._ranks[bucket] or [np.empty(0, np.int64)])
