@@ -10,6 +10,11 @@ transpose from the grown primary and its mirror record renewed. After verificati
 sibling and the store trade places in one ``renameat2(RENAME_EXCHANGE)``, so an interrupted
 or failed append leaves the store exactly as it was.
 
+A store on object storage (``s3://...``) is appended to the same way, with what object stores
+have: the sibling is a hidden prefix, unchanged objects are server-side copies rather than
+hard links, and the exchange is :func:`annlayout.journal.commit` (the objects it replaces are
+backed up first and restored after a failure, or by the next append after a kill).
+
 The inputs' columns are aligned to the store's genes by name, as ``concat`` aligns them:
 ``join="inner"`` refuses an input that lacks some of the store's genes, ``join="outer"`` fills
 them with implicit zeros (NaN in dense arrays); genes the store does not have are dropped and
@@ -147,9 +152,10 @@ def append(
     verify: bool = True,
     progress: Progress | None = None,
 ) -> AppendResult:
-    """Add the cells of ``inputs`` to ``store`` (a zarr store annlayout wrote), keeping its
-    recorded layout and genes. Atomic: the store changes only once the append is complete
-    and verified."""
+    """Add the cells of ``inputs`` to ``store`` (a zarr store annlayout wrote: a path or an
+    ``s3://`` URL), keeping its recorded layout and genes. Atomic: the store changes only
+    once the append is complete and verified; on object storage a kill while its objects
+    are replaced is rolled back by the next append to it."""
     import anndata as ad
     import zarr
 
