@@ -180,3 +180,25 @@ def test_a_rerun_after_a_kill_restores_then_appends(tmp_path, s3, backend, input
     assert _leftovers(s3, prefix) == []
     with pytest.raises(AppendError, match="already appended"):
         append(remote, inputs[1:], join="outer")
+
+
+def test_append_through_injected_failures_equals_a_clean_append(
+    tmp_path, proxied_s3, backend, inputs
+):
+    """503s and dropped connections on the server-side copies, the writes and the reads of an
+    append (through the loopback proxy) are retried: the store equals a local append."""
+    layout = _layout(tmp_path, "cell-browser", "[csr, csc]")
+    remote, local = f"{proxied_s3.url}/store.zarr", tmp_path / "store.zarr"
+    for store in (remote, local):
+        concat(layout, inputs[:1], store, join="outer")
+    proxy = proxied_s3.proxy
+    proxy.fail("503", times=4, method="PUT", every=3)
+    proxy.fail("drop", times=2, method="PUT", every=5)
+    proxy.fail("503", times=3, method="GET", every=4)
+    proxy.fail("drop", times=2, method="GET", every=7)
+    result = append(remote, inputs[1:], join="outer")
+    assert proxy.injected == 11 and result.verified  # they happened, and were retried
+    proxy.clear_failures()
+    append(local, inputs[1:], join="outer")
+    _same(_read(remote), _read(local))
+    assert not has_journal(remote)
