@@ -414,6 +414,59 @@ def test_resume_continues_inside_the_combining_step(tmp_path, phase, options):
     assert (expected != got.X).nnz == 0
 
 
+def test_resume_after_the_last_partial_bucket_was_recorded(tmp_path, monkeypatch):
+    """Interrupted once every row is recorded but before the arrays' tails are written (the
+    last bucket partial): the resumed run drains nothing again and equals the expected rows."""
+    import annlayout.concatenate as concatenate
+
+    source = tmp_path / "in.h5ad"
+    X = sp.random(1_750, 300, density=0.1, format="csr", dtype=np.float32, random_state=3)
+    ad.AnnData(X=X).write_h5ad(source)
+    out, scratch = tmp_path / "out.zarr", tmp_path / ".out.zarr.annlayout-concat"
+    monkeypatch.setattr(concatenate, "checkpoint_bytes", lambda budget: 1)  # after every bucket
+
+    def interrupted(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(concatenate.ChunkAppender, "finish", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        concat("ml-minibatch", [source, source], out, index_unique="-", shuffle=1, memory="1MiB")
+    record = json.loads((scratch / "assembling" / "X.json").read_text())
+    assert record["rows"] == 3_500 and record["rows"] % record["rows_per_bucket"]
+    monkeypatch.undo()
+    concat("ml-minibatch", [source, source], out, index_unique="-", shuffle=1, resume=True)
+    got = ad.read_zarr(out)
+    order = np.asarray(got.uns["annlayout_order"]["source_row"])
+    assert (sp.vstack([X, X]).tocsr()[order] != got.X).nnz == 0
+
+
+def test_resume_never_takes_combined_inputs_of_other_options(tmp_path):
+    """Combined with one seed (then killed in the layout step), combined again with another
+    seed under --resume (killed meanwhile): a --resume with the first seed combines again
+    rather than trust the first run's marker."""
+    source = tmp_path / "in.h5ad"
+    X = sp.random(20_000, 2_000, density=0.05, format="csr", dtype=np.float32, random_state=1)
+    ad.AnnData(X=X).write_h5ad(source)
+    out, scratch = tmp_path / "out.zarr", tmp_path / ".out.zarr.annlayout-concat"
+    _killed_after_combining(source, out, "--shuffle", "3")
+    exe = Path(sys.executable).with_name("annlayout")
+    command = [exe, "concat", "ml-minibatch", source, source, out, "--index-unique", "-",
+               "--memory", "64MiB", "--quiet", "--shuffle", "5", "--resume"]  # fmt: skip
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while _recorded(scratch, "scattered") < 5_000:
+        assert child.poll() is None, child.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    child.send_signal(signal.SIGKILL)
+    child.communicate(timeout=60)
+    concat("ml-minibatch", [source, source], out, index_unique="-", shuffle=3, resume=True)
+    got = ad.read_zarr(out)
+    assert got.uns["annlayout_order"]["seed"] == 3
+    order = np.asarray(got.uns["annlayout_order"]["source_row"])
+    assert (sp.vstack([X, X]).tocsr()[order] != got.X).nnz == 0
+
+
 def test_an_existing_output_is_refused_before_any_work(tmp_path, collection):
     paths, _ = collection
     out = tmp_path / "there.zarr"

@@ -202,3 +202,45 @@ def test_append_through_injected_failures_equals_a_clean_append(
     append(local, inputs[1:], join="outer")
     _same(_read(remote), _read(local))
     assert not has_journal(remote)
+
+
+KILLED_WHILE_CLEARING = """\
+import os, sys
+import annlayout.journal as journal
+from annlayout import append
+
+def dying(url):  # the store holds the new objects, root last; the journal is not cleared yet
+    os._exit(9)
+
+journal._clear = dying
+append(sys.argv[1], sys.argv[2:], join="outer")
+"""
+
+
+def test_a_kill_after_the_new_root_keeps_the_finished_append(tmp_path, s3, backend, inputs):
+    """Killed once the new root is written but before its journal is cleared: the append
+    had finished, and the next append recognises it (digests of the root) rather than undo
+    it."""
+    prefix = f"{backend}-append-finished"
+    remote = f"{s3}/{prefix}/store.zarr"
+    concat(_layout(tmp_path, "ml-minibatch"), inputs[:1], remote)
+    script = tmp_path / "killed.py"
+    script.write_text(KILLED_WHILE_CLEARING)
+    args = [sys.executable, script, remote, *map(str, inputs[1:2])]
+    assert subprocess.run(args, capture_output=True).returncode == 9
+    assert has_journal(remote)
+    appended = _objects(remote)
+    assert CliRunner().invoke(main, ["inspect", remote]).exit_code == 0  # whole, readable
+    assert roll_back(remote) == "finished" and not has_journal(remote)
+    assert _objects(remote) == appended
+    with pytest.raises(AppendError, match="already appended"):
+        append(remote, inputs[1:2], join="outer")
+    result = append(remote, inputs[2:], join="outer")
+    assert result.n_obs_before == _read(remote).n_obs - result.n_obs_added
+    assert _leftovers(s3, prefix) == []  # the killed run's staging went with the next append
+
+
+def test_append_to_a_whole_bucket_is_refused_in_one_line(s3, backend, inputs):
+    refused = CliRunner().invoke(main, ["append", s3, str(inputs[1])])
+    assert refused.exit_code == 1 and "a whole bucket" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1

@@ -168,8 +168,13 @@ def append(
     remote = is_url(store)
     if remote:
         store = str(store).rstrip("/")
-        if roll_back(store):  # an append killed while it changed the store: undone first
+        if "/" not in store.partition("://")[2].strip("/"):
+            raise AppendError(f"{store}: a whole bucket; append works on a store under a prefix")
+        undone = roll_back(store)  # an append killed while it replaced the store's objects
+        if undone == "restored":
             notes.append(f"{store}: an append that was cut short was rolled back first")
+        elif undone == "finished":
+            notes.append(f"{store}: an earlier append had finished; its journal was cleared")
     else:  # a link to a store: the store itself is swapped, not the link
         store = Path(store).resolve()
     budget = parse_size(memory)
@@ -732,9 +737,10 @@ def _commit(tmp: str, store: str, linked: dict[str, int]) -> None:
         commit(tmp, store, linked, between=check_interrupted)
     except Exception as err:
         if has_journal(store):
+            first = (str(err).splitlines() or [type(err).__name__])[0]
             raise AppendError(
                 f"{store}: the append failed while it replaced objects and could not be undone "
-                f"({str(err).splitlines()[0]}); run annlayout append again to restore the store"
+                f"({first}); run annlayout append again to restore the store"
             ) from err
         raise
 

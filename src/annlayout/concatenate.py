@@ -158,6 +158,7 @@ def concat(
         assembled = tmp / "assembled.zarr"
         done = tmp / ASSEMBLED_MARKER
         if not (resume and done.exists() and done.read_text() == fingerprint):
+            done.unlink(missing_ok=True)  # it described combined inputs that are being replaced
             started = Checkpoints(tmp / "assembling", fingerprint, resume=resume)
             if not started.resumed:
                 remove(assembled)
@@ -517,7 +518,8 @@ def _write_matrix(
                           files=buckets.files(), dtypes=buckets.dtypes)  # fmt: skip
             checkpoint()
         # the next bucket read back and put in order on a thread while this one is written
-        first_bucket = rows_written // per_bucket
+        # checkpoints fall after whole buckets, the last bucket perhaps partial: round up
+        first_bucket = -(-rows_written // per_bucket)
         drained = buckets.drain_csr(first_bucket)
         sparse = prefetched((first_bucket + i, *b) for i, b in enumerate(drained))
     since, drained_buckets = 0, []  # bytes written since the last checkpoint; buckets in them
@@ -529,8 +531,7 @@ def _write_matrix(
         rows_written += ptr.size - 1
         since += val.nbytes + idx.nbytes
         drained_buckets.append(number)
-        if since >= budget // 4:  # a record per quarter budget written: cheap, and a resumed
-            # run redoes little (a 1 GiB budget: every 256 MB, about 1-2 s of writing)
+        if since >= checkpoint_bytes(budget):
             checkpoint()
             since = 0
             if buckets is not None:  # a bucket's files go once a checkpoint is past it
@@ -540,6 +541,12 @@ def _write_matrix(
     for part in parts.values():
         part.finish()
     log.put(path, done=True)
+
+
+def checkpoint_bytes(budget: int) -> int:
+    """Values written between two records of a matrix's progress: a quarter budget is cheap
+    to record and little to redo (a 1 GiB budget: every 256 MB, 1-2 s of writing)."""
+    return budget // 4
 
 
 class ChunkAppender:

@@ -9,13 +9,18 @@ reader refuses the store as incomplete: the convention of :func:`annlayout.remot
 copies the staged objects over, deletes what the staged copy lacks, and writes the root
 metadata last. A failure on the way is undone at once; a kill leaves the journal, and
 :func:`roll_back` (which the next ``append`` calls first) restores the store from it, byte
-for byte. All copies are server-side (S3 CopyObject): no bytes come down to this machine.
+for byte, unless the store already holds the new root metadata (the journal records its
+digests): then the commit had finished and only its journal is cleared. All copies are
+server-side (S3 CopyObject): no bytes come down to this machine.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable, Collection
+from contextlib import suppress
+from typing import Literal
 
 from annlayout.remote import (
     ROOT_LAST,
@@ -65,7 +70,8 @@ def commit(
     backup = sorted({*roots, *(set(changed) & old.keys()), *gone})
     remove(journal)
     copy_objects(store, f"{journal}/backup", backup)
-    record = {"objects": sorted(old), "backup": backup}
+    new_roots = {name: _digest(f"{staged}/{name}") for name in ROOT_METADATA if name in new}
+    record = {"objects": sorted(old), "backup": backup, "roots": new_roots}
     write_object(f"{journal}/journal.json", json.dumps(record).encode())  # the backup is whole
     try:
         delete_objects(store, roots)  # the store is incomplete from here until its new root
@@ -80,19 +86,24 @@ def commit(
     except BaseException:
         roll_back(store)
         raise
-    delete_objects(journal, ["journal.json"])
-    remove(journal)
+    with suppress(Exception):  # done: a journal left behind is recognised as finished
+        _clear(journal)
 
 
-def roll_back(store: str) -> bool:
-    """Restore ``store`` from the journal of a commit that did not finish; True if there
-    was one. Safe to repeat: a roll-back cut short is finished by the next."""
+def roll_back(store: str) -> Literal["restored", "finished"] | None:
+    """Restore ``store`` from the journal of a commit that was cut short: "restored"; or, if
+    the store holds the commit's new root metadata already (it was cut short only while
+    clearing its journal), clear the journal: "finished". None where there is no journal.
+    Safe to repeat: a roll-back cut short is finished by the next."""
     journal = journal_url(store)
     try:
         record = json.loads(read_object(f"{journal}/journal.json"))
     except FileNotFoundError:  # no commit began, or its backup was not whole: store untouched
         remove(journal)
-        return False
+        return None
+    if _finished(store, journal, record):
+        _clear(journal)
+        return "finished"
     before = set(record["objects"])
     backup = list(record["backup"])
     delete_objects(store, [name for name in ROOT_METADATA if name in before])
@@ -102,9 +113,37 @@ def roll_back(store: str) -> bool:
     for name in ROOT_LAST:
         if name in backup:
             copy_objects(f"{journal}/backup", store, [name])
-    delete_objects(journal, ["journal.json"])
+    _clear(journal)
+    return "restored"
+
+
+def _finished(store: str, journal: str, record: dict) -> bool:
+    """Whether the store's root metadata is the commit's new one (and not its old one)."""
+    roots = record.get("roots") or {}
+    if not roots:
+        return False
+    try:
+        now = {name: _digest(f"{store}/{name}") for name in roots}
+    except FileNotFoundError:  # a root not written yet
+        return False
+    if now != roots:
+        return False
+    old = {}
+    for name in roots:
+        try:
+            old[name] = _digest(f"{journal}/backup/{name}")
+        except FileNotFoundError:
+            old[name] = ""
+    return old != roots
+
+
+def _digest(url: str) -> str:
+    return hashlib.sha256(read_object(url)).hexdigest()
+
+
+def _clear(journal: str) -> None:
+    delete_objects(journal, ["journal.json"])  # first: a journal without it means nothing
     remove(journal)
-    return True
 
 
 def _batches(names: list[str], size: int = 256) -> list[list[str]]:

@@ -115,11 +115,15 @@ class RowBuckets:
     def _file(self, bucket: int, name: str) -> Path:
         return self.directory / f"{bucket:06d}.{name}"
 
-    def _read(self, bucket: int, name: str) -> np.ndarray:
+    def _read(self, bucket: int, name: str, expected: int) -> np.ndarray:
+        """``expected`` values of a bucket's file (none: it may never have been made)."""
         path = self._file(bucket, name)
-        if not path.exists():
+        if not expected:
             return np.empty(0, dtype=self._dtypes.get(name, np.float32))
-        return np.fromfile(path, dtype=self._dtypes[name])
+        values = np.fromfile(path, dtype=self._dtypes[name])
+        if values.size != expected:
+            raise RuntimeError(f"{path}: {values.size} values, {expected} expected")
+        return values
 
     def discard(self, bucket: int) -> None:
         """A bucket's files, once its rows are written: the disk is given back as the
@@ -134,13 +138,16 @@ class RowBuckets:
             ranks, lengths = self._take(bucket)
             indptr = np.zeros(lengths.size + 1, dtype=np.int64)
             np.cumsum(lengths, out=indptr[1:])
-            indices, data = self._read(bucket, "indices"), self._read(bucket, "data")
+            nnz = int(indptr[-1])
+            indices, data = self._read(bucket, "indices", nnz), self._read(bucket, "data", nnz)
             yield reorder_csr(indptr, indices, data, np.argsort(ranks, kind="stable"))
 
     def drain_dense(self) -> Iterator[np.ndarray]:
         for bucket in range(self.n_buckets):
             ranks, _ = self._take(bucket)
-            block = self._read(bucket, "data").reshape(ranks.size, *self._row_shape)
+            per_row = int(np.prod(self._row_shape, dtype=np.int64))
+            values = self._read(bucket, "data", ranks.size * per_row)
+            block = values.reshape(ranks.size, *self._row_shape)
             yield block[np.argsort(ranks, kind="stable")]
             self.discard(bucket)
 
