@@ -100,14 +100,16 @@ def _usable_cpus() -> int:
 
 
 @cache
-def _pool() -> ThreadPoolExecutor:
+def read_pool() -> ThreadPoolExecutor:
+    """The threads that read and decode chunks (one per usable core), shared with
+    :mod:`annlayout.h5_reads`: one pool for every read in a process."""
     return ThreadPoolExecutor(max_workers=_usable_cpus(), thread_name_prefix="annlayout-read")
 
 
 # A forked child (e.g. a PyTorch DataLoader worker) inherits the pool without its threads:
 # it makes its own on first use.
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_pool.cache_clear)
+    os.register_at_fork(after_in_child=read_pool.cache_clear)
 
 
 def _numcodecs_decoder(name: str, config: dict[str, Any]) -> Decoder | None:
@@ -304,13 +306,13 @@ class ChunkReader:
 
     def _run(self, work: Callable[[list[Any]], None], jobs: list[tuple[Any, np.ndarray]]) -> None:
         """``work`` over ``jobs`` on the decoding pool, in a few tasks per worker."""
-        workers = _pool()._max_workers
+        workers = read_pool()._max_workers
         if len(jobs) <= 2 or workers == 1:
             work(jobs)
             return
         size = -(-len(jobs) // (4 * workers))  # a few tasks per worker: balanced, cheap
         batches = [jobs[i : i + size] for i in range(0, len(jobs), size)]
-        for future in [_pool().submit(work, batch) for batch in batches]:
+        for future in [read_pool().submit(work, batch) for batch in batches]:
             future.result()
 
     def _read_local_batch(self, jobs: list[tuple[tuple[str, int, int] | None, np.ndarray]]) -> None:

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from annlayout.chunk_reads import _pool
+from annlayout.chunk_reads import read_pool
 
 DEFLATE = 1  # H5Z_FILTER_DEFLATE
 
@@ -143,7 +143,7 @@ class H5Reader:
             for within, count, at in parts[chunk]:
                 out[at : at + count] = np.frombuffer(raw, self.dtype, count, within * size)
 
-        for _ in _pool().map(one, parts):
+        for _ in read_pool().map(one, parts):
             pass
 
 
