@@ -392,19 +392,37 @@ def apply_command(
         )
 
 
+def _combining_options(join_help: str, cells: str) -> Callable[[Any], Any]:
+    """--join, --label, --keys and --index-unique: concat and append combine their inputs
+    the same way (as anndata.concat does); only what the help says of them differs."""
+    options = [
+        click.option(
+            "--join",
+            type=click.Choice(["inner", "outer"]),
+            default="inner",
+            show_default=True,
+            help=join_help,
+        ),
+        click.option("--label", metavar="COLUMN", help=f"An obs column recording {cells} input."),
+        click.option("--keys", metavar="K1,K2,...", help="The --label values, one per input."),
+        click.option("--index-unique", metavar="SEP", help="Unique obs names: name + SEP + key."),
+    ]
+
+    def decorate(command: Any) -> Any:
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
+
+
 @main.command("concat")
 @click.argument("layout")
 @click.argument("paths", nargs=-1, required=True, metavar="INPUT... OUTPUT")
-@click.option(
-    "--join",
-    type=click.Choice(["inner", "outer"]),
-    default="inner",
-    show_default=True,
-    help="Genes every input has (inner), or any input has (outer: absent ones are zeros).",
+@_combining_options(
+    "Genes every input has (inner), or any input has (outer: absent ones are zeros).",
+    "each cell's",
 )
-@click.option("--label", metavar="COLUMN", help="An obs column recording each cell's input.")
-@click.option("--keys", metavar="K1,K2,...", help="The --label values, one per input.")
-@click.option("--index-unique", metavar="SEP", help="Make obs names unique: name + SEP + key.")
 @click.option(
     "--merge",
     type=click.Choice(["same", "unique", "first", "only"]),
@@ -487,16 +505,10 @@ def concat_command(
 @main.command("append")
 @click.argument("store")
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
-@click.option(
-    "--join",
-    type=click.Choice(["inner", "outer"]),
-    default="inner",
-    show_default=True,
-    help="inner: every input must have all the store's genes; outer: absent ones are zeros.",
+@_combining_options(
+    "inner: every input must have all the store's genes; outer: absent ones are zeros.",
+    "each new cell's",
 )
-@click.option("--label", metavar="COLUMN", help="An obs column recording each new cell's input.")
-@click.option("--keys", metavar="K1,K2,...", help="The --label values, one per input.")
-@click.option("--index-unique", metavar="SEP", help="New obs names: name + SEP + key.")
 @click.option("--memory", default=defaults.MEMORY, show_default=True, help="Memory budget.")
 @click.option("--no-verify", is_flag=True, help="Skip comparing the result with its sources.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
