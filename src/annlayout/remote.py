@@ -225,12 +225,7 @@ def remove(url: str) -> None:
     url = url.rstrip("/")
     names = sorted(listing(url), key=lambda name: name not in ROOT_METADATA)
     if chosen_backend() == "obstore":
-        import obstore
-
-        client, key = _split(url)
-        keys = [f"{key}/{name}" if key else name for name in names]
-        for start in range(0, len(keys), 1000):  # S3's batch delete takes 1,000 keys
-            obstore.delete(client, keys[start : start + 1000])
+        delete_objects(url, names)  # in that order: the roots in the first batch
         return
     fs = filesystem(url)
     roots = [f"{url}/{name}" for name in names if name in ROOT_METADATA]
@@ -344,7 +339,7 @@ def delete_objects(url: str, names: list[str]) -> None:
 
         client, key = _split(url)
         keys = [_join(key, name) for name in names]
-        for start in range(0, len(keys), 1000):
+        for start in range(0, len(keys), 1000):  # S3's batch delete takes 1,000 keys
             obstore.delete(client, keys[start : start + 1000])
         return
     fs = filesystem(url)
