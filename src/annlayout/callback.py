@@ -105,11 +105,7 @@ class LayoutCallback:
         info = describe_in_memory(path, encoding, matrix)
         plan = plan_element(info, settings, target_of(backend), rule, self.layout)
         self.plans[path] = plan
-        if plan.orientation != encoding[:3]:
-            matrix = matrix.tocsr() if plan.orientation == "csr" else matrix.tocsc()
-        group = write_sparse_group(store, key, matrix, plan, backend)
-        if plan.copies:
-            write_copy_group(group, matrix, plan, backend)
+        write_sparse(store, key, matrix, plan, backend)
 
     def _check_target(self, target: Any) -> None:
         wanted = self.layout.target
@@ -132,6 +128,16 @@ class LayoutCallback:
 
 def _target_text(target: Any) -> str:
     return "h5ad" if target.format == "h5ad" else f"zarr v{target.zarr_format}"
+
+
+def write_sparse(store: Any, key: str, matrix: Any, plan: ElementPlan, backend: Any) -> None:
+    """Write an in-memory CSR/CSC matrix as planned: its orientation, index dtypes, parts'
+    chunks and codecs, and the second orientation if the plan has one."""
+    if plan.orientation != matrix.format:
+        matrix = matrix.tocsr() if plan.orientation == "csr" else matrix.tocsc()
+    group = write_sparse_group(store, key, matrix, plan, backend)
+    if plan.copies:
+        write_copy_group(group, matrix, plan, backend)
 
 
 def write_sparse_group(

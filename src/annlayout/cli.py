@@ -311,7 +311,7 @@ def inspect_command(store: str, as_json: bool) -> None:
     "--whole-below",
     default=defaults.WHOLE_BELOW,
     show_default=True,
-    help="Copy elements smaller than this whole, through anndata; stream the rest in blocks.",
+    help="Copy elements smaller than this whole; stream the rest in blocks.",
 )
 @click.option(
     "--codec-pipeline",

@@ -11,6 +11,7 @@ from typing import Any, Literal
 import numpy as np
 
 from annlayout.codecs import h5py_kwargs, zarr_v2_compressor, zarr_v3_compressors
+from annlayout.encodings import STRING, is_h5py
 from annlayout.plan import ArrayPlan
 from annlayout.spec import Target
 
@@ -55,13 +56,28 @@ def create_array(
     values: np.ndarray | None,
     plan: ArrayPlan,
     backend: Backend,
+    attributes: dict[str, Any] | None = None,
 ) -> Any:
     """Create ``group[name]`` as planned and, if given, write ``values`` into it whole."""
-    dtype = np.dtype(plan.dtype)
     kwargs = array_kwargs(plan, backend)
     if backend == "h5py":
-        return group.create_dataset(name, data=values, shape=plan.shape, dtype=dtype, **kwargs)
-    array = group.create_array(name, shape=plan.shape, dtype=dtype, **kwargs)
+        import h5py
+
+        dtype = h5py.string_dtype() if plan.dtype == STRING else np.dtype(plan.dtype)
+        array = group.create_dataset(name, data=values, shape=plan.shape, dtype=dtype, **kwargs)
+        array.attrs.update(attributes or {})
+        return array
+    dtype = str if plan.dtype == STRING else np.dtype(plan.dtype)
+    array = group.create_array(name, shape=plan.shape, dtype=dtype, attributes=attributes, **kwargs)
     if values is not None and values.size:
         array[...] = values
     return array
+
+
+def create_group(group: Any, name: str, attributes: dict[str, Any]) -> Any:
+    """``group[name]`` with ``attributes``, in one metadata write where the backend can."""
+    if is_h5py(group):
+        created = group.create_group(name)
+        created.attrs.update(attributes)
+        return created
+    return group.create_group(name, attributes=attributes)

@@ -98,6 +98,7 @@ from annlayout.rewrite.resume import (
     resume_dir,
     save,
 )
+from annlayout.rewrite.verbatim import CopyPlan, copy_elements, plan_copy
 from annlayout.spec import Layout, load_layout
 from annlayout.storage import backend_of, create_array
 from annlayout.stores import (
@@ -354,7 +355,9 @@ class Rewriter:
         self.callback = LayoutCallback(layout)
         self.streamed: list[str] = []
         self.upgrades: list[str] = []  # legacy forms of the input, written in today's form
-        self.whole_bytes = 0  # elements read whole through anndata (uncompressed bytes)
+        self.whole_bytes = 0  # elements read whole (uncompressed bytes)
+        # why the small elements were written through anndata, not copied as stored
+        self.verbatim_refused: str | None = None
         # (element path, target group, part plans): other orientations, built after the blocks
         self.transposes: list[tuple[str, Any, dict[str, ArrayPlan]]] = []
         # (primary group, copy group, primary orientation): mirror records written at the end
@@ -365,14 +368,66 @@ class Rewriter:
     # -- phase 1 ------------------------------------------------------------------------
 
     def prepare(self, source: AnnDataStore, target: Path | str) -> list[Block]:
-        """Write every element but the large arrays through anndata and the layout's
-        callback, create the large ones empty, and list the blocks that fill them."""
-        import anndata as ad
-
+        """Write every element but the large arrays, create the large ones empty, and list
+        the blocks that fill them. Small elements are copied as stored where the input is in
+        today's encoding (:mod:`~annlayout.rewrite.verbatim`), else written through anndata
+        and the layout's callback."""
         self.source_root = source.root
         self.target_root = _create_root(target, self.layout)
         # marked incomplete from the first write until finish(): object stores cannot rename
         set_json_attr(self.target_root, PROVENANCE_KEY, {"complete": False})
+        if self.layout.target.format == "zarr":
+            copy = plan_copy(self.source_root, self.plans)
+            self.verbatim_refused = copy.refused
+            if copy.refused is None:
+                return self._copy_verbatim(copy)
+        return self._write_through_anndata(target)
+
+    def _copy_verbatim(self, copy: CopyPlan) -> list[Block]:
+        streamed: set[str] = set()
+
+        def stream(path: str, node: Any, into: Any, key: str, plan: ElementPlan) -> Iterator[Block]:
+            check_interrupted()
+            streamed.add(path)
+            if self._large(path, node):
+                self.streamed.append(path)
+            return self._stream(StandIn(node, path, plan.encoding), into, key, plan)
+
+        backend = backend_of(self.target_root)
+        blocks = list(
+            copy_elements(self.source_root, self.target_root, self.plans, copy, backend,
+                          self._large, stream, self._write_unit)
+        )  # fmt: skip
+        set_json_attr(self.target_root, PROVENANCE_KEY, {"complete": False})
+        self.whole_bytes = sum(p.nbytes or 0 for p in self.plans.values() if p.path not in streamed)
+        return blocks
+
+    def _write_unit(self, path: str, node: Any, into: Any, key: str) -> None:
+        """One element (or dataframe) that anndata transforms on its round trip, read and
+        written by anndata with the layout's callback."""
+        check_interrupted()
+        from anndata.experimental import write_dispatched
+        from anndata.io import read_elem
+
+        with warnings.catch_warnings(), writing():
+            warnings.filterwarnings("ignore", module="annlayout")
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            try:
+                value = read_elem(node)
+            except Exception as err:
+                raise ApplyError(f"{path}: cannot read the input: {_first_line(err)}") from None
+            try:
+                write_dispatched(into, key, value, callback=self.callback)
+            except (ApplyError, Interrupted):
+                raise
+            except Exception as err:
+                raise ApplyError(
+                    f"{path}: cannot write it as {_target_text(self.layout)}: {_first_line(err)}"
+                ) from None
+
+    def _write_through_anndata(self, target: Path | str) -> list[Block]:
+        import anndata as ad
+
         try:
             upgraded = read_upgraded(self.source_root, large=self._large)
         except ElementReadError as err:
