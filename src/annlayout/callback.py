@@ -24,6 +24,7 @@ from annlayout.encodings import (
     CONTAINER_ENCODINGS,
     SPARSE_ENCODINGS,
     element_path,
+    is_null_raw,
     write_sparse_attrs,
 )
 from annlayout.plan import ElementPlan, Kind, plan_array, plan_element
@@ -53,8 +54,8 @@ class LayoutCallback:
         dataset_kwargs: Any = None,
     ) -> None:
         encoding = iospec.encoding_type
-        if encoding == "null" and element_path(store, elem_name) == "raw":
-            return  # no raw: write_h5ad and write_zarr write nothing; write_dispatched a null
+        if is_null_raw(element_path(store, elem_name), encoding):
+            return  # write_h5ad and write_zarr write nothing; write_dispatched would a null
         if encoding in CONTAINER_ENCODINGS:
             func(store, elem_name, elem, dataset_kwargs={})
             return

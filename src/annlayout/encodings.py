@@ -394,6 +394,11 @@ def writing() -> Iterator[None]:
         yield
 
 
+def is_null_raw(path: str, encoding: str | None) -> bool:
+    """No raw: anndata 0.12+ may store one as a "null" element, and writes nothing for it."""
+    return path == "raw" and encoding == "null"
+
+
 def element_path(store: Any, key: str) -> str:
     """The element path (``obs/cell_type``) of a key written into a group, for any backend."""
     if key.startswith("/"):

@@ -24,7 +24,7 @@ import resource
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -98,7 +98,7 @@ from annlayout.rewrite.resume import (
     resume_dir,
     save,
 )
-from annlayout.rewrite.verbatim import CopyPlan, copy_elements, plan_copy
+from annlayout.rewrite.verbatim import AsStoredPlan, copy_as_stored, plan_as_stored
 from annlayout.spec import Layout, load_layout
 from annlayout.storage import backend_of, create_array
 from annlayout.stores import (
@@ -356,8 +356,6 @@ class Rewriter:
         self.streamed: list[str] = []
         self.upgrades: list[str] = []  # legacy forms of the input, written in today's form
         self.whole_bytes = 0  # elements read whole (uncompressed bytes)
-        # why the small elements were written through anndata, not copied as stored
-        self.verbatim_refused: str | None = None
         # (element path, target group, part plans): other orientations, built after the blocks
         self.transposes: list[tuple[str, Any, dict[str, ArrayPlan]]] = []
         # (primary group, copy group, primary orientation): mirror records written at the end
@@ -377,53 +375,39 @@ class Rewriter:
         # marked incomplete from the first write until finish(): object stores cannot rename
         set_json_attr(self.target_root, PROVENANCE_KEY, {"complete": False})
         if self.layout.target.format == "zarr":
-            copy = plan_copy(self.source_root, self.plans)
-            self.verbatim_refused = copy.refused
-            if copy.refused is None:
-                return self._copy_verbatim(copy)
+            as_stored = plan_as_stored(self.source_root, self.plans, self._large)
+            if as_stored.refused is None:
+                return self._copy_as_stored(as_stored)
         return self._write_through_anndata(target)
 
-    def _copy_verbatim(self, copy: CopyPlan) -> list[Block]:
-        streamed: set[str] = set()
-
+    def _copy_as_stored(self, as_stored: AsStoredPlan) -> list[Block]:
         def stream(path: str, node: Any, into: Any, key: str, plan: ElementPlan) -> Iterator[Block]:
             check_interrupted()
-            streamed.add(path)
-            if self._large(path, node):
-                self.streamed.append(path)
+            self.streamed.append(path)
             return self._stream(StandIn(node, path, plan.encoding), into, key, plan)
 
         backend = backend_of(self.target_root)
         blocks = list(
-            copy_elements(self.source_root, self.target_root, self.plans, copy, backend,
-                          self._large, stream, self._write_unit)
+            copy_as_stored(self.source_root, self.target_root, self.plans, as_stored, backend,
+                           self._large, stream, self._write_unit)
         )  # fmt: skip
-        set_json_attr(self.target_root, PROVENANCE_KEY, {"complete": False})
+        streamed = set(self.streamed)
         self.whole_bytes = sum(p.nbytes or 0 for p in self.plans.values() if p.path not in streamed)
         return blocks
 
     def _write_unit(self, path: str, node: Any, into: Any, key: str) -> None:
-        """One element (or dataframe) that anndata transforms on its round trip, read and
+        """One element (or dataframe) that anndata changes on its round trip, read and
         written by anndata with the layout's callback."""
         check_interrupted()
         from anndata.experimental import write_dispatched
         from anndata.io import read_elem
 
-        with warnings.catch_warnings(), writing():
-            warnings.filterwarnings("ignore", module="annlayout")
-            warnings.filterwarnings("ignore", category=FutureWarning)
+        with _through_anndata(self.layout, lambda: path):
             try:
                 value = read_elem(node)
             except Exception as err:
                 raise ApplyError(f"{path}: cannot read the input: {_first_line(err)}") from None
-            try:
-                write_dispatched(into, key, value, callback=self.callback)
-            except (ApplyError, Interrupted):
-                raise
-            except Exception as err:
-                raise ApplyError(
-                    f"{path}: cannot write it as {_target_text(self.layout)}: {_first_line(err)}"
-                ) from None
+            write_dispatched(into, key, value, callback=self.callback)
 
     def _write_through_anndata(self, target: Path | str) -> list[Block]:
         import anndata as ad
@@ -435,20 +419,10 @@ class Rewriter:
         self.upgrades = upgraded.upgrades
         blocks: list[Block] = []
         streaming = _StreamingCallback(self, upgraded, blocks)
-        with warnings.catch_warnings(), writing():
-            warnings.filterwarnings("ignore", module="annlayout")
-            warnings.filterwarnings("ignore", category=FutureWarning)
-            try:
-                ad.experimental.write_dispatched(
-                    self.target_root, "/", upgraded.adata, callback=streaming
-                )
-            except (ApplyError, Interrupted):
-                raise
-            except Exception as err:  # anndata cannot write an element the target holds
-                where = f"{streaming.current}: " if streaming.current else ""
-                raise ApplyError(
-                    f"{where}cannot write it as {_target_text(self.layout)}: {_first_line(err)}"
-                ) from None
+        with _through_anndata(self.layout, lambda: streaming.current):
+            ad.experimental.write_dispatched(
+                self.target_root, "/", upgraded.adata, callback=streaming
+            )
         missed = set(upgraded.stand_ins) - streaming.consumed
         if missed:  # anndata copied a placeholder instead of passing it on: never write zeros
             paths = ", ".join(upgraded.stand_ins[i].path for i in missed)
@@ -595,6 +569,24 @@ class Rewriter:
         else:
             if self.layout.target.consolidate_metadata:
                 consolidate_metadata(target, self.layout.target.zarr_format)
+
+
+@contextmanager
+def _through_anndata(layout: Layout, current: Callable[[], str]) -> Iterator[None]:
+    """anndata's writer with its settings for writing what it read, quiet, and its errors as
+    one line naming the element being written (``current()``)."""
+    with warnings.catch_warnings(), writing():
+        warnings.filterwarnings("ignore", module="annlayout")
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        try:
+            yield
+        except (ApplyError, Interrupted):
+            raise
+        except Exception as err:  # anndata cannot write an element the target holds
+            where = f"{current()}: " if current() else ""
+            raise ApplyError(
+                f"{where}cannot write it as {_target_text(layout)}: {_first_line(err)}"
+            ) from None
 
 
 def _first_line(err: BaseException) -> str:
