@@ -147,7 +147,9 @@ def _check_group(
             continue
         if path in plans:
             seen.add(path)
-            problem = _check_element(node, path, plans[path], round_trip, dataframe)
+            problem = _check_element(
+                node, path, plans[path], encoding, encoding_version, round_trip, dataframe
+            )
             if problem is not None and not dataframe and large(path, node):
                 return f"{problem}, and too large to write through anndata"
             if problem is not None:
@@ -162,9 +164,14 @@ def _check_group(
 
 
 def _check_element(
-    node: Any, path: str, plan: ElementPlan, round_trip: _RoundTrip, column: bool
+    node: Any,
+    path: str,
+    plan: ElementPlan,
+    encoding: str | None,
+    encoding_version: str | None,
+    round_trip: _RoundTrip,
+    column: bool,
 ) -> str | None:
-    encoding, encoding_version = _encoding(node)
     if (
         plan.encoding != encoding
         or encoding in CONTAINER_ENCODINGS
