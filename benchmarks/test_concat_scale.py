@@ -20,6 +20,8 @@ order:
    1GiB --shuffle 0`` (skipped, saying so, while ``annlayout concat --help`` has no
    ``--shuffle``); ``test_concat_annlayout_shuffled_outer``: the same with ``--join outer``,
    the genes annbatch writes (its ratios to annbatch are reported, not asserted);
+   ``test_concat_annlayout_shuffled_workers``: the shuffled one with ``--workers 2`` (the
+   inputs combined by dask tasks; its ratio to the serial run is reported, not asserted);
 2. ``test_concat_annlayout``: the same without ``--shuffle`` (inner join);
 3. ``test_concat_on_disk``: ``anndata.experimental.concat_on_disk(INPUTS, OUT)``, defaults;
 4. ``test_concat_annbatch``: ``annbatch.DatasetCollection(OUT).add_adatas(INPUTS,
@@ -75,6 +77,7 @@ SEED = 0
 
 SHUFFLED = f"annlayout concat {LAYOUT} --shuffle {SEED}"
 SHUFFLED_OUTER = f"{SHUFFLED} --join outer"
+SHUFFLED_WORKERS = f"{SHUFFLED} --workers 2"
 PLAIN = f"annlayout concat {LAYOUT}"
 ON_DISK = "anndata concat_on_disk"
 ANNBATCH = "annbatch add_adatas(shuffle=True)"
@@ -285,6 +288,22 @@ def test_concat_annlayout_shuffled_outer(
 
 
 @pytest.mark.benchmark(group=GROUP)
+def test_concat_annlayout_shuffled_workers(
+    benchmark, collection, collection_shape, output_path, scale_settings, concat_results
+):
+    """The shuffled concat on two dask threads (``--workers 2``): combining the inputs as
+    scatter and gather tasks, the layout as apply's tasks (reported, not asserted)."""
+    if not has_shuffle_option():
+        pytest.skip(f"{console_script('annlayout')} concat --help lists no --shuffle option yet")
+    command = [*concat_command(collection, output_path, shuffle=True), "--workers", "2"]
+    shape = run_and_record(benchmark, concat_results, SHUFFLED_WORKERS, command,
+                           [*command[:3], f"<{len(collection)} inputs>", *command[-7:]],
+                           output_path, scale_settings)  # fmt: skip
+    assert (shape["out_cells"], shape["out_genes"]) == (
+        collection_shape["cells"], collection_shape["inner_genes"])  # fmt: skip
+
+
+@pytest.mark.benchmark(group=GROUP)
 def test_concat_annlayout(
     benchmark, collection, collection_shape, output_path, scale_settings, concat_results
 ):
@@ -374,7 +393,7 @@ def test_concat_targets(
 
     ratio(SHUFFLED, "median_s", ANNBATCH, TARGET_SHUFFLE_TIME, "shuffled wall / annbatch")
     ratio(SHUFFLED, "median_peak_mb", ANNBATCH, TARGET_SHUFFLE_RSS, "shuffled peak / annbatch")
-    for label in (SHUFFLED, SHUFFLED_OUTER, PLAIN):
+    for label in (SHUFFLED, SHUFFLED_OUTER, SHUFFLED_WORKERS, PLAIN):
         if label in concat_results:
             peak = concat_results[label]["max_peak_mb"]
             checks.append({"check": f"{label}: peak RSS <= {MEMORY} + 300 MB",
@@ -392,10 +411,11 @@ def test_concat_targets(
     )
     ratio(SHUFFLED_OUTER, "median_peak_mb", ANNBATCH, TARGET_SHUFFLE_RSS,
           "outer shuffled peak / annbatch")  # fmt: skip
-    for check in checks[-2:]:
+    ratio(SHUFFLED_WORKERS, "median_s", SHUFFLED, 1.0, "shuffled on 2 dask threads / serial")
+    for check in checks[-3:]:
         check["asserted"] = False
 
-    order = (SHUFFLED, SHUFFLED_OUTER, PLAIN, ON_DISK, ANNBATCH)
+    order = (SHUFFLED, SHUFFLED_OUTER, SHUFFLED_WORKERS, PLAIN, ON_DISK, ANNBATCH)
     rows = [{"label": label, **concat_results[label]} for label in order if label in concat_results]
     lines = render_table(rows)
     c = collection_shape

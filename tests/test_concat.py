@@ -303,18 +303,113 @@ def test_concat_killed_leaves_nothing_and_a_rerun_succeeds(tmp_path):
     assert (sp.vstack([X, X]).tocsr()[order] != got.X).nnz == 0
 
 
-def test_concat_on_threads_and_a_local_cluster_equals_the_serial_result(tmp_path, collection):
+@pytest.mark.parametrize(
+    "options",
+    [{"index_unique": "-", "shuffle": 2}, {"join": "outer", "label": "batch", "index_unique": "-"}],
+    ids=["shuffled", "stacked-outer"],
+)
+def test_concat_on_threads_and_a_local_cluster_equals_the_serial_result(
+    tmp_path, collection, options, monkeypatch
+):
+    """Combining the inputs (and the shuffle) runs as scatter and gather tasks on dask; the
+    store equals the serial one's, node for node, values and the recorded order included."""
+    import annlayout.assembly as assembly
+
     distributed = pytest.importorskip("distributed")
     paths, _ = collection
-    options = {"index_unique": "-", "shuffle": 2, "memory": "256KiB"}
+    options = {**options, "memory": "256KiB"}
     concat("cell-browser", paths, tmp_path / "serial.zarr", **options)
+    ran: list[str] = []
+    for task in (assembly.ScatterTask, assembly.GatherTask):
+        monkeypatch.setattr(task, "run", _counted(task.run, ran))
     concat("cell-browser", paths, tmp_path / "threads.zarr", workers=2, **options)
+    # X and the counts layer, each in blocks of about 40 rows of the 570
+    assert ran.count("ScatterTask") >= 2 * 14 and ran.count("GatherTask") >= 2 * 14
+    monkeypatch.undo()
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True) as cluster:
         result = concat("cell-browser", paths, tmp_path / "cluster.zarr",
                         scheduler=cluster.scheduler_address, **options)  # fmt: skip
     assert result.verified
     for other in ("threads.zarr", "cluster.zarr"):
         assert annlayout.verify(tmp_path / "serial.zarr", tmp_path / other) == []
+        assert _tree(tmp_path / "serial.zarr") == _tree(tmp_path / other)
+
+
+def _counted(run, calls):
+    def counted(self, advance=None):
+        calls.append(type(self).__name__)
+        return run(self, advance)
+
+    return counted
+
+
+def _recorded_run(run, done):
+    """``run``, recording the files each task makes (a scatter task's directory, a gather
+    task's pieces)."""
+
+    def recorded(self, advance=None):
+        done.append(getattr(self, "pieces", None) or self.directory)
+        return run(self, advance)
+
+    return recorded
+
+
+def _tree(path: Path) -> dict[str, object]:
+    """Every array's metadata and values and every group's attributes, by path."""
+    import zarr
+
+    found: dict[str, object] = {}
+    root = zarr.open_group(path, mode="r")
+    found[""] = {k: v for k, v in root.attrs.items() if k != "annlayout"}
+    for name, node in root.members(max_depth=None):
+        if isinstance(node, zarr.Array):
+            values = np.asarray(node[...])
+            data = values.tolist() if values.dtype.kind in "OTU" else values.tobytes()
+            found[name] = (node.metadata.to_dict(), values.dtype.str, data)
+        else:
+            found[name] = dict(node.attrs)
+    return found
+
+
+def test_a_concat_on_tasks_interrupted_resumes_without_redoing_finished_tasks(
+    tmp_path, collection, monkeypatch
+):
+    import annlayout.assembly as assembly
+    from annlayout.rewrite.atomic import Interrupted
+
+    paths, _ = collection
+    options = {"index_unique": "-", "shuffle": 2, "memory": "256KiB", "workers": 2}
+    out = tmp_path / "out.zarr"
+    original = assembly.GatherTask.run
+
+    def interrupted_at_bucket_5(self, advance=None):
+        if self.bucket == 5:  # once the other thread has gathered a bucket
+            deadline = time.monotonic() + 30
+            while not any(Path(self.pieces).parent.glob("*.npz")):
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            raise Interrupted(signal.SIGTERM)
+        return original(self, advance)
+
+    monkeypatch.setattr(assembly.GatherTask, "run", interrupted_at_bucket_5)
+    with pytest.raises(Interrupted):
+        concat("ml-minibatch", paths, out, **options)
+    assert not out.exists()
+    scratch = tmp_path / ".out.zarr.annlayout-concat" / "assembling" / "tasks"
+    scattered = {str(p.parent) for p in scratch.glob("X/scatter/*/bounds.npy")}
+    gathered = {str(p) for p in scratch.glob("X/gather/*.npz")}
+    assert scattered and gathered  # X's scatter, and its buckets up to the interruption
+
+    ran: list[str] = []
+    for task in (assembly.ScatterTask, assembly.GatherTask):
+        monkeypatch.setattr(task, "run", _recorded_run(original if task is assembly.GatherTask
+                                                       else task.run, ran))  # fmt: skip
+    concat("ml-minibatch", paths, out, resume=True, **options)
+    assert ran and not set(ran) & (scattered | gathered)  # the rest only, never these again
+    monkeypatch.undo()
+    concat("ml-minibatch", paths, tmp_path / "clean.zarr", **options)
+    assert annlayout.verify(tmp_path / "clean.zarr", out) == []
+    assert _tree(tmp_path / "clean.zarr") == _tree(out)
 
 
 def _killed_after_combining(source: Path, out: Path, *options: str) -> Path:
@@ -547,3 +642,23 @@ def test_concat_resume_to_an_h5ad_layout_redoes_the_layout_step(tmp_path, collec
     out = tmp_path / "combined.h5ad"
     result = concat("h5ad-gzip", paths, out, join="outer", index_unique="-", resume=True)
     assert result.verified and ad.read_h5ad(out).n_obs == sum(a.n_obs for a in adatas)
+
+
+def test_whole_chunks_are_written_by_their_bucket_and_shared_ones_from_the_pieces(tmp_path):
+    import zarr
+
+    from annlayout.assembly import write_pieces, write_whole_chunks
+
+    array = zarr.create_array(tmp_path / "a.zarr", shape=(10,), chunks=(4,), dtype="i8")
+    values = np.arange(10) + 100
+    pieces = []
+    for start, stop in [(0, 3), (3, 9), (9, 10)]:  # buckets: none covers chunk 0 or 2 whole
+        pieces += write_whole_chunks(array, start, values[start:stop])
+    assert [(at, list(v)) for at, v in pieces] == [
+        (0, [100, 101, 102]), (3, [103]), (8, [108]), (9, [109])
+    ]  # fmt: skip
+    assert list(array[4:8]) == [104, 105, 106, 107] and list(array[:4]) == [0, 0, 0, 0]
+    write_pieces(array, iter(pieces))
+    assert list(array[...]) == list(values)
+    with pytest.raises(RuntimeError, match="chunk 0 is incomplete"):
+        write_pieces(array, iter([pieces[0], (4, np.zeros(1, dtype=np.int64))]))

@@ -1,4 +1,4 @@
-"""Files nobody in this project wrote: every corpus file x every shipped layout, on this stack.
+"""Files nobody in this project wrote: every corpus file x shipped layouts, on this stack.
 
 The corpus (tests/corpus/, see its README) holds small files written by anndata 0.6 to 0.13,
 by scanpy, on pandas 2 and 3. The rule: what anndata (of the running stack) reads from the
@@ -97,8 +97,33 @@ def assert_same_matrix(a, b, where: str) -> None:
         assert np.array_equal(a, b, equal_nan=a.dtype.kind in "fc"), where
 
 
-@pytest.mark.parametrize("layout", SHIPPED)
-@pytest.mark.parametrize("entry", READABLE, ids=[f["file"] for f in READABLE])
+def _rewrites() -> list[tuple[dict, str]]:
+    """Which layouts each corpus file is rewritten with: every shipped layout for the files in
+    legacy forms or of scanpy (written before anndata 0.10: the forms most often upgraded);
+    two for the rest, in turn, so each layout still meets every writer and format. (All 53
+    files x 6 layouts took 7 minutes of each stack's CI run.)"""
+    pairs = []
+    for number, entry in enumerate(READABLE):
+        if _written_before_anndata_0_10(entry["file"]):
+            pairs += [(entry, layout) for layout in SHIPPED]
+        else:
+            pairs += [(entry, SHIPPED[(number + k) % len(SHIPPED)]) for k in (0, 2)]
+    return pairs
+
+
+def _written_before_anndata_0_10(name: str) -> bool:
+    if not name.startswith("anndata-"):  # scanpy's example file
+        return True
+    major, minor = map(int, name.split("-")[1].split(".")[:2])
+    return (major, minor) < (0, 10)
+
+
+REWRITES = _rewrites()
+
+
+@pytest.mark.parametrize(
+    ("entry", "layout"), REWRITES, ids=[f"{e['file']}-{layout}" for e, layout in REWRITES]
+)
 def test_every_corpus_file_rewrites_equal(tmp_path, entry, layout):
     source = CORPUS / entry["path"]
     out = tmp_path / output_name(layout)

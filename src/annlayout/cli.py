@@ -439,9 +439,16 @@ def _combining_options(join_help: str, cells: str) -> Callable[[Any], Any]:
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 @click.option("--memory", default=defaults.MEMORY, show_default=True, help="Memory budget.")
 @click.option(
-    "--workers", default=1, show_default=True, help="Write the layout with N threads (dask)."
+    "--workers",
+    default=1,
+    show_default=True,
+    help="Combine the inputs and write the layout with N threads (dask); --memory is shared.",
 )
-@click.option("--scheduler", metavar="ADDRESS", help="Write the layout on a dask cluster.")
+@click.option(
+    "--scheduler",
+    metavar="ADDRESS",
+    help="Combine and write on a dask cluster whose workers see the inputs and OUTPUT's directory.",
+)
 @click.option(
     "--resume",
     is_flag=True,

@@ -1,6 +1,6 @@
 """``annlayout concat``: many AnnData stores into one store written with a layout.
 
-Version one assembles the inputs into an intermediate store in a scratch directory, streaming
+It assembles the inputs into an intermediate store in a scratch directory, streaming
 X and the layers every input has in row blocks (columns moved onto the result's genes on the
 way), then applies the layout to it with :func:`annlayout.rewrite.apply`, which brings
 sharding, second orientations, verification and the atomic (or uploaded) result. obs, var,
@@ -30,11 +30,12 @@ from typing import Any, Literal
 import numpy as np
 import scipy.sparse as sp
 
+from annlayout.assembly import Source, assemble_sparse
 from annlayout.codecs import codec_pipeline
 from annlayout.defaults import MEMORY
 from annlayout.encodings import SPARSE_ENCODINGS, writing
 from annlayout.errors import AnnlayoutError, NotAnnDataError
-from annlayout.reader import Dataset
+from annlayout.reader import Dataset, Matrix
 from annlayout.reader import open as open_dataset
 from annlayout.remote import is_url
 from annlayout.rewrite.atomic import Interrupted, check_paths, remove
@@ -45,8 +46,10 @@ from annlayout.rewrite.collection import (
     is_monotonic,
     mixing,
     remap_rows,
+    rows_per_block,
     shuffled,
 )
+from annlayout.rewrite.execute import Executor, executor_for
 from annlayout.rewrite.stream import ApplyResult, Progress, apply, parse_size
 
 Join = Literal["inner", "outer"]
@@ -98,9 +101,10 @@ def concat(
 
     ``shuffle=SEED`` permutes the cells at random (reproducibly), ``groupby=COLUMN`` orders
     them by an obs column of the result; the order is recorded in ``uns["annlayout_order"]``.
-    ``workers``/``scheduler``: the layout's block copies and transposes run as dask tasks
-    (threads, or a dask.distributed cluster that sees the output's directory), as in apply;
-    combining the inputs runs in this process. ``resume``: a run that was killed continues
+    ``workers``/``scheduler``: combining the inputs (sparse matrices: scatter and gather tasks,
+    :mod:`annlayout.assembly`) and the layout's block copies and transposes run as dask tasks
+    (threads, or a dask.distributed cluster whose workers see the inputs and the output's
+    directory). ``resume``: a run that was killed continues
     (when the inputs and options are the same) from what it recorded beside the output: the
     rows it combined, or the combined inputs and the layout's blocks it completed; otherwise
     it starts clean, as without ``resume``.
@@ -163,7 +167,10 @@ def concat(
             if not started.resumed:
                 remove(assembled)
             rank = None if order is None else _inverse(order)
-            _assemble(assembled, combined, matrices, maps, raw, budget, progress, rank, started)
+            _assemble(
+                assembled, combined, matrices, maps, raw, budget, progress, rank, started,
+                _on_dask(workers, scheduler, inputs),
+            )  # fmt: skip
             done.write_text(fingerprint)
             remove(started.directory)
         elif progress:
@@ -185,6 +192,27 @@ def concat(
     if len(datasets) > 1:
         result.mixing = mixing(sources, MIXING_WINDOW)
     return result
+
+
+@dataclass(frozen=True)
+class OnDask:
+    """Sparse matrices are combined by dask tasks (:mod:`annlayout.assembly`) on
+    ``executor``, which open the inputs at ``locations`` themselves."""
+
+    executor: Executor
+    locations: list[str]
+
+
+def _on_dask(workers: int, scheduler: str | None, inputs: Sequence[str | Path]) -> OnDask | None:
+    if workers <= 1 and not scheduler:
+        return None
+    from annlayout.optional import dask_requirement
+
+    needed = dask_requirement(workers, scheduler)
+    if needed:
+        raise ConcatError(needed)
+    locations = [str(p) if is_url(p) else str(Path(p).resolve()) for p in inputs]
+    return OnDask(executor_for(workers, scheduler), locations)
 
 
 def _resumable(layout: Any, output: str | Path) -> bool:
@@ -392,10 +420,13 @@ def _assemble(
     progress: Progress | None,
     rank: np.ndarray | None,
     log: Checkpoints,
+    dask: OnDask | None = None,
 ) -> None:
     """The combined AnnData as a zarr store: small elements through anndata, each matrix
     appended in row blocks of about a quarter of ``budget`` (through buckets beside
-    ``target`` when ``rank`` moves rows). Resumes where ``log`` says an earlier run got."""
+    ``target`` when ``rank`` moves rows), or, on ``dask``, sparse matrices by the tasks of
+    :func:`annlayout.assembly.assemble_sparse`. Resumes where ``log`` says an
+    earlier run got."""
     import zarr
 
     if log.get("small") is None:
@@ -404,18 +435,35 @@ def _assemble(
         log.put("small", done=True)
     root = zarr.open_group(target, mode="r+")
     buckets = target.parent / "buckets"
-    with codec_pipeline("zarrs"):  # local and uncompressed: zarrs appends 2x as fast
-        for path, present in matrices.items():
-            if any(m is None for m in present):
-                continue
-            _write_matrix(
-                root, path, present, maps, combined.n_vars, budget, progress, rank, buckets, log
-            )
-        if raw is not None:
-            _write_matrix(
-                root, "raw/X", raw[1], raw[2], raw[0].n_vars, budget, progress, rank, buckets,
-                log,
+
+    def write(path: str, present: list[Any], maps: list[np.ndarray], n_vars: int) -> None:
+        if (log.get(path) or {}).get("done"):
+            return
+        if dask is not None and _on_tasks(present):
+            sources = [Source(location, path) for location in dask.locations]
+            dtype = np.result_type(*(m.dtype for m in present))
+            assemble_sparse(
+                target, path, sources, present, maps, n_vars, dtype, rank, budget,
+                dask.executor, log.directory / "tasks" / path.replace("/", "__"), progress,
             )  # fmt: skip
+            log.put(path, done=True)
+            return
+        with codec_pipeline("zarrs"):  # local and uncompressed: zarrs appends 2x as fast
+            _write_matrix(root, path, present, maps, n_vars, budget, progress, rank, buckets, log)
+
+    for path, present in matrices.items():
+        if all(m is not None for m in present):
+            write(path, present, maps, combined.n_vars)
+    if raw is not None:
+        write("raw/X", raw[1], raw[2], raw[0].n_vars)
+
+
+def _on_tasks(present: list[Any]) -> bool:
+    """Sparse matrices that tasks can read again by location (a legacy raw is read whole
+    into memory): combined by tasks; the rest (dense, rare) in this process."""
+    return all(isinstance(m, Matrix) for m in present) and any(
+        m.encoding in SPARSE_ENCODINGS for m in present
+    )
 
 
 def _write_small(root: Any, combined: Any, raw: Any) -> None:
@@ -724,10 +772,3 @@ def _numbered(blocks: Iterator[np.ndarray]) -> Iterator[tuple[int, np.ndarray]]:
 
 def _growing(group: Any, name: str, dtype: Any, chunk: int = SCRATCH_CHUNK) -> Any:
     return group.create_array(name, shape=(0,), dtype=dtype, chunks=(chunk,), compressors=None)
-
-
-def rows_per_block(nnz: int, n_obs: int, budget: int) -> int:
-    """Rows whose nonzeros (value, index, row id, sort order: about 28 bytes each, twice
-    while remapping) fill a quarter of the budget."""
-    per_row = max(1.0, nnz / max(1, n_obs)) * 28 * 2
-    return max(1, int(budget / 4 / per_row))

@@ -28,3 +28,13 @@ def requirement(extra: str, feature: str, modules: tuple[str, ...] | None = None
     if not absent:
         return None
     return f"{feature} needs {' and '.join(absent)}: pip install 'annlayout[{extra}]'"
+
+
+def dask_requirement(workers: int, scheduler: str | None) -> str | None:
+    """What ``--workers N`` (dask's threads) or ``--scheduler`` (dask.distributed) needs, if
+    it is missing; None for a serial run."""
+    if scheduler:
+        return requirement("dask", "--scheduler")
+    if workers > 1:
+        return requirement("dask", "--workers", modules=("dask",))
+    return None

@@ -110,3 +110,10 @@ def mixing(sources: np.ndarray, window: int = 256, seed: int = 0) -> tuple[float
     permutation): equal for a true shuffle, zero-ish for inputs laid end to end."""
     expected = np.random.default_rng(seed).permutation(sources)
     return window_entropy(sources, window), window_entropy(expected, window)
+
+
+def rows_per_block(nnz: int, n_obs: int, budget: int) -> int:
+    """Rows whose nonzeros (value, index, row id, sort order: about 28 bytes each, twice
+    while remapping) fill a quarter of the budget."""
+    per_row = max(1.0, nnz / max(1, n_obs)) * 28 * 2
+    return max(1, int(budget / 4 / per_row))

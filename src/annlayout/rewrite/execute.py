@@ -120,8 +120,7 @@ def _open_target(location: str) -> Any:
 
 
 class Task(Protocol):
-    @property
-    def stores(self) -> Stores: ...
+    """Independent work that opens what it needs itself and reports the bytes it moved."""
 
     @property
     def nbytes(self) -> int: ...
@@ -235,10 +234,6 @@ class Journaled:
 
     task: Task
     journal: str
-
-    @property
-    def stores(self) -> Stores:
-        return self.task.stores
 
     @property
     def nbytes(self) -> int:

@@ -51,7 +51,7 @@ from annlayout.encodings import (
     writing,
 )
 from annlayout.errors import ElementReadError
-from annlayout.optional import requirement
+from annlayout.optional import dask_requirement
 from annlayout.plan import ArrayPlan, ElementPlan, Plan, PlanError, make_plan
 from annlayout.remote import chosen_backend, codec_pipeline_for
 from annlayout.rewrite.atomic import (
@@ -241,14 +241,9 @@ def _apply(
         raise ApplyError(
             f"{output}: h5ad is one file and is written by one process; drop --workers/--scheduler"
         )
-    if workers > 1 or scheduler:
-        needed = (
-            requirement("dask", "--scheduler")
-            if scheduler
-            else requirement("dask", "--workers", modules=("dask",))
-        )
-        if needed:
-            raise ApplyError(needed)
+    needed = dask_requirement(workers, scheduler)
+    if needed:
+        raise ApplyError(needed)
     output_bytes = sum(e.stored_bytes or 0 for e in survey.elements)
     staging = staging_dir(output_bytes) if remote else None
     if not remote:
