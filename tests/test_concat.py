@@ -319,13 +319,16 @@ def test_concat_on_threads_and_a_local_cluster_equals_the_serial_result(
     paths, _ = collection
     options = {**options, "memory": "256KiB"}
     concat("cell-browser", paths, tmp_path / "serial.zarr", **options)
+    # chunks of the combined arrays (written by the tasks as the driver made them) smaller
+    # than a bucket's values and rows, so buckets share chunks and some cover none whole
+    monkeypatch.setattr(assembly, "SCRATCH_CHUNK", 37)
     ran: list[str] = []
-    for task in (assembly.ScatterTask, assembly.GatherTask):
-        monkeypatch.setattr(task, "run", _counted(task.run, ran))
-    concat("cell-browser", paths, tmp_path / "threads.zarr", workers=2, **options)
+    with monkeypatch.context() as counting:
+        for task in (assembly.ScatterTask, assembly.GatherTask):
+            counting.setattr(task, "run", _counted(task.run, ran))
+        concat("cell-browser", paths, tmp_path / "threads.zarr", workers=2, **options)
     # X and the counts layer, each in blocks of about 40 rows of the 570
     assert ran.count("ScatterTask") >= 2 * 14 and ran.count("GatherTask") >= 2 * 14
-    monkeypatch.undo()
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True) as cluster:
         result = concat("cell-browser", paths, tmp_path / "cluster.zarr",
                         scheduler=cluster.scheduler_address, **options)  # fmt: skip
@@ -341,6 +344,23 @@ def _counted(run, calls):
         return run(self, advance)
 
     return counted
+
+
+def _interrupted_at_bucket_5(run):
+    """A gather task's ``run`` that stops the run at X's bucket 5 (as SIGTERM would), once
+    the other thread has gathered a bucket."""
+    from annlayout.rewrite.atomic import Interrupted
+
+    def interrupted(self, advance=None):
+        if self.bucket == 5 and self.group.endswith("/X"):
+            deadline = time.monotonic() + 30
+            while not any(Path(self.pieces).parent.glob("*.npz")):
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            raise Interrupted(signal.SIGTERM)
+        return run(self, advance)
+
+    return interrupted
 
 
 def _recorded_run(run, done):
@@ -381,17 +401,7 @@ def test_a_concat_on_tasks_interrupted_resumes_without_redoing_finished_tasks(
     options = {"index_unique": "-", "shuffle": 2, "memory": "256KiB", "workers": 2}
     out = tmp_path / "out.zarr"
     original = assembly.GatherTask.run
-
-    def interrupted_at_bucket_5(self, advance=None):
-        if self.bucket == 5:  # once the other thread has gathered a bucket
-            deadline = time.monotonic() + 30
-            while not any(Path(self.pieces).parent.glob("*.npz")):
-                assert time.monotonic() < deadline
-                time.sleep(0.01)
-            raise Interrupted(signal.SIGTERM)
-        return original(self, advance)
-
-    monkeypatch.setattr(assembly.GatherTask, "run", interrupted_at_bucket_5)
+    monkeypatch.setattr(assembly.GatherTask, "run", _interrupted_at_bucket_5(original))
     with pytest.raises(Interrupted):
         concat("ml-minibatch", paths, out, **options)
     assert not out.exists()
@@ -644,6 +654,48 @@ def test_concat_resume_to_an_h5ad_layout_redoes_the_layout_step(tmp_path, collec
     assert result.verified and ad.read_h5ad(out).n_obs == sum(a.n_obs for a in adatas)
 
 
+@pytest.mark.parametrize("first", ["serial", "tasks"])
+def test_resume_may_switch_between_serial_and_tasks(tmp_path, collection, monkeypatch, first):
+    """Each run killed inside the combining of X: serial, then on tasks, then serially again
+    (or the other way round); the last, not killed, equals a clean run. Neither path takes
+    the other's partial arrays for its own."""
+    import annlayout.assembly as assembly
+    import annlayout.concatenate as concatenate
+    from annlayout.rewrite.atomic import Interrupted
+
+    paths, _ = collection
+    options = {"index_unique": "-", "shuffle": 2, "memory": "256KiB"}
+    out = tmp_path / "out.zarr"
+    put, run, growing = concatenate.Checkpoints.put, assembly.GatherTask.run, concatenate._growing
+    # small chunks on both paths, so that a record counts whole chunks the other path wrote
+    monkeypatch.setattr(assembly, "SCRATCH_CHUNK", 64)
+    monkeypatch.setattr(concatenate, "_growing", lambda *args: growing(*args[:3], 64))
+
+    def serial_killed(self, name, saved=None, **record):
+        put(self, name, saved, **record)
+        if name == "X" and record.get("rows", 0) > 100:  # X partly written, recorded
+            raise Interrupted(signal.SIGTERM)
+
+    order = [first, "tasks" if first == "serial" else "serial", first]
+    for number, mode in enumerate(order):
+        workers = 2 if mode == "tasks" else 1
+        with monkeypatch.context() as patch:
+            patch.setattr(concatenate, "checkpoint_bytes", lambda budget: 1)
+            if number < 2:
+                patch.setattr(*(
+                    (concatenate.Checkpoints, "put", serial_killed) if mode == "serial"
+                    else (assembly.GatherTask, "run", _interrupted_at_bucket_5(run))
+                ))  # fmt: skip
+                with pytest.raises(Interrupted):
+                    concat("ml-minibatch", paths, out, resume=number > 0, workers=workers,
+                           **options)  # fmt: skip
+            else:
+                concat("ml-minibatch", paths, out, resume=True, workers=workers, **options)
+    concat("ml-minibatch", paths, tmp_path / "clean.zarr", **options)
+    assert annlayout.verify(tmp_path / "clean.zarr", out) == []
+    assert _tree(tmp_path / "clean.zarr") == _tree(out)
+
+
 def test_whole_chunks_are_written_by_their_bucket_and_shared_ones_from_the_pieces(tmp_path):
     import zarr
 
@@ -658,7 +710,20 @@ def test_whole_chunks_are_written_by_their_bucket_and_shared_ones_from_the_piece
         (0, [100, 101, 102]), (3, [103]), (8, [108]), (9, [109])
     ]  # fmt: skip
     assert list(array[4:8]) == [104, 105, 106, 107] and list(array[:4]) == [0, 0, 0, 0]
-    write_pieces(array, iter(pieces))
+    write_pieces(array, iter(pieces), "a")
     assert list(array[...]) == list(values)
-    with pytest.raises(RuntimeError, match="chunk 0 is incomplete"):
-        write_pieces(array, iter([pieces[0], (4, np.zeros(1, dtype=np.int64))]))
+    with pytest.raises(RuntimeError, match="a: chunk 0 is incomplete"):
+        write_pieces(array, iter([pieces[0], (4, np.zeros(1, dtype=np.int64))]), "a")
+
+    # a bucket across a boundary that covers no chunk whole: two pieces, one per chunk
+    other = zarr.create_array(tmp_path / "b.zarr", shape=(10,), chunks=(4,), dtype="i8")
+    pieces = []
+    for start, stop in [(0, 2), (2, 6), (6, 10)]:
+        pieces += write_whole_chunks(other, start, values[start:stop])
+    assert [(at, list(v)) for at, v in pieces] == [
+        (0, [100, 101]), (2, [102, 103]), (4, [104, 105]), (6, [106, 107])
+    ]  # fmt: skip
+    write_pieces(other, iter(pieces), "b")
+    assert list(other[...]) == list(values)
+    with pytest.raises(RuntimeError, match="b: a piece at 2 crosses a chunk boundary"):
+        write_pieces(other, iter([(0, values[:2]), (2, values[2:6])]), "b")

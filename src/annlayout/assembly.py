@@ -14,20 +14,21 @@ that share nothing but a directory the driver and every worker see:
   covers whole; the pieces of the chunks it shares with its neighbours go to a file, and the
   driver writes those chunks last, so no chunk is written by two tasks.
 
-Without a new order, a row's new position is its place in the stack, so a scatter task's rows
-fall into one or two buckets. Every task writes its files under a temporary name and renames
-the last one into place, so a task whose last file exists is done, and a resumed run skips it.
+Without a new order the buckets are the scatter tasks' blocks (sized by each input's density),
+so a gather task reads one file. With one, buckets are equal runs of new positions, and a
+gather task reads a part of every scatter task's files. Every task writes its files under a
+temporary name and renames the last one into place, so a task whose last file exists is done,
+and a resumed run skips it.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from functools import cache
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -36,66 +37,63 @@ import numpy as np
 from annlayout.codecs import codec_pipeline
 from annlayout.reader import Dataset, Matrix
 from annlayout.reader import open as open_dataset
-from annlayout.rewrite.collection import is_monotonic, remap_rows, reorder_csr, rows_per_block
-from annlayout.rewrite.execute import Executor, Threads, execute
+from annlayout.remote import store_backend
+from annlayout.rewrite.collection import (
+    by_bucket,
+    in_new_order,
+    is_monotonic,
+    remap_rows,
+    rows_per_block,
+)
+from annlayout.rewrite.execute import Executor, Progress, Threads, execute, signature
 
-Progress = Callable[[str, int, int], None]
 SCRATCH_CHUNK = 2**20  # values per chunk of the combined arrays (uncompressed)
 
 
 @dataclass(frozen=True)
 class Source:
     """One input's matrix, as a task finds it: the input's location (absolute for a local
-    path: workers' working directories differ) and the element (``X``, ``layers/NAME``,
-    ``raw/X``)."""
+    path: workers' working directories differ), the element (``X``, ``layers/NAME``,
+    ``raw/X``) and the object-store client to open a URL with (workers of a cluster started
+    elsewhere do not share the driver's environment)."""
 
     location: str
     element: str
-
-
-def source_matrix(source: Source) -> Matrix:
-    dataset = _opened(*_signature(source.location))
-    if source.element == "X":
-        matrix = dataset.X
-    elif source.element == "raw/X":
-        matrix = dataset.raw[0] if dataset.raw is not None else None  # type: ignore[assignment]
-    else:
-        matrix = dataset.layers.get(source.element.split("/", 1)[1])
-    if not isinstance(matrix, Matrix):
-        raise ValueError(f"{source.location}: no stored {source.element} to combine")
-    return matrix
-
-
-def _signature(location: str) -> tuple[str, int | None]:
-    """A local input is opened again once it changed (a long-lived worker, a rewritten file)."""
-    try:
-        return location, os.stat(location).st_mtime_ns
-    except OSError:  # a URL
-        return location, None
+    store_backend: str | None = None
 
 
 _open_lock = threading.Lock()
 
 
-@cache
+def source_matrix(source: Source) -> Matrix:
+    """The matrix, its indptr read (once per process: two threads never both read it)."""
+    with _open_lock, store_backend(source.store_backend):
+        dataset = _dataset(*signature(source.location))
+        if source.element == "X":
+            matrix: Any = dataset.X
+        elif source.element == "raw/X":
+            matrix = dataset.raw[0] if dataset.raw is not None else None
+        else:
+            matrix = dataset.layers.get(source.element.split("/", 1)[1])
+        if not isinstance(matrix, Matrix):
+            raise ValueError(f"{source.location}: no stored {source.element} to combine")
+        matrix.warm()
+        return matrix
+
+
+@lru_cache(maxsize=8)  # a worker takes its tasks input by input
 def _dataset(location: str, mtime: int | None) -> Dataset:
-    """Each input opened once per process: its indptr is then read once, not per task."""
     return open_dataset(location)
-
-
-def _opened(location: str, mtime: int | None) -> Dataset:
-    with _open_lock:
-        return _dataset(location, mtime)
 
 
 # --------------------------------------------------------------------------- scatter
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ScatterTask:
-    """Rows ``start:stop`` of ``source``, the stack's rows ``first`` onwards, into buckets of
-    ``rows_per_bucket`` new positions (``rank``: the new position of each of its rows; None:
-    its place in the stack). Its files go to ``directory``."""
+    """Rows ``start:stop`` of ``source``, the stack's rows ``first`` onwards, into the
+    buckets whose new positions ``edges`` bounds (``rank``: the new position of each of its
+    rows; None: its place in the stack). Its files go to ``directory``."""
 
     source: Source
     column_map: np.ndarray
@@ -104,8 +102,7 @@ class ScatterTask:
     stop: int
     first: int
     rank: np.ndarray | None
-    rows_per_bucket: int
-    n_buckets: int
+    edges: np.ndarray
     dtypes: tuple[str, str]  # of the combined indices and data
     directory: str
     nbytes: int  # the values it moves (for progress)
@@ -127,15 +124,13 @@ class ScatterTask:
         idx, val = idx.astype(index_dtype, copy=False), val.astype(data_dtype, copy=False)
         n_rows = self.stop - self.start
         rank = self.rank if self.rank is not None else np.arange(self.first, self.first + n_rows)
-        bucket = rank // self.rows_per_bucket
-        by_bucket = np.argsort(bucket, kind="stable")
-        ptr, idx, val = reorder_csr(ptr, idx, val, by_bucket)
-        row_bounds = np.searchsorted(bucket[by_bucket], np.arange(self.n_buckets + 1))
+        buckets = np.searchsorted(self.edges, rank, side="right") - 1
+        order, ptr, idx, val, row_bounds = by_bucket(buckets, self.edges.size - 1, ptr, idx, val)
         bounds = np.stack([row_bounds, ptr[row_bounds]]).astype(np.int64)
-        rows = np.column_stack([rank[by_bucket], np.diff(ptr)]).astype(np.int64)
+        rows = np.column_stack([rank[order], np.diff(ptr)]).astype(np.int64)
         directory = Path(self.directory)
         shutil.rmtree(directory, ignore_errors=True)  # a killed run's part files
-        directory.mkdir(parents=True)
+        directory.mkdir(parents=True, exist_ok=True)
         for name, values in (("rows", rows), ("indices", idx), ("data", val), ("bounds", bounds)):
             _save(directory / f"{name}.npy", values)  # bounds last: the task is done
         if advance:
@@ -163,7 +158,7 @@ class Part:
     values: tuple[int, int]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class GatherTask:
     """Bucket ``bucket``: the new positions ``first_row`` onwards, the nonzeros ``first_value``
     onwards, from ``parts``, written into the CSR group at ``group`` (a local zarr path)."""
@@ -190,16 +185,13 @@ class GatherTask:
                 read[name].append(np.array(stored[lo:hi]))  # only these bytes are read
         arrays = _open_group(self.group)
         rows = np.concatenate(read["rows"]) if read["rows"] else np.empty((0, 2), np.int64)
-        rank, lengths = rows[:, 0], rows[:, 1]
-        if rank.size != self.n_rows:  # every new position arrives exactly once
-            raise RuntimeError(f"bucket {self.bucket}: {rank.size} rows, {self.n_rows} expected")
-        indptr = np.zeros(rank.size + 1, dtype=np.int64)
-        np.cumsum(lengths, out=indptr[1:])
         indices, data = (
             np.concatenate(read[name]) if read[name] else np.empty(0, arrays[name].dtype)
             for name in ("indices", "data")
         )
-        ptr, idx, val = reorder_csr(indptr, indices, data, np.argsort(rank, kind="stable"))
+        ptr, idx, val = in_new_order(
+            rows[:, 0], rows[:, 1], indices, data, self.first_row, self.n_rows, self.bucket
+        )
         skip = 0 if self.bucket == 0 else 1  # the first bucket writes indptr[0] too
         starts = {
             "indptr": (self.first_row + skip, ptr[skip:] + self.first_value),
@@ -231,43 +223,43 @@ def _open_group(path: str) -> dict[str, Any]:
 
 def write_whole_chunks(array: Any, start: int, values: np.ndarray) -> list[tuple[int, np.ndarray]]:
     """``values`` written at ``start`` of a 1-D ``array`` where they cover a chunk whole; the
-    pieces of the chunks they cover in part are returned ((position, values) each), for
-    whoever writes those chunks whole."""
+    pieces of the chunks they cover in part are returned ((position, values) each, within one
+    chunk), for whoever writes those chunks whole."""
     chunk, size, stop = int(array.chunks[0]), int(array.shape[0]), start + values.size
-    lo = -(-start // chunk) * chunk
+    lo = -(-start // chunk) * chunk  # the first chunk boundary at or after start
     hi = stop if stop == size else stop // chunk * chunk
-    if lo >= hi:
-        return [(start, values)] if values.size else []
-    array[lo:hi] = values[lo - start : hi - start]
-    pieces = []
-    if start < lo:
-        pieces.append((start, values[: lo - start]))
-    if hi < stop:
-        pieces.append((hi, values[hi - start :]))
-    return pieces
+    if lo < hi:
+        array[lo:hi] = values[lo - start : hi - start]
+        spans = [(start, lo), (hi, stop)]
+    else:  # no chunk whole: within one chunk, or across the one boundary lo
+        middle = lo if start < lo < stop else start
+        spans = [(start, middle), (middle, stop)]
+    return [(a, values[a - start : b - start]) for a, b in spans if b > a]
 
 
-def write_pieces(array: Any, pieces: Iterator[tuple[int, np.ndarray]]) -> None:
+def write_pieces(array: Any, pieces: Iterator[tuple[int, np.ndarray]], name: str) -> None:
     """Chunks put together from ``pieces`` (in position order, each within one chunk) and
-    written whole, one at a time."""
+    written whole, one at a time. ``name``: the array's, for errors."""
     chunk, size = int(array.chunks[0]), int(array.shape[0])
     current, at = -1, 0  # the chunk being filled, where it is filled to
     parts: list[np.ndarray] = []
     for position, values in pieces:
         number = position // chunk
+        if (position + values.size - 1) // chunk != number:
+            raise RuntimeError(f"{name}: a piece at {position} crosses a chunk boundary")
         if number != current:
             if parts:
-                raise RuntimeError(f"{array.name}: chunk {current} is incomplete")
+                raise RuntimeError(f"{name}: chunk {current} is incomplete")
             current, at = number, number * chunk
         if position != at:
-            raise RuntimeError(f"{array.name}: values {at} to {position} are missing")
+            raise RuntimeError(f"{name}: values {at} to {position} are missing")
         parts.append(values)
         at += values.size
         if at == min(size, (number + 1) * chunk):
             array[number * chunk : at] = np.concatenate(parts)
             parts = []
     if parts:
-        raise RuntimeError(f"{array.name}: chunk {current} is incomplete")
+        raise RuntimeError(f"{name}: chunk {current} is incomplete")
 
 
 # --------------------------------------------------------------------------- driver
@@ -288,96 +280,136 @@ def assemble_sparse(
     progress: Progress | None = None,
 ) -> None:
     """The inputs' ``matrices`` (read again by the tasks from ``sources``) stacked into the CSR
-    group ``path`` of the zarr v3 store at ``target`` (local), rows moved to
-    ``rank`` if given. ``budget`` is shared by the executor's workers; the tasks' files go
-    to ``directory``, which a resumed run finds as the killed one left it."""
-    import zarr
-
+    group ``path`` of the zarr v3 store at ``target`` (local), rows moved to ``rank`` if
+    given. ``budget`` is shared by the executor's threads (a cluster's worker runs a task
+    within all of it, as apply's tasks do); the tasks' files go to ``directory``, which a
+    resumed run finds as the killed one left it (a different plan starts it again)."""
     workers = executor.workers if isinstance(executor, Threads) else 1
     per_task = max(1, budget // max(1, workers))
-    n_obs = sum(int(m.shape[0]) for m in matrices)
-    nnz = sum(int(m.nnz) for m in matrices)
-    per_bucket = rows_per_block(nnz, n_obs, per_task)
-    n_buckets = max(1, -(-n_obs // per_bucket))
+    dtype = np.dtype(dtype)
     index_dtype = np.dtype(np.int32 if n_vars < 2**31 else np.int64)
-    dtypes = (index_dtype.str, np.dtype(dtype).str)
-
-    scatter: list[ScatterTask] = []
-    first = 0
-    for number, (source, matrix, column_map) in enumerate(
-        zip(sources, matrices, maps, strict=True)
-    ):
-        n_rows, monotonic = int(matrix.shape[0]), is_monotonic(column_map)
-        step = rows_per_block(int(matrix.nnz), n_rows, per_task)
-        for start in range(0, n_rows, step):
-            stop = min(n_rows, start + step)
-            scatter.append(ScatterTask(
-                source, column_map, monotonic, start, stop, first + start,
-                None if rank is None else rank[first + start : first + stop],
-                per_bucket, n_buckets, dtypes,
-                str(directory / "scatter" / f"{number:05d}-{start:012d}"),
-                int(matrix.nnz * (stop - start) // max(1, n_rows)) * (4 + dtype.itemsize),
-            ))  # fmt: skip
-        first += n_rows
+    dtypes = (index_dtype.str, dtype.str)
+    scatter, edges = _scatter_tasks(
+        sources, matrices, maps, rank, per_task, dtypes, directory / "scatter"
+    )
     plan = json.dumps({
         "tasks": [[t.source.location, t.source.element, t.start, t.stop] for t in scatter],
-        "rows_per_bucket": per_bucket, "ordered": rank is not None, "dtypes": dtypes,
+        "edges": edges.tolist(), "dtypes": dtypes,
     })  # fmt: skip
     if not (directory / "plan.json").exists() or (directory / "plan.json").read_text() != plan:
         shutil.rmtree(directory, ignore_errors=True)  # made by another plan: started again
         directory.mkdir(parents=True)
         (directory / "plan.json").write_text(plan)
-
     execute([t for t in scatter if not t.done], executor, _phase(progress, "scattering", path))
 
-    row_bounds = np.zeros(n_buckets, dtype=np.int64)
-    value_counts = np.zeros(n_buckets, dtype=np.int64)
+    n_obs = int(edges[-1])
     bounds = [np.load(Path(t.directory) / "bounds.npy") for t in scatter]
-    for b in bounds:
-        row_bounds += np.diff(b[0])
-        value_counts += np.diff(b[1])
-    total = int(value_counts.sum())
-    first_values = np.concatenate([[0], np.cumsum(value_counts)])
+    rows_in = sum((np.diff(b[0]) for b in bounds), np.zeros(edges.size - 1, np.int64))
+    values_in = sum((np.diff(b[1]) for b in bounds), np.zeros(edges.size - 1, np.int64))
+    if not np.array_equal(rows_in, np.diff(edges)):
+        raise RuntimeError(f"{path}: {int(rows_in.sum())} rows scattered, {n_obs} expected")
+    first_values = np.concatenate([[0], np.cumsum(values_in)])
+    _create_arrays(target, path, directory, n_obs, n_vars, int(first_values[-1]), dtypes)
+
+    gather = [
+        GatherTask(
+            bucket,
+            _parts(scatter, bounds, bucket),
+            int(edges[bucket]),
+            int(edges[bucket + 1] - edges[bucket]),
+            int(first_values[bucket]),
+            str(target / path),
+            str(directory / "gather" / f"{bucket:06d}.npz"),
+            int(values_in[bucket]) * (index_dtype.itemsize + dtype.itemsize),
+        )
+        for bucket in range(edges.size - 1)
+    ]
+    execute([t for t in gather if not t.done], executor, _phase(progress, "gathering", path))
+    for name, array in _open_group(str(target / path)).items():
+        write_pieces(array, _pieces(gather, name), f"{path}/{name}")
+
+
+def _parts(scatter: list[ScatterTask], bounds: list[np.ndarray], bucket: int) -> tuple[Part, ...]:
+    """Where the bucket's rows are in the scatter tasks' files (those that hold any)."""
+    return tuple(
+        Part(task.directory, (int(b[0, bucket]), int(b[0, bucket + 1])),
+             (int(b[1, bucket]), int(b[1, bucket + 1])))
+        for task, b in zip(scatter, bounds, strict=True)
+        if b[0, bucket + 1] > b[0, bucket]
+    )  # fmt: skip
+
+
+def _scatter_tasks(
+    sources: Sequence[Source],
+    matrices: Sequence[Any],
+    maps: Sequence[np.ndarray],
+    rank: np.ndarray | None,
+    per_task: int,
+    dtypes: tuple[str, str],
+    directory: Path,
+) -> tuple[list[ScatterTask], np.ndarray]:
+    """One task per block of each input, sized by the input's own density, and the buckets'
+    edges (new positions): the blocks themselves without ``rank``; with it, equal runs of new
+    positions sized by the average density (a shuffle mixes the inputs in every bucket)."""
+    n_obs = sum(int(m.shape[0]) for m in matrices)
+    blocks = []  # (input, start, stop, first row in the stack)
+    first = 0
+    for number, matrix in enumerate(matrices):
+        n_rows = int(matrix.shape[0])
+        step = rows_per_block(int(matrix.nnz), n_rows, per_task)
+        blocks += [(number, start, min(n_rows, start + step), first + start)
+                   for start in range(0, n_rows, step)]  # fmt: skip
+        first += n_rows
+    if rank is None:
+        starts = [at for *_, at in blocks]
+    else:
+        per_bucket = rows_per_block(sum(int(m.nnz) for m in matrices), n_obs, per_task)
+        starts = list(range(0, n_obs, per_bucket))
+    edges = np.array([*(starts or [0]), n_obs], dtype=np.int64)
+    monotonic = [is_monotonic(column_map) for column_map in maps]
+    itemsize = sum(np.dtype(d).itemsize for d in dtypes)
+    tasks = []
+    for number, start, stop, at in blocks:
+        matrix = matrices[number]
+        tasks.append(ScatterTask(
+            sources[number], maps[number], monotonic[number], start, stop, at,
+            None if rank is None else rank[at : at + stop - start], edges,
+            dtypes, str(directory / f"{number:05d}-{start:012d}"),
+            int(matrix.nnz * (stop - start) // max(1, int(matrix.shape[0]))) * itemsize,
+        ))  # fmt: skip
+    return tasks, edges
+
+
+def _create_arrays(
+    target: Path,
+    path: str,
+    directory: Path,
+    n_obs: int,
+    n_vars: int,
+    nnz: int,
+    dtypes: tuple[str, str],
+) -> None:
+    """The CSR group with its final shapes, unless a killed run of this plan made it (then
+    its gathered buckets are kept)."""
+    import zarr
 
     created = directory / "arrays.json"
-    shape = json.dumps({"n_obs": n_obs, "nnz": total})
-    if not created.exists() or created.read_text() != shape:
-        group = zarr.open_group(target, mode="r+").create_group(path, overwrite=True)
-        group.attrs.update({"encoding-type": "csr_matrix", "encoding-version": "0.1.0",
-                            "shape": [n_obs, n_vars]})  # fmt: skip
-        for name, length, array_dtype in (
-            ("data", total, dtype), ("indices", total, index_dtype),
-            ("indptr", n_obs + 1, np.int64),
-        ):  # fmt: skip
-            group.create_array(name, shape=(length,), dtype=array_dtype,
-                               chunks=(SCRATCH_CHUNK,), compressors=None)  # fmt: skip
-        for stale in (directory / "gather").glob("*.npz"):  # written into the old arrays
-            stale.unlink()
-        created.write_text(shape)
-
-    (directory / "gather").mkdir(exist_ok=True)
-    gather = []
-    for bucket in range(n_buckets):
-        first_row = bucket * per_bucket
-        parts = tuple(
-            Part(t.directory, (int(b[0, bucket]), int(b[0, bucket + 1])),
-                 (int(b[1, bucket]), int(b[1, bucket + 1])))
-            for t, b in zip(scatter, bounds, strict=True)
-            if b[0, bucket + 1] > b[0, bucket]
-        )  # fmt: skip
-        gather.append(GatherTask(
-            bucket, parts, first_row, min(n_obs, first_row + per_bucket) - first_row,
-            int(first_values[bucket]), str(target / path),
-            str(directory / "gather" / f"{bucket:06d}.npz"),
-            int(value_counts[bucket]) * (4 + dtype.itemsize),
-        ))  # fmt: skip
-    if int(row_bounds.sum()) != n_obs:
-        raise RuntimeError(f"{path}: {int(row_bounds.sum())} rows scattered, {n_obs} expected")
-    execute([t for t in gather if not t.done], executor, _phase(progress, "gathering", path))
-
-    arrays = _open_group(str(target / path))
-    for name, array in arrays.items():
-        write_pieces(array, _pieces(gather, name))
+    shape = json.dumps({"n_obs": n_obs, "nnz": nnz})
+    if created.exists() and created.read_text() == shape:
+        return
+    group = zarr.open_group(target, mode="r+").create_group(path, overwrite=True)
+    group.attrs.update(
+        {"encoding-type": "csr_matrix", "encoding-version": "0.1.0", "shape": [n_obs, n_vars]}
+    )
+    index_dtype, dtype = dtypes
+    for name, length, array_dtype in (
+        ("data", nnz, dtype), ("indices", nnz, index_dtype), ("indptr", n_obs + 1, np.int64),
+    ):  # fmt: skip
+        group.create_array(name, shape=(length,), dtype=array_dtype, chunks=(SCRATCH_CHUNK,),
+                           compressors=None)  # fmt: skip
+    shutil.rmtree(directory / "gather", ignore_errors=True)  # written into the old arrays
+    (directory / "gather").mkdir()
+    created.write_text(shape)
 
 
 def _pieces(gather: Sequence[GatherTask], name: str) -> Iterator[tuple[int, np.ndarray]]:

@@ -30,14 +30,14 @@ from typing import Any, Literal
 import numpy as np
 import scipy.sparse as sp
 
-from annlayout.assembly import Source, assemble_sparse
+from annlayout.assembly import SCRATCH_CHUNK, Source, assemble_sparse
 from annlayout.codecs import codec_pipeline
 from annlayout.defaults import MEMORY
 from annlayout.encodings import SPARSE_ENCODINGS, writing
 from annlayout.errors import AnnlayoutError, NotAnnDataError
 from annlayout.reader import Dataset, Matrix
 from annlayout.reader import open as open_dataset
-from annlayout.remote import is_url
+from annlayout.remote import chosen_backend, is_url
 from annlayout.rewrite.atomic import Interrupted, check_paths, remove
 from annlayout.rewrite.buckets import RowBuckets
 from annlayout.rewrite.collection import (
@@ -54,7 +54,6 @@ from annlayout.rewrite.stream import ApplyResult, Progress, apply, parse_size
 
 Join = Literal["inner", "outer"]
 Merge = Literal["same", "unique", "first", "only"] | None
-SCRATCH_CHUNK = 2**20  # values per chunk of the intermediate arrays (uncompressed)
 # indptr grows by a block's rows at a time, and each append rewrites its last chunk: smaller
 INDPTR_CHUNK = 2**16
 SCRATCH_SUFFIX = ".annlayout-concat"
@@ -437,14 +436,19 @@ def _assemble(
     buckets = target.parent / "buckets"
 
     def write(path: str, present: list[Any], maps: list[np.ndarray], n_vars: int) -> None:
-        if (log.get(path) or {}).get("done"):
+        record = log.get(path) or {}
+        if record.get("done"):
             return
         if dask is not None and _on_tasks(present):
-            sources = [Source(location, path) for location in dask.locations]
+            tasks = log.directory / "tasks" / path.replace("/", "__")
+            if record.get("combined_by") != "tasks":  # none, or the serial path's: start clean
+                remove(tasks)
+                log.put(path, combined_by="tasks")
+            sources = [Source(location, path, chosen_backend()) for location in dask.locations]
             dtype = np.result_type(*(m.dtype for m in present))
             assemble_sparse(
                 target, path, sources, present, maps, n_vars, dtype, rank, budget,
-                dask.executor, log.directory / "tasks" / path.replace("/", "__"), progress,
+                dask.executor, tasks, progress,
             )  # fmt: skip
             log.put(path, done=True)
             return
@@ -520,7 +524,7 @@ def _write_matrix(
         log.put(path, done=True)
         return
     record = log.get(path)
-    if record is None or path not in root:
+    if record is None or "rows" not in record or path not in root:  # tasks' record: anew
         record = {"rows": 0, "nnz": 0}
         group = root.create_group(path, overwrite=True)
         group.attrs.update(

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from annlayout.rewrite.collection import reorder_csr
+from annlayout.rewrite.collection import by_bucket, in_new_order
 
 
 class RowBuckets:
@@ -83,9 +83,9 @@ class RowBuckets:
     ) -> None:
         """Rows ``first_row:first_row + len(indptr) - 1`` of the matrix, as CSR."""
         rows = np.arange(first_row, first_row + indptr.size - 1)
-        by_bucket = np.argsort(self.rank[rows] // self.rows_per_bucket, kind="stable")
-        ptr, idx, val = reorder_csr(indptr, indices, data, by_bucket)
-        self._split(rows[by_bucket], ptr, {"indices": idx, "data": val})
+        buckets = self.rank[rows] // self.rows_per_bucket
+        order, ptr, idx, val, _ = by_bucket(buckets, self.n_buckets, indptr, indices, data)
+        self._split(rows[order], ptr, {"indices": idx, "data": val})
 
     def add_dense(self, first_row: int, block: np.ndarray) -> None:
         rows = np.arange(first_row, first_row + block.shape[0])
@@ -136,11 +136,10 @@ class RowBuckets:
         their new order."""
         for bucket in range(first, self.n_buckets):
             ranks, lengths = self._take(bucket)
-            indptr = np.zeros(lengths.size + 1, dtype=np.int64)
-            np.cumsum(lengths, out=indptr[1:])
-            nnz = int(indptr[-1])
+            nnz = int(lengths.sum())
             indices, data = self._read(bucket, "indices", nnz), self._read(bucket, "data", nnz)
-            yield reorder_csr(indptr, indices, data, np.argsort(ranks, kind="stable"))
+            start = bucket * self.rows_per_bucket
+            yield in_new_order(ranks, lengths, indices, data, start, ranks.size, bucket)
 
     def drain_dense(self) -> Iterator[np.ndarray]:
         for bucket in range(self.n_buckets):

@@ -88,6 +88,38 @@ def reorder_csr(
     return taken.indptr.astype(np.int64), taken.indices, taken.data
 
 
+def by_bucket(
+    buckets: np.ndarray, n_buckets: int, indptr: np.ndarray, indices: np.ndarray, data: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A CSR block's rows grouped by ``buckets`` (the bucket of each row), keeping their order
+    within a bucket: (the rows' order, indptr, indices, data, and the first row of each bucket
+    and the end: ``n_buckets + 1`` bounds)."""
+    order = np.argsort(buckets, kind="stable")
+    ptr, idx, val = reorder_csr(indptr, indices, data, order)
+    bounds = np.searchsorted(buckets[order], np.arange(n_buckets + 1))
+    return order, ptr, idx, val, bounds
+
+
+def in_new_order(
+    ranks: np.ndarray,
+    lengths: np.ndarray,
+    indices: np.ndarray,
+    data: np.ndarray,
+    first: int,
+    n_rows: int,
+    bucket: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A bucket's rows, as they arrived (``ranks``: each row's new position, ``lengths``: its
+    nonzeros, whose indices and data follow each other), as CSR in their new order; each new
+    position ``first:first + n_rows`` must have arrived exactly once."""
+    order = np.argsort(ranks, kind="stable")
+    if ranks.size != n_rows or not np.array_equal(ranks[order], np.arange(first, first + n_rows)):
+        raise RuntimeError(f"bucket {bucket}: {ranks.size} rows arrived, {n_rows} expected")
+    indptr = np.zeros(ranks.size + 1, dtype=np.int64)
+    np.cumsum(lengths, out=indptr[1:])
+    return reorder_csr(indptr, indices, data, order)
+
+
 def window_entropy(sources: np.ndarray, window: int = 256) -> float:
     """Mean Shannon entropy, in bits, of the source labels in consecutive windows of
     ``window`` rows: what a loader reading ``window`` contiguous cells sees of the mix.

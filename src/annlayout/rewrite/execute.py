@@ -84,12 +84,12 @@ def open_array(stores: Stores, role: str, name: str) -> Any:
         root = _opened.get((role, location))
         if root is None:
             root = (
-                _open_source(*_signature(location)) if role == "source" else _open_target(location)
+                _open_source(*signature(location)) if role == "source" else _open_target(location)
             )
         return root[name]
 
 
-def _signature(location: str) -> tuple[str, int | None]:
+def signature(location: str) -> tuple[str, int | None]:
     """A local input is reopened once it changed (a long-lived worker, a rewritten file)."""
     try:
         return location, os.stat(location).st_mtime_ns
