@@ -21,7 +21,8 @@ order:
    ``--shuffle``); ``test_concat_annlayout_shuffled_outer``: the same with ``--join outer``,
    the genes annbatch writes (its ratios to annbatch are reported, not asserted);
    ``test_concat_annlayout_shuffled_workers``: the shuffled one with ``--workers 2`` (the
-   inputs combined by dask tasks; its ratio to the serial run is reported, not asserted);
+   inputs combined by dask tasks; its ratio to the serial run, at most 1.1, is reported,
+   not asserted);
 2. ``test_concat_annlayout``: the same without ``--shuffle`` (inner join);
 3. ``test_concat_on_disk``: ``anndata.experimental.concat_on_disk(INPUTS, OUT)``, defaults;
 4. ``test_concat_annbatch``: ``annbatch.DatasetCollection(OUT).add_adatas(INPUTS,
@@ -411,7 +412,8 @@ def test_concat_targets(
     )
     ratio(SHUFFLED_OUTER, "median_peak_mb", ANNBATCH, TARGET_SHUFFLE_RSS,
           "outer shuffled peak / annbatch")  # fmt: skip
-    ratio(SHUFFLED_WORKERS, "median_s", SHUFFLED, 1.0, "shuffled on 2 dask threads / serial")
+    # two cores: the serial run already reads on two threads; the tasks are for more cores
+    ratio(SHUFFLED_WORKERS, "median_s", SHUFFLED, 1.1, "shuffled on 2 dask threads / serial")
     for check in checks[-3:]:
         check["asserted"] = False
 

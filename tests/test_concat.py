@@ -321,7 +321,7 @@ def test_concat_on_threads_and_a_local_cluster_equals_the_serial_result(
     concat("cell-browser", paths, tmp_path / "serial.zarr", **options)
     # chunks of the combined arrays (written by the tasks as the driver made them) smaller
     # than a bucket's values and rows, so buckets share chunks and some cover none whole
-    monkeypatch.setattr(assembly, "SCRATCH_CHUNK", 37)
+    monkeypatch.setattr(assembly, "TASK_CHUNK", 37)
     ran: list[str] = []
     with monkeypatch.context() as counting:
         for task in (assembly.ScatterTask, assembly.GatherTask):
@@ -668,7 +668,7 @@ def test_resume_may_switch_between_serial_and_tasks(tmp_path, collection, monkey
     out = tmp_path / "out.zarr"
     put, run, growing = concatenate.Checkpoints.put, assembly.GatherTask.run, concatenate._growing
     # small chunks on both paths, so that a record counts whole chunks the other path wrote
-    monkeypatch.setattr(assembly, "SCRATCH_CHUNK", 64)
+    monkeypatch.setattr(assembly, "TASK_CHUNK", 64)
     monkeypatch.setattr(concatenate, "_growing", lambda *args: growing(*args[:3], 64))
 
     def serial_killed(self, name, saved=None, **record):

@@ -47,7 +47,9 @@ from annlayout.rewrite.collection import (
 )
 from annlayout.rewrite.execute import Executor, Progress, Threads, execute, signature
 
-SCRATCH_CHUNK = 2**20  # values per chunk of the combined arrays (uncompressed)
+# values per chunk of the combined arrays (uncompressed): small beside a bucket's values, so
+# that the chunks buckets share, which the driver writes, hold little of the data
+TASK_CHUNK = 2**16
 
 
 @dataclass(frozen=True)
@@ -131,18 +133,14 @@ class ScatterTask:
         directory = Path(self.directory)
         shutil.rmtree(directory, ignore_errors=True)  # a killed run's part files
         directory.mkdir(parents=True, exist_ok=True)
-        for name, values in (("rows", rows), ("indices", idx), ("data", val), ("bounds", bounds)):
-            _save(directory / f"{name}.npy", values)  # bounds last: the task is done
+        for name, values in (("rows", rows), ("indices", idx), ("data", val)):
+            values.tofile(directory / f"{name}.bin")  # raw: a gather task reads a range of it
+        partial = directory / "bounds.partial.npy"
+        np.save(partial, bounds)
+        partial.replace(directory / "bounds.npy")  # last: the task is done
         if advance:
             advance(self.nbytes)
         return self.nbytes
-
-
-def _save(path: Path, values: np.ndarray) -> None:
-    partial = path.with_name(path.name + ".partial")
-    with open(partial, "wb") as out:
-        np.save(out, values)
-    partial.replace(path)
 
 
 # --------------------------------------------------------------------------- gather
@@ -177,18 +175,26 @@ class GatherTask:
         return Path(self.pieces).exists()
 
     def run(self, advance: Callable[[int], None] | None = None) -> int:
-        read: dict[str, list[np.ndarray]] = {"rows": [], "indices": [], "data": []}
-        for part in self.parts:
-            for name, (lo, hi) in (("rows", part.rows), ("indices", part.values),
-                                   ("data", part.values)):  # fmt: skip
-                stored = np.load(Path(part.directory) / f"{name}.npy", mmap_mode="r")
-                read[name].append(np.array(stored[lo:hi]))  # only these bytes are read
         arrays = _open_group(self.group)
-        rows = np.concatenate(read["rows"]) if read["rows"] else np.empty((0, 2), np.int64)
-        indices, data = (
-            np.concatenate(read[name]) if read[name] else np.empty(0, arrays[name].dtype)
-            for name in ("indices", "data")
-        )
+        pairs = np.dtype((np.int64, 2))  # a row's new position and its nonzeros
+        read: dict[str, list[np.ndarray]] = {"rows": [], "indices": [], "data": []}
+        for part in self.parts:  # one read of each range (a shuffle's bucket: in every file)
+            for name, (lo, hi), dtype in (
+                ("rows", part.rows, pairs),
+                ("indices", part.values, arrays["indices"].dtype),
+                ("data", part.values, arrays["data"].dtype),
+            ):
+                path = Path(part.directory) / f"{name}.bin"
+                values = np.fromfile(path, dtype, count=hi - lo, offset=lo * dtype.itemsize)
+                if values.shape[0] != hi - lo:
+                    raise RuntimeError(f"{path}: {values.shape[0]} values, {hi - lo} expected")
+                read[name].append(values)
+        rows, indices, data = (
+            np.concatenate(read[name]) if read[name] else np.empty(0, dtype)
+            for name, dtype in (("rows", pairs), ("indices", arrays["indices"].dtype),
+                                ("data", arrays["data"].dtype))
+        )  # fmt: skip
+        rows = rows.reshape(-1, 2)
         ptr, idx, val = in_new_order(
             rows[:, 0], rows[:, 1], indices, data, self.first_row, self.n_rows, self.bucket
         )
@@ -405,7 +411,7 @@ def _create_arrays(
     for name, length, array_dtype in (
         ("data", nnz, dtype), ("indices", nnz, index_dtype), ("indptr", n_obs + 1, np.int64),
     ):  # fmt: skip
-        group.create_array(name, shape=(length,), dtype=array_dtype, chunks=(SCRATCH_CHUNK,),
+        group.create_array(name, shape=(length,), dtype=array_dtype, chunks=(TASK_CHUNK,),
                            compressors=None)  # fmt: skip
     shutil.rmtree(directory / "gather", ignore_errors=True)  # written into the old arrays
     (directory / "gather").mkdir()

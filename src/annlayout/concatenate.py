@@ -30,7 +30,7 @@ from typing import Any, Literal
 import numpy as np
 import scipy.sparse as sp
 
-from annlayout.assembly import SCRATCH_CHUNK, Source, assemble_sparse
+from annlayout.assembly import Source, assemble_sparse
 from annlayout.codecs import codec_pipeline
 from annlayout.defaults import MEMORY
 from annlayout.encodings import SPARSE_ENCODINGS, writing
@@ -54,6 +54,7 @@ from annlayout.rewrite.stream import ApplyResult, Progress, apply, parse_size
 
 Join = Literal["inner", "outer"]
 Merge = Literal["same", "unique", "first", "only"] | None
+SCRATCH_CHUNK = 2**20  # values per chunk of the intermediate arrays (uncompressed)
 # indptr grows by a block's rows at a time, and each append rewrites its last chunk: smaller
 INDPTR_CHUNK = 2**16
 SCRATCH_SUFFIX = ".annlayout-concat"
