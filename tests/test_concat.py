@@ -654,6 +654,37 @@ def test_concat_resume_to_an_h5ad_layout_redoes_the_layout_step(tmp_path, collec
     assert result.verified and ad.read_h5ad(out).n_obs == sum(a.n_obs for a in adatas)
 
 
+def test_tasks_combine_empty_inputs_and_inputs_without_nonzeros_as_serially(tmp_path):
+    """An input with no cells, one with no nonzeros and one whose genes an inner join drops
+    all: the task path's store equals the serial one's."""
+    X = sp.random(300, 50, density=0.1, format="csr", dtype=np.float32, random_state=4)
+    var = pd.DataFrame(index=[f"g{i}" for i in range(50)])
+    parts = {
+        "cells.h5ad": ad.AnnData(X=X, var=var),
+        "none.h5ad": ad.AnnData(X=sp.csr_matrix((0, 50), dtype=np.float32), var=var),
+        "zeros.h5ad": ad.AnnData(X=sp.csr_matrix((40, 50), dtype=np.float32), var=var),
+        "other-genes.h5ad": ad.AnnData(
+            X=sp.random(20, 5, density=0.5, format="csr", dtype=np.float32, random_state=5),
+            var=pd.DataFrame(index=[f"h{i}" for i in range(5)]),
+        ),
+    }
+    for name, adata in parts.items():
+        adata.obs_names = [f"{name}-{i}" for i in range(adata.n_obs)]
+        adata.write_h5ad(tmp_path / name)
+    for join, names in (("outer", list(parts)), ("inner", list(parts)[:3])):
+        paths = [tmp_path / name for name in names]
+        for mode, workers in (("serial", 1), ("tasks", 2)):
+            concat("ml-minibatch", paths, tmp_path / f"{join}-{mode}.zarr", join=join,
+                   shuffle=1, memory="64KiB", workers=workers)  # fmt: skip
+        assert _tree(tmp_path / f"{join}-serial.zarr") == _tree(tmp_path / f"{join}-tasks.zarr")
+    # and every gene dropped: an inner join with the input of other genes
+    paths = [tmp_path / name for name in ("cells.h5ad", "other-genes.h5ad")]
+    for mode, workers in (("serial", 1), ("tasks", 2)):
+        concat("ml-minibatch", paths, tmp_path / f"none-{mode}.zarr", workers=workers)
+    assert _tree(tmp_path / "none-serial.zarr") == _tree(tmp_path / "none-tasks.zarr")
+    assert ad.read_zarr(tmp_path / "none-tasks.zarr").shape == (320, 0)
+
+
 @pytest.mark.parametrize("first", ["serial", "tasks"])
 def test_resume_may_switch_between_serial_and_tasks(tmp_path, collection, monkeypatch, first):
     """Each run killed inside the combining of X: serial, then on tasks, then serially again
@@ -710,6 +741,7 @@ def test_whole_chunks_are_written_by_their_bucket_and_shared_ones_from_the_piece
         (0, [100, 101, 102]), (3, [103]), (8, [108]), (9, [109])
     ]  # fmt: skip
     assert list(array[4:8]) == [104, 105, 106, 107] and list(array[:4]) == [0, 0, 0, 0]
+    assert write_whole_chunks(array, 10, values[:0]) == []  # an empty last bucket
     write_pieces(array, iter(pieces), "a")
     assert list(array[...]) == list(values)
     with pytest.raises(RuntimeError, match="a: chunk 0 is incomplete"):

@@ -16,9 +16,10 @@ that share nothing but a directory the driver and every worker see:
 
 Without a new order the buckets are the scatter tasks' blocks (sized by each input's density),
 so a gather task reads one file. With one, buckets are equal runs of new positions, and a
-gather task reads a part of every scatter task's files. Every task writes its files under a
-temporary name and renames the last one into place, so a task whose last file exists is done,
-and a resumed run skips it.
+gather task reads a part of every scatter task's files. A task's last file (a scatter task's
+bounds, a gather task's pieces) is written under a temporary name and renamed into place, so a
+task whose last file exists is done and a resumed run skips it; one that was killed starts
+again from nothing (a scatter task clears its directory first).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from annlayout.codecs import codec_pipeline
 from annlayout.reader import Dataset, Matrix
 from annlayout.reader import open as open_dataset
 from annlayout.remote import store_backend
+from annlayout.rewrite.atomic import check_interrupted
 from annlayout.rewrite.collection import (
     by_bucket,
     in_new_order,
@@ -47,8 +49,9 @@ from annlayout.rewrite.collection import (
 )
 from annlayout.rewrite.execute import Executor, Progress, Threads, execute, signature
 
-# values per chunk of the combined arrays (uncompressed): small beside a bucket's values, so
-# that the chunks buckets share, which the driver writes, hold little of the data
+# values per chunk of the combined arrays (uncompressed): small beside a bucket's nonzeros
+# (hundreds of thousands at a 1 GiB budget), so the chunks buckets share, which the driver
+# writes, hold little of data and indices (indptr, a value per row, is mostly written there)
 TASK_CHUNK = 2**16
 
 
@@ -116,6 +119,7 @@ class ScatterTask:
     def run(self, advance: Callable[[int], None] | None = None) -> int:
         import scipy.sparse as sp
 
+        check_interrupted()
         matrix = source_matrix(self.source)
         block = sp.csr_matrix(matrix.rows(self.start, self.stop))
         ptr, idx, val = remap_rows(
@@ -128,7 +132,9 @@ class ScatterTask:
         rank = self.rank if self.rank is not None else np.arange(self.first, self.first + n_rows)
         buckets = np.searchsorted(self.edges, rank, side="right") - 1
         order, ptr, idx, val, row_bounds = by_bucket(buckets, self.edges.size - 1, ptr, idx, val)
-        bounds = np.stack([row_bounds, ptr[row_bounds]]).astype(np.int64)
+        hit = np.flatnonzero(np.diff(row_bounds))  # only these: a task meets few buckets unshuffled
+        lo, hi = row_bounds[hit], row_bounds[hit + 1]
+        bounds = np.stack([hit, lo, hi, ptr[lo], ptr[hi]]).astype(np.int64)
         rows = np.column_stack([rank[order], np.diff(ptr)]).astype(np.int64)
         directory = Path(self.directory)
         shutil.rmtree(directory, ignore_errors=True)  # a killed run's part files
@@ -148,12 +154,12 @@ class ScatterTask:
 
 @dataclass(frozen=True)
 class Part:
-    """A bucket's rows in one scatter task's files: rows ``rows[0]:rows[1]`` of its rows
-    file, nonzeros ``values[0]:values[1]`` of its indices and data."""
+    """A bucket's rows in one scatter task's files: ``row_range`` of its rows file,
+    ``value_range`` of its indices and data."""
 
     directory: str
-    rows: tuple[int, int]
-    values: tuple[int, int]
+    row_range: tuple[int, int]
+    value_range: tuple[int, int]
 
 
 @dataclass(frozen=True, eq=False)
@@ -175,14 +181,15 @@ class GatherTask:
         return Path(self.pieces).exists()
 
     def run(self, advance: Callable[[int], None] | None = None) -> int:
+        check_interrupted()
         arrays = _open_group(self.group)
         pairs = np.dtype((np.int64, 2))  # a row's new position and its nonzeros
         read: dict[str, list[np.ndarray]] = {"rows": [], "indices": [], "data": []}
         for part in self.parts:  # one read of each range (a shuffle's bucket: in every file)
             for name, (lo, hi), dtype in (
-                ("rows", part.rows, pairs),
-                ("indices", part.values, arrays["indices"].dtype),
-                ("data", part.values, arrays["data"].dtype),
+                ("rows", part.row_range, pairs),
+                ("indices", part.value_range, arrays["indices"].dtype),
+                ("data", part.value_range, arrays["data"].dtype),
             ):
                 path = Path(part.directory) / f"{name}.bin"
                 values = np.fromfile(path, dtype, count=hi - lo, offset=lo * dtype.itemsize)
@@ -198,7 +205,9 @@ class GatherTask:
         ptr, idx, val = in_new_order(
             rows[:, 0], rows[:, 1], indices, data, self.first_row, self.n_rows, self.bucket
         )
-        skip = 0 if self.bucket == 0 else 1  # the first bucket writes indptr[0] too
+        # indptr has a value more than rows: its first (0) is written by the first bucket, and
+        # every bucket writes the ends of its rows
+        skip = 0 if self.bucket == 0 else 1
         starts = {
             "indptr": (self.first_row + skip, ptr[skip:] + self.first_value),
             "indices": (self.first_value, idx),
@@ -309,9 +318,16 @@ def assemble_sparse(
     execute([t for t in scatter if not t.done], executor, _phase(progress, "scattering", path))
 
     n_obs = int(edges[-1])
-    bounds = [np.load(Path(t.directory) / "bounds.npy") for t in scatter]
-    rows_in = sum((np.diff(b[0]) for b in bounds), np.zeros(edges.size - 1, np.int64))
-    values_in = sum((np.diff(b[1]) for b in bounds), np.zeros(edges.size - 1, np.int64))
+    n_buckets = edges.size - 1
+    parts: list[list[Part]] = [[] for _ in range(n_buckets)]
+    rows_in, values_in = np.zeros(n_buckets, np.int64), np.zeros(n_buckets, np.int64)
+    for task in scatter:
+        for bucket, row_lo, row_hi, value_lo, value_hi in np.load(
+            Path(task.directory) / "bounds.npy"
+        ).T.tolist():
+            parts[bucket].append(Part(task.directory, (row_lo, row_hi), (value_lo, value_hi)))
+            rows_in[bucket] += row_hi - row_lo
+            values_in[bucket] += value_hi - value_lo
     if not np.array_equal(rows_in, np.diff(edges)):
         raise RuntimeError(f"{path}: {int(rows_in.sum())} rows scattered, {n_obs} expected")
     first_values = np.concatenate([[0], np.cumsum(values_in)])
@@ -320,7 +336,7 @@ def assemble_sparse(
     gather = [
         GatherTask(
             bucket,
-            _parts(scatter, bounds, bucket),
+            tuple(parts[bucket]),
             int(edges[bucket]),
             int(edges[bucket + 1] - edges[bucket]),
             int(first_values[bucket]),
@@ -328,21 +344,11 @@ def assemble_sparse(
             str(directory / "gather" / f"{bucket:06d}.npz"),
             int(values_in[bucket]) * (index_dtype.itemsize + dtype.itemsize),
         )
-        for bucket in range(edges.size - 1)
+        for bucket in range(n_buckets)
     ]
     execute([t for t in gather if not t.done], executor, _phase(progress, "gathering", path))
     for name, array in _open_group(str(target / path)).items():
         write_pieces(array, _pieces(gather, name), f"{path}/{name}")
-
-
-def _parts(scatter: list[ScatterTask], bounds: list[np.ndarray], bucket: int) -> tuple[Part, ...]:
-    """Where the bucket's rows are in the scatter tasks' files (those that hold any)."""
-    return tuple(
-        Part(task.directory, (int(b[0, bucket]), int(b[0, bucket + 1])),
-             (int(b[1, bucket]), int(b[1, bucket + 1])))
-        for task, b in zip(scatter, bounds, strict=True)
-        if b[0, bucket + 1] > b[0, bucket]
-    )  # fmt: skip
 
 
 def _scatter_tasks(

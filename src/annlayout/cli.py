@@ -453,8 +453,8 @@ def _combining_options(join_help: str, cells: str) -> Callable[[Any], Any]:
     "--resume",
     is_flag=True,
     help="Continue a run that was killed (same inputs and options): combining the inputs from "
-    "the rows it recorded, the layout step from the blocks it completed; without it a rerun "
-    "starts clean.",
+    "the rows (or, with --workers/--scheduler, the tasks) it recorded, the layout step from "
+    "the blocks it completed; without it a rerun starts clean.",
 )
 @click.option("--no-verify", is_flag=True, help="Skip comparing the output with the inputs.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")

@@ -366,7 +366,8 @@ class Checkpoints:
     ``directory``), so that ``--resume`` continues a run killed while it combined the inputs.
     A matrix's record says how many rows and nonzeros its arrays hold whole (written after
     them: zarr grows an array's shape before it writes the values, so the shape alone does
-    not say), and where a shuffle's first pass got to."""
+    not say), and where a shuffle's first pass got to; or, for a matrix combined by dask
+    tasks, ``combined_by: tasks`` (the tasks' own files say how far they got)."""
 
     def __init__(self, directory: Path, fingerprint: str, *, resume: bool):
         self.directory = directory
@@ -452,6 +453,7 @@ def _assemble(
                 dask.executor, tasks, progress,
             )  # fmt: skip
             log.put(path, done=True)
+            remove(tasks)  # after the record: the tasks' files are no longer needed to resume
             return
         with codec_pipeline("zarrs"):  # local and uncompressed: zarrs appends 2x as fast
             _write_matrix(root, path, present, maps, n_vars, budget, progress, rank, buckets, log)

@@ -89,11 +89,11 @@ class RowBuckets:
 
     def add_dense(self, first_row: int, block: np.ndarray) -> None:
         rows = np.arange(first_row, first_row + block.shape[0])
-        by_bucket = np.argsort(self.rank[rows] // self.rows_per_bucket, kind="stable")
+        order = np.argsort(self.rank[rows] // self.rows_per_bucket, kind="stable")
         self._row_shape = block.shape[1:]
         per_row = int(np.prod(self._row_shape, dtype=np.int64))
         ptr = np.arange(rows.size + 1, dtype=np.int64) * per_row
-        self._split(rows[by_bucket], ptr, {"data": block[by_bucket].reshape(-1)})
+        self._split(rows[order], ptr, {"data": block[order].reshape(-1)})
 
     def _split(self, rows: np.ndarray, ptr: np.ndarray, arrays: dict[str, np.ndarray]) -> None:
         buckets = self.rank[rows] // self.rows_per_bucket

@@ -113,8 +113,12 @@ def in_new_order(
     nonzeros, whose indices and data follow each other), as CSR in their new order; each new
     position ``first:first + n_rows`` must have arrived exactly once."""
     order = np.argsort(ranks, kind="stable")
-    if ranks.size != n_rows or not np.array_equal(ranks[order], np.arange(first, first + n_rows)):
+    if ranks.size != n_rows:
         raise RuntimeError(f"bucket {bucket}: {ranks.size} rows arrived, {n_rows} expected")
+    expected = np.arange(first, first + n_rows)
+    if not np.array_equal(ranks[order], expected):
+        wrong = int(ranks[order][ranks[order] != expected][0])
+        raise RuntimeError(f"bucket {bucket}: row {wrong} arrived twice or does not belong")
     indptr = np.zeros(ranks.size + 1, dtype=np.int64)
     np.cumsum(lengths, out=indptr[1:])
     return reorder_csr(indptr, indices, data, order)

@@ -1,9 +1,10 @@
-"""Running apply's tasks behind one signature: ``execute(tasks, executor, progress)``.
+"""Running tasks behind one signature: ``execute(tasks, executor, progress)``.
 
-A task is a block copy (:class:`CopyTask`) or an out-of-core transpose
-(:class:`TransposeTask`), made beforehand from the memory model
-(:mod:`annlayout.rewrite.blocks`) and independent of every other task: a transpose reads only
-the input. A task names its stores by location (:class:`Stores`) and opens the arrays it needs
+apply's tasks are block copies (:class:`CopyTask`) and out-of-core transposes
+(:class:`TransposeTask`); concat's combining step has its own (:mod:`annlayout.assembly`),
+which need only ``nbytes`` and ``run`` (:class:`Task`). apply's are made beforehand from the
+memory model (:mod:`annlayout.rewrite.blocks`) and independent of every other task: a
+transpose reads only the input. A task names its stores by location (:class:`Stores`) and opens the arrays it needs
 itself, with the chosen codec pipeline, so the same task runs in the driver, on a dask thread or
 on a dask.distributed worker. The driver registers the roots it already holds open
 (:func:`opened`), which tasks running in its process use instead of opening them again (an h5ad
@@ -314,7 +315,12 @@ def execute(tasks: Sequence[Task], executor: Executor, progress: Progress | None
 def _run_threads(tasks: Sequence[Task], workers: int, advance: Advance) -> None:
     import dask
 
-    delayed = [dask.delayed(task.run, pure=False)(advance) for task in tasks]
+    # named in order: dask orders independent tasks by name, and a task's neighbours share
+    # its input (opened once per process)
+    delayed = [
+        dask.delayed(task.run, pure=False)(advance, dask_key_name=f"task-{number:09d}")
+        for number, task in enumerate(tasks)
+    ]
     dask.compute(*delayed, scheduler="threads", num_workers=workers)
 
 
