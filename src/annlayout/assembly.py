@@ -43,6 +43,7 @@ from annlayout.rewrite.atomic import check_interrupted
 from annlayout.rewrite.collection import (
     by_bucket,
     in_new_order,
+    input_blocks,
     is_monotonic,
     remap_rows,
     rows_per_block,
@@ -73,13 +74,7 @@ _open_lock = threading.Lock()
 def source_matrix(source: Source) -> Matrix:
     """The matrix, its indptr read (once per process: two threads never both read it)."""
     with _open_lock, store_backend(source.store_backend):
-        dataset = _dataset(*signature(source.location))
-        if source.element == "X":
-            matrix: Any = dataset.X
-        elif source.element == "raw/X":
-            matrix = dataset.raw[0] if dataset.raw is not None else None
-        else:
-            matrix = dataset.layers.get(source.element.split("/", 1)[1])
+        matrix = _dataset(*signature(source.location)).matrix(source.element)
         if not isinstance(matrix, Matrix):
             raise ValueError(f"{source.location}: no stored {source.element} to combine")
         matrix.warm()
@@ -364,14 +359,7 @@ def _scatter_tasks(
     edges (new positions): the blocks themselves without ``rank``; with it, equal runs of new
     positions sized by the average density (a shuffle mixes the inputs in every bucket)."""
     n_obs = sum(int(m.shape[0]) for m in matrices)
-    blocks = []  # (input, start, stop, first row in the stack)
-    first = 0
-    for number, matrix in enumerate(matrices):
-        n_rows = int(matrix.shape[0])
-        step = rows_per_block(int(matrix.nnz), n_rows, per_task)
-        blocks += [(number, start, min(n_rows, start + step), first + start)
-                   for start in range(0, n_rows, step)]  # fmt: skip
-        first += n_rows
+    blocks = input_blocks([(int(m.shape[0]), int(m.nnz)) for m in matrices], per_task)
     if rank is None:
         starts = [at for *_, at in blocks]
     else:

@@ -43,6 +43,7 @@ from annlayout.rewrite.buckets import RowBuckets
 from annlayout.rewrite.collection import (
     column_maps,
     grouped,
+    input_blocks,
     is_monotonic,
     mixing,
     remap_rows,
@@ -50,7 +51,7 @@ from annlayout.rewrite.collection import (
     shuffled,
 )
 from annlayout.rewrite.execute import Executor, executor_for
-from annlayout.rewrite.stream import ApplyResult, Progress, apply, parse_size
+from annlayout.rewrite.stream import ApplyResult, Progress, apply, parse_size, task_location
 
 Join = Literal["inner", "outer"]
 Merge = Literal["same", "unique", "first", "only"] | None
@@ -152,7 +153,7 @@ def concat(
         }
         sources = sources[order]
     matrices = {
-        path: [matrix_of(d, path) for d in datasets] for path in ["X", *common_layers(datasets)]
+        path: [d.matrix(path) for d in datasets] for path in ["X", *common_layers(datasets)]
     }
     raw = _raw(datasets, combined, join, label, keys, index_unique)
     fingerprint = inputs_fingerprint(inputs, join=join, label=label, keys=keys,
@@ -211,8 +212,7 @@ def _on_dask(workers: int, scheduler: str | None, inputs: Sequence[str | Path]) 
     needed = dask_requirement(workers, scheduler)
     if needed:
         raise ConcatError(needed)
-    locations = [str(p) if is_url(p) else str(Path(p).resolve()) for p in inputs]
-    return OnDask(executor_for(workers, scheduler), locations)
+    return OnDask(executor_for(workers, scheduler), [task_location(p) for p in inputs])
 
 
 def _resumable(layout: Any, output: str | Path) -> bool:
@@ -331,10 +331,6 @@ def _shape(trailing: tuple[int, ...]) -> str:
 def common_layers(datasets: list[Dataset]) -> list[str]:
     names = [set(d.layers) for d in datasets]
     return [f"layers/{key}" for key in sorted(set.intersection(*names))] if names else []
-
-
-def matrix_of(data: Dataset, path: str) -> Any:
-    return data.X if path == "X" else data.layers[path.split("/", 1)[1]]
 
 
 def _raw(
@@ -717,20 +713,14 @@ def csr_blocks(
     release the GIL): the caller's block and ``READERS`` more are in memory, each within
     ``budget / (READERS + 1)``. ``start``: the first row of the stacked inputs to yield
     (a resumed run's)."""
-    jobs = []
-    offset = 0  # the input's first row in the stack
-    for number, (matrix, column_map) in enumerate(zip(present, maps, strict=True)):
-        n_rows = matrix.shape[0]
-        offset, first = offset + n_rows, offset
-        if first + n_rows <= start:
-            continue
-        if matrix.encoding in SPARSE_ENCODINGS:  # its indptr and shard indexes read here,
-            matrix.warm()  # not by two threads at once
-        monotonic = is_monotonic(column_map)
-        step = rows_per_block(matrix.nnz, n_rows, budget // (READERS + 1))
-        for lo in range(max(0, start - first), n_rows, step):
-            hi = min(n_rows, lo + step)
-            jobs.append((number, matrix, column_map, monotonic, lo, hi, first + lo))
+    sizes = [(int(m.shape[0]), int(m.nnz)) for m in present]
+    blocks = input_blocks(sizes, budget // (READERS + 1), start)
+    for number in sorted({block[0] for block in blocks}):
+        if present[number].encoding in SPARSE_ENCODINGS:  # its indptr and shard indexes
+            present[number].warm()  # read here, not by two threads at once
+    monotonic = [is_monotonic(column_map) for column_map in maps]
+    jobs = [(number, present[number], maps[number], monotonic[number], lo, hi, at)
+            for number, lo, hi, at in blocks]  # fmt: skip
 
     def remapped(job: tuple[Any, ...]) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
         _, matrix, column_map, monotonic, start, stop, at = job

@@ -109,6 +109,16 @@ class Dataset:
         parts = {key: read_elem(group[key]) for key in ("var", "varm") if key in group}
         return Matrix(group["X"], self), parts
 
+    def matrix(self, element: str) -> Matrix | LoadedMatrix | None:
+        """``X``, ``layers/NAME`` or ``raw/X`` by its path, or None where the store has none."""
+        if element == "X":
+            return self.X
+        if element == "raw/X":
+            return self.raw[0] if self.raw is not None else None
+        if element.startswith("layers/"):
+            return self.layers.get(element.split("/", 1)[1])
+        raise ValueError(f"{element}: not a matrix path (X, layers/NAME or raw/X)")
+
     def _read_upgraded(self, *, keep_raw_x: bool) -> Any:
         """A legacy store as anndata reads it, read in full but for X and the layers (and
         raw's X unless ``keep_raw_x``), which stay stand-ins."""

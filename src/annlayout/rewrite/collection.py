@@ -153,3 +153,19 @@ def rows_per_block(nnz: int, n_obs: int, budget: int) -> int:
     while remapping) fill a quarter of the budget."""
     per_row = max(1.0, nnz / max(1, n_obs)) * 28 * 2
     return max(1, int(budget / 4 / per_row))
+
+
+def input_blocks(
+    sizes: list[tuple[int, int]], budget: int, start: int = 0
+) -> list[tuple[int, int, int, int]]:
+    """Row blocks of inputs stacked one after another, each sized by its input's own density
+    (:func:`rows_per_block`): (input, first row, end row, first row in the stack), from row
+    ``start`` of the stack on. ``sizes``: (rows, stored values) of each input."""
+    blocks = []
+    first = 0  # the input's first row in the stack
+    for number, (n_rows, nnz) in enumerate(sizes):
+        step = rows_per_block(nnz, n_rows, budget)
+        blocks += [(number, lo, min(n_rows, lo + step), first + lo)
+                   for lo in range(max(0, start - first), n_rows, step)]  # fmt: skip
+        first += n_rows
+    return blocks

@@ -4,9 +4,9 @@ apply's tasks are block copies (:class:`CopyTask`) and out-of-core transposes
 (:class:`TransposeTask`); concat's combining step has its own (:mod:`annlayout.assembly`),
 which need only ``nbytes`` and ``run`` (:class:`Task`). apply's are made beforehand from the
 memory model (:mod:`annlayout.rewrite.blocks`) and independent of every other task: a
-transpose reads only the input. A task names its stores by location (:class:`Stores`) and opens the arrays it needs
-itself, with the chosen codec pipeline, so the same task runs in the driver, on a dask thread or
-on a dask.distributed worker. The driver registers the roots it already holds open
+transpose reads only the input. A task names its stores by location (:class:`Stores`) and
+opens the arrays it needs itself, with the chosen codec pipeline, so the same task runs in the
+driver, on a dask thread or on a dask.distributed worker. The driver registers the roots it already holds open
 (:func:`opened`), which tasks running in its process use instead of opening them again (an h5ad
 output, written through one h5py handle, needs that).
 

@@ -288,7 +288,7 @@ def _apply(
             result.upgrades = rewriter.upgrades
             result.n_blocks = len(blocks)
             result.bytes_read = sum(b.nbytes for b in blocks) + rewriter.whole_bytes
-            stores = Stores(_location(source), _location(tmp), pipeline, chosen_backend())
+            stores = Stores(task_location(source), task_location(tmp), pipeline, chosen_backend())
             tasks = rewriter.tasks(blocks, stores)
             if journal is not None:
                 done = completed(journal) if prepared is not None else set()
@@ -605,7 +605,7 @@ def _check_complete(path: str, group: Any) -> None:
                 )
 
 
-def _location(path: Path | str) -> str:
+def task_location(path: Path | str) -> str:
     """A store's location as tasks open it: absolute for local paths (workers' cwd differ)."""
     return str(path) if is_url(str(path)) else str(Path(path).resolve())
 
