@@ -245,47 +245,55 @@ def test_the_merge_gap_follows_the_measured_link():
 def test_merged_requests_carry_at_most_twice_the_bytes_asked_for():
     """Gaps that each cost less than a round trip must not add up to whole shards: chunks
     1 MB apart merge only while the merged range stays within MAX_WASTE of their bytes;
-    neighbours always merge, up to the request span."""
-    from zarr.core.buffer import default_buffer_prototype
-    from zarr.core.sync import sync
-    from zarr.storage import MemoryStore
+    neighbours always merge, up to the request span; every chunk is in exactly one request
+    that covers it."""
+    from annlayout.chunk_reads import MAX_WASTE, merged_requests
 
-    from annlayout.chunk_reads import MAX_WASTE, Link, _store_ranges
-
-    store = MemoryStore()
-    payload = bytes(range(256)) * (48 * 2**12)  # 48 MiB
-    sync(store.set("shard", default_buffer_prototype().buffer.from_bytes(payload)))
-    asked: list[int] = []
-    original = store.get_partial_values
-
-    async def counting(prototype, requests):
-        asked.extend(r.end - r.start for _, r in requests)
-        return await original(prototype, requests)
-
-    store.get_partial_values = counting  # type: ignore[method-assign]
-    link = Link()
-    link.rtt, link.rate = 0.020, 200e6  # gap: 4 MB
-    chunk = 100_000
+    gap, span, chunk = 4_000_000, 4_000_000, 100_000  # 20 ms at 200 MB/s
     scattered = [("shard", k * 2**20, k * 2**20 + chunk) for k in range(20)]
-    got = _store_ranges(store, scattered, link)
-    assert got == [payload[a:b] for _, a, b in scattered]
-    assert sum(asked) <= MAX_WASTE * 20 * chunk + 2**20  # not the 20 MB the gaps span
-    asked.clear()
+    requests = merged_requests(scattered, gap, span)
+    assert sum(r.size for r in requests) <= MAX_WASTE * 20 * chunk + 2**20  # not 20 MB
     neighbours = [("shard", k * chunk, (k + 1) * chunk) for k in range(400)]  # 40 MB
-    link.rtt, link.rate = 0.020, 200e6  # as measured before this read (it measures again)
-    span = link.request_span
-    got = _store_ranges(store, neighbours, link)
-    assert b"".join(got) == payload[: 400 * chunk]
-    assert len(asked) == -(-400 * chunk // span)
-    assert max(asked) <= span
+    requests = merged_requests(neighbours, gap, span)
+    assert len(requests) == -(-400 * chunk // span) and max(r.size for r in requests) <= span
+    for located in (scattered, neighbours):
+        members = sorted(i for r in merged_requests(located, gap, span) for i in r.members)
+        assert members == list(range(len(located)))
+        for r in merged_requests(located, gap, span):
+            assert all(r.start <= located[i][1] < located[i][2] <= r.stop for i in r.members)
+
+
+def test_requests_never_merge_across_objects_whole_objects_or_missing_chunks():
+    from annlayout.chunk_reads import merged_requests
+
+    located = [("b", 0, 10), None, ("a", 10, 20), ("a", 0, 10), ("c", 0, -1), ("c", 0, -1)]
+    requests = merged_requests(located, gap=2**20, span=2**30)
+    assert [(r.key, r.start, r.stop, r.members) for r in requests] == [
+        ("a", 0, 20, [3, 2]),
+        ("b", 0, 10, [0]),
+        ("c", 0, -1, [4]),
+        ("c", 0, -1, [5]),
+    ]
 
 
 @pytest.mark.parametrize("kind", ["v3-sharded-blosc", "v2-zstd-big-endian"])
-def test_a_remote_scan_fetched_in_batches_equals_the_stored_values(arrays, kind, monkeypatch):
-    """Through a store (not pread): batches fetched one ahead of the decoding."""
+def test_a_remote_scan_within_a_small_fetch_budget_equals_the_stored_values(
+    arrays, kind, monkeypatch
+):
+    """Through a store (not pread), with room for about 3 chunks fetched and not decoded:
+    requests wait for the budget, and every chunk still arrives in its place."""
     import annlayout.chunk_reads
 
-    monkeypatch.setattr(annlayout.chunk_reads, "FETCH_BATCH", 97 * 8 * 3)  # about 3 chunks
+    budget = 97 * 8 * 3
+    monkeypatch.setattr(annlayout.chunk_reads, "FETCH_BUDGET", budget)
+    held: list[int] = []
+    acquire = annlayout.chunk_reads._Budget.acquire
+
+    async def counted(self, nbytes):
+        await acquire(self, nbytes)
+        held.append(self.used)
+
+    monkeypatch.setattr(annlayout.chunk_reads._Budget, "acquire", counted)
     array, values = arrays[kind]
     counters = Counters()
     remote = zarr.open_array(MeasuredStore(LocalStore(array.store_path.store.root), counters))
@@ -295,3 +303,4 @@ def test_a_remote_scan_fetched_in_batches_equals_the_stored_values(arrays, kind,
     np.testing.assert_array_equal(
         reader.read([(5, 900), (1000, 3000)]), np.r_[values[5:900], values[1000:3000]]
     )
+    assert len(held) > 3 and max(held) <= budget

@@ -357,6 +357,7 @@ def test_every_corpus_file_plans_surveys_and_opens(entry):
     assert plan.elements and not plan.unwritable
     data = annlayout.open(source)
     assert data.shape == expected.shape
+    assert (len(data.obs), len(data.var)) == expected.shape  # before the names are read
     assert list(data.obs.index) == list(expected.obs_names)
     assert list(data.var.index) == list(expected.var_names)
     if expected.X is None or expected.n_obs == 0:

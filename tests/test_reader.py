@@ -106,6 +106,23 @@ def test_dense_elements_obs_var_and_to_adata(stores):
         handle.X[["no-such-cell"], :]
 
 
+@pytest.mark.parametrize("store", ["plain-h5ad", "dual-zarr"])
+def test_positions_and_slices_read_no_names(stores, store):
+    """A slice, integers or a mask need only the axis lengths: on object storage a million
+    cell names are megabytes and round trips before the first byte of X."""
+    adata, paths = stores
+    handle = annlayout.open(paths[store])
+    assert len(handle.obs) == adata.n_obs and len(handle.var) == adata.n_vars
+    block = handle.X[10:20, [0, 3]]
+    mask = np.zeros(adata.n_obs, bool)
+    mask[[1, 4]] = True
+    handle.X[mask, -1]
+    assert "index" not in vars(handle.obs) and "index" not in vars(handle.var)
+    np.testing.assert_array_equal(block.toarray(), adata.X[10:20][:, [0, 3]].toarray())
+    handle.X[[adata.obs_names[2]], :]  # names: now the index is read
+    assert "index" in vars(handle.obs)
+
+
 def test_stale_copy_warns_and_reads_the_primary(tmp_path):
     source = tmp_path / "in.h5ad"
     adata = make_input(source, "csr")

@@ -1,4 +1,4 @@
-"""Runs of positions of a 1-D zarr array, read as whole chunks fetched and decoded in batches.
+"""Runs of positions of a 1-D zarr array, read as whole chunks fetched and decoded directly.
 
 zarr's orthogonal selection spends about 0.27 ms of Python per chunk (indexing and codec
 pipeline bookkeeping on its event loop), with either codec pipeline, sharded or not. A
@@ -11,7 +11,8 @@ that bookkeeping was most of the read. This module reads the chunks itself:
   request), neighbouring ranges of a shard merged into one request when the bytes between
   them cost less time than another round trip (:class:`Link` measures both);
 - numcodecs decodes them straight into one output block on a thread pool (blosc, zstd, gzip
-  and lz4 release the GIL), in a few batches rather than one task per chunk.
+  and lz4 release the GIL): from disk in a few batches rather than one task per chunk, from
+  a store each request's chunks as soon as it arrives, while later requests stream.
 
 :func:`chunk_reader` returns ``None`` for arrays it does not understand (codecs other than
 the bytes codec plus compressors numcodecs knows, filters, non-numeric dtypes); callers read
@@ -23,24 +24,23 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from annlayout.errors import ChunkReadError
 
-Decoder = Callable[[bytes], Any]
+Payload = bytes | memoryview  # a chunk's stored bytes: a view into a request's, not a copy
+Decoder = Callable[[Payload], Any]
 EMPTY = 2**64 - 1  # a shard index entry for a chunk that was never written
 MIN_GAP, MAX_GAP = 64 * 1024, 16 * 2**20  # remote: bounds of the merge gap (see Link)
 SMALL_REQUEST = 64 * 1024  # a batch of requests this small on average times the round trip
-FETCH_BATCH = 32 * 2**20  # remote: decoded bytes fetched per batch while the last decodes
-FETCH_DEPTH = 2  # remote: batches in flight
+FETCH_BUDGET = 64 * 2**20  # remote: bytes a read holds fetched and not yet decoded
 MIN_SPAN = 2 * 2**20  # remote: merged requests may always span this much (see Link)
 # remote: a merged request carries at most this many times the bytes of the chunks asked
 # for: gaps that each cost less than a round trip still add up to whole shards, and on
@@ -132,7 +132,7 @@ def _numcodecs_decoder(name: str, config: dict[str, Any]) -> Decoder | None:
     return None
 
 
-def _strip_crc32c(buffer: bytes) -> bytes:
+def _strip_crc32c(buffer: Payload) -> bytes:
     import google_crc32c
 
     payload, stored = bytes(buffer[:-4]), bytes(buffer[-4:])
@@ -228,7 +228,7 @@ class ChunkReader:
                     raise ChunkReadError(f"{self._key(shard)}: shard index {error}") from None
             self._indexes[shard] = np.frombuffer(buffer, "<u8").reshape(-1, 2)
 
-    def _fetch_indexes(self, keys: list[str], size: int) -> list[bytes | None]:
+    def _fetch_indexes(self, keys: list[str], size: int) -> Sequence[Payload | None]:
         if self.local_root is not None:
             return [_pread_index(self.local_root / key, size, self.index_at_end) for key in keys]
         from zarr.abc.store import RangeByteRequest, SuffixByteRequest
@@ -280,29 +280,60 @@ class ChunkReader:
     def _fetch_and_decode(
         self, located: list[tuple[str, int, int] | None], outputs: list[np.ndarray]
     ) -> None:
-        """Fetch in batches of about ``FETCH_BATCH`` decoded bytes, ``FETCH_DEPTH`` batches in
-        flight while the oldest decodes: a scan then takes about as long as the link needs
-        for its bytes, rather than that plus the decoding, and the slowest request of one
-        batch does not leave the link idle."""
-        step = max(1, FETCH_BATCH // max(1, self.chunk_len * self.dtype.itemsize))
-        starts = list(range(0, len(located), step))
-        if len(starts) == 1:
-            payloads = _store_ranges(self.store, located, self.link)
-            self._run(self._decode_batch, list(zip(payloads, outputs, strict=True)))
-            return
-        with ThreadPoolExecutor(FETCH_DEPTH, thread_name_prefix="annlayout-fetch") as fetcher:
-            pending = deque(
-                fetcher.submit(_store_ranges, self.store, located[a : a + step], self.link)
-                for a in starts[:FETCH_DEPTH]
-            )
-            for k, start in enumerate(starts):
-                payloads = pending.popleft().result()
-                if k + FETCH_DEPTH < len(starts):  # memory: FETCH_DEPTH + 1 batches at most
-                    a = starts[k + FETCH_DEPTH]
-                    batch = located[a : a + step]
-                    pending.append(fetcher.submit(_store_ranges, self.store, batch, self.link))
-                jobs = list(zip(payloads, outputs[start : start + step], strict=True))
-                self._run(self._decode_batch, jobs)
+        """Fetch the merged requests and decode each one's chunks as it arrives: a scan
+        then takes about as long as the link needs for its bytes (the decoding overlaps
+        the transfer, and no request waits for the slowest of a batch)."""
+        from zarr.core.sync import sync
+
+        for i, where in enumerate(located):  # never written (unsharded): fill
+            if where is None:
+                outputs[i][...] = self.fill_value
+        requests = merged_requests(located, self.link.gap, self.link.request_span)
+        start = time.perf_counter()
+        nbytes, last_arrival = sync(self._stream(requests, located, outputs))
+        self.link.observe(len(requests), nbytes, last_arrival - start)
+
+    async def _stream(
+        self,
+        requests: list[Request],
+        located: list[tuple[str, int, int] | None],
+        outputs: list[np.ndarray],
+    ) -> tuple[int, float]:
+        """Requests in order, ``async.concurrency`` in flight and at most ``FETCH_BUDGET``
+        bytes fetched but not yet decoded (the memory a read holds beside its output); each
+        decoded on the read pool. Returns the bytes fetched and when the last arrived."""
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        fetch = _fetcher(self.store)
+        in_flight = asyncio.Semaphore(_zarr_concurrency())
+        held = _Budget(FETCH_BUDGET)
+        arrived = [0, 0.0]  # bytes, time of the last arrival
+
+        async def one(request: Request, size: int) -> None:
+            try:
+                async with in_flight:
+                    data = await fetch(request.key, request.byte_range)
+                arrived[0] += 0 if data is None else len(data)
+                arrived[1] = time.perf_counter()
+                jobs = list(_payloads(request, data, located, outputs))
+                await loop.run_in_executor(read_pool(), self._decode_batch, jobs)
+            finally:
+                await held.release(size)
+
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                for request in requests:
+                    size = request.size if request.stop >= 0 else self._chunk_nbytes
+                    await held.acquire(size)
+                    tasks.create_task(one(request, size))
+        except BaseExceptionGroup as failed:  # the first failure, as a read raises it
+            raise failed.exceptions[0] from None
+        return int(arrived[0]), float(arrived[1])
+
+    @property
+    def _chunk_nbytes(self) -> int:
+        return self.chunk_len * self.dtype.itemsize
 
     def _run(self, work: Callable[[list[Any]], None], jobs: list[tuple[Any, np.ndarray]]) -> None:
         """``work`` over ``jobs`` on the decoding pool, in a few tasks per worker."""
@@ -345,7 +376,7 @@ class ChunkReader:
                 os.close(fd)
         self._decode_batch(payloads)
 
-    def _decode_batch(self, jobs: list[tuple[bytes | None, np.ndarray]]) -> None:
+    def _decode_batch(self, jobs: Sequence[tuple[Payload | None, np.ndarray]]) -> None:
         for payload, out in jobs:
             if payload is None:
                 out[...] = self.fill_value
@@ -370,7 +401,7 @@ class ChunkReader:
                 )
             out[...] = decoded
 
-    def _blosc_into(self, payload: bytes, out: np.ndarray) -> None:
+    def _blosc_into(self, payload: Payload, out: np.ndarray) -> None:
         from numcodecs import blosc
 
         nbytes = int.from_bytes(payload[4:8], "little")  # blosc header: uncompressed size
@@ -482,20 +513,27 @@ def _zarr_concurrency() -> int:
 
 def _store_gets(
     store: Any, requests: list[tuple[str, Any]], link: Link | None = None
-) -> list[bytes | None]:
-    """Ranged gets through the store's own batched read (concurrent, at most zarr's
-    ``async.concurrency`` in flight; obstore and fsspec retry transient errors), on zarr's
+) -> list[memoryview | None]:
+    """Gets of zarr byte requests (shard indexes), all at once, at most zarr's
+    ``async.concurrency`` in flight (obstore and fsspec retry transient errors), on zarr's
     event loop."""
-    from zarr.core.buffer import default_buffer_prototype
+    import asyncio
+
     from zarr.core.sync import sync
 
+    fetch = _fetcher(store)
+
+    async def every() -> list[memoryview | None]:
+        limit = asyncio.Semaphore(_zarr_concurrency())
+
+        async def one(key: str, byte_range: Any) -> memoryview | None:
+            async with limit:
+                return await fetch(key, byte_range)
+
+        return list(await asyncio.gather(*(one(key, r) for key, r in requests)))
+
     start = time.perf_counter()
-    upstream = _obstore_of(store)
-    if upstream is not None:
-        payloads = sync(_obstore_gets(upstream, requests))
-    else:
-        buffers = sync(store.get_partial_values(default_buffer_prototype(), requests))
-        payloads = [None if buffer is None else buffer.to_bytes() for buffer in buffers]
+    payloads = sync(every())
     if link is not None:
         nbytes = sum(len(p) for p in payloads if p is not None)
         link.observe(len(requests), nbytes, time.perf_counter() - start)
@@ -510,85 +548,139 @@ def _obstore_of(store: Any) -> Any:
     return getattr(store, "store", None)
 
 
-async def _obstore_gets(client: Any, requests: list[tuple[str, Any]]) -> list[bytes | None]:
-    """The ranges as asked, one request each, up to zarr's ``async.concurrency`` in flight:
-    zarr's ObjectStore hands a key's ranges to obstore's ``get_ranges``, which merges any
-    within 1 MiB of each other (adjacent ones too), so scattered chunks become whole shards
-    read (and billed), and a scan one long stream per shard, where :func:`_store_ranges`
-    chose otherwise. A missing object is None, as through the store."""
-    import asyncio
+def _fetcher(store: Any) -> Callable[[str, Any], Awaitable[memoryview | None]]:
+    """``await fetch(key, byte_range)``: a zarr byte request (a range, a suffix, or None for
+    the whole object) of one object, as a view of the bytes that arrived; None for a missing
+    object. One request each: through obstore directly where the store is zarr's
+    ObjectStore (which hands a key's ranges to obstore's ``get_ranges``, merging any within
+    1 MiB, adjacent ones too: scattered chunks would become whole shards read and billed,
+    and a scan one long stream per shard, where :func:`merged_requests` chose otherwise);
+    through the store's ``get`` otherwise (so a counting store sees each)."""
+    from zarr.abc.store import RangeByteRequest
+    from zarr.core.buffer import default_buffer_prototype
+
+    client = _obstore_of(store)
+    if client is None:
+
+        async def from_store(key: str, byte_range: Any) -> memoryview | None:
+            buffer = await store.get(key, default_buffer_prototype(), byte_range)
+            return None if buffer is None else memoryview(buffer.to_bytes())
+
+        return from_store
 
     import obstore
-    from zarr.abc.store import RangeByteRequest
 
-    limit = asyncio.Semaphore(_zarr_concurrency())
+    async def from_obstore(key: str, byte_range: Any) -> memoryview | None:
+        try:
+            if isinstance(byte_range, RangeByteRequest):
+                data = await obstore.get_range_async(
+                    client, key, start=byte_range.start, end=byte_range.end
+                )
+                return memoryview(data)
+            options: Any = None
+            if byte_range is not None:  # a suffix: a shard index at the end
+                options = {"range": {"suffix": byte_range.suffix}}
+            response = await obstore.get_async(client, key, options=options)
+            return memoryview(await response.bytes_async())
+        except FileNotFoundError:
+            return None
 
-    async def one(key: str, byte_range: Any) -> bytes | None:
-        async with limit:
-            try:
-                if isinstance(byte_range, RangeByteRequest):
-                    data = await obstore.get_range_async(
-                        client, key, start=byte_range.start, end=byte_range.end
-                    )
-                    return bytes(data)
-                options: Any = None
-                if byte_range is not None:  # a suffix: a shard index at the end
-                    options = {"range": {"suffix": byte_range.suffix}}
-                response = await obstore.get_async(client, key, options=options)
-                return bytes(await response.bytes_async())
-            except FileNotFoundError:
-                return None
-
-    return list(await asyncio.gather(*(one(key, byte_range) for key, byte_range in requests)))
+    return from_obstore
 
 
-def _store_ranges(
-    store: Any, located: list[tuple[str, int, int] | None], link: Link
-) -> list[bytes | None]:
-    """Chunk payloads through the store, neighbouring ranges of one object fetched together
-    when the link says the bytes between them are cheaper than a request."""
-    from zarr.abc.store import RangeByteRequest
+class Request(NamedTuple):
+    """One ranged GET: ``[start, stop)`` of an object (stop -1: the whole object), and the
+    positions in ``located`` of the chunks it carries."""
 
-    groups: list[tuple[str, int, int, list[int]]] = []  # key, start, stop, member positions
-    gap = link.gap
+    key: str
+    start: int
+    stop: int
+    members: list[int]
+
+    @property
+    def size(self) -> int:
+        return self.stop - self.start
+
+    @property
+    def byte_range(self) -> Any:
+        from zarr.abc.store import RangeByteRequest
+
+        return RangeByteRequest(self.start, self.stop) if self.stop >= 0 else None
+
+
+def merged_requests(
+    located: list[tuple[str, int, int] | None], gap: int, span: int
+) -> list[Request]:
+    """The requests for chunks at ``located``, in key and byte order: neighbouring ranges of
+    one object fetched together when the bytes between them are at most ``gap`` (cheaper
+    than a request, see :class:`Link`), the merged range at most ``span`` long and carrying
+    at most ``MAX_WASTE`` times the bytes asked for. Pure: no IO."""
+    requests: list[Request] = []
     order = sorted(
         (i for i, where in enumerate(located) if where is not None),
         key=lambda i: (located[i][0], located[i][1]),  # type: ignore[index]
     )
-    span = link.request_span
-    useful = 0  # bytes of the last group's own chunks
+    useful = 0  # bytes of the last request's own chunks
     for i in order:
         key, start, stop = located[i]  # type: ignore[misc]
-        last = groups[-1] if groups else None
+        last = requests[-1] if requests else None
         if (
             last
-            and last[0] == key
+            and last.key == key
             and stop >= 0
-            and last[2] >= 0
-            and start - last[2] <= gap
-            and stop - last[1] <= span
-            and stop - last[1] <= MAX_WASTE * (useful + stop - start)
+            and last.stop >= 0
+            and start - last.stop <= gap
+            and stop - last.start <= span
+            and stop - last.start <= MAX_WASTE * (useful + stop - start)
         ):
-            last[3].append(i)
+            last.members.append(i)
             useful += stop - start
-            groups[-1] = (key, last[1], max(last[2], stop), last[3])
+            requests[-1] = last._replace(stop=max(last.stop, stop))
         else:
-            groups.append((key, start, stop, [i]))
+            requests.append(Request(key, start, stop, [i]))
             useful = max(0, stop - start)
-    requests = [
-        (key, None if stop < 0 else RangeByteRequest(start, stop)) for key, start, stop, _ in groups
-    ]
-    fetched = _store_gets(store, requests, link)
-    payloads: list[bytes | None] = [None] * len(located)
-    for (key, start, stop, members), data in zip(groups, fetched, strict=True):
-        if data is None and stop >= 0:  # a shard index lists these chunks: never fill them
-            raise ChunkReadError(f"{key}: listed in its shard index but not there to read")
-        if data is not None and stop >= 0 and len(data) != stop - start:
-            raise ChunkReadError(f"{key}: {len(data)} bytes arrived of {stop - start} asked for")
-        for i in members:
-            _, chunk_start, chunk_stop = located[i]  # type: ignore[misc]
-            if data is not None:  # None: an unsharded chunk never written, read as fill
-                payloads[i] = (
-                    data if chunk_stop < 0 else data[chunk_start - start : chunk_stop - start]
-                )
-    return payloads
+    return requests
+
+
+def _payloads(
+    request: Request,
+    data: memoryview | None,
+    located: list[tuple[str, int, int] | None],
+    outputs: list[np.ndarray],
+) -> Iterator[tuple[memoryview | None, np.ndarray]]:
+    """(payload, output) of each chunk a request carries: views into its bytes, no copies."""
+    key, start, stop, members = request
+    if data is None and stop >= 0:  # a shard index lists these chunks: never fill them
+        raise ChunkReadError(f"{key}: listed in its shard index but not there to read")
+    if data is not None and stop >= 0 and len(data) != stop - start:
+        raise ChunkReadError(f"{key}: {len(data)} bytes arrived of {stop - start} asked for")
+    for i in members:
+        _, chunk_start, chunk_stop = located[i]  # type: ignore[misc]
+        if data is None:  # an unsharded chunk never written: fill
+            yield None, outputs[i]
+        elif chunk_stop < 0:
+            yield data, outputs[i]
+        else:
+            yield data[chunk_start - start : chunk_stop - start], outputs[i]
+
+
+class _Budget:
+    """Bytes a read may hold fetched and not yet decoded; one request at a time may exceed
+    it alone (a chunk larger than the budget is still read). One acquirer: requests are
+    admitted in order."""
+
+    def __init__(self, limit: int):
+        import asyncio
+
+        self.limit, self.used = limit, 0
+        self._changed = asyncio.Condition()
+
+    async def acquire(self, nbytes: int) -> None:
+        async with self._changed:
+            await self._changed.wait_for(lambda: not self.used or self.used + nbytes <= self.limit)
+            self.used += nbytes
+
+    async def release(self, nbytes: int) -> None:
+        async with self._changed:
+            self.used -= nbytes
+            self._changed.notify_all()

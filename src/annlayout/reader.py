@@ -5,8 +5,8 @@ on either axis. For a sparse matrix with a second orientation it estimates, from
 indptrs, how many nonzeros each orientation must read for the selection and reads the
 cheaper one; a stale copy (see :mod:`annlayout.copies`) is skipped with a warning. Rows (or
 columns) are gathered as runs of nonzero positions, and the chunks those runs touch are
-fetched and decoded in batches by :mod:`annlayout.chunk_reads` (zarr's own selection where it
-cannot), not row by row.
+fetched and decoded together by :mod:`annlayout.chunk_reads` (zarr's own selection where it
+cannot), not row by row. obs and var names are read only for selections by name.
 """
 
 from __future__ import annotations
@@ -183,7 +183,11 @@ class Frame:
         return list(attr(self._group, "column-order") or [])
 
     def __len__(self) -> int:
-        return len(self.index)
+        if "index" in self.__dict__:
+            return len(self.index)
+        # from the index array's shape: a slice or integer selection reads no names
+        length = _stored_length(self._group[attr(self._group, "_index")])
+        return len(self.index) if length is None else length
 
     def __getitem__(self, column: str) -> pd.Series:
         from anndata.io import read_elem
@@ -203,7 +207,7 @@ class Frame:
 
     def positions(self, key: Any) -> np.ndarray:
         """Any selector (int, slice, mask, ints, names) as an array of positions."""
-        n = len(self.index)
+        n = len(self)
         if isinstance(key, slice):
             return np.arange(n)[key]
         if isinstance(key, str):
@@ -226,6 +230,17 @@ class Frame:
         return np.where(positions < 0, positions + n, positions)
 
 
+def _stored_length(node: Any) -> int | None:
+    """Length of a 1-D element from its metadata: an array, or the values of a nullable
+    array (pandas 3's strings) or the codes of a categorical; None for anything else."""
+    if not is_group(node):
+        return int(node.shape[0]) if len(node.shape) == 1 else None
+    for member in ("values", "codes"):
+        if member in node and not is_group(node[member]):
+            return _stored_length(node[member])
+    return None
+
+
 class LoadedFrame(Frame):
     """obs or var of a legacy store, read whole by anndata (they are small there)."""
 
@@ -239,6 +254,9 @@ class LoadedFrame(Frame):
     @cached_property
     def columns(self) -> list[str]:
         return [str(c) for c in self._frame.columns]
+
+    def __len__(self) -> int:
+        return len(self._frame)
 
     def __getitem__(self, column: str) -> pd.Series:
         if column not in self.columns:
