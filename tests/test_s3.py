@@ -92,6 +92,46 @@ def test_a_failed_rewrite_leaves_the_existing_store_whole(
         assert survey["provenance"]["layout"] == "analysis"
 
 
+@pytest.mark.parametrize("existing", [False, True], ids=["new", "replacing"])
+def test_objects_go_up_while_verifying_but_a_failed_verification_leaves_no_store(
+    tmp_path, s3, backend, existing, monkeypatch
+):
+    """A staged apply sends every object but the root while it verifies its local build; a
+    verification that fails removes them and never sends the root. A store already at the
+    URL is replaced only by one verified: then nothing goes up early."""
+    import time
+
+    from annlayout.remote import listing
+    from annlayout.rewrite import verify
+    from annlayout.rewrite.verify import VerifyReport
+
+    monkeypatch.setenv("ANNLAYOUT_STAGING", "")
+    source = tmp_path / "in.h5ad"
+    make_input(source, "csr")
+    remote = f"{s3}/{backend}/verified-{'replacing' if existing else 'new'}.zarr"
+    if existing:
+        annlayout.apply("analysis", source, remote)
+    seen: list[dict[str, int]] = []
+
+    def failing_verification(source, rewritten, *, memory):
+        deadline = time.monotonic() + 30
+        while not existing and len(listing(remote)) < 5 and time.monotonic() < deadline:
+            time.sleep(0.05)  # the objects are on their way meanwhile
+        seen.append(listing(remote))
+        return VerifyReport(differences=["X: values differ"])
+
+    with monkeypatch.context() as patched, pytest.raises(ApplyError, match="verification failed"):
+        patched.setattr(verify, "verify_report", failing_verification)
+        annlayout.apply("cell-browser", source, remote, overwrite=existing)
+    if existing:
+        assert annlayout.verify(source, remote) == []
+        survey = json.loads(CliRunner().invoke(main, ["inspect", remote, "--json"]).output)
+        assert survey["provenance"]["layout"] == "analysis"
+    else:
+        assert len(seen[0]) >= 5 and "zarr.json" not in seen[0]
+        assert listing(remote) == {}
+
+
 def test_incomplete_remote_store_is_refused(tmp_path, s3, backend):
     source = tmp_path / "in.h5ad"
     make_input(source, "csr")

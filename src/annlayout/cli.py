@@ -350,7 +350,7 @@ def apply_command(
     is built beside its final path, verified against INPUT, and renamed into place only when
     complete, so it is either the whole new store or untouched. An s3:// OUTPUT is built and
     verified in $ANNLAYOUT_STAGING (default: the temporary directory, when it has room) and
-    then uploaded, its root metadata last.
+    uploaded (to a new URL while it is verified), its root metadata last, once verified.
     """
     import annlayout
 

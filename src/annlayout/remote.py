@@ -15,7 +15,7 @@ annlayout, and neither turns a failed request into a missing object.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import timedelta
@@ -249,39 +249,66 @@ def upload(
     *,
     between: Callable[[], None] | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    sent: Collection[str] = (),
 ) -> dict[str, int]:
     """Upload the store in directory ``local`` to ``url``, its root metadata last.
 
     Objects go up concurrently (large ones in parts, each part retried alone); ``between``
-    is called between batches (to stop on Ctrl-C). The listing of ``url`` afterwards must
-    match the local files name for name and size for size. Returns that listing.
+    is called between batches (to stop on Ctrl-C); ``sent`` names objects already sent by
+    :func:`upload_objects`. The listing of ``url`` afterwards must match the local files
+    name for name and size for size. Returns that listing.
     """
     url = url.rstrip("/")
-    files = {p.relative_to(local).as_posix(): p for p in sorted(local.rglob("*")) if p.is_file()}
+    files = _store_files(local)
+    rest = [name for name in files if name not in ROOT_LAST and name not in sent]
+    _send(url, files, rest, between, progress, done=len(sent))
     roots = [name for name in ROOT_LAST if name in files]
-    rest = [name for name in files if name not in roots]
-    total, done = len(files), 0
-    batch = UPLOAD_CONCURRENCY * 4
-    for start in range(0, len(rest), batch):
-        if between:
-            between()
-        names = rest[start : start + batch]
-        _put_files(url, [(name, files[name]) for name in names])
-        done += len(names)
-        if progress:
-            progress("upload", done, total)
-    for name in roots:  # one by one, in order
-        if between:
-            between()
-        _put_files(url, [(name, files[name])])
-        done += 1
-        if progress:
-            progress("upload", done, total)
+    for k, name in enumerate(roots):  # one by one, in order
+        _send(url, files, [name], between, progress, done=len(files) - len(roots) + k)
     found = listing(url)
     wrong = [n for n, p in files.items() if found.get(n) != p.stat().st_size]
     if wrong:
         raise OSError(f"{url}/{wrong[0]}: the upload did not arrive whole ({len(wrong)} objects)")
     return found
+
+
+def upload_objects(
+    local: Path,
+    url: str,
+    *,
+    between: Callable[[], None] | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> list[str]:
+    """Upload every object of the store in ``local`` but its root metadata, which no reader
+    takes for a store: what may go up before the store is known good. Returns their names,
+    for :func:`upload` to send the rest."""
+    files = _store_files(local)
+    names = [name for name in files if name not in ROOT_LAST]
+    _send(url.rstrip("/"), files, names, between, progress, done=0)
+    return names
+
+
+def _store_files(local: Path) -> dict[str, Path]:
+    return {p.relative_to(local).as_posix(): p for p in sorted(local.rglob("*")) if p.is_file()}
+
+
+def _send(
+    url: str,
+    files: dict[str, Path],
+    names: list[str],
+    between: Callable[[], None] | None,
+    progress: Callable[[str, int, int], None] | None,
+    done: int,
+) -> None:
+    """``names`` in batches of a few times the objects in flight, ``between`` before each."""
+    batch = UPLOAD_CONCURRENCY * 4
+    for start in range(0, len(names), batch):
+        if between:
+            between()
+        chunk = names[start : start + batch]
+        _put_files(url, [(name, files[name]) for name in chunk])
+        if progress:
+            progress("upload", done + start + len(chunk), len(files))
 
 
 def _put_files(url: str, items: list[tuple[str, Path]]) -> None:

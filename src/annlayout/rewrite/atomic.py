@@ -11,9 +11,11 @@ import os
 import shutil
 import signal
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 
 from annlayout.errors import ApplyError
@@ -197,30 +199,86 @@ def staging_dir(needed: int) -> Path | None:
     return directory
 
 
-@contextmanager
-def staged_remote_output(
-    url: str, staging: Path, progress: Callable[[str, int, int], None] | None = None
-) -> Iterator[Path]:
-    """Yield a local directory; on success its store replaces ``url``, root metadata last.
+class _Abandoned(Exception):
+    """Stops a background upload whose store failed."""
+
+
+class StagedRemoteOutput:
+    """``with StagedRemoteOutput(url, staging) as local:`` build the store in ``local``; on
+    success it replaces ``url``, root metadata last.
 
     A build that fails or is interrupted never touches ``url`` (an existing store there
     stays whole); an upload cut short leaves objects without a root, which every reader
     refuses as incomplete; a failed upload removes what it wrote where it can.
+    :meth:`send_objects` starts the upload of everything but the root while the caller
+    still verifies the local store, where ``url`` holds nothing yet; a failure then removes
+    what went up, and the root goes up only on success.
     """
-    from annlayout.remote import remove as remove_remote
-    from annlayout.remote import upload
 
-    with (
-        tempfile.TemporaryDirectory(prefix=".annlayout-staging-", dir=staging) as tmp,
-        deferred_interrupts(),
+    def __init__(
+        self, url: str, staging: Path, progress: Callable[[str, int, int], None] | None = None
     ):
-        local = Path(tmp) / Path(url).name
-        yield local
+        self.url, self.staging, self.progress = url, staging, progress
+        self._stack = ExitStack()
+        self._sending: Future[list[str]] | None = None
+        self._stop = threading.Event()
+
+    def __enter__(self) -> Path:
+        tmp = self._stack.enter_context(
+            tempfile.TemporaryDirectory(prefix=".annlayout-staging-", dir=self.staging)
+        )
+        self._stack.enter_context(deferred_interrupts())
+        self.local = Path(tmp) / Path(self.url).name
+        return self.local
+
+    def send_objects(self) -> None:
+        """Send the built store's objects but its root, in the background. Not where a
+        store (or anything) is at ``url``: that is replaced only by a store known good."""
+        from annlayout.remote import listing, upload_objects
+
+        if self._sending is not None or listing(self.url):
+            return
+        sender = self._stack.enter_context(
+            ThreadPoolExecutor(1, thread_name_prefix="annlayout-upload")
+        )  # left before the staging directory is removed
+        self._sending = sender.submit(
+            upload_objects, self.local, self.url, between=self._between, progress=self.progress
+        )
+
+    def _between(self) -> None:
         check_interrupted()
-        remove_remote(url)
-        try:
-            upload(local, url, between=check_interrupted, progress=progress)
-        except BaseException:
-            with suppress(Exception):  # unreachable store: it has no root, refused as such
-                remove_remote(url)
-            raise
+        if self._stop.is_set():
+            raise _Abandoned
+
+    def _abandon(self) -> None:
+        """Stop the background upload, then remove what went up."""
+        from annlayout.remote import remove as remove_remote
+
+        if self._sending is not None:
+            self._stop.set()
+            with suppress(BaseException):
+                self._sending.result()
+        with suppress(Exception):  # unreachable store: it has no root, refused as such
+            remove_remote(self.url)
+
+    def __exit__(self, kind: object, error: object, traceback: object) -> None:
+        from annlayout.remote import remove as remove_remote
+        from annlayout.remote import upload
+
+        with self._stack:
+            if kind is not None:  # the build or its verification failed
+                if self._sending is not None:
+                    self._abandon()
+                return
+            try:
+                check_interrupted()
+                if self._sending is None:
+                    remove_remote(self.url)
+                sent = self._sending.result() if self._sending is not None else []
+                upload(
+                    self.local, self.url, between=check_interrupted, progress=self.progress,
+                    sent=sent,
+                )  # fmt: skip
+            except BaseException:
+                self._abandon()
+                raise

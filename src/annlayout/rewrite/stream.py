@@ -57,6 +57,7 @@ from annlayout.remote import chosen_backend, codec_pipeline_for
 from annlayout.rewrite.atomic import (
     ApplyError,
     Interrupted,
+    StagedRemoteOutput,
     atomic_output,
     check_free_space,
     check_interrupted,
@@ -64,7 +65,6 @@ from annlayout.rewrite.atomic import (
     check_remote_paths,
     remote_output,
     remove,
-    staged_remote_output,
     staging_dir,
 )
 from annlayout.rewrite.blocks import (
@@ -253,8 +253,9 @@ def _apply(
     pipeline = codec_pipeline_name if layout.target.format == "zarr" else None
     pipeline = codec_pipeline_for(pipeline, source, *([] if staging else [output]))
     output_context: AbstractContextManager[Path | str]
-    if staging is not None:  # built and verified locally, then uploaded root last
-        output_context = staged_remote_output(str(output), staging, progress)
+    staged = None if staging is None else StagedRemoteOutput(str(output), staging, progress)
+    if staged is not None:  # built and verified locally, then uploaded root last
+        output_context = staged
     elif remote:
         output_context = remote_output(str(output))
     else:
@@ -298,6 +299,8 @@ def _apply(
             with opened(stores, rewriter.source_root, rewriter.target_root):
                 execute(tasks, executor_for(workers, scheduler), progress)
             rewriter.finish(tmp)
+            if staged is not None:  # up while verification reads the local copy; root after
+                staged.send_objects()
             if verify:
                 from annlayout.rewrite.verify import verify_report
 
