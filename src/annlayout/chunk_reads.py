@@ -308,14 +308,15 @@ class ChunkReader:
         fetch = _fetcher(self.store)
         in_flight = asyncio.Semaphore(_zarr_concurrency())
         held = _Budget(FETCH_BUDGET)
-        arrived = [0, 0.0]  # bytes, time of the last arrival
+        nbytes, last_arrival = 0, 0.0
 
         async def one(request: Request, size: int) -> None:
+            nonlocal nbytes, last_arrival
             try:
                 async with in_flight:
                     data = await fetch(request.key, request.byte_range)
-                arrived[0] += 0 if data is None else len(data)
-                arrived[1] = time.perf_counter()
+                nbytes += 0 if data is None else len(data)
+                last_arrival = time.perf_counter()
                 jobs = list(_payloads(request, data, located, outputs))
                 await loop.run_in_executor(read_pool(), self._decode_batch, jobs)
             finally:
@@ -329,7 +330,7 @@ class ChunkReader:
                     tasks.create_task(one(request, size))
         except BaseExceptionGroup as failed:  # the first failure, as a read raises it
             raise failed.exceptions[0] from None
-        return int(arrived[0]), float(arrived[1])
+        return nbytes, last_arrival
 
     @property
     def _chunk_nbytes(self) -> int:

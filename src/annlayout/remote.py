@@ -15,7 +15,7 @@ annlayout, and neither turns a failed request into a missing object.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import timedelta
@@ -249,19 +249,19 @@ def upload(
     *,
     between: Callable[[], None] | None = None,
     progress: Callable[[str, int, int], None] | None = None,
-    sent: Collection[str] = (),
+    objects_sent: bool = False,
 ) -> dict[str, int]:
     """Upload the store in directory ``local`` to ``url``, its root metadata last.
 
     Objects go up concurrently (large ones in parts, each part retried alone); ``between``
-    is called between batches (to stop on Ctrl-C); ``sent`` names objects already sent by
-    :func:`upload_objects`. The listing of ``url`` afterwards must match the local files
-    name for name and size for size. Returns that listing.
+    is called between batches (to stop on Ctrl-C); ``objects_sent``: :func:`upload_objects`
+    sent all but the root already. The listing of ``url`` afterwards must match the local
+    files name for name and size for size. Returns that listing.
     """
     url = url.rstrip("/")
+    if not objects_sent:
+        upload_objects(local, url, between=between, progress=progress)
     files = _store_files(local)
-    rest = [name for name in files if name not in ROOT_LAST and name not in sent]
-    _send(url, files, rest, between, progress, done=len(sent))
     roots = [name for name in ROOT_LAST if name in files]
     for k, name in enumerate(roots):  # one by one, in order
         _send(url, files, [name], between, progress, done=len(files) - len(roots) + k)
@@ -278,14 +278,12 @@ def upload_objects(
     *,
     between: Callable[[], None] | None = None,
     progress: Callable[[str, int, int], None] | None = None,
-) -> list[str]:
+) -> None:
     """Upload every object of the store in ``local`` but its root metadata, which no reader
-    takes for a store: what may go up before the store is known good. Returns their names,
-    for :func:`upload` to send the rest."""
+    takes for a store: what may go up before the store is known good."""
     files = _store_files(local)
     names = [name for name in files if name not in ROOT_LAST]
     _send(url.rstrip("/"), files, names, between, progress, done=0)
-    return names
 
 
 def _store_files(local: Path) -> dict[str, Path]:

@@ -220,7 +220,7 @@ class StagedRemoteOutput:
     ):
         self.url, self.staging, self.progress = url, staging, progress
         self._stack = ExitStack()
-        self._sending: Future[list[str]] | None = None
+        self._sending: Future[None] | None = None
         self._stop = threading.Event()
 
     def __enter__(self) -> Path:
@@ -274,10 +274,11 @@ class StagedRemoteOutput:
                 check_interrupted()
                 if self._sending is None:
                     remove_remote(self.url)
-                sent = self._sending.result() if self._sending is not None else []
+                else:
+                    self._sending.result()  # its failure is the upload's
                 upload(
                     self.local, self.url, between=check_interrupted, progress=self.progress,
-                    sent=sent,
+                    objects_sent=self._sending is not None,
                 )  # fmt: skip
             except BaseException:
                 self._abandon()
