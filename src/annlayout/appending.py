@@ -394,9 +394,9 @@ def _raw_inputs(
         raws.append(data.raw)
     var_names = _index(root["raw/var"])
     sources = [f"{data.source} (raw)" for data in datasets]
-    genes = [parts["var"].index for _, parts in raws]
+    genes = [raw.var.index for raw in raws]
     maps = _gene_maps(store, var_names, sources, genes, join, notes)
-    return [matrix for matrix, _ in raws], maps, len(var_names)
+    return [raw.X for raw in raws], maps, len(var_names)
 
 
 def _obsm_rows(

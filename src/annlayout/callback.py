@@ -18,6 +18,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
+from annlayout.codecs import describe
 from annlayout.copies import mirror_record, write_record
 from annlayout.encodings import (
     COMPOSITE_ENCODINGS,
@@ -28,7 +29,7 @@ from annlayout.encodings import (
     write_sparse_attrs,
 )
 from annlayout.plan import ElementPlan, Kind, plan_array, plan_element
-from annlayout.spec import Layout, ResolvedSettings
+from annlayout.spec import CopySettings, ElementSettings, Layout, ResolvedSettings
 from annlayout.storage import array_kwargs, backend_of, create_array, target_of
 from annlayout.survey import describe_in_memory, in_memory_parts
 
@@ -114,10 +115,15 @@ class LayoutCallback:
             target.format == "h5ad" or wanted.zarr_format == target.zarr_format
         ):
             return
+        if target.format == "h5ad":
+            lost = _h5ad_losses(self.layout) or "settings h5ad cannot store are left out"
+            lost += "; write to a zarr group, or use a layout that targets h5ad (h5ad-gzip)"
+        else:
+            lost = "settings that target cannot store are left out"
         self._warn_once(
             "target",
             f"layout {self.layout.name!r} targets {_target_text(wanted)} but is writing "
-            f"{_target_text(target)}: settings that target cannot store are left out",
+            f"{_target_text(target)}: {lost}",
         )
 
     def _warn_once(self, key: str, message: str) -> None:
@@ -125,6 +131,22 @@ class LayoutCallback:
             self._warned.add(key)
             self.notes.append(message)
             warnings.warn(message, UserWarning, stacklevel=3)
+
+
+def _h5ad_losses(layout: Layout) -> str:
+    """What of a zarr layout an h5ad file cannot store, in the layout's words: HDF5 has no
+    shards, and of the codecs only gzip ships with every h5py."""
+    primary = [layout.defaults, *layout.rules]
+    settings: list[ElementSettings | CopySettings] = [*primary]
+    settings += [s.copy_ for s in primary if s.copy_ is not None]
+    codecs = sorted({
+        describe([codec]) for s in settings for codec in s.codecs or () if codec.name != "gzip"
+    } - {"none"})  # fmt: skip
+    sharded = any(s.shards is not None and s.shards.enabled for s in settings)
+    lost = ([f"its {', '.join(codecs)} compression (written uncompressed)"] if codecs else []) + (
+        ["its shards"] if sharded else []
+    )
+    return " and ".join(lost) + " are left out" if lost else ""
 
 
 def _target_text(target: Any) -> str:

@@ -38,9 +38,17 @@ def human_size(n: float | None) -> str:
     return human_size(n)
 
 
-def _fail(message: str, code: int = EXIT_ERROR) -> None:
+def _fail(message: str, code: int = EXIT_ERROR, *, details: list[str] | None = None) -> None:
+    """Report an error and exit: one line on stderr, or under ``--json`` one JSON document
+    (``{"error": ..., "errors": [...], "exit_code": ...}``) that a pipeline can parse."""
+    context = click.get_current_context(silent=True)
+    if context is not None and context.params.get("as_json"):
+        document = {"error": message, "errors": details or [message], "exit_code": code}
+        click.echo(json.dumps(document), err=True)
+        sys.exit(code)
     # messages quote user input (paths, YAML, pip extras like annlayout[dask]): never markup
-    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, markup=True)
+    for line in details or [message]:
+        err.print(f"[bold red]error:[/] {escape(line)}", highlight=False, markup=True)
     sys.exit(code)
 
 
@@ -61,9 +69,7 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         except LayoutError as error:
             if debug:
                 raise
-            for message in error.messages:
-                err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
-            sys.exit(EXIT_LAYOUT)
+            _fail(error.messages[0], EXIT_LAYOUT, details=error.messages)
         except AnnlayoutError as error:
             if debug:
                 raise
@@ -83,7 +89,32 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Annlayout(click.Group):
+    """The command group; its options (--debug, --store-backend) are accepted after the
+    command name too (`annlayout apply ... --debug`), where users write them."""
+
+    GLOBAL_FLAGS = ("--debug",)
+    GLOBAL_VALUES = ("--store-backend",)
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        hoisted: list[str] = []
+        rest: list[str] = []
+        remaining = iter(args)
+        for arg in remaining:
+            if arg == "--":  # what follows is not for options
+                rest += [arg, *remaining]
+            elif arg in self.GLOBAL_FLAGS or arg.startswith(
+                tuple(f"{v}=" for v in self.GLOBAL_VALUES)
+            ):
+                hoisted.append(arg)
+            elif arg in self.GLOBAL_VALUES:
+                hoisted += [arg, *[value for value in [next(remaining, None)] if value is not None]]
+            else:
+                rest.append(arg)
+        return super().parse_args(ctx, hoisted + rest)
+
+
+@click.group(cls=_Annlayout, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show tracebacks and library warnings.")
 @click.option(
     "--store-backend",
@@ -97,7 +128,8 @@ def main(debug: bool, store_backend: str | None) -> None:
     """Declarative storage layouts for AnnData stores (zarr v2/v3, h5ad).
 
     LAYOUT is a shipped layout name (see `annlayout layouts`) or a path to a YAML file;
-    inputs and outputs are paths or URLs (s3://bucket/data.zarr).
+    INPUT, OUTPUT and STORE are paths or URLs (s3://bucket/data.zarr). --debug and
+    --store-backend may also follow the command name.
     """
     from annlayout.rewrite.memory_limits import bound_malloc_arenas
 
@@ -130,7 +162,7 @@ def schema_command() -> None:
 
 @main.command("plan")
 @click.argument("layout")
-@click.argument("input", metavar="PATH_OR_URL")
+@click.argument("input")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 @click.option(
     "--memory",
@@ -150,7 +182,12 @@ def schema_command() -> None:
 def plan_command(
     layout: str, input: str, as_json: bool, memory: str | None, workers: int, whole_below: str
 ) -> None:
-    """Show how LAYOUT would store INPUT, element by element (writes nothing)."""
+    """Show how LAYOUT would store INPUT, element by element (writes nothing).
+
+    \b
+    LAYOUT  a shipped layout name (`annlayout layouts`) or a layout file
+    INPUT   the AnnData store to plan for: .h5ad or .zarr, a path or an s3:// URL
+    """
     import annlayout
 
     if memory is None:
@@ -164,7 +201,7 @@ def plan_command(
         model = memory_plan(plan, source_dtypes(survey), parse_size(memory), workers, small)
         model.check()
     if as_json:
-        data = plan.to_json()
+        data = plan.to_dict()
         if model is not None:
             data["memory"] = model.to_json()
         click.echo(json.dumps(data, indent=2))
@@ -242,14 +279,20 @@ def render_memory(model: Any) -> None:
         "not bounded by --memory)",
         highlight=False,
     )
+    for note in model.notes:
+        err.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
 
 
 @main.command("inspect")
-@click.argument("store", metavar="PATH_OR_URL")
+@click.argument("store")
 @click.option("--json", "as_json", is_flag=True, help="Print the survey as JSON.")
 @handle_errors
 def inspect_command(store: str, as_json: bool) -> None:
-    """Show how STORE is stored now, and the layout it was written with, if any."""
+    """Show how STORE is stored now, and the layout it was written with, if any.
+
+    \b
+    STORE  an AnnData store: .h5ad or .zarr, a path or an s3:// URL
+    """
     from annlayout.survey import survey_store
 
     survey = survey_store(store)
@@ -294,8 +337,8 @@ def inspect_command(store: str, as_json: bool) -> None:
 
 @main.command("apply")
 @click.argument("layout")
-@click.argument("input", metavar="PATH_OR_URL")
-@click.argument("output", metavar="PATH_OR_URL")
+@click.argument("input")
+@click.argument("output")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 @click.option(
     "--memory",
@@ -328,6 +371,7 @@ def inspect_command(store: str, as_json: bool) -> None:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
+@click.option("--verbose", "-v", is_flag=True, help="List each legacy form that was upgraded.")
 @handle_errors
 def apply_command(
     layout: str,
@@ -343,8 +387,14 @@ def apply_command(
     resume: bool,
     as_json: bool,
     quiet: bool,
+    verbose: bool,
 ) -> None:
     """Rewrite INPUT (h5ad or zarr) into OUTPUT with LAYOUT, out of core.
+
+    \b
+    LAYOUT  a shipped layout name (`annlayout layouts`) or a layout file
+    INPUT   the AnnData store to read: .h5ad or .zarr, a path or an s3:// URL
+    OUTPUT  the store to write, named for the layout's format (.zarr or .h5ad)
 
     Large elements are copied shard by shard within --memory; the input is only read. OUTPUT
     is built beside its final path, verified against INPUT, and renamed into place only when
@@ -375,19 +425,39 @@ def apply_command(
     elif not quiet:
         for note in result.notes:
             err.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
-        for upgrade in result.upgrades:
-            err.print(f"[cyan]upgraded:[/] {escape(upgrade)}", highlight=False)
-        checked = f", verified in {result.verify_seconds:.1f} s" if result.verified else ""
+        _print_upgrades(result.upgrades, verbose)
+        checked = (
+            f" ({result.seconds - result.verify_seconds:.1f} s writing, "
+            f"{result.verify_seconds:.1f} s verifying)"
+            if result.verified
+            else ""
+        )
         if result.resumed_tasks:
             err.print(
                 f"resumed: {result.resumed_tasks:,} tasks done by the killed run were skipped",
                 highlight=False,
             )
         out.print(
-            f"wrote [bold]{result.path}[/] with layout [cyan]{result.layout}[/] in "
-            f"{result.seconds:.1f} s{checked}: {summary['elements']} elements, "
+            f"wrote {'and verified ' if result.verified else ''}[bold]{result.path}[/] with "
+            f"layout [cyan]{result.layout}[/] in {result.seconds:.1f} s{checked}: "
+            f"{summary['elements']} elements, "
             f"{summary['objects']:,} objects, read {human_size(result.bytes_read)}, "
             f"wrote {human_size(result.bytes_written)}, peak memory {human_size(result.peak_rss)}",
+            highlight=False,
+        )
+
+
+def _print_upgrades(upgrades: list[str], verbose: bool) -> None:
+    """Legacy forms read and written in today's encodings: one line, or each with --verbose
+    (a file of anndata < 0.8 has a dozen, the same for every such file)."""
+    if verbose:
+        for upgrade in upgrades:
+            err.print(f"[cyan]upgraded:[/] {escape(upgrade)}", highlight=False)
+    elif upgrades:
+        forms = f"{len(upgrades)} legacy form" + ("s" if len(upgrades) > 1 else "")
+        err.print(
+            f"[cyan]upgraded:[/] {forms} of anndata < 0.8 read as today's encodings, as anndata "
+            "reads them (--verbose lists them)",
             highlight=False,
         )
 
@@ -583,8 +653,8 @@ def _progress(enabled: bool):
 
 
 @main.command("verify")
-@click.argument("source", metavar="PATH_OR_URL")
-@click.argument("rewritten", metavar="PATH_OR_URL")
+@click.argument("source", metavar="INPUT")
+@click.argument("rewritten", metavar="OUTPUT")
 @click.option("--json", "as_json", is_flag=True, help="Print the differences as JSON.")
 @click.option(
     "--memory",
@@ -592,14 +662,20 @@ def _progress(enabled: bool):
     show_default=True,
     help="Memory budget for comparing blocks (and transposes, where orientations differ).",
 )
+@click.option("--verbose", "-v", is_flag=True, help="List each legacy form that was upgraded.")
 @handle_errors
-def verify_command(source: str, rewritten: str, as_json: bool, memory: str) -> None:
-    """Compare every element of REWRITTEN with SOURCE; exit 1 if any differs.
+def verify_command(source: str, rewritten: str, as_json: bool, memory: str, verbose: bool) -> None:
+    """Compare every element of OUTPUT with INPUT; exit 1 if any differs.
+
+    \b
+    INPUT   the original AnnData store (.h5ad or .zarr, a path or an s3:// URL)
+    OUTPUT  its rewrite, e.g. what `annlayout apply` wrote
 
     Values, dtypes, shapes, encodings, obs/var indexes, categories and uns are compared, large
     arrays in bounded memory. Chunks, shards, codecs and sparse index dtypes may differ. Both
-    stores are read as anndata reads them: a legacy form of SOURCE (anndata < 0.8) and its
-    upgrade in REWRITTEN are the same element, listed as `upgraded:`, not a difference.
+    stores are read as anndata reads them: a legacy form of INPUT (anndata < 0.8) and its
+    upgrade in OUTPUT are the same element (counted as upgraded, listed with --verbose), not
+    a difference.
     """
     from annlayout.rewrite.blocks import parse_size
     from annlayout.rewrite.verify import verify_report
@@ -610,8 +686,7 @@ def verify_command(source: str, rewritten: str, as_json: bool, memory: str) -> N
         data = {"equal": not differences, "differences": differences, "upgrades": report.upgrades}
         click.echo(json.dumps(data, indent=2))
     else:
-        for upgrade in report.upgrades:  # a legacy form and its upgrade are the same element
-            err.print(f"[cyan]upgraded:[/] {escape(upgrade)}", highlight=False)
+        _print_upgrades(report.upgrades, verbose)  # a legacy form and its upgrade are equal
         for line in differences:
             out.print(f"[red]differs:[/] {escape(line)}", highlight=False)
         if not differences:
@@ -621,7 +696,7 @@ def verify_command(source: str, rewritten: str, as_json: bool, memory: str) -> N
 
 
 @main.command("bench")
-@click.argument("input", metavar="PATH_OR_URL")
+@click.argument("input")
 @click.option("--workload", "-w", required=True, help="A shipped workload name or a YAML file.")
 @click.option(
     "--layout",

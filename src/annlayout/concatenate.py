@@ -347,14 +347,14 @@ def _raw(
     if len(raws) < len(found):
         return None
     light = [
-        ad.AnnData(obs=pd.DataFrame(index=d.obs.index), var=parts["var"], varm=parts.get("varm"))
-        for d, (_, parts) in zip(datasets, raws, strict=True)
+        ad.AnnData(obs=pd.DataFrame(index=d.obs.index), var=r.var, varm=r.varm or None)
+        for d, r in zip(datasets, raws, strict=True)
     ]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         raw = ad.concat(light, join=join, label=label, keys=keys, index_unique=index_unique)
-    matrices = [matrix for matrix, _ in raws]
-    return raw, matrices, column_maps(raw.var_names, [parts["var"].index for _, parts in raws])
+    matrices = [r.X for r in raws]
+    return raw, matrices, column_maps(raw.var_names, [r.var.index for r in raws])
 
 
 class Checkpoints:

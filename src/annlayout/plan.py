@@ -6,6 +6,7 @@ writes, so a plan and a write can never disagree.
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any, Literal
 
@@ -110,11 +111,16 @@ class Plan(BaseModel):
                 out += [f"{name}: {w}" for w in array.warnings]
         return out
 
-    def to_json(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
+        """The plan as plain data (what ``to_json`` prints): for checks in a pipeline."""
         data = self.model_dump(mode="json")
         data["n_objects"] = self.n_objects
         data["warnings"] = self.all_warnings()
         return data
+
+    def to_json(self, indent: int | None = 2) -> str:
+        """The plan as JSON text, as ``annlayout plan --json`` prints it."""
+        return json.dumps(self.to_dict(), indent=indent)
 
 
 # --------------------------------------------------------------------------- entry points

@@ -15,6 +15,7 @@ import threading
 import warnings
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
@@ -93,28 +94,31 @@ class Dataset:
         return {key: Matrix(group[key], self, var_axis=False) for key in group}
 
     @cached_property
-    def raw(self) -> tuple[Matrix | LoadedMatrix, Any] | None:
-        """raw's X and raw as anndata reads it without X (var, varm), or None."""
+    def raw(self) -> Raw | None:
+        """raw as anndata reads it: ``raw.X`` lazy, ``raw.var`` and ``raw.varm`` read; None
+        where the store has no raw."""
         if self._upgraded is not None:
             if self._upgraded.raw is None:
                 return None
             # a legacy raw (anndata < 0.7) is read whole, upgraded, as anndata reads it
             raw = self._read_upgraded(keep_raw_x=True).raw
-            return LoadedMatrix(raw.X), {"var": raw.var, "varm": dict(raw.varm)}
+            return Raw(LoadedMatrix(raw.X, self.obs, LoadedFrame(raw.var)), raw.var, dict(raw.varm))
         if "raw" not in self._root or "X" not in self._root["raw"]:
             return None
         from anndata.io import read_elem
 
         group = self._root["raw"]
-        parts = {key: read_elem(group[key]) for key in ("var", "varm") if key in group}
-        return Matrix(group["X"], self), parts
+        var = read_elem(group["var"]) if "var" in group else pd.DataFrame()
+        varm: dict[str, Any] = read_elem(group["varm"]) if "varm" in group else {}  # type: ignore[assignment]
+        # raw's columns are raw's genes, not X's: named by raw/var
+        return Raw(Matrix(group["X"], self, columns=Frame(group["var"])), var, varm)
 
     def matrix(self, element: str) -> Matrix | LoadedMatrix | None:
         """``X``, ``layers/NAME`` or ``raw/X`` by its path, or None where the store has none."""
         if element == "X":
             return self.X
         if element == "raw/X":
-            return self.raw[0] if self.raw is not None else None
+            return self.raw.X if self.raw is not None else None
         if element.startswith("layers/"):
             return self.layers.get(element.split("/", 1)[1])
         raise ValueError(f"{element}: not a matrix path (X, layers/NAME or raw/X)")
@@ -163,6 +167,15 @@ class Dataset:
             var=self.var.rows(cols),
             obsm=obsm,
         )
+
+
+@dataclass(frozen=True)
+class Raw:
+    """A store's raw, as ``adata.raw``: its X (lazy, selected like ``Dataset.X``), var, varm."""
+
+    X: Matrix | LoadedMatrix
+    var: pd.DataFrame
+    varm: dict[str, Any]
 
 
 class Frame:
@@ -267,12 +280,18 @@ class LoadedFrame(Frame):
 class LoadedMatrix:
     """A matrix already in memory (a legacy raw's X), with :class:`Matrix`'s row reads."""
 
-    def __init__(self, value: Any):
-        self._value = value
+    def __init__(self, value: Any, rows: Frame, columns: Frame):
+        self._value, self._rows, self._columns = value, rows, columns
         self.encoding = "csr_matrix" if sp.issparse(value) else "array"
         self.shape = tuple(value.shape)
         self.dtype = np.dtype(value.dtype)
         self.nnz = int(value.nnz) if sp.issparse(value) else int(np.prod(value.shape))
+
+    def __getitem__(self, key: Any) -> Any:
+        rows_key, cols_key = key if isinstance(key, tuple) else (key, slice(None))
+        rows, cols = self._rows.positions(rows_key), self._columns.positions(cols_key)
+        block = self._value[rows][:, cols]
+        return sp.csr_matrix(block) if sp.issparse(block) else np.asarray(block)
 
     def rows(self, start: int, stop: int) -> Any:
         block = self._value[start:stop]
@@ -285,8 +304,11 @@ class LoadedMatrix:
 class Matrix:
     """X, a layer or an obsm entry: sparse (with or without a second orientation) or dense."""
 
-    def __init__(self, node: Any, dataset: Dataset, *, var_axis: bool = True):
+    def __init__(
+        self, node: Any, dataset: Dataset, *, var_axis: bool = True, columns: Frame | None = None
+    ):
         self._node, self._dataset, self._var_axis = node, dataset, var_axis
+        self._columns = columns  # names of the columns, when not the dataset's var
         self.encoding = encoding_of(node) or "array"
 
     @property
@@ -301,7 +323,7 @@ class Matrix:
         rows_key, cols_key = key if isinstance(key, tuple) else (key, slice(None))
         rows = self._dataset.obs.positions(rows_key)
         if self._var_axis:
-            cols = self._dataset.var.positions(cols_key)
+            cols = (self._columns or self._dataset.var).positions(cols_key)
         else:
             cols = np.arange(self.shape[1])[cols_key] if isinstance(cols_key, slice) else (
                 np.asarray([cols_key]).ravel().astype(np.int64)

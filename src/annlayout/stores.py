@@ -7,13 +7,14 @@ than each reopening the store: on object storage every open is a round trip.
 
 from __future__ import annotations
 
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from annlayout.encodings import PROVENANCE_KEY, Upgraded, attr, json_attr, read_upgraded
-from annlayout.errors import NotAnnDataError
+from annlayout.errors import ApplyError, NotAnnDataError
 from annlayout.journal import has_journal
 from annlayout.remote import is_url, listing, remote_zarr_store, zarr_exists
 from annlayout.version import package_version
@@ -62,6 +63,23 @@ def footprint(location: str | Path) -> tuple[int, int]:
         return path.stat().st_size, 1
     files = [p for p in path.rglob("*") if p.is_file()]
     return sum(p.stat().st_size for p in files), len(files)
+
+
+#: The names each store format goes by. anndata's readers, and users, tell the formats apart
+#: by name: an h5ad file named .zarr (or a zarr directory named .h5ad) is refused.
+FORMAT_SUFFIXES: dict[str, tuple[str, ...]] = {"h5ad": (".h5ad", ".h5"), "zarr": (".zarr",)}
+
+
+def check_output_name(output: str | Path, fmt: str, layout_name: str) -> None:
+    """Refuse an output named for the other store format than ``layout_name`` writes."""
+    suffix = Path(str(output).rstrip("/")).suffix.lower()
+    for other, suffixes in FORMAT_SUFFIXES.items():
+        if other != fmt and suffix in suffixes:
+            raise ApplyError(
+                f"{output}: layout {layout_name!r} writes {fmt}, but the name ends in {suffix}; "
+                f"name the output *{FORMAT_SUFFIXES[fmt][0]}, or choose a layout that writes "
+                f"{other}"
+            )
 
 
 def zarr_store(location: str | Path, *, read_only: bool = True) -> Any:
@@ -119,7 +137,12 @@ def _open_root(path: Any, fmt: Literal["zarr", "h5ad"], mode: Mode) -> Any:
     if fmt == "h5ad":
         import h5py
 
-        return h5py.File(path, mode)
+        try:
+            return h5py.File(path, mode)
+        except OSError as err:  # HDF5's own words name neither the file nor a likely cause
+            raise NotAnnDataError(
+                f"{path}: cannot open the h5ad file: {_hdf5_reason(err)}"
+            ) from None
     import zarr
 
     try:
@@ -129,6 +152,22 @@ def _open_root(path: Any, fmt: Literal["zarr", "h5ad"], mode: Mode) -> Any:
         return zarr.open_group(store=store, mode=mode)
     except Exception as err:  # zarr raises a variety of errors for broken metadata
         raise NotAnnDataError(f"{path}: cannot open as zarr: {err}") from None
+
+
+def _hdf5_reason(error: OSError) -> str:
+    """HDF5's open error in a user's terms (a cut-short download is the common case)."""
+    text = str(error)
+    truncated = re.search(r"truncated file: eof = (\d+).*stored_eof = (\d+)", text)
+    if truncated:
+        have, want = (int(n) for n in truncated.groups())
+        return (
+            f"the file is truncated ({have:,} of {want:,} bytes): an incomplete download or "
+            "copy; fetch it again"
+        )
+    if "signature" in text:
+        return "not an HDF5 file"
+    inner = re.search(r"\((.*)\)\s*$", text)
+    return inner.group(1) if inner else text.splitlines()[0]
 
 
 def check_anndata_root(root: Any, path: Any) -> dict[str, Any] | None:

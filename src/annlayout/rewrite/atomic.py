@@ -36,6 +36,19 @@ def check_paths(source: Path, output: Path, *, overwrite: bool) -> None:
         raise ApplyError(f"{output}: already exists (use --overwrite to replace it)")
     if not output.parent.is_dir():
         raise ApplyError(f"{output.parent}: the output's directory does not exist")
+    check_writable(output)
+
+
+def check_writable(output: Path) -> None:
+    """Refuse, before any input is read, an output whose directory cannot be written (a
+    read-only mount, another user's directory): found by writing there, as the run would."""
+    try:
+        with tempfile.NamedTemporaryFile(dir=output.parent, prefix=f".{output.name}.probe-"):
+            pass
+    except OSError as err:
+        raise ApplyError(
+            f"{output}: cannot write in {output.parent}: {err.strerror or err}"
+        ) from None
 
 
 def check_free_space(directory: Path, needed: int) -> None:

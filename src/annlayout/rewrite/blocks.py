@@ -28,7 +28,7 @@ from pydantic import ByteSize, TypeAdapter
 
 from annlayout.defaults import MEMORY, VERIFY_MEMORY, WHOLE_BELOW
 from annlayout.errors import ApplyError
-from annlayout.plan import ArrayPlan, ElementPlan, Plan
+from annlayout.plan import ArrayPlan, ElementPlan, Plan, human_size
 from annlayout.spec import SPARSE_ENCODINGS
 
 #: A block holds the slice as read, its conversion (when the dtype changes) and about twice
@@ -379,6 +379,25 @@ class MemoryPlan:
     def blocks(self) -> list[Block]:
         return [b for e in self.elements for a in e.arrays for b in a.blocks()]
 
+    @property
+    def notes(self) -> list[str]:
+        """What the budget does not bound, said where it matters: elements copied whole (under
+        ``--whole-below``, or not streamable) that hold more than a worker's share."""
+        beyond = sorted(
+            (e for e in self.elements if not e.streamed and e.whole > self.per_worker),
+            key=lambda e: -e.whole,
+        )
+        if not beyond:
+            return []
+        largest = beyond[0]
+        count = f"{len(beyond)} elements hold" if len(beyond) > 1 else "1 element holds"
+        return [
+            f"--memory {human_size(self.budget)} does not bound elements copied whole: {count} "
+            f"more (largest {largest.path}, about {human_size(largest.whole)}), being under "
+            f"--whole-below {human_size(self.small)} or not streamable; lower --whole-below to "
+            "stream what can be"
+        ]
+
     def check(self) -> None:
         """Refuse, in one line naming the array or element, what does not fit the budget."""
         problems = self.violations
@@ -394,6 +413,7 @@ class MemoryPlan:
             "whole_below_bytes": self.small,
             "elements": [e.to_json() for e in self.elements],
             "violations": self.violations,
+            "notes": self.notes,
         }
 
 

@@ -11,10 +11,11 @@ from typing import Any
 from annlayout.callback import LayoutCallback
 from annlayout.codecs import codec_pipeline as use_codec_pipeline
 from annlayout.encodings import PROVENANCE_KEY, set_json_attr
+from annlayout.errors import ApplyError
 from annlayout.plan import ElementPlan
-from annlayout.remote import codec_pipeline_for, is_url
+from annlayout.remote import codec_pipeline_for, is_url, zarr_exists
 from annlayout.spec import Layout, load_layout
-from annlayout.stores import consolidate_metadata, provenance, zarr_store
+from annlayout.stores import check_output_name, consolidate_metadata, provenance, zarr_store
 
 
 @dataclass
@@ -36,15 +37,21 @@ def write(
     layout: str | Path | Layout,
     *,
     codec_pipeline: str | None = "zarrs",
+    overwrite: bool = False,
 ) -> WriteResult:
     """Write an in-memory AnnData to ``path`` with ``layout`` (a name, a path or a Layout).
 
-    The store format (zarr v2/v3 or h5ad) is the layout's target. ``path`` is overwritten.
+    The store format (zarr v2/v3 or h5ad) is the layout's target, and ``path`` must be named
+    for it (``.zarr``, ``.h5ad``). An existing store at ``path`` is refused unless
+    ``overwrite``, as the command line does.
     """
     import anndata as ad
 
     layout = load_layout(layout)
+    check_output_name(path, layout.target.format, layout.name)
     path = path if is_url(path) else Path(path)
+    if not overwrite and (zarr_exists(path) if isinstance(path, str) else path.exists()):
+        raise ApplyError(f"{path}: already exists (pass overwrite=True to replace it)")
     codec_pipeline = codec_pipeline_for(codec_pipeline, path)
     callback = LayoutCallback(layout)
     start = time.perf_counter()

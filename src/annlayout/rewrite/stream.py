@@ -103,6 +103,7 @@ from annlayout.spec import Layout, load_layout
 from annlayout.storage import backend_of, create_array
 from annlayout.stores import (
     AnnDataStore,
+    check_output_name,
     consolidate_metadata,
     detect_format,
     footprint,
@@ -191,6 +192,7 @@ def apply(
     start = time.perf_counter()
     bound_malloc_arenas()  # best before codec threads start: the CLI calls it first
     layout = load_layout(layout)
+    check_output_name(output, layout.target.format, layout.name)
     detect_format(source)  # a missing input is named before the output is looked at
     remote = is_url(output)
     if remote:
@@ -285,7 +287,8 @@ def _apply(
                 blocks = rewriter.prepare(store, tmp)
                 if journal is not None:
                     save(journal, rewriter.prepared(state, blocks))
-            result.notes, result.streamed = rewriter.notes, rewriter.streamed
+            result.notes = [*memory_model.notes, *rewriter.notes]
+            result.streamed = rewriter.streamed
             result.upgrades = rewriter.upgrades
             result.n_blocks = len(blocks)
             result.bytes_read = sum(b.nbytes for b in blocks) + rewriter.whole_bytes
