@@ -60,7 +60,7 @@ from annlayout.encodings import (
     set_json_attr,
     writing,
 )
-from annlayout.errors import AnnlayoutError, NotAnnDataError
+from annlayout.errors import AppendError, NotAnnDataError
 from annlayout.journal import commit, has_journal, roll_back
 from annlayout.plan import ElementPlan, make_plan
 from annlayout.remote import chosen_backend, codec_pipeline_for, copy_objects, is_url, listing
@@ -83,10 +83,6 @@ AT_FDCWD = -100
 
 Location = Path | str  # a local store, or a URL
 Written = dict[str, list[tuple[int, int, int]]]  # array path -> new blocks (first, stop, crc)
-
-
-class AppendError(AnnlayoutError):
-    """A store or inputs that cannot be appended."""
 
 
 @dataclass

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from annlayout.codecs import codec_pipeline
+from annlayout.errors import IntegrityError
 from annlayout.reader import Dataset, Matrix
 from annlayout.reader import open as open_dataset
 from annlayout.remote import store_backend
@@ -189,7 +190,7 @@ class GatherTask:
                 path = Path(part.directory) / f"{name}.bin"
                 values = np.fromfile(path, dtype, count=hi - lo, offset=lo * dtype.itemsize)
                 if values.shape[0] != hi - lo:
-                    raise RuntimeError(f"{path}: {values.shape[0]} values, {hi - lo} expected")
+                    raise IntegrityError(f"{path}: {values.shape[0]} values, {hi - lo} expected")
                 read[name].append(values)
         rows, indices, data = (
             np.concatenate(read[name]) if read[name] else np.empty(0, dtype)
@@ -256,20 +257,20 @@ def write_pieces(array: Any, pieces: Iterator[tuple[int, np.ndarray]], name: str
     for position, values in pieces:
         number = position // chunk
         if (position + values.size - 1) // chunk != number:
-            raise RuntimeError(f"{name}: a piece at {position} crosses a chunk boundary")
+            raise IntegrityError(f"{name}: a piece at {position} crosses a chunk boundary")
         if number != current:
             if parts:
-                raise RuntimeError(f"{name}: chunk {current} is incomplete")
+                raise IntegrityError(f"{name}: chunk {current} is incomplete")
             current, at = number, number * chunk
         if position != at:
-            raise RuntimeError(f"{name}: values {at} to {position} are missing")
+            raise IntegrityError(f"{name}: values {at} to {position} are missing")
         parts.append(values)
         at += values.size
         if at == min(size, (number + 1) * chunk):
             array[number * chunk : at] = np.concatenate(parts)
             parts = []
     if parts:
-        raise RuntimeError(f"{name}: chunk {current} is incomplete")
+        raise IntegrityError(f"{name}: chunk {current} is incomplete")
 
 
 # --------------------------------------------------------------------------- driver
@@ -324,7 +325,7 @@ def assemble_sparse(
             rows_in[bucket] += row_hi - row_lo
             values_in[bucket] += value_hi - value_lo
     if not np.array_equal(rows_in, np.diff(edges)):
-        raise RuntimeError(f"{path}: {int(rows_in.sum())} rows scattered, {n_obs} expected")
+        raise IntegrityError(f"{path}: {int(rows_in.sum())} rows scattered, {n_obs} expected")
     first_values = np.concatenate([[0], np.cumsum(values_in)])
     _create_arrays(target, path, directory, n_obs, n_vars, int(first_values[-1]), dtypes)
 

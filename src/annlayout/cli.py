@@ -449,15 +449,15 @@ def apply_command(
 
 def _print_upgrades(upgrades: list[str], verbose: bool) -> None:
     """Legacy forms read and written in today's encodings: one line, or each with --verbose
-    (a file of anndata < 0.8 has a dozen, the same for every such file)."""
+    (an anndata 0.6 file has a dozen, the same for every such file)."""
     if verbose:
         for upgrade in upgrades:
             err.print(f"[cyan]upgraded:[/] {escape(upgrade)}", highlight=False)
     elif upgrades:
         forms = f"{len(upgrades)} legacy form" + ("s" if len(upgrades) > 1 else "")
         err.print(
-            f"[cyan]upgraded:[/] {forms} of anndata < 0.8 read as today's encodings, as anndata "
-            "reads them (--verbose lists them)",
+            f"[cyan]upgraded:[/] {forms} of older anndata or scanpy read as today's encodings, "
+            "as anndata reads them (--verbose lists them)",
             highlight=False,
         )
 

@@ -34,7 +34,7 @@ from annlayout.assembly import Source, assemble_sparse
 from annlayout.codecs import codec_pipeline
 from annlayout.defaults import MEMORY
 from annlayout.encodings import SPARSE_ENCODINGS, writing
-from annlayout.errors import AnnlayoutError, NotAnnDataError
+from annlayout.errors import AnnlayoutError, ConcatError, NotAnnDataError
 from annlayout.reader import Dataset, Matrix
 from annlayout.reader import open as open_dataset
 from annlayout.remote import chosen_backend, is_url
@@ -62,10 +62,6 @@ SCRATCH_SUFFIX = ".annlayout-concat"
 ASSEMBLED_MARKER = "assembled.done"  # the combined inputs are complete: --resume uses them
 ORDER_KEY = "annlayout_order"
 MIXING_WINDOW = 256  # cells: a minibatch read as one contiguous run
-
-
-class ConcatError(AnnlayoutError):
-    """Inputs that cannot be combined."""
 
 
 @dataclass

@@ -49,12 +49,28 @@ class BenchError(AnnlayoutError, RuntimeError):
     """A benchmark could not run, or a reader gave a wrong answer."""
 
 
+class ConcatError(AnnlayoutError):
+    """Inputs that cannot be combined."""
+
+
+class AppendError(AnnlayoutError):
+    """A store or inputs that cannot be appended."""
+
+
+class IntegrityError(AnnlayoutError, RuntimeError):
+    """Rows or values that do not add up while combining (a damaged scratch file, or a bug):
+    the run stops rather than write a store with a gap."""
+
+
 __all__ = [
     "AnnlayoutError",
+    "AppendError",
     "ApplyError",
     "BenchError",
     "ChunkReadError",
+    "ConcatError",
     "ElementReadError",
+    "IntegrityError",
     "LayoutError",
     "NotAnnDataError",
     "PlanError",

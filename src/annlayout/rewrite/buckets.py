@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from annlayout.errors import IntegrityError
 from annlayout.rewrite.collection import by_bucket, in_new_order
 
 
@@ -122,7 +123,7 @@ class RowBuckets:
             return np.empty(0, dtype=self._dtypes.get(name, np.float32))
         values = np.fromfile(path, dtype=self._dtypes[name])
         if values.size != expected:
-            raise RuntimeError(f"{path}: {values.size} values, {expected} expected")
+            raise IntegrityError(f"{path}: {values.size} values, {expected} expected")
         return values
 
     def discard(self, bucket: int) -> None:
@@ -157,5 +158,5 @@ class RowBuckets:
         first = bucket * self.rows_per_bucket
         expected = min(self.rank.size, first + self.rows_per_bucket) - first
         if ranks.size != expected:  # every new position arrives exactly once
-            raise RuntimeError(f"bucket {bucket}: {ranks.size} rows arrived, {expected} expected")
+            raise IntegrityError(f"bucket {bucket}: {ranks.size} rows arrived, {expected} expected")
         return ranks, lengths

@@ -12,6 +12,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from annlayout.errors import IntegrityError
+
 
 def column_maps(result: pd.Index, inputs: list[pd.Index]) -> list[np.ndarray]:
     """Per input, the result column of each of its columns (-1: not in the result, which an
@@ -114,11 +116,11 @@ def in_new_order(
     position ``first:first + n_rows`` must have arrived exactly once."""
     order = np.argsort(ranks, kind="stable")
     if ranks.size != n_rows:
-        raise RuntimeError(f"bucket {bucket}: {ranks.size} rows arrived, {n_rows} expected")
+        raise IntegrityError(f"bucket {bucket}: {ranks.size} rows arrived, {n_rows} expected")
     expected = np.arange(first, first + n_rows)
     if not np.array_equal(ranks[order], expected):
         wrong = int(ranks[order][ranks[order] != expected][0])
-        raise RuntimeError(f"bucket {bucket}: row {wrong} arrived twice or does not belong")
+        raise IntegrityError(f"bucket {bucket}: row {wrong} arrived twice or does not belong")
     indptr = np.zeros(ranks.size + 1, dtype=np.int64)
     np.cumsum(lengths, out=indptr[1:])
     return reorder_csr(indptr, indices, data, order)
