@@ -457,6 +457,7 @@ def _combining_options(join_help: str, cells: str) -> Callable[[Any], Any]:
     "the blocks it completed; without it a rerun starts clean.",
 )
 @click.option("--no-verify", is_flag=True, help="Skip comparing the output with the inputs.")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 @handle_errors
 def concat_command(
@@ -475,6 +476,7 @@ def concat_command(
     scheduler: str | None,
     resume: bool,
     no_verify: bool,
+    as_json: bool,
     quiet: bool,
 ) -> None:
     """Combine INPUT stores (h5ad, zarr; local or s3://) into OUTPUT with LAYOUT, as
@@ -484,7 +486,7 @@ def concat_command(
     if len(paths) < 2:
         raise ConcatError("concat: give at least one INPUT and the OUTPUT")
     *inputs, output = paths
-    with _progress(enabled=not quiet) as progress:
+    with _progress(enabled=not (quiet or as_json)) as progress:
         result = concat(
             layout, inputs, output, join=join, label=label,  # type: ignore[arg-type]
             keys=keys.split(",") if keys else None, index_unique=index_unique,
@@ -492,7 +494,11 @@ def concat_command(
             workers=workers, scheduler=scheduler, overwrite=overwrite, resume=resume,
             verify=not no_verify, progress=progress,
         )  # fmt: skip
-    if not quiet:
+    if as_json:
+        click.echo(json.dumps(result.summary(), indent=2))
+    elif not quiet:
+        for note in result.notes:
+            err.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
         out.print(
             f"wrote [bold]{result.path}[/] with layout [cyan]{result.layout}[/] from "
             f"{len(inputs)} inputs in {result.seconds:.1f} s"
@@ -500,7 +506,7 @@ def concat_command(
             + f", peak memory {human_size(result.peak_rss)}",
             highlight=False,
         )
-        if result.mixing is not None:
+        if result.mixing is not None and shuffle is not None:  # input order has none to tell
             got, uniform = result.mixing
             out.print(
                 f"mixing: {got:.2f} bits of input entropy per 256-cell window "
@@ -518,6 +524,7 @@ def concat_command(
 )
 @click.option("--memory", default=defaults.MEMORY, show_default=True, help="Memory budget.")
 @click.option("--no-verify", is_flag=True, help="Skip comparing the result with its sources.")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 @handle_errors
 def append_command(
@@ -529,6 +536,7 @@ def append_command(
     index_unique: str | None,
     memory: str,
     no_verify: bool,
+    as_json: bool,
     quiet: bool,
 ) -> None:
     """Add the cells of INPUT stores to STORE, a zarr store annlayout wrote (a path or an
@@ -537,15 +545,17 @@ def append_command(
     Atomic: an interrupted or failed append leaves STORE as it was."""
     from annlayout.appending import append
 
-    with _progress(enabled=not quiet) as progress:
+    with _progress(enabled=not (quiet or as_json)) as progress:
         result = append(
             store, inputs, join=join, label=label,  # type: ignore[arg-type]
             keys=keys.split(",") if keys else None, index_unique=index_unique,
             memory=memory, verify=not no_verify, progress=progress,
         )  # fmt: skip
-    if not quiet:
+    if as_json:
+        click.echo(json.dumps({**result.summary(), "inputs": list(inputs)}, indent=2))
+    elif not quiet:
         for note in result.notes:
-            err.print(f"note: {note}", highlight=False)
+            err.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
         out.print(
             f"appended {result.n_obs_added:,} cells to [bold]{result.path}[/] "
             f"({result.n_obs_before:,} before) with layout [cyan]{result.layout}[/] in "
