@@ -22,6 +22,7 @@ from click.testing import CliRunner
 import annlayout
 from annlayout import concat
 from annlayout.cli import main
+from annlayout.concatenate import ConcatError
 from annlayout.datagen import make_part
 
 
@@ -683,12 +684,19 @@ def test_tasks_combine_empty_inputs_and_inputs_without_nonzeros_as_serially(tmp_
             concat("ml-minibatch", paths, tmp_path / f"{join}-{mode}.zarr", join=join,
                    shuffle=1, memory="64KiB", workers=workers)  # fmt: skip
         assert _tree(tmp_path / f"{join}-serial.zarr") == _tree(tmp_path / f"{join}-tasks.zarr")
-    # and every gene dropped: an inner join with the input of other genes
+    # every gene dropped by an inner join is refused; inputs without genes combine to none
     paths = [tmp_path / name for name in ("cells.h5ad", "other-genes.h5ad")]
+    with pytest.raises(ConcatError, match="0 genes"):
+        concat("ml-minibatch", paths, tmp_path / "never.zarr", workers=2)
+    paths = [tmp_path / "no-genes-a.h5ad", tmp_path / "no-genes-b.h5ad"]
+    for i, path in enumerate(paths):
+        adata = ad.AnnData(X=sp.csr_matrix((30 + i, 0), dtype=np.float32))
+        adata.obs_names = [f"{path.stem}-{i}" for i in range(adata.n_obs)]
+        adata.write_h5ad(path)
     for mode, workers in (("serial", 1), ("tasks", 2)):
         concat("ml-minibatch", paths, tmp_path / f"none-{mode}.zarr", workers=workers)
     assert _tree(tmp_path / "none-serial.zarr") == _tree(tmp_path / "none-tasks.zarr")
-    assert ad.read_zarr(tmp_path / "none-tasks.zarr").shape == (320, 0)
+    assert ad.read_zarr(tmp_path / "none-tasks.zarr").shape == (61, 0)
 
 
 @pytest.mark.parametrize("first", ["serial", "tasks"])
