@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
+import shlex
 import subprocess
 import sys
 import textwrap
@@ -400,6 +402,124 @@ def test_generate_a_collection_of_files_that_differ(tmp_path):
     run("generate", out, "--files", "2", code=1)  # exists
     refused = run("generate", tmp_path / "none", "--files", "0", code=1)
     assert "--files 0" in refused.stderr and not (tmp_path / "none").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["y.h5ad", "--cells", "-5"], "--cells -5: the number of cells cannot be negative"),
+        (["y.h5ad", "--genes", "-1"], "--genes -1: the number of genes cannot be negative"),
+        (["y.h5ad", "--nnz-per-cell", "0"], "--nnz-per-cell 0.0: the mean must be above 0"),
+        (["runs", "--files", "0"], "--files 0: a collection needs at least one file"),
+        (["runs", "--files", "3", "--cells", "2"], "--cells 2 --files 3: fewer cells than files"),
+        (["y.h5ad", "--files", "2"], "y.h5ad: with --files OUTPUT is a directory of .h5ad files"),
+        (["runs.zarr", "--files", "2"], "give a directory name without an extension, e.g. runs"),
+        (["y.txt"], "y.txt: OUTPUT must end in .h5ad or .zarr"),
+        (["y"], "y: OUTPUT must end in .h5ad or .zarr (or give --files N"),
+    ],
+)  # fmt: skip
+def test_generate_refuses_sizes_and_outputs_in_one_line_naming_the_option(
+    tmp_path, monkeypatch, args, message
+):
+    monkeypatch.chdir(tmp_path)
+    result = run("generate", *args, code=1)
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not list(tmp_path.iterdir())  # nothing written, not even a temporary
+
+
+def test_generate_zero_cells_makes_an_empty_dataset_that_combines(tmp_path):
+    """anndata reads and writes 0 x n: generate makes one, with X_pca, and concat takes it."""
+    empty, full = tmp_path / "empty.h5ad", tmp_path / "full.h5ad"
+    run("generate", empty, "--cells", "0", "--genes", "50", "--quiet")
+    run("generate", full, "--cells", "40", "--genes", "50", "--seed", "1", "--quiet")
+    adata = read_any(empty)
+    assert adata.shape == (0, 50) and adata.obsm["X_pca"].shape == (0, 50)
+    out = tmp_path / "both.zarr"
+    run("concat", "ml-minibatch", empty, full, out)
+    assert read_any(out).shape == (40, 50) and "X_pca" in read_any(out).obsm
+
+
+def test_generate_json_and_quiet(tmp_path):
+    """--json: one JSON document on stdout; --quiet: nothing; piped: no progress either."""
+    single = run("generate", tmp_path / "one.zarr", "--cells", "30", "--genes", "20", "--json")
+    summary = json.loads(single.stdout)
+    adata = read_any(tmp_path / "one.zarr")
+    assert summary["output"] == str(tmp_path / "one.zarr") and summary["files"] == 1
+    assert (summary["cells"], summary["genes"], summary["nonzeros"]) == (30, 20, adata.X.nnz)
+    assert single.stderr == ""
+    many = run("generate", tmp_path / "runs", "--files", "3", "--cells", "31", "--genes", "20",
+               "--json")  # fmt: skip
+    summary = json.loads(many.stdout)
+    parts = [read_any(p) for p in sorted((tmp_path / "runs").glob("*.h5ad"))]
+    assert summary["files"] == 3 == len(parts) and summary["cells"] == 31
+    assert summary["nonzeros"] == sum(p.X.nnz for p in parts)
+    quiet = run("generate", tmp_path / "q.h5ad", "--cells", "30", "--genes", "20", "-q")
+    assert quiet.stdout == quiet.stderr == ""
+
+
+def test_generate_shows_progress_on_a_terminal_only(tmp_path, monkeypatch):
+    """Each step on a terminal's stderr (a transient line: recorded as rich is told it);
+    nothing when stderr is piped."""
+    import rich.progress
+
+    import annlayout.cli
+
+    shown: list[str] = []
+    real = rich.progress.Progress.update
+
+    def update(self, task, **fields):
+        shown.append(fields.get("description"))
+        real(self, task, **fields)
+
+    monkeypatch.setattr(rich.progress.Progress, "update", update)
+    monkeypatch.setattr(annlayout.cli.err, "_force_terminal", True)
+    run("generate", tmp_path / "runs", "--files", "2", "--cells", "30", "--genes", "20")
+    assert shown == [
+        "file 1 of 2: generating 15 cells", "file 1 of 2: writing part-000.h5ad",
+        "file 2 of 2: generating 15 cells", "file 2 of 2: writing part-001.h5ad",
+    ]  # fmt: skip
+    shown.clear()
+    run("generate", tmp_path / "one.h5ad", "--cells", "30", "--genes", "20")
+    assert shown == ["generating 30 cells × 20 genes", f"writing {tmp_path / 'one.h5ad'}"]
+    shown.clear()
+    monkeypatch.setattr(annlayout.cli.err, "_force_terminal", False)
+    piped = run("generate", tmp_path / "more", "--files", "2", "--cells", "30", "--genes", "20")
+    assert piped.stderr == "" and shown == []
+
+
+def readme_commands(*names: str) -> list[list[str]]:
+    """The README's command-line example's ``annlayout NAME ...`` lines, as arguments."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    block = readme.split("**Command line**", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    commands = []
+    for line in block.replace("\\\n", " ").splitlines():
+        args = shlex.split(line, comments=True)
+        if args[:1] == ["annlayout"] and args[1] in names:
+            commands.append(args[1:])
+    return commands
+
+
+def test_the_readme_collection_example_runs_as_written(tmp_path, monkeypatch):
+    """generate --files, concat, generate, append: as the README shows them, but small."""
+    monkeypatch.chdir(tmp_path)
+    commands = readme_commands("generate", "concat", "append")
+    assert [c[0] for c in commands] == ["generate", "concat", "generate", "append"]
+    for args in commands:
+        if args[0] == "generate":  # fewer cells and genes, the same for every file
+            before = ["", *args[:-1]]
+            args = [
+                str(int(a) // 100) if b == "--cells" else a
+                for b, a in zip(before, args, strict=True)
+            ]
+            args += ["--genes", "200", "--nnz-per-cell", "20"]
+        run(*[match for a in args for match in (sorted(glob.glob(a)) if "*" in a else [a])])
+    import anndata as ad
+
+    parts = [ad.read_h5ad(p) for p in sorted(Path("runs").glob("*.h5ad"))]
+    new = ad.read_h5ad("new-run.h5ad")
+    train = ad.read_zarr("train.zarr")
+    assert len(parts) == 4 and train.n_obs == sum(p.n_obs for p in parts) + new.n_obs == 250
+    assert train.obsm["X_pca"].shape[1] == new.obsm["X_pca"].shape[1]
 
 
 def test_console_script_end_to_end(tmp_path):

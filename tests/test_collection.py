@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from annlayout.datagen import make_part
+from annlayout.datagen import collection_sizes, make_dataset, make_part
 from annlayout.rewrite.buckets import RowBuckets
 from annlayout.rewrite.collection import (
     column_maps,
@@ -129,3 +129,25 @@ def test_row_buckets_resume_from_a_checkpoint(tmp_path, rows_per_bucket, killed_
     parts = [sp.csr_matrix((v, i, p), shape=(p.size - 1, 20)) for p, i, v in resumed.drain_csr()]
     order = np.argsort(rank)
     assert (sp.vstack(parts) != matrix[order].astype(np.float32)).nnz == 0
+
+
+def test_single_datasets_and_collection_parts_combine():
+    """What generate writes, alone or with --files, has one X_pca width and one gene
+    universe: concat and append take them together."""
+    single = make_dataset(30, 40, nnz_per_cell=5, seed=1)
+    part = make_part(0, 20, 40, nnz_per_cell=5, seed=2)
+    empty = make_dataset(0, 40, nnz_per_cell=5)
+    assert single.obsm["X_pca"].shape[1] == part.obsm["X_pca"].shape[1]
+    assert empty.shape == (0, 40) and empty.obsm["X_pca"].shape == (
+        0,
+        single.obsm["X_pca"].shape[1],
+    )
+    assert set(part.var_names) <= set(single.var_names)
+    combined = ad.concat([single, part, empty], join="outer", index_unique="-")
+    assert combined.obsm["X_pca"].shape == (50, single.obsm["X_pca"].shape[1])
+
+
+@pytest.mark.parametrize(("cells", "files"), [(2, 3), (5, 0)])
+def test_a_collection_needs_a_file_and_a_cell_a_file(cells, files):
+    with pytest.raises(ValueError, match=f"--files {files}"):
+        collection_sizes(cells, files)

@@ -22,6 +22,7 @@ from click.testing import CliRunner
 import annlayout
 from annlayout import concat
 from annlayout.cli import main
+from annlayout.concatenate import ConcatError
 from annlayout.datagen import make_part
 
 
@@ -683,12 +684,19 @@ def test_tasks_combine_empty_inputs_and_inputs_without_nonzeros_as_serially(tmp_
             concat("ml-minibatch", paths, tmp_path / f"{join}-{mode}.zarr", join=join,
                    shuffle=1, memory="64KiB", workers=workers)  # fmt: skip
         assert _tree(tmp_path / f"{join}-serial.zarr") == _tree(tmp_path / f"{join}-tasks.zarr")
-    # and every gene dropped: an inner join with the input of other genes
+    # every gene dropped by an inner join is refused; inputs without genes combine to none
     paths = [tmp_path / name for name in ("cells.h5ad", "other-genes.h5ad")]
+    with pytest.raises(ConcatError, match="0 genes"):
+        concat("ml-minibatch", paths, tmp_path / "never.zarr", workers=2)
+    paths = [tmp_path / "no-genes-a.h5ad", tmp_path / "no-genes-b.h5ad"]
+    for i, path in enumerate(paths):
+        adata = ad.AnnData(X=sp.csr_matrix((30 + i, 0), dtype=np.float32))
+        adata.obs_names = [f"{path.stem}-{i}" for i in range(adata.n_obs)]
+        adata.write_h5ad(path)
     for mode, workers in (("serial", 1), ("tasks", 2)):
         concat("ml-minibatch", paths, tmp_path / f"none-{mode}.zarr", workers=workers)
     assert _tree(tmp_path / "none-serial.zarr") == _tree(tmp_path / "none-tasks.zarr")
-    assert ad.read_zarr(tmp_path / "none-tasks.zarr").shape == (320, 0)
+    assert ad.read_zarr(tmp_path / "none-tasks.zarr").shape == (61, 0)
 
 
 @pytest.mark.parametrize("first", ["serial", "tasks"])
@@ -765,3 +773,79 @@ def test_whole_chunks_are_written_by_their_bucket_and_shared_ones_from_the_piece
     assert list(other[...]) == list(values)
     with pytest.raises(RuntimeError, match="b: a piece at 2 crosses a chunk boundary"):
         write_pieces(other, iter([(0, values[:2]), (2, values[2:6])]), "b")
+
+
+def test_an_inner_join_without_common_genes_is_refused_before_any_data_is_read(
+    tmp_path, monkeypatch
+):
+    """Inputs that share no gene would make a store of cells without genes."""
+    import annlayout.concatenate
+
+    def rename_genes(i, adata):
+        if i == 2:
+            adata.var.index = [f"other_{name}" for name in adata.var.index]
+
+    paths, adatas = _h5ad_parts(tmp_path, [20, 30, 25], seed=1, change=rename_genes)
+
+    def never(data):
+        raise AssertionError(f"{data.source} was read")
+
+    monkeypatch.setattr(annlayout.concatenate, "small_elements_of", never)
+    out = tmp_path / "never.zarr"
+    result = CliRunner().invoke(main, ["concat", "ml-minibatch", *map(str, paths), str(out)])
+    assert result.exit_code == 1, (result.output, result.exception)
+    message = result.stderr.strip()
+    assert len(message.splitlines()) == 1 and "--join outer" in message
+    assert f"{paths[0]}, {paths[1]} and {paths[2]}" in message and "0 genes" in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p0.h5ad", "p1.h5ad", "p2.h5ad"]
+    monkeypatch.undo()
+    done = CliRunner().invoke(main, ["concat", "ml-minibatch", *map(str, paths), str(out),
+                                     "--join", "outer", "--quiet"])  # fmt: skip
+    genes = set().union(*(a.var_names for a in adatas))
+    assert done.exit_code == 0 and ad.read_zarr(out).n_vars == len(genes)
+
+
+def test_repeated_obs_names_are_warned_about_with_their_count_and_the_fix(tmp_path, collection):
+    """Barcodes repeat between the inputs: as anndata.concat does, concat warns (a note in
+    the result, on stderr in the CLI), unless --index-unique makes them unique."""
+    paths, adatas = collection
+    expected = _expected(adatas)
+    repeated = int(expected.obs_names.duplicated().sum())
+    assert repeated > 0
+    with pytest.warns(UserWarning, match=f"{repeated:,} cells have an obs name an earlier"):
+        result = concat("ml-minibatch", paths, tmp_path / "a.zarr")
+    assert "--index-unique -" in result.notes[0]
+    done = CliRunner().invoke(main, ["concat", "ml-minibatch", *map(str, paths),
+                                     str(tmp_path / "b.zarr")])  # fmt: skip
+    assert done.exit_code == 0, done.output
+    notes = [line for line in done.stderr.splitlines() if line.startswith("note:")]
+    assert notes == [f"note: {result.notes[0]}"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning at all
+        unique = concat("ml-minibatch", paths, tmp_path / "c.zarr", index_unique="-")
+    assert unique.notes == []
+
+
+def test_mixing_is_printed_only_for_shuffled_cells_and_json_has_it_all(tmp_path, collection):
+    paths, _ = collection
+    args = ["concat", "ml-minibatch", *map(str, paths)]
+    ordered = CliRunner().invoke(main, [*args, str(tmp_path / "o.zarr"), "--index-unique", "-"])
+    assert ordered.exit_code == 0 and "mixing:" not in ordered.output + ordered.stderr
+    shuffled = CliRunner().invoke(main, [*args, str(tmp_path / "s.zarr"), "--index-unique", "-",
+                                         "--shuffle", "0"])  # fmt: skip
+    assert shuffled.exit_code == 0 and "mixing: " in shuffled.stdout
+    as_json = CliRunner().invoke(main, [*args, str(tmp_path / "j.zarr"), "--json"])
+    assert as_json.exit_code == 0, as_json.output
+    summary = json.loads(as_json.stdout)  # one document: the repeated names note is in it
+    assert summary["output"] == str(tmp_path / "j.zarr") and summary["layout"] == "ml-minibatch"
+    assert summary["inputs"] == [str(p) for p in paths] and summary["verified"] is True
+    assert summary["peak_rss"] > 0 and summary["seconds"] > 0
+    assert summary["mixing"]["bits"] < summary["mixing"]["uniform"]  # in input order
+    assert summary["mixing"]["window"] == 256
+    assert "obs name" in summary["notes"][0] and as_json.stderr == ""
+    appended = CliRunner().invoke(main, ["append", str(tmp_path / "j.zarr"), str(paths[0]),
+                                         "--index-unique", "-", "--json"])  # fmt: skip
+    assert appended.exit_code == 0, appended.output
+    summary = json.loads(appended.stdout)
+    assert summary["inputs"] == [str(paths[0])] and summary["verified"] is True
+    assert summary["n_obs_added"] == ad.read_h5ad(paths[0]).n_obs and appended.stderr == ""

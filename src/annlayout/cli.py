@@ -7,7 +7,7 @@ import json
 import os
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -527,6 +527,7 @@ def _combining_options(join_help: str, cells: str) -> Callable[[Any], Any]:
     "the blocks it completed; without it a rerun starts clean.",
 )
 @click.option("--no-verify", is_flag=True, help="Skip comparing the output with the inputs.")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 @handle_errors
 def concat_command(
@@ -545,6 +546,7 @@ def concat_command(
     scheduler: str | None,
     resume: bool,
     no_verify: bool,
+    as_json: bool,
     quiet: bool,
 ) -> None:
     """Combine INPUT stores (h5ad, zarr; local or s3://) into OUTPUT with LAYOUT, as
@@ -554,7 +556,7 @@ def concat_command(
     if len(paths) < 2:
         raise ConcatError("concat: give at least one INPUT and the OUTPUT")
     *inputs, output = paths
-    with _progress(enabled=not quiet) as progress:
+    with _progress(enabled=not (quiet or as_json)) as progress:
         result = concat(
             layout, inputs, output, join=join, label=label,  # type: ignore[arg-type]
             keys=keys.split(",") if keys else None, index_unique=index_unique,
@@ -562,7 +564,11 @@ def concat_command(
             workers=workers, scheduler=scheduler, overwrite=overwrite, resume=resume,
             verify=not no_verify, progress=progress,
         )  # fmt: skip
-    if not quiet:
+    if as_json:
+        click.echo(json.dumps(result.summary(), indent=2))
+    elif not quiet:
+        for note in result.notes:
+            err.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
         out.print(
             f"wrote [bold]{result.path}[/] with layout [cyan]{result.layout}[/] from "
             f"{len(inputs)} inputs in {result.seconds:.1f} s"
@@ -570,7 +576,7 @@ def concat_command(
             + f", peak memory {human_size(result.peak_rss)}",
             highlight=False,
         )
-        if result.mixing is not None:
+        if result.mixing is not None and shuffle is not None:  # input order has none to tell
             got, uniform = result.mixing
             out.print(
                 f"mixing: {got:.2f} bits of input entropy per 256-cell window "
@@ -588,6 +594,7 @@ def concat_command(
 )
 @click.option("--memory", default=defaults.MEMORY, show_default=True, help="Memory budget.")
 @click.option("--no-verify", is_flag=True, help="Skip comparing the result with its sources.")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 @handle_errors
 def append_command(
@@ -599,6 +606,7 @@ def append_command(
     index_unique: str | None,
     memory: str,
     no_verify: bool,
+    as_json: bool,
     quiet: bool,
 ) -> None:
     """Add the cells of INPUT stores to STORE, a zarr store annlayout wrote (a path or an
@@ -607,15 +615,17 @@ def append_command(
     Atomic: an interrupted or failed append leaves STORE as it was."""
     from annlayout.appending import append
 
-    with _progress(enabled=not quiet) as progress:
+    with _progress(enabled=not (quiet or as_json)) as progress:
         result = append(
             store, inputs, join=join, label=label,  # type: ignore[arg-type]
             keys=keys.split(",") if keys else None, index_unique=index_unique,
             memory=memory, verify=not no_verify, progress=progress,
         )  # fmt: skip
-    if not quiet:
+    if as_json:
+        click.echo(json.dumps({**result.summary(), "inputs": list(inputs)}, indent=2))
+    elif not quiet:
         for note in result.notes:
-            err.print(f"note: {note}", highlight=False)
+            err.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
         out.print(
             f"appended {result.n_obs_added:,} cells to [bold]{result.path}[/] "
             f"({result.n_obs_before:,} before) with layout [cyan]{result.layout}[/] in "
@@ -818,12 +828,15 @@ def bench_command(
     "--files",
     default=None,
     type=int,
-    help="Write a collection instead: OUTPUT becomes a directory of this many .h5ad files "
-    "(part-000.h5ad, ...), the cells split between them, each with its own 90% of the genes "
-    "in its own order, its own cell types, and repeating barcodes.",
+    help="Write a collection instead: OUTPUT becomes a directory (a name without an "
+    "extension) of this many .h5ad files (part-000.h5ad, ...), the cells split between them, "
+    "each with its own 90% of the genes in its own order, its own cell types, and repeating "
+    "barcodes.",
 )
 @click.option("--seed", default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
+@click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 @handle_errors
 def generate_command(
     output: Path,
@@ -833,47 +846,115 @@ def generate_command(
     files: int | None,
     seed: int,
     overwrite: bool,
+    as_json: bool,
+    quiet: bool,
 ) -> None:
     """Write a synthetic dataset with realistic skewed counts to OUTPUT (.h5ad or .zarr), or
-    with --files a collection of h5ad files that differ the way real ones do."""
-    from annlayout.rewrite import ApplyError
-    from annlayout.rewrite.atomic import atomic_output, remove
+    with --files a collection of h5ad files that differ the way real ones do. Single datasets
+    and collections share one gene universe and one X_pca width, so they combine (concat,
+    append) with each other."""
+    import time
 
+    from annlayout.datagen import check_sizes
+    from annlayout.rewrite import ApplyError
+    from annlayout.rewrite.atomic import atomic_output
+
+    check_sizes(cells, genes, nnz_per_cell, files)
+    _check_generate_output(output, files)
     if output.exists() and not overwrite:
         raise ApplyError(f"{output}: already exists (use --overwrite to replace it)")
-    if files is not None:
-        from annlayout.datagen import collection_sizes, make_part
-
-        try:
-            sizes = collection_sizes(cells, files)
-        except ValueError as err:
-            raise ApplyError(str(err)) from None
-        nnz = 0
-        with atomic_output(output) as tmp:  # the whole collection or nothing
-            tmp.mkdir()
-            for part, n_obs in enumerate(sizes):
-                adata = make_part(part, n_obs, genes, nnz_per_cell=nnz_per_cell, seed=seed)
-                adata.write_h5ad(tmp / f"part-{part:03d}.h5ad")
-                nnz += adata.X.nnz
-                del adata
-        out.print(
-            f"wrote [bold]{output}[/]: {files} files, {cells:,} cells over a universe of "
-            f"{genes:,} genes, {nnz:,} nonzeros",
-            highlight=False,
+    if not output.absolute().parent.is_dir():
+        raise ApplyError(f"{output.parent}: the output's directory does not exist")
+    start = time.perf_counter()
+    with _steps(enabled=not (quiet or as_json)) as step, atomic_output(output) as tmp:
+        # the whole dataset or collection, or nothing
+        if files is None:
+            nnz = _generate_one(tmp, output, cells, genes, nnz_per_cell, seed, step)
+        else:
+            nnz = _generate_parts(tmp, files, cells, genes, nnz_per_cell, seed, step)
+    if as_json:
+        summary = {
+            "output": str(output), "cells": cells, "genes": genes, "nonzeros": nnz,
+            "files": 1 if files is None else files,
+            "seconds": round(time.perf_counter() - start, 3),
+        }  # fmt: skip
+        click.echo(json.dumps(summary, indent=2))
+    elif not quiet:
+        shape = (
+            f"{cells:,} cells × {genes:,} genes"
+            if files is None
+            else f"{files} files, {cells:,} cells over a universe of {genes:,} genes"
         )
-        return
+        out.print(f"wrote [bold]{output}[/]: {shape}, {nnz:,} nonzeros", highlight=False)
+
+
+GENERATED_SUFFIXES = (".h5ad", ".zarr")
+Step = Callable[[str], None]  # says what a command is doing now
+
+
+def _check_generate_output(output: Path, files: int | None) -> None:
+    """OUTPUT's extension says what is written: a file (.h5ad) or store (.zarr), or, with
+    --files, a directory, whose name must not pass for one of those."""
+    from annlayout.datagen import GenerateError
+
+    suffix = output.suffix.lower()
+    if files is not None and suffix in (*GENERATED_SUFFIXES, ".h5"):
+        raise GenerateError(
+            f"{output}: with --files OUTPUT is a directory of .h5ad files; give a directory "
+            f"name without an extension, e.g. {output.with_suffix('')}"
+        )
+    if files is None and suffix not in GENERATED_SUFFIXES:
+        raise GenerateError(
+            f"{output}: OUTPUT must end in .h5ad or .zarr (or give --files N for a "
+            "directory of .h5ad files)"
+        )
+
+
+def _generate_one(
+    tmp: Path, output: Path, cells: int, genes: int, nnz_per_cell: float, seed: int, step: Step
+) -> int:
     from annlayout.datagen import make_dataset
 
+    step(f"generating {cells:,} cells × {genes:,} genes")
     adata = make_dataset(cells, genes, nnz_per_cell=nnz_per_cell, seed=seed)
-    remove(output)
-    if output.suffix == ".zarr":
-        adata.write_zarr(output)
+    step(f"writing {output}")
+    if output.suffix.lower() == ".zarr":
+        adata.write_zarr(tmp)
     else:
-        adata.write_h5ad(output)
-    out.print(
-        f"wrote [bold]{output}[/]: {cells:,} cells × {genes:,} genes, {adata.X.nnz:,} nonzeros",
-        highlight=False,
-    )
+        adata.write_h5ad(tmp)
+    return int(adata.X.nnz)
+
+
+def _generate_parts(
+    tmp: Path, files: int, cells: int, genes: int, nnz_per_cell: float, seed: int, step: Step
+) -> int:
+    from annlayout.datagen import collection_sizes, make_part
+
+    tmp.mkdir()
+    nnz = 0
+    for part, n_obs in enumerate(collection_sizes(cells, files)):
+        step(f"file {part + 1} of {files}: generating {n_obs:,} cells")
+        adata = make_part(part, n_obs, genes, nnz_per_cell=nnz_per_cell, seed=seed)
+        step(f"file {part + 1} of {files}: writing part-{part:03d}.h5ad")
+        adata.write_h5ad(tmp / f"part-{part:03d}.h5ad")
+        nnz += adata.X.nnz
+        del adata
+    return nnz
+
+
+@contextmanager
+def _steps(enabled: bool) -> Iterator[Step]:
+    """What a long command is doing, with the time elapsed, on a terminal's stderr (a spinner
+    line that disappears when done); nothing when piped or disabled."""
+    if not enabled or not err.is_terminal:
+        yield lambda message: None
+        return
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+    with Progress(*columns, console=err, transient=True) as bar:
+        task = bar.add_task("starting", total=None)
+        yield lambda message: bar.update(task, description=message)
 
 
 # Commands that use dask themselves: bench (anndata's read_lazy), --workers, --scheduler.

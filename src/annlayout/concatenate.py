@@ -23,7 +23,7 @@ import uuid
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -71,6 +71,14 @@ class ConcatResult(ApplyResult):
     uniform random permutation would give (``None`` for a single input)."""
 
     mixing: tuple[float, float] | None = None
+    inputs: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        mixed = None
+        if self.mixing is not None:
+            mixed = {"bits": round(self.mixing[0], 4), "uniform": round(self.mixing[1], 4),
+                     "window": MIXING_WINDOW}  # fmt: skip
+        return {**super().summary(), "inputs": self.inputs, "mixing": mixed}
 
 
 def concat(
@@ -122,6 +130,8 @@ def concat(
                 check_paths(Path(path), Path(output), overwrite=overwrite)
     datasets = [open_input(path) for path in inputs]
     check_unique_var(datasets)
+    if join == "inner":
+        check_common_genes(datasets)
     light = [small_elements_of(data) for data in datasets]
     check_obsm_widths(datasets, light)
     with warnings.catch_warnings():
@@ -133,6 +143,9 @@ def concat(
             )  # fmt: skip
         except Exception as err:
             raise ConcatError(f"concat: anndata cannot combine the inputs: {err}") from None
+    repeated = repeated_obs_names(combined.obs_names, index_unique)
+    if repeated:
+        warnings.warn(repeated, UserWarning, stacklevel=2)  # as anndata.concat warns
     sizes = np.array([part.n_obs for part in light], dtype=np.int64)
     del light  # obsm can be hundreds of MB: one copy (the combined one) is enough
     maps = column_maps(combined.var_names, [d.var.index for d in datasets])
@@ -186,6 +199,8 @@ def concat(
             ) from None
     result = ConcatResult(**{f.name: getattr(applied, f.name) for f in fields(ApplyResult)})
     result.seconds = time.perf_counter() - start  # the assembly included
+    result.notes = [*([repeated] if repeated else []), *result.notes]
+    result.inputs = [str(path) for path in inputs]
     if len(datasets) > 1:
         result.mixing = mixing(sources, MIXING_WINDOW)
     return result
@@ -291,6 +306,45 @@ def check_unique_var(datasets: list[Dataset]) -> None:
         if not data.var.index.is_unique:
             twice = data.var.index[data.var.index.duplicated()][0]
             raise ConcatError(f"{data.source}: var name {twice!r} appears twice; nothing written")
+
+
+def check_common_genes(datasets: list[Dataset]) -> None:
+    """An inner join keeps the genes every input has. Inputs with none in common would make a
+    store of cells without genes, which nobody asks for: refused before their data is read,
+    naming the inputs up to the one that left no gene."""
+    common = datasets[0].var.index
+    for i, data in enumerate(datasets[1:], start=1):
+        common = common.intersection(data.var.index)
+        if common.empty and any(len(d.var.index) for d in datasets[: i + 1]):
+            named = _listed([d.source for d in datasets[: i + 1]])
+            raise ConcatError(
+                f"concat: no gene is in every one of {named}: an inner join would leave 0 "
+                "genes; nothing written (--join outer keeps the genes any input has)"
+            )
+
+
+def _listed(names: Sequence[str]) -> str:
+    if len(names) > 4:
+        return f"{names[0]}, {names[1]}, ... and {names[-1]} ({len(names)} inputs)"
+    return ", ".join(names[:-1]) + f" and {names[-1]}"
+
+
+def repeated_obs_names(names: Any, index_unique: str | None) -> str | None:
+    """A warning if cells share obs names (barcodes repeat between runs), as anndata.concat
+    warns: selecting cells by name then finds several."""
+    repeated = names.duplicated()
+    count = int(repeated.sum())
+    if not count:
+        return None
+    fix = (
+        "--index-unique - appends each input's key to make them unique"
+        if index_unique is None
+        else "the inputs' own obs names repeat, or --keys do"
+    )
+    return (
+        f"{count:,} cells have an obs name an earlier cell has (e.g. {names[repeated][0]!r}): "
+        f"the result's obs names are not unique; {fix}"
+    )
 
 
 def small_elements_of(data: Dataset) -> Any:

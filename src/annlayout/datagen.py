@@ -12,13 +12,23 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from annlayout.errors import AnnlayoutError
+
+# One embedding width for single datasets and collection parts alike: what generate writes
+# is combined (concat, append) with what it wrote before, and obsm columns must line up.
+N_PCS = 50
+
+
+class GenerateError(AnnlayoutError, ValueError):
+    """Sizes that describe no dataset (negative cells, fewer cells than files, ...)."""
+
 
 def make_dataset(
     n_obs: int = 50_000,
     n_vars: int = 20_000,
     *,
     nnz_per_cell: float = 900.0,
-    n_pcs: int = 50,
+    n_pcs: int = N_PCS,
     seed: int = 0,
 ):
     """An AnnData with CSR float32 counts in X, obs/var annotations and an ``X_pca`` in obsm."""
@@ -65,12 +75,12 @@ def make_dataset(
         {
             "gene_symbol": [f"G{i}" for i in range(n_vars)],
             "highly_variable": rng.random(n_vars) < 0.1,
-            "mean_counts": np.asarray(X.mean(axis=0)).ravel(),
+            "mean_counts": np.asarray(X.sum(axis=0)).ravel() / max(n_obs, 1),  # 0 cells: 0
         },
         index=pd.Index([f"ENSG{i:011d}" for i in range(n_vars)]),
     )
     adata = ad.AnnData(X=X, obs=obs, var=var)
-    if n_pcs and n_obs:
+    if n_pcs:  # (0, n_pcs) too: an empty dataset combines with others like any
         adata.obsm["X_pca"] = rng.standard_normal((n_obs, n_pcs), dtype=np.float32)
     adata.uns["generator"] = {"name": "annlayout.datagen", "seed": seed}
     return adata
@@ -83,7 +93,7 @@ def make_part(
     *,
     gene_share: float = 0.9,
     nnz_per_cell: float = 300.0,
-    n_pcs: int = 20,
+    n_pcs: int = N_PCS,
     seed: int = 0,
 ):
     """File ``part`` of a synthetic collection: what a lab's runs or an atlas download look
@@ -116,9 +126,28 @@ def make_part(
     return adata
 
 
+def check_sizes(n_obs: int, n_vars: int, nnz_per_cell: float, n_files: int | None) -> None:
+    """Refuse, naming the option, sizes that describe no dataset. Zero cells or zero genes
+    are allowed (anndata reads and writes 0 x n and n x 0, and pipelines meet them); a
+    collection's files each get a cell at least, as files with none are rarely meant."""
+    if n_obs < 0:
+        raise GenerateError(f"--cells {n_obs}: the number of cells cannot be negative")
+    if n_vars < 0:
+        raise GenerateError(f"--genes {n_vars}: the number of genes cannot be negative")
+    if not nnz_per_cell > 0:  # also NaN
+        raise GenerateError(f"--nnz-per-cell {nnz_per_cell}: the mean must be above 0")
+    if n_files is not None:
+        collection_sizes(n_obs, n_files)
+
+
 def collection_sizes(n_obs: int, n_files: int) -> list[int]:
     """Cells per file: ``n_obs`` split over ``n_files`` as evenly as whole cells allow."""
     if n_files < 1:
-        raise ValueError(f"--files {n_files}: a collection needs at least one file")
+        raise GenerateError(f"--files {n_files}: a collection needs at least one file")
+    if n_obs < n_files:
+        raise GenerateError(
+            f"--cells {n_obs} --files {n_files}: fewer cells than files; give at least "
+            f"{n_files} cells, one per file"
+        )
     base, extra = divmod(n_obs, n_files)
     return [base + (1 if i < extra else 0) for i in range(n_files)]
