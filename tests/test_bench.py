@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 import pytest
+import yaml
 import zarr
 from click.testing import CliRunner
 from zarr.storage import LocalStore
@@ -29,6 +30,7 @@ from annlayout.cli import main
 from annlayout.remote import filesystem
 from annlayout.spec import LayoutError
 
+from .test_spec import schema_problems
 from .test_stream import make_input
 
 
@@ -145,6 +147,8 @@ def test_bench_recommends_a_layout_apply_accepts(tmp_path, dataset):
     paths = write_reports(result, tmp_path / "out")
     recommended = annlayout.load_layout(paths["recommended"])
     assert recommended.name == result.winner.name
+    # editors validating recommended.yaml against `annlayout schema` accept it
+    assert schema_problems(yaml.safe_load(paths["recommended"].read_text())) == []
     assert paths["recommended"].read_text().startswith("# Recommended by `annlayout bench`")
     report = json.loads(paths["json"].read_text())
     assert report["winner"] == result.winner.name and len(report["candidates"]) == 2

@@ -282,6 +282,42 @@ def test_json_schema_covers_every_field():
     assert schema["title"] == "annlayout layout file"
 
 
+def schema_problems(data) -> list[str]:
+    """What an editor validating against ``annlayout schema`` flags in a layout file."""
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(json_schema())
+    return [
+        f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(data)
+    ]
+
+
+def test_schema_accepts_the_layouts_we_ship_and_write():
+    """Every shipped file, every layout as bench writes it (recommended.yaml is Layout.to_yaml
+    of a shipped layout or a --search variant), and the shorthand forms loading accepts."""
+    import jsonschema
+    import yaml
+
+    from annlayout.bench import search_variants
+
+    jsonschema.Draft202012Validator.check_schema(json_schema())
+    for name, path in shipped_layouts().items():
+        assert schema_problems(yaml.safe_load(path.read_text())) == [], name
+        layout = load_layout(name)
+        for written in (layout, *search_variants(layout)):
+            assert schema_problems(yaml.safe_load(written.to_yaml(header="why"))) == [], name
+    shorthand = {
+        "annlayout": 1,
+        "name": "short",
+        "defaults": {"chunks": [1000, -1], "shards": [4000, 100], "codecs": "none"},
+        "rules": [{"match": {"path": "X"}, "shards": False, "copy": {"shards": "none"}}],
+    }
+    assert Layout.model_validate(shorthand)  # what loading accepts ...
+    assert schema_problems(shorthand) == []  # ... the schema accepts
+    wrong = {"annlayout": 1, "name": "w", "defaults": {"shards": "nope", "codecs": "zstd"}}
+    assert len(schema_problems(wrong)) == 2  # and it still rejects what loading rejects
+
+
 def test_resolved_layout_round_trips_through_yaml(tmp_path):
     layout = load_layout("cell-browser")
     path = tmp_path / "copy.yaml"

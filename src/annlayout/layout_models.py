@@ -192,15 +192,60 @@ class ShardSpec(_Model):
         return "none"
 
 
+# --------------------------------------------------------------------------- schema forms
+
+
+def _also_accepts(*forms: dict[str, Any]) -> Any:
+    """``json_schema_extra`` for a field whose validator also takes shorthand forms
+    (``shards: none``, a bare list for a shape, ``codecs: none``): the JSON schema lists them
+    beside the model, so editors accept every file loading accepts, the shipped ones first."""
+
+    def extend(schema: dict[str, Any]) -> None:
+        options = schema["anyOf"]
+        nullable = [o for o in options if o.get("type") == "null"]
+        schema["anyOf"] = [*(o for o in options if o not in nullable), *forms, *nullable]
+
+    return extend
+
+
+#: chunks: [1000, -1] (ChunkSpec._bare_list_is_shape)
+CHUNK_FORMS = _also_accepts(
+    {
+        "type": "array",
+        "items": {
+            "anyOf": [{"type": "integer", "exclusiveMinimum": 0}, {"const": -1}, {"type": "null"}]
+        },
+        "description": "an explicit chunk shape; -1 or null means the whole axis",
+    }
+)
+#: shards: none | false | [4096, 100] (ShardSpec._none_and_lists)
+SHARD_FORMS = _also_accepts(
+    {"const": "none", "description": "no shards"},
+    {"const": False},
+    {
+        "type": "array",
+        "items": {"type": "integer", "exclusiveMinimum": 0},
+        "description": "an explicit shard shape",
+    },
+)
+#: codecs: none (the _codecs_none validators)
+CODEC_FORMS = _also_accepts({"const": "none", "description": "no compression"})
+
 # --------------------------------------------------------------------------- rules
 
 
 class CopySettings(_Model):
     """Storage of a sparse matrix's second orientation; what is left out follows the primary."""
 
-    chunks: ChunkSpec | None = Field(None, description="Chunks of the copy's arrays.")
-    shards: ShardSpec | None = Field(None, description="Shards of the copy's arrays.")
-    codecs: list[Codec] | None = Field(None, description="Compressors of the copy's arrays.")
+    chunks: ChunkSpec | None = Field(
+        None, description="Chunks of the copy's arrays.", json_schema_extra=CHUNK_FORMS
+    )
+    shards: ShardSpec | None = Field(
+        None, description="Shards of the copy's arrays.", json_schema_extra=SHARD_FORMS
+    )
+    codecs: list[Codec] | None = Field(
+        None, description="Compressors of the copy's arrays.", json_schema_extra=CODEC_FORMS
+    )
 
     @field_validator("codecs", mode="before")
     @classmethod
@@ -215,12 +260,17 @@ class ElementSettings(_Model):
         None,
         description="Chunk size: one of shape, rows, major (sparse), elements or bytes; the "
         "unit every read fetches and decodes whole.",
+        json_schema_extra=CHUNK_FORMS,
     )
     shards: ShardSpec | None = Field(
-        None, description="zarr v3 shards: bytes, chunks per shard, explicit shape, or none."
+        None,
+        description="zarr v3 shards: bytes, chunks per shard, explicit shape, or none.",
+        json_schema_extra=SHARD_FORMS,
     )
     codecs: list[Codec] | None = Field(
-        None, description="Compressors applied to every chunk, in order; [] or none for raw."
+        None,
+        description="Compressors applied to every chunk, in order; [] or none for raw.",
+        json_schema_extra=CODEC_FORMS,
     )
     index_dtype: IndexDtype | None = Field(
         None,
