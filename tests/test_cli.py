@@ -135,7 +135,8 @@ def test_layouts_reports_a_broken_shipped_layout_with_its_line(tmp_path, monkeyp
     monkeypatch.setattr(annlayout.shipped, "layouts_dir", lambda: tmp_path)
     result = run("layouts", code=2)
     assert result.stderr.strip().splitlines() == [
-        "error: archive.yaml:3: target.format: must be 'zarr' or 'h5ad' (got 'h5')"
+        "error: archive.yaml:3: target.format: must be 'zarr' or 'h5ad' (got 'h5'); "
+        "did you mean 'h5ad'?"
     ]
 
 

@@ -133,6 +133,56 @@ def test_field_errors(tmp_path, snippet, expected):
     assert expected in message
 
 
+def test_a_bad_value_is_reported_once_in_file_order_with_a_hint(tmp_path):
+    """encoding takes a name or a list of names: a mistyped name is one problem, not one per
+    form; problems come in the order of the file; a mistyped value gets the closest one."""
+    path = write(
+        tmp_path,
+        "order.yaml",
+        """
+        annlayout: 1
+        name: order
+        defaults:
+          codecs: [{name: zstdd}]
+        rules:
+          - match: {path: X, encoding: csc_matix}
+            index_dtype: minimall
+          - match: {path: [X, layers/*], encoding: [csr_matrix, csc_matix]}
+            shards: nope
+        target: {zarr_fromat: 3}
+        """,
+    )
+    assert messages(path) == [
+        "order.yaml:4: defaults.codecs[0]: unknown codec 'zstdd'; did you mean 'zstd'?",
+        "order.yaml:6: rules[0].match.encoding: unknown value 'csc_matix'; did you mean "
+        "'csc_matrix'?",
+        "order.yaml:7: rules[0].index_dtype: must be 'keep', 'minimal', 'int32' or 'int64' "
+        "(got 'minimall'); did you mean 'minimal'?",
+        "order.yaml:8: rules[1].match.encoding[1]: unknown value 'csc_matix'; did you mean "
+        "'csc_matrix'?",
+        "order.yaml:9: rules[1].shards: must be none, a mapping (bytes, chunks or shape) or a "
+        "list (the shard shape), e.g. {bytes: 64MiB} (got 'nope')",
+        "order.yaml:10: target.zarr_fromat: unknown key 'zarr_fromat'; did you mean 'zarr_format'?",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("snippet", "expected"),
+    [
+        ("match: {path: 5}", "rules[0].match.path: must be a string or a list (got 5)"),
+        ("match: {path: X}\n  shards: {chunks: x}",
+         "rules[0].shards.chunks: must be an integer or a list (got 'x')"),
+        ("match: {path: X}\n  chunks: [0, -1]", "rules[0].chunks.shape[0]: must be a positive"),
+        ("match: {path: X}\n  codecs: zstd", "rules[0].codecs: must be a list such as"),
+        ("match: {path: X}\n  chunks: big", "rules[0].chunks: must be a mapping (shape, rows,"),
+    ],
+)  # fmt: skip
+def test_a_value_that_fits_no_form_is_one_problem(tmp_path, snippet, expected):
+    path = write(tmp_path, "u.yaml", "annlayout: 1\nname: u\nrules:\n- " + snippet + "\n")
+    (message,) = messages(path)
+    assert message.split(": ", 1)[1].startswith(expected), message
+
+
 def test_missing_required_fields_and_bad_version(tmp_path):
     path = write(tmp_path, "v.yaml", "annlayout: 2\ndescription: no name\n")
     found = messages(path)
@@ -153,9 +203,9 @@ def test_h5ad_cannot_store_zstd_or_shards(tmp_path):
           shards: {bytes: 1GiB}
         """,
     )
-    assert messages(path) == [
-        "h.yaml:6: defaults.shards: h5ad cannot store shards; use shards: none",
+    assert messages(path) == [  # in the order of the file
         "h.yaml:5: defaults.codecs[0].name: h5ad cannot store zstd without HDF5 plugins; use gzip or none",
+        "h.yaml:6: defaults.shards: h5ad cannot store shards; use shards: none",
     ]
 
 

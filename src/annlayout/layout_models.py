@@ -131,6 +131,11 @@ class ChunkSpec(_Model):
     @model_validator(mode="before")
     @classmethod
     def _bare_list_is_shape(cls, value: Any) -> Any:
+        if isinstance(value, str | int | float):  # pydantic would say "a valid dictionary"
+            raise ValueError(
+                f"must be a mapping (shape, rows, major, elements or bytes) or a list (the "
+                f"chunk shape), e.g. {{bytes: 1MiB}} (got {value!r})"
+            )
         return {"shape": value} if isinstance(value, list) else value
 
     @model_validator(mode="after")
@@ -170,6 +175,11 @@ class ShardSpec(_Model):
     def _none_and_lists(cls, value: Any) -> Any:
         if value is None or value is False or (isinstance(value, str) and value == "none"):
             return {}
+        if isinstance(value, str | int | float):
+            raise ValueError(
+                f"must be none, a mapping (bytes, chunks or shape) or a list (the shard "
+                f"shape), e.g. {{bytes: 64MiB}} (got {value!r})"
+            )
         return {"shape": value} if isinstance(value, list) else value
 
     @model_validator(mode="after")
@@ -234,6 +244,15 @@ CODEC_FORMS = _also_accepts({"const": "none", "description": "no compression"})
 # --------------------------------------------------------------------------- rules
 
 
+def _codecs_or_none(value: Any) -> Any:
+    """``codecs: none`` is no compression; another bare word is a mistake worth naming."""
+    if value == "none":
+        return []
+    if isinstance(value, str):
+        raise ValueError(f"must be a list such as [{{name: zstd}}], or none (got {value!r})")
+    return value
+
+
 class CopySettings(_Model):
     """Storage of a sparse matrix's second orientation; what is left out follows the primary."""
 
@@ -250,7 +269,7 @@ class CopySettings(_Model):
     @field_validator("codecs", mode="before")
     @classmethod
     def _codecs_none(cls, value: Any) -> Any:
-        return [] if value == "none" else value
+        return _codecs_or_none(value)
 
 
 class ElementSettings(_Model):
@@ -293,7 +312,7 @@ class ElementSettings(_Model):
     @field_validator("codecs", mode="before")
     @classmethod
     def _codecs_none(cls, value: Any) -> Any:
-        return [] if value == "none" else value
+        return _codecs_or_none(value)
 
     @field_validator("orientations")
     @classmethod
