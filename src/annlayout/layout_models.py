@@ -348,8 +348,12 @@ class Match(_Model):
     def encodings(self) -> list[str]:
         return [self.encoding] if isinstance(self.encoding, str) else list(self.encoding or [])
 
+    def names(self, path: str) -> bool:
+        """Whether the path globs name ``path`` (a rule without globs names none)."""
+        return any(_glob(p).fullmatch(path) for p in self.paths)
+
     def matches(self, path: str, encoding: str) -> bool:
-        if self.path is not None and not any(_glob(p).fullmatch(path) for p in self.paths):
+        if self.path is not None and not self.names(path):
             return False
         return self.encoding is None or encoding in self.encodings
 
