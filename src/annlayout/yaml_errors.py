@@ -58,7 +58,7 @@ def located(
     err: ValidationError, node: yaml.Node, data: Any, model: type[BaseModel]
 ) -> list[tuple[int, str]]:
     """(line, ``field: problem``) per problem found validating ``data`` (read from ``node``)
-    into ``model``; a value that fits no member of a union is one problem, not one a member."""
+    into ``model``; a value that fits no member of a union is one problem, not one per member."""
     tags = union_tags(model)
     return [
         (line_of(node, e["loc"], tags), describe(e, model))
@@ -146,7 +146,7 @@ def _closest_member(prefix: tuple, members: dict[str, list[ErrorDetails]]) -> li
     if len(ranked) > 1 and all(
         len(e["loc"]) == len(prefix) + 1 and _mismatch(e) for _, errs in ranked for e in errs
     ):
-        kinds = [_kind_wanted(errs[0]) for _, errs in sorted(ranked)]
+        kinds = [_kind_wanted(errs[0]) for _, errs in sorted(ranked, key=lambda m: m[0])]
         value = best[0]["input"]
         message = f"must be {' or '.join(kinds)} (got {value!r})"  # described as it stands
         return [{**best[0], "loc": prefix, "type": "union_kind", "msg": message}]
