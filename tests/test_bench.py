@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 import pytest
+import yaml
 import zarr
 from click.testing import CliRunner
 from zarr.storage import LocalStore
@@ -29,6 +30,7 @@ from annlayout.cli import main
 from annlayout.remote import filesystem
 from annlayout.spec import LayoutError
 
+from .test_spec import schema_problems
 from .test_stream import make_input
 
 
@@ -145,6 +147,8 @@ def test_bench_recommends_a_layout_apply_accepts(tmp_path, dataset):
     paths = write_reports(result, tmp_path / "out")
     recommended = annlayout.load_layout(paths["recommended"])
     assert recommended.name == result.winner.name
+    # editors validating recommended.yaml against `annlayout schema` accept it
+    assert schema_problems(yaml.safe_load(paths["recommended"].read_text())) == []
     assert paths["recommended"].read_text().startswith("# Recommended by `annlayout bench`")
     report = json.loads(paths["json"].read_text())
     assert report["winner"] == result.winner.name and len(report["candidates"]) == 2
@@ -209,12 +213,50 @@ def test_bench_cli_on_simulated_storage(tmp_path, dataset):
     )  # fmt: skip
     assert result.exit_code == 0, result.output + result.stderr
     assert "recommended" in result.output
+    # stderr is not a terminal here: one line per stage, so a CI log shows the run move
+    stages = [line.split(" s  ", 1)[1] for line in result.stderr.splitlines()]
+    assert stages[0] == "writing analysis" and "writing anndata-default" in stages
+    assert "measuring anndata-default: full scan (10000)" in stages
     report = json.loads((out / "report.json").read_text())
     assert report["storage"] == "sim:rtt=1ms,concurrency=8"
+    assert report["skipped_readers"] == []
     bad = CliRunner().invoke(
         main, ["bench", str(dataset), "-w", "analysis", "--storage", "ftp", "--out", str(out)]
     )
     assert bad.exit_code == 1 and "use local, sim:" in bad.stderr
+
+
+def test_bench_says_which_reader_it_skipped_without_the_bench_extra(tmp_path, dataset, monkeypatch):
+    """Without xarray (as annlayout.optional finds packages), read_lazy is not measured: the
+    CLI says so in one line naming the extra, and report.md, report.json and --json list it."""
+    import annlayout.optional
+
+    found = annlayout.optional.find_spec
+    monkeypatch.setattr(
+        annlayout.optional, "find_spec", lambda name: None if name == "xarray" else found(name)
+    )
+    out = tmp_path / "report"
+    args = ["bench", str(dataset), "-w", "analysis", "--layout", "analysis", "--out", str(out)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output + result.stderr
+    reason = "anndata's read_lazy needs xarray: pip install 'annlayout[bench]'"
+    notes = [line for line in result.stderr.splitlines() if line.startswith("note:")]
+    assert notes == [f"note: read_lazy was not measured: {reason}"]
+    report = json.loads((out / "report.json").read_text())
+    assert report["skipped_readers"] == [{"reader": "read_lazy", "reason": reason}]
+    patterns = report["candidates"][0]["patterns"]
+    assert {p["reader"] for p in patterns} == {"annlayout", "sparse_dataset"}
+    assert f"Skipped reader: read_lazy, not measured ({reason})." in (out / "report.md").read_text()
+
+    quiet = CliRunner().invoke(main, [*args, "--quiet"])
+    assert quiet.exit_code == 0 and quiet.output == "" and quiet.stderr == ""
+    as_json = CliRunner().invoke(main, [*args, "--json"])
+    assert as_json.exit_code == 0 and as_json.stderr == ""
+    summary = json.loads(as_json.output)
+    assert summary["recommended"] == "analysis" and summary["workload"] == "analysis"
+    assert summary["score"] == pytest.approx(1.0) and summary["cost_per_epoch"] > 0
+    assert summary["reports"]["recommended"] == str(out / "recommended.yaml")
+    assert summary["skipped_readers"] == [{"reader": "read_lazy", "reason": reason}]
 
 
 def test_bench_reads_its_input_from_s3(tmp_path, dataset, s3):

@@ -48,6 +48,19 @@ def test_layouts_lists_every_shipped_layout():
     assert "Random minibatches of cells" in output
 
 
+def test_layouts_json_lists_name_target_and_description():
+    from annlayout.spec import load_layout
+
+    listing = json.loads(run("layouts", "--json").output)
+    assert sorted(entry["name"] for entry in listing) == sorted(SHIPPED)
+    for entry in listing:
+        layout = load_layout(entry["name"])
+        assert set(entry) == {"name", "target", "description"}
+        assert entry["description"] == " ".join(layout.description.split())
+    targets = {entry["name"]: entry["target"] for entry in listing}
+    assert targets["h5ad-gzip"] == "h5ad" and targets["anndata-default"] == "zarr v2"
+
+
 HEAVY = {"numpy", "zarr", "anndata", "pandas", "scipy", "h5py", "dask", "pydantic"}
 
 
@@ -120,12 +133,14 @@ def test_concat_and_append_run_without_dask(stores, tmp_path):
     assert_equal(read_any(output).obs, expected.obs)
 
 
-@pytest.mark.parametrize("args", [["--help"], ["layouts"], ["plan", "--help"]])
+@pytest.mark.parametrize(
+    "args", [["--help"], ["layouts"], ["layouts", "--json"], ["plan", "--help"]]
+)
 def test_start_up_imports_nothing_heavy(args):
     """--help and layouts start without numpy, zarr, anndata or pydantic (times: benchmarks/)."""
     heavy, output = imported_by(*args)
     assert heavy == set()
-    assert "ml-minibatch" in output if args == ["layouts"] else "Usage:" in output
+    assert "ml-minibatch" in output if args[0] == "layouts" else "Usage:" in output
 
 
 def test_layouts_reports_a_broken_shipped_layout_with_its_line(tmp_path, monkeypatch):
@@ -137,7 +152,8 @@ def test_layouts_reports_a_broken_shipped_layout_with_its_line(tmp_path, monkeyp
     monkeypatch.setattr(annlayout.shipped, "layouts_dir", lambda: tmp_path)
     result = run("layouts", code=2)
     assert result.stderr.strip().splitlines() == [
-        "error: archive.yaml:3: target.format: must be 'zarr' or 'h5ad' (got 'h5')"
+        "error: archive.yaml:3: target.format: must be 'zarr' or 'h5ad' (got 'h5'); "
+        "did you mean 'h5ad'?"
     ]
 
 

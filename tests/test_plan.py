@@ -193,10 +193,39 @@ def test_warnings_small_large_many_and_unmatched():
         layout(rules), survey(dense("small", (10_000_000,)), dense("large", (100_000_000,)))
     )
     text = "\n".join(plan.all_warnings())
-    assert "small: chunks of 1.0 KiB are under 64 KiB" in text and "50x slower" in text
+    assert "small: 39,063 chunks of 1.0 KiB, under 64 KiB" in text and "50x slower" in text
+    assert "chunks: {elements: 16,384} makes them 64 KiB" in text
     assert "small: 39,063 objects in one array" in text
     assert "large: chunks of 128.0 MiB are over 64 MiB" in text
     assert "rule 2 (rules[2]) matched no element" in text
+
+
+def test_small_chunks_warn_where_many_and_say_how_to_fix():
+    """ml-minibatch's 16 cells per chunk on pbmc's shape (765 genes, ~249 nonzeros per cell
+    in raw/X): no warning for its 700 cells (44 chunks an array), a warning with the setting
+    that makes 64 KiB chunks for 68,000 (4,250); data and indices warn once, as a pair."""
+    ml = load_layout("ml-minibatch")
+
+    def pbmc_like(cells: int) -> Survey:
+        return survey(
+            dense("X", (cells, 765)), sparse("raw/X", shape=(cells, 765), nnz=cells * 249)
+        )
+
+    unmatched = "rule 2 (ml-minibatch.yaml:30) matched no element"  # pbmc_like has no obsm
+    assert make_plan(ml, pbmc_like(700)).all_warnings() == [unmatched]
+    warned = [w for w in make_plan(ml, pbmc_like(68_000)).all_warnings() if "64 KiB" in w]
+    assert warned == [
+        "X: 4,250 chunks of 47.8 KiB, under 64 KiB: each costs a request and an index entry "
+        "whatever its size; chunks: {rows: 22} makes them 64 KiB",
+        "raw/X/data: 4,250 chunks (data and indices together) of 23.3 KiB, under 64 KiB: each "
+        "costs a request and an index entry whatever its size; chunks: {major: 44} makes them "
+        "64 KiB",
+    ]
+    advised = [
+        {"match": {"path": "X"}, "chunks": {"rows": 22}},
+        {"match": {"path": "raw/X"}, "chunks": {"major": 44}, "index_dtype": "minimal"},
+    ]
+    assert not make_plan(layout(advised), pbmc_like(68_000)).all_warnings()
 
 
 def test_small_arrays_in_one_chunk_do_not_warn():

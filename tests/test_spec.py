@@ -133,6 +133,56 @@ def test_field_errors(tmp_path, snippet, expected):
     assert expected in message
 
 
+def test_a_bad_value_is_reported_once_in_file_order_with_a_hint(tmp_path):
+    """encoding takes a name or a list of names: a mistyped name is one problem, not one per
+    form; problems come in the order of the file; a mistyped value gets the closest one."""
+    path = write(
+        tmp_path,
+        "order.yaml",
+        """
+        annlayout: 1
+        name: order
+        defaults:
+          codecs: [{name: zstdd}]
+        rules:
+          - match: {path: X, encoding: csc_matix}
+            index_dtype: minimall
+          - match: {path: [X, layers/*], encoding: [csr_matrix, csc_matix]}
+            shards: nope
+        target: {zarr_fromat: 3}
+        """,
+    )
+    assert messages(path) == [
+        "order.yaml:4: defaults.codecs[0]: unknown codec 'zstdd'; did you mean 'zstd'?",
+        "order.yaml:6: rules[0].match.encoding: unknown value 'csc_matix'; did you mean "
+        "'csc_matrix'?",
+        "order.yaml:7: rules[0].index_dtype: must be 'keep', 'minimal', 'int32' or 'int64' "
+        "(got 'minimall'); did you mean 'minimal'?",
+        "order.yaml:8: rules[1].match.encoding[1]: unknown value 'csc_matix'; did you mean "
+        "'csc_matrix'?",
+        "order.yaml:9: rules[1].shards: must be none, a mapping (bytes, chunks or shape) or a "
+        "list (the shard shape), e.g. {bytes: 64MiB} (got 'nope')",
+        "order.yaml:10: target.zarr_fromat: unknown key 'zarr_fromat'; did you mean 'zarr_format'?",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("snippet", "expected"),
+    [
+        ("match: {path: 5}", "rules[0].match.path: must be a string or a list (got 5)"),
+        ("match: {path: X}\n  shards: {chunks: x}",
+         "rules[0].shards.chunks: must be an integer or a list (got 'x')"),
+        ("match: {path: X}\n  chunks: [0, -1]", "rules[0].chunks.shape[0]: must be a positive"),
+        ("match: {path: X}\n  codecs: zstd", "rules[0].codecs: must be a list such as"),
+        ("match: {path: X}\n  chunks: big", "rules[0].chunks: must be a mapping (shape, rows,"),
+    ],
+)  # fmt: skip
+def test_a_value_that_fits_no_form_is_one_problem(tmp_path, snippet, expected):
+    path = write(tmp_path, "u.yaml", "annlayout: 1\nname: u\nrules:\n- " + snippet + "\n")
+    (message,) = messages(path)
+    assert message.split(": ", 1)[1].startswith(expected), message
+
+
 def test_missing_required_fields_and_bad_version(tmp_path):
     path = write(tmp_path, "v.yaml", "annlayout: 2\ndescription: no name\n")
     found = messages(path)
@@ -153,9 +203,9 @@ def test_h5ad_cannot_store_zstd_or_shards(tmp_path):
           shards: {bytes: 1GiB}
         """,
     )
-    assert messages(path) == [
-        "h.yaml:6: defaults.shards: h5ad cannot store shards; use shards: none",
+    assert messages(path) == [  # in the order of the file
         "h.yaml:5: defaults.codecs[0].name: h5ad cannot store zstd without HDF5 plugins; use gzip or none",
+        "h.yaml:6: defaults.shards: h5ad cannot store shards; use shards: none",
     ]
 
 
@@ -280,6 +330,42 @@ def test_json_schema_covers_every_field():
                   "codecs", "index_dtype", "orientations", "major", "elements", "cname"):  # fmt: skip
         assert field in text
     assert schema["title"] == "annlayout layout file"
+
+
+def schema_problems(data) -> list[str]:
+    """What an editor validating against ``annlayout schema`` flags in a layout file."""
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(json_schema())
+    return [
+        f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(data)
+    ]
+
+
+def test_schema_accepts_the_layouts_we_ship_and_write():
+    """Every shipped file, every layout as bench writes it (recommended.yaml is Layout.to_yaml
+    of a shipped layout or a --search variant), and the shorthand forms loading accepts."""
+    import jsonschema
+    import yaml
+
+    from annlayout.bench import search_variants
+
+    jsonschema.Draft202012Validator.check_schema(json_schema())
+    for name, path in shipped_layouts().items():
+        assert schema_problems(yaml.safe_load(path.read_text())) == [], name
+        layout = load_layout(name)
+        for written in (layout, *search_variants(layout)):
+            assert schema_problems(yaml.safe_load(written.to_yaml(header="why"))) == [], name
+    shorthand = {
+        "annlayout": 1,
+        "name": "short",
+        "defaults": {"chunks": [1000, -1], "shards": [4000, 100], "codecs": "none"},
+        "rules": [{"match": {"path": "X"}, "shards": False, "copy": {"shards": "none"}}],
+    }
+    assert Layout.model_validate(shorthand)  # what loading accepts ...
+    assert schema_problems(shorthand) == []  # ... the schema accepts
+    wrong = {"annlayout": 1, "name": "w", "defaults": {"shards": "nope", "codecs": "zstd"}}
+    assert len(schema_problems(wrong)) == 2  # and it still rejects what loading rejects
 
 
 def test_resolved_layout_round_trips_through_yaml(tmp_path):

@@ -39,7 +39,8 @@ def _type(schema: dict[str, Any]) -> str:
         return " \\| ".join(f"`{json.dumps(v)}`" for v in schema["enum"])
     kind = schema.get("type", "any")
     if kind == "array":
-        return f"list of {_type(schema.get('items', {}))}"
+        items = _type(schema.get("items", {}))
+        return f"list of ({items})" if " \\| " in items else f"list of {items}"
     bounds = [
         f"{symbol} {schema[key]}"
         for key, symbol in (("minimum", "≥"), ("exclusiveMinimum", ">"), ("maximum", "≤"))

@@ -140,14 +140,22 @@ def main(debug: bool, store_backend: str | None) -> None:
 
 
 @main.command("layouts")
+@click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
 @handle_errors
-def layouts_command() -> None:
+def layouts_command(as_json: bool) -> None:
     """List the shipped layouts."""
     from annlayout.shipped import shipped_listing
 
+    listing = [
+        {"name": e.name, "target": e.target, "description": " ".join(e.description.split())}
+        for e in shipped_listing()
+    ]
+    if as_json:
+        click.echo(json.dumps(listing, indent=2))
+        return
     table = Table("name", "target", "description", box=None, header_style="bold")
-    for entry in shipped_listing():
-        table.add_row(f"[cyan]{entry.name}[/]", entry.target, " ".join(entry.description.split()))
+    for entry in listing:
+        table.add_row(f"[cyan]{entry['name']}[/]", entry["target"], entry["description"])
     out.print(table)
 
 
@@ -758,6 +766,11 @@ def verify_command(source: str, rewritten: str, as_json: bool, memory: str, verb
     type=click.Path(path_type=Path),
     help="Directory for recommended.yaml and the reports.",
 )
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the result (recommendation, reports, skipped "
+    "readers) as JSON on stdout.",
+)  # fmt: skip
+@click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 @handle_errors
 def bench_command(
     input: str,
@@ -772,6 +785,8 @@ def bench_command(
     objective: str,
     prices_file: Path | None,
     out_dir: Path,
+    as_json: bool,
+    quiet: bool,
 ) -> None:
     """Measure WORKLOAD's access patterns on candidate layouts of INPUT; recommend the best.
 
@@ -779,12 +794,14 @@ def bench_command(
     full pass of each pattern over the whole dataset, also with --sample) and priced with
     --prices. Writes recommended.yaml (a layout file: apply it with `annlayout apply`; a
     comment at its top says why it won), report.md, report.json and report.png into --out.
+    Each stage (sampling, writing a candidate, measuring a pattern) is shown on stderr: a
+    status line on a terminal, one line per stage otherwise.
     """
     import tempfile
 
     from annlayout.bench import load_workload, parse_storage, run_bench
     from annlayout.bench.cost import load_prices, money
-    from annlayout.bench.report import write_reports
+    from annlayout.bench.report import outcome, write_reports
     from annlayout.rewrite import ApplyError
 
     try:
@@ -802,14 +819,21 @@ def bench_command(
     with tempfile.TemporaryDirectory(
         prefix="annlayout-bench-", dir=out_dir.parent if out_dir.parent.is_dir() else None
     ) as work:
-        with err.status("benchmarking") as status:
+        with _stages(enabled=not (quiet or as_json)) as progress:
             result = run_bench(
                 input, loaded, workdir=Path(work), layouts=list(layouts) or None,
                 storage=simulation, sample=sample, sample_mode=sample_mode, search=search,
                 max_size=limit, max_objects=max_objects, objective=objective, prices=prices,
-                progress=lambda message: status.update(message),
+                progress=progress,
             )  # fmt: skip
         paths = write_reports(result, out_dir)
+    if as_json:
+        click.echo(json.dumps(outcome(result, paths), indent=2))
+        return
+    if quiet:
+        return
+    for reader, reason in result.skipped_readers.items():
+        err.print(f"[yellow]note:[/] {reader} was not measured: {escape(reason)}", highlight=False)
     out.print(
         f"recommended [cyan]{result.winner.name}[/] for workload {loaded.name} "
         f"(--objective {objective}: score {result.winner.score:.2f}, "
@@ -817,6 +841,28 @@ def bench_command(
         f"{paths['markdown'].name}, {paths['json'].name}, {paths['png'].name}",
         highlight=False,
     )
+
+
+@contextmanager
+def _stages(enabled: bool):
+    """A long command's stages on stderr: a status line on a terminal; elsewhere (CI logs,
+    pipes) one line per stage with the seconds since the start, so a reader sees it move and
+    where the time goes; nothing when not ``enabled``."""
+    import time
+
+    if not enabled:
+        yield lambda message: None
+    elif err.is_terminal:
+        with err.status("starting") as status:
+            yield status.update
+    else:
+        started = time.perf_counter()
+
+        def line(message: str) -> None:
+            elapsed = time.perf_counter() - started
+            err.print(f"{elapsed:5.1f} s  {escape(message)}", highlight=False)
+
+        yield line
 
 
 @main.command("generate")

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 from annlayout.errors import LayoutError
 from annlayout.layout_models import ElementSettings, Layout, Target
 from annlayout.shipped import shipped_layouts
-from annlayout.yaml_errors import line_of, loc_text, located_messages, read_yaml
+from annlayout.yaml_errors import by_line, line_of, loc_text, located, read_yaml
 
 
 def _locate(name_or_path: str | Path, relative_to: Path | None = None) -> Path:
@@ -55,14 +55,14 @@ def _load(path: Path, chain: tuple[Path, ...]) -> Layout:
     try:
         own = Layout.model_validate(data)
     except ValidationError as err:
-        problems = located_messages(err, node, label, Layout)
+        problems = located(err, node, data, Layout)
         raw_target = data.get("target")
         target = raw_target if isinstance(raw_target, dict) else {}
         problems += [
-            f"{label}:{line_of(node, loc)}: {loc_text(loc)}: {message}"
+            (line_of(node, loc), f"{loc_text(loc)}: {message}")
             for loc, message in _unwritable(target, data)
         ]
-        raise LayoutError(problems) from None
+        raise LayoutError(by_line(label, problems)) from None
     for index, rule in enumerate(own.rules):
         rule._origin = f"{label}:{line_of(node, ('rules', index))}"
 
@@ -79,7 +79,7 @@ def _load(path: Path, chain: tuple[Path, ...]) -> Layout:
 
     target = layout.target.model_dump()
     problems = [
-        f"{label}:{line_of(node, loc)}: {loc_text(loc)}: {message}"
+        (line_of(node, loc), f"{loc_text(loc)}: {message}")
         for loc, message in _unwritable(target, data)
     ]
     # What this file inherits must fit the target too (a child may switch zarr v3 to v2).
@@ -91,9 +91,9 @@ def _load(path: Path, chain: tuple[Path, ...]) -> Layout:
     }
     for loc, message in _unwritable(target, inherited):
         where = parent_rules[loc[1]].origin if loc[0] == "rules" else f"{layout.extends} defaults"
-        problems.append(f"{label}:{line_of(node, ('target',))}: target: {message} ({where})")
+        problems.append((line_of(node, ("target",)), f"target: {message} ({where})"))
     if problems:
-        raise LayoutError(problems)
+        raise LayoutError(by_line(label, problems))
     return layout
 
 

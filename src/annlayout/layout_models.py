@@ -131,6 +131,11 @@ class ChunkSpec(_Model):
     @model_validator(mode="before")
     @classmethod
     def _bare_list_is_shape(cls, value: Any) -> Any:
+        if isinstance(value, str | int | float):  # pydantic would say "a valid dictionary"
+            raise ValueError(
+                f"must be a mapping (shape, rows, major, elements or bytes) or a list (the "
+                f"chunk shape), e.g. {{bytes: 1MiB}} (got {value!r})"
+            )
         return {"shape": value} if isinstance(value, list) else value
 
     @model_validator(mode="after")
@@ -170,6 +175,11 @@ class ShardSpec(_Model):
     def _none_and_lists(cls, value: Any) -> Any:
         if value is None or value is False or (isinstance(value, str) and value == "none"):
             return {}
+        if isinstance(value, str | int | float):
+            raise ValueError(
+                f"must be none, a mapping (bytes, chunks or shape) or a list (the shard "
+                f"shape), e.g. {{bytes: 64MiB}} (got {value!r})"
+            )
         return {"shape": value} if isinstance(value, list) else value
 
     @model_validator(mode="after")
@@ -192,20 +202,74 @@ class ShardSpec(_Model):
         return "none"
 
 
+# --------------------------------------------------------------------------- schema forms
+
+
+def _also_accepts(*forms: dict[str, Any]) -> Any:
+    """``json_schema_extra`` for a field whose validator also takes shorthand forms
+    (``shards: none``, a bare list for a shape, ``codecs: none``): the JSON schema lists them
+    beside the model, so editors accept every file loading accepts, the shipped ones first."""
+
+    def extend(schema: dict[str, Any]) -> None:
+        options = schema["anyOf"]
+        nullable = [o for o in options if o.get("type") == "null"]
+        schema["anyOf"] = [*(o for o in options if o not in nullable), *forms, *nullable]
+
+    return extend
+
+
+#: chunks: [1000, -1] (ChunkSpec._bare_list_is_shape)
+CHUNK_FORMS = _also_accepts(
+    {
+        "type": "array",
+        "items": {
+            "anyOf": [{"type": "integer", "exclusiveMinimum": 0}, {"const": -1}, {"type": "null"}]
+        },
+        "description": "an explicit chunk shape; -1 or null means the whole axis",
+    }
+)
+#: shards: none | false | [4096, 100] (ShardSpec._none_and_lists)
+SHARD_FORMS = _also_accepts(
+    {"const": "none", "description": "no shards"},
+    {"const": False},
+    {
+        "type": "array",
+        "items": {"type": "integer", "exclusiveMinimum": 0},
+        "description": "an explicit shard shape",
+    },
+)
+#: codecs: none (the _codecs_none validators)
+CODEC_FORMS = _also_accepts({"const": "none", "description": "no compression"})
+
 # --------------------------------------------------------------------------- rules
+
+
+def _codecs_or_none(value: Any) -> Any:
+    """``codecs: none`` is no compression; another bare word is a mistake worth naming."""
+    if value == "none":
+        return []
+    if isinstance(value, str):
+        raise ValueError(f"must be a list such as [{{name: zstd}}], or none (got {value!r})")
+    return value
 
 
 class CopySettings(_Model):
     """Storage of a sparse matrix's second orientation; what is left out follows the primary."""
 
-    chunks: ChunkSpec | None = Field(None, description="Chunks of the copy's arrays.")
-    shards: ShardSpec | None = Field(None, description="Shards of the copy's arrays.")
-    codecs: list[Codec] | None = Field(None, description="Compressors of the copy's arrays.")
+    chunks: ChunkSpec | None = Field(
+        None, description="Chunks of the copy's arrays.", json_schema_extra=CHUNK_FORMS
+    )
+    shards: ShardSpec | None = Field(
+        None, description="Shards of the copy's arrays.", json_schema_extra=SHARD_FORMS
+    )
+    codecs: list[Codec] | None = Field(
+        None, description="Compressors of the copy's arrays.", json_schema_extra=CODEC_FORMS
+    )
 
     @field_validator("codecs", mode="before")
     @classmethod
     def _codecs_none(cls, value: Any) -> Any:
-        return [] if value == "none" else value
+        return _codecs_or_none(value)
 
 
 class ElementSettings(_Model):
@@ -215,12 +279,17 @@ class ElementSettings(_Model):
         None,
         description="Chunk size: one of shape, rows, major (sparse), elements or bytes; the "
         "unit every read fetches and decodes whole.",
+        json_schema_extra=CHUNK_FORMS,
     )
     shards: ShardSpec | None = Field(
-        None, description="zarr v3 shards: bytes, chunks per shard, explicit shape, or none."
+        None,
+        description="zarr v3 shards: bytes, chunks per shard, explicit shape, or none.",
+        json_schema_extra=SHARD_FORMS,
     )
     codecs: list[Codec] | None = Field(
-        None, description="Compressors applied to every chunk, in order; [] or none for raw."
+        None,
+        description="Compressors applied to every chunk, in order; [] or none for raw.",
+        json_schema_extra=CODEC_FORMS,
     )
     index_dtype: IndexDtype | None = Field(
         None,
@@ -243,7 +312,7 @@ class ElementSettings(_Model):
     @field_validator("codecs", mode="before")
     @classmethod
     def _codecs_none(cls, value: Any) -> Any:
-        return [] if value == "none" else value
+        return _codecs_or_none(value)
 
     @field_validator("orientations")
     @classmethod
@@ -279,8 +348,12 @@ class Match(_Model):
     def encodings(self) -> list[str]:
         return [self.encoding] if isinstance(self.encoding, str) else list(self.encoding or [])
 
+    def names(self, path: str) -> bool:
+        """Whether the path globs name ``path`` (a rule without globs names none)."""
+        return any(_glob(p).fullmatch(path) for p in self.paths)
+
     def matches(self, path: str, encoding: str) -> bool:
-        if self.path is not None and not any(_glob(p).fullmatch(path) for p in self.paths):
+        if self.path is not None and not self.names(path):
             return False
         return self.encoding is None or encoding in self.encodings
 

@@ -19,6 +19,10 @@ from annlayout.spec import SPARSE_ENCODINGS, Layout, ResolvedSettings, Target
 from annlayout.survey_models import ArrayInfo, ElementInfo, Survey
 
 SMALL_CHUNK = 64 << 10
+#: Small chunks are worth a warning from this many on: each costs about 0.5 ms to write with
+#: zarr-python (the anndata guide's 2^8-element chunks: 188 s for ~350,000 chunks), so fewer
+#: add well under a second, and a small dataset's chunks are small only because it is.
+MANY_SMALL_CHUNKS = 1_000
 LARGE_CHUNK = 64 << 20
 MANY_OBJECTS = 10_000
 #: indptr is read whole for any row selection; one chunk holds up to 1 Mi offsets (8 MiB).
@@ -136,9 +140,10 @@ def make_plan(layout: Layout, survey: Survey) -> Plan:
             used.add(rule)
         elements.append(plan_element(element, settings, layout.target, rule, layout))
     warnings = [
-        f"rule {i} ({rule.origin or 'rules[' + str(i) + ']'}) matched no element"
-        for i, rule in enumerate(layout.rules)
+        line
+        for i in range(len(layout.rules))
         if i not in used
+        for line in _unmatched(layout, i, survey, elements)
     ]
     fmt = layout.target.format
     unwritable = [
@@ -156,6 +161,50 @@ def make_plan(layout: Layout, survey: Survey) -> Plan:
         warnings=warnings,
         unwritable=unwritable,
     )
+
+
+#: anndata's encodings as a user would name what they stored
+_ENCODING_NOUNS = {
+    "array": "a dense array",
+    "csr_matrix": "a CSR sparse matrix",
+    "csc_matrix": "a CSC sparse matrix",
+    "dataframe": "a dataframe",
+    "categorical": "a categorical",
+    "string-array": "an array of strings",
+    "awkward-array": "an awkward array",
+    "rec-array": "a record array",
+}
+#: where columns are genes: a CSC copy answers gene queries
+_GENE_COLUMNS = ("X", "layers/", "raw/X")
+
+
+def _unmatched(layout: Layout, index: int, survey: Survey, planned: list[ElementPlan]) -> list[str]:
+    """Why rule ``index`` matched no element, in the user's terms: an element its paths name
+    is stored in another encoding (X dense where the rule is for sparse X), and no other rule
+    that names it took it, so what the rule is for does not happen there."""
+    rule = layout.rules[index]
+    where = f"rule {index} ({rule.origin or f'rules[{index}]'})"
+    lines = []
+    for element, plan in zip(survey.elements, planned, strict=True):
+        taken = layout.rules[plan.rule] if plan.rule is not None else None
+        if rule.match.encoding is None or not rule.match.names(element.path):
+            continue
+        if taken is not None and taken.match.names(element.path):
+            continue  # another rule for this path took it: the layout meant that
+        noun = _ENCODING_NOUNS.get(element.encoding, f"stored as {element.encoding}")
+        wanted = " or ".join(rule.match.encodings)
+        copy = (rule.orientations or [])[1:]
+        lost = ""
+        if copy:  # what the second orientation was for, along this element's axes
+            genes = element.path.startswith(_GENE_COLUMNS)
+            axis = {"csc": ("gene", "column"), "csr": ("cell", "row")}[copy[0]][not genes]
+            lost = f": no {copy[0].upper()} copy for {axis} queries"
+        instead = f"rule {plan.rule} ({taken.origin})" if taken is not None else "the defaults"
+        lines.append(
+            f"{layout.name}: {element.path} is {noun} ({element.encoding}), so {where}, which "
+            f"is for {wanted}, does not apply to it{lost}; {element.path} takes {instead}"
+        )
+    return lines or [f"{where} matched no element"]
 
 
 def plan_element(
@@ -353,16 +402,11 @@ def plan_array(
         else n_chunks
     )
     chunk_bytes = math.prod(chunks) * itemsize
-    # data and indices share chunk boundaries and are always read together: judge the pair
-    read_together = (
-        chunks[0] * int(context["pair_itemsize"]) if kind == "sparse" and context else chunk_bytes
-    )
-    if read_together < SMALL_CHUNK and n_chunks > 1:
-        what = "chunks (data and indices together)" if kind == "sparse" else "chunks"
-        warnings.append(
-            f"{what} of {_size(read_together)} are under 64 KiB: every chunk costs a request "
-            "and an index entry (the anndata guide's 2^8-element chunks write 50x slower)"
-        )
+    # data and indices share chunk boundaries and are always read together: judge the pair,
+    # once (on data)
+    pair = int(context["pair_itemsize"]) if kind == "sparse" and context else 0
+    if not (pair and name == "indices"):
+        warnings += _small_chunks(shape, chunks, itemsize, pair, n_chunks, settings, context)
     if chunk_bytes > LARGE_CHUNK:
         warnings.append(
             f"chunks of {_size(chunk_bytes)} are over 64 MiB: reading one row decompresses "
@@ -387,6 +431,49 @@ def plan_array(
         n_objects=n_objects,
         warnings=warnings,
     )
+
+
+def _small_chunks(
+    shape: tuple[int, ...],
+    chunks: tuple[int, ...],
+    itemsize: int,
+    pair_itemsize: int,
+    n_chunks: int,
+    settings: ResolvedSettings,
+    context: dict[str, float] | None,
+) -> list[str]:
+    """The small-chunk warning, where it is true of this array: its chunks are under 64 KiB,
+    there are enough of them for their per-chunk costs to add up, and larger ones are
+    possible. Says the setting (in the layout's own unit) that makes them 64 KiB."""
+    per_item = pair_itemsize or itemsize  # a sparse chunk is read with its indices
+    size = math.prod(chunks) * per_item
+    whole = math.prod(shape) * per_item
+    if size >= SMALL_CHUNK or n_chunks < MANY_SMALL_CHUNKS or whole < SMALL_CHUNK:
+        return []  # large enough; too few to matter; or the whole array is smaller
+    # how many indices along axis 0 make 64 KiB: rows (dense), nonzeros (sparse)
+    needed = math.ceil(SMALL_CHUNK / (math.prod(chunks[1:]) * per_item))
+    spec = settings.chunks
+    unit = "major" if spec.major else "rows"
+    if pair_itemsize and (spec.rows or spec.major) and context:
+        advice = f"{{{unit}: {math.ceil(SMALL_CHUNK / (context['per_major'] * per_item)):,}}}"
+    elif spec.rows or spec.major:
+        advice = f"{{{unit}: {needed:,}}}"
+    elif spec.elements:
+        advice = f"{{elements: {needed * math.prod(shape[1:]):,}}}"
+    elif spec.bytes:
+        advice = "{bytes: 64KiB}"
+    else:
+        advice = str([needed, *chunks[1:]])
+    what = "chunks (data and indices together)" if pair_itemsize else "chunks"
+    guide = (  # the measured comparison, where it is a fair one
+        "; the anndata guide's 1 KiB (2^8-element) chunks write 50x slower than 1 MiB ones"
+        if size <= 4 * 1024
+        else ""
+    )
+    return [
+        f"{n_chunks:,} {what} of {_size(size)}, under 64 KiB: each costs a request and an "
+        f"index entry whatever its size; chunks: {advice} makes them 64 KiB{guide}"
+    ]
 
 
 def _chunk_shape(

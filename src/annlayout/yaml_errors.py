@@ -9,6 +9,7 @@ only. pydantic itself is imported when a file is validated, not with this module
 from __future__ import annotations
 
 import difflib
+import re
 import typing
 from functools import cache
 from pathlib import Path
@@ -50,15 +51,122 @@ def validate_file(path: Path, model: type[BaseModel], what: str) -> Any:
     try:
         return model.model_validate(data)
     except ValidationError as err:
-        raise LayoutError(located_messages(err, node, path.name, model)) from None
+        raise LayoutError(by_line(path.name, located(err, node, data, model))) from None
 
 
-def located_messages(
-    err: ValidationError, node: yaml.Node, label: str, model: type[BaseModel]
-) -> list[str]:
-    """One ``file:line: field: problem`` line per error of validating ``model``."""
+def located(
+    err: ValidationError, node: yaml.Node, data: Any, model: type[BaseModel]
+) -> list[tuple[int, str]]:
+    """(line, ``field: problem``) per problem found validating ``data`` (read from ``node``)
+    into ``model``; a value that fits no member of a union is one problem, not one per member."""
     tags = union_tags(model)
-    return [f"{label}:{line_of(node, e['loc'], tags)}: {describe(e, model)}" for e in err.errors()]
+    return [
+        (line_of(node, e["loc"], tags), describe(e, model))
+        for e in one_per_union(err.errors(), data, tags)
+    ]
+
+
+def by_line(label: str, problems: list[tuple[int, str]]) -> list[str]:
+    """``file:line: problem`` lines in the order of the file (stable within a line)."""
+    return [f"{label}:{line}: {text}" for line, text in sorted(problems, key=lambda p: p[0])]
+
+
+# Errors that say only "the value is not of this member's kind" (a string where a list is
+# wanted): where a union's other member got further, they are noise.
+_KIND_MISMATCH = frozenset({
+    "string_type", "list_type", "int_type", "int_parsing", "float_type", "float_parsing",
+    "bool_type", "bool_parsing", "dict_type", "model_type", "model_attributes_type",
+})  # fmt: skip
+
+
+def one_per_union(errors: list[ErrorDetails], data: Any, tags: frozenset[str]) -> list[Any]:
+    """pydantic reports a value that fits no member of a plain union once per member
+    (``encoding: csc_matix`` fails both ``Literal[...]`` and ``list[Literal[...]]``). Keep the
+    member the value came closest to: the one whose errors reach deepest into it, then one
+    that is more than a kind mismatch, then the first declared; where every member only
+    mismatches in kind, one error says all the kinds it may be."""
+    candidates = [_member_names(e["loc"], data, tags) for e in errors]
+    siblings: dict[tuple, set[int | str]] = {}
+    for error, places in zip(errors, candidates, strict=True):
+        for place in places:
+            siblings.setdefault(error["loc"][:place], set()).add(error["loc"][place])
+    groups: dict[tuple, dict[str, list[ErrorDetails]]] = {}
+    out: list[Any] = []
+    for error, places in zip(errors, candidates, strict=True):
+        # a union names two or more members at one place; one name alone is a validator's
+        # reshaping (chunks: [0, -1] validated as chunks.shape)
+        at = next((a for a in places if len(siblings[error["loc"][:a]]) > 1), None)
+        if at is None:
+            out.append(error)
+            continue
+        members = groups.setdefault(error["loc"][:at], {})
+        if not members:
+            out.append(error["loc"][:at])  # the group's place among the errors
+        members.setdefault(str(error["loc"][at]), []).append(error)
+    result: list[Any] = []
+    for item in out:
+        result += _closest_member(item, groups[item]) if isinstance(item, tuple) else [item]
+    return result
+
+
+def _member_names(loc: tuple, data: Any, tags: frozenset[str]) -> list[int]:
+    """Where in ``loc`` pydantic may name a plain union's member: string parts where the value
+    reached is not a mapping (so they cannot be its keys)."""
+    places, value = [], data
+    for index, part in enumerate(loc):
+        if isinstance(part, int):
+            if not isinstance(value, list) or part >= len(value):
+                break
+            value = value[part]
+        elif not isinstance(value, dict):
+            places.append(index)
+        elif part in value:
+            value = value[part]
+        elif not _is_tag(part, tags):
+            break  # a missing or unknown key: a problem of the mapping itself
+    return places
+
+
+def _mismatch(error: ErrorDetails) -> bool:
+    if error["type"] == "literal_error":  # 5 against string literals, 'x' against -1
+        values = _literal_values(error["ctx"]["expected"])
+        return not any(type(v) is type(error["input"]) for v in values)
+    return error["type"] in _KIND_MISMATCH
+
+
+def _closest_member(prefix: tuple, members: dict[str, list[ErrorDetails]]) -> list[Any]:
+    def rank(item: tuple[int, list[ErrorDetails]]) -> tuple[int, bool, int]:
+        order, errors = item
+        depth = max(len(e["loc"]) for e in errors)
+        return (-depth, all(_mismatch(e) for e in errors), order)
+
+    ranked = sorted(enumerate(members.values()), key=rank)
+    # the member's name leaves the location: rules[0].chunks.shape[0], not ...[0].constrained-int
+    best = [{**e, "loc": (*prefix, *e["loc"][len(prefix) + 1 :])} for e in ranked[0][1]]
+    if len(ranked) > 1 and all(
+        len(e["loc"]) == len(prefix) + 1 and _mismatch(e) for _, errs in ranked for e in errs
+    ):
+        kinds = [_kind_wanted(errs[0]) for _, errs in sorted(ranked, key=lambda m: m[0])]
+        value = best[0]["input"]
+        message = f"must be {' or '.join(kinds)} (got {value!r})"  # described as it stands
+        return [{**best[0], "loc": prefix, "type": "union_kind", "msg": message}]
+    return best
+
+
+def _kind_wanted(error: ErrorDetails) -> str:
+    """'a valid integer' for pydantic's 'Input should be a valid integer, unable to ...'."""
+    if error["type"] == "literal_error":
+        return error["ctx"]["expected"]
+    text = error["msg"].removeprefix("Input should be ").split(",")[0].replace("a valid ", "a ")
+    return re.sub(r"\ba (?=[aeiou])", "an ", text)
+
+
+def _literal_values(expected: str) -> list[Any]:
+    """The values in pydantic's ``expected`` text: ``'csr' or 'csc'``, ``2 or 3``."""
+    values: list[Any] = []
+    for quoted, number in re.findall(r"'([^']*)'|(-?\d+)", expected):
+        values.append(quoted if not number else int(number))
+    return values
 
 
 @cache
@@ -134,13 +242,31 @@ def describe(error: ErrorDetails, model: type[BaseModel]) -> str:
     if kind == "greater_than" and error.get("ctx", {}).get("gt") == 0:
         return f"{where}: must be a positive integer"
     if kind == "literal_error":
-        return f"{where}: must be {error['ctx']['expected']} (got {error['input']!r})"
+        wanted, value = error["ctx"]["expected"], error["input"]
+        close = _did_you_mean(value, wanted)
+        if close and len(_literal_values(wanted)) > _LISTED:  # the hint, not 17 encodings
+            return f"{where}: unknown value {value!r}{close}"
+        return f"{where}: must be {wanted} (got {value!r}){close}"
     if kind == "union_tag_invalid":  # e.g. codecs[0]: unknown codec 'lzma'
         owner = next((p for p in reversed(loc) if isinstance(p, str)), "value")
         tag, expected = error["ctx"]["tag"], error["ctx"]["expected_tags"]
-        return f"{where}: unknown {owner.removesuffix('s')} {tag!r}; use {expected}"
+        unknown = f"{where}: unknown {owner.removesuffix('s')} {tag!r}"
+        return unknown + (_did_you_mean(tag, expected) or f"; use {expected}")
     message = error["msg"].removeprefix("Value error, ")
     return f"{where}: {message[0].lower()}{message[1:]}" if message else where
+
+
+#: A mistyped value of a longer enumeration gets the closest value alone, not the whole list.
+_LISTED = 8
+
+
+def _did_you_mean(value: Any, expected: str) -> str:
+    """``; did you mean 'csc_matrix'?`` for a mistyped value of an enumeration, else ''."""
+    if not isinstance(value, str):
+        return ""
+    names = [v for v in _literal_values(expected) if isinstance(v, str)]
+    hint = difflib.get_close_matches(value, names, n=1)
+    return f"; did you mean {hint[0]!r}?" if hint else ""
 
 
 def _field_names(loc: tuple, model: type[BaseModel]) -> list[str]:
@@ -184,4 +310,4 @@ def _has_literal(model: Any, value: str) -> bool:
     )
 
 
-__all__ = ["located_messages", "read_yaml", "union_tags", "validate_file"]
+__all__ = ["by_line", "located", "read_yaml", "union_tags", "validate_file"]

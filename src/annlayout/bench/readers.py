@@ -22,6 +22,13 @@ from annlayout.optional import requirement
 
 READERS = ("annlayout", "sparse_dataset", "read_lazy")
 
+
+def not_installed() -> dict[str, str]:
+    """The readers whose extra is missing, each with the one line that says how to get it."""
+    missing = requirement("bench", "anndata's read_lazy")
+    return {"read_lazy": missing} if missing else {}
+
+
 Read = Callable[[Operation], Any]
 
 
@@ -89,7 +96,7 @@ def _sparse_dataset_reader(store: Any) -> Read | None:
 
 def _read_lazy_reader(store: Any) -> Read | None:
     """anndata's read_lazy; None (not measured) when dask or xarray is not installed."""
-    if requirement("bench", "read_lazy"):
+    if "read_lazy" in not_installed():
         return None
     import anndata as ad
 

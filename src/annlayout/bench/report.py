@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from annlayout.bench.candidates import Candidate
 from annlayout.bench.cost import money
@@ -27,6 +28,22 @@ def write_reports(result: BenchResult, out: Path) -> dict[str, Path]:
     paths["markdown"].write_text(_markdown(result))
     _plot(result, paths["png"])
     return paths
+
+
+def outcome(result: BenchResult, paths: dict[str, Path]) -> dict[str, Any]:
+    """The run in one small document (``bench --json``): what won, by how much, what it
+    costs, where the reports are, and which readers were not measured."""
+    winner = result.winner
+    return {
+        "workload": result.workload.name,
+        "objective": result.objective,
+        "recommended": winner.name,
+        "score": winner.score,
+        "cost_per_epoch": winner.cost_per_epoch,
+        "currency": result.prices.currency,
+        "reports": {kind: str(path) for kind, path in paths.items()},
+        "skipped_readers": result.skipped(),
+    }
 
 
 def _ranked(result: BenchResult) -> list[Candidate]:
@@ -106,6 +123,10 @@ def _markdown(result: BenchResult) -> str:
         + (f" Sample: {result.sample:,} cells." if result.sample else ""),
         f"Recommended: **{result.winner.name}** (written to recommended.yaml), {_why(result)}",
         f"Objective: {result.objective}. Prices: {result.prices.describe()}.",
+        *(
+            f"Skipped reader: {reader}, not measured ({reason})."
+            for reader, reason in result.skipped_readers.items()
+        ),
         "",
         "## Candidates",
         "",

@@ -29,12 +29,11 @@ from annlayout.bench.candidates import (
 )
 from annlayout.bench.cost import OBJECTIVES, Prices, load_prices
 from annlayout.bench.measure import measure
-from annlayout.bench.readers import READERS
+from annlayout.bench.readers import READERS, not_installed
 from annlayout.bench.score import cost, rank_key, recommend, score
 from annlayout.bench.stores import Simulation
 from annlayout.bench.workloads import Workload, ops_per_epoch, pattern_label
 from annlayout.errors import BenchError
-from annlayout.optional import requirement
 
 
 @dataclass
@@ -49,6 +48,12 @@ class BenchResult:
     prices: Prices = field(default_factory=Prices)
     full_shape: tuple[int, int] = (0, 0)  # the source's, which epochs are counted on
     ops_per_epoch: list[int] = field(default_factory=list)  # per pattern of the workload
+    #: readers of READERS that measured nothing, and why (an extra missing, X not sparse)
+    skipped_readers: dict[str, str] = field(default_factory=dict)
+
+    def skipped(self) -> list[dict[str, str]]:
+        """The readers not measured, as report.json lists them."""
+        return [{"reader": r, "reason": why} for r, why in self.skipped_readers.items()]
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -64,6 +69,7 @@ class BenchResult:
                 for p, n in zip(self.workload.patterns, self.ops_per_epoch, strict=True)
             },
             "winner": self.winner.name,
+            "skipped_readers": self.skipped(),
             "candidates": [c.summary() for c in self.candidates],
         }
 
@@ -106,9 +112,6 @@ def run_bench(
         import uuid
 
         run_storage = replace(storage, url=f"{storage.url}/annlayout-bench-{uuid.uuid4().hex[:12]}")
-    lazy_missing = requirement("bench", "measuring anndata's read_lazy")
-    if lazy_missing:
-        say(f"{lazy_missing}; skipping that reader")
     reference: dict[tuple[int, int], str] = {}
     try:
         for candidate in candidates:
@@ -135,8 +138,19 @@ def run_bench(
     winner = recommend(candidates, objective)
     return BenchResult(
         workload, storage, str(source), sample, candidates, winner, objective, prices,
-        full_shape, epochs,
+        full_shape, epochs, _skipped_readers(candidates),
     )  # fmt: skip
+
+
+def _skipped_readers(candidates: list[Candidate]) -> dict[str, str]:
+    """Every reader that measured nothing, with the reason: its extra is not installed, or
+    (the one other case where a reader opens nothing) X is not a sparse matrix."""
+    skipped = not_installed()
+    measured = {r.reader for c in candidates for r in c.results}
+    for reader in READERS:
+        if reader not in measured and reader not in skipped:
+            skipped[reader] = f"X is not a sparse matrix: bench measures {reader} on sparse X"
+    return skipped
 
 
 def _price(candidate: Candidate, workload: Workload, epochs: list[int], prices: Prices) -> None:
@@ -186,7 +200,7 @@ def _evaluate(
     """Write the candidate, then measure every pattern through every reader."""
     location = write_candidate(candidate, data, storage, workdir, say)
     for index, pattern in enumerate(workload.patterns):
-        say(f"{candidate.name}: {pattern_label(pattern)}")
+        say(f"measuring {candidate.name}: {pattern_label(pattern)}")
         for reader in READERS:
             result = measure(
                 candidate.name, location, pattern, index, reader, workload, storage, reference
