@@ -56,6 +56,13 @@ def test_apply_refuses_an_output_named_for_the_other_format(stores, tmp_path, la
     assert not any(tmp_path.iterdir())  # refused before anything was written
 
 
+def test_concat_refuses_an_output_named_for_the_other_format(stores, tmp_path):
+    line = one_error(run("concat", "h5ad-gzip", stores["h5ad"], stores["zarr3"],
+                         tmp_path / "both.zarr", code=1))  # fmt: skip
+    assert "both.zarr" in line and "h5ad-gzip" in line and ".h5ad" in line
+    assert not any(tmp_path.iterdir())
+
+
 def test_write_refuses_an_output_named_for_the_other_format(small_dataset, tmp_path):
     with pytest.raises(ApplyError, match=r"writes h5ad.*\.zarr"):
         annlayout.write(small_dataset, tmp_path / "out.zarr", "h5ad-gzip")

@@ -558,7 +558,13 @@ def concat_command(
     quiet: bool,
 ) -> None:
     """Combine INPUT stores (h5ad, zarr; local or s3://) into OUTPUT with LAYOUT, as
-    anndata.concat would, streaming X and the layers every input has."""
+    anndata.concat would, streaming X and the layers every input has.
+
+    \b
+    LAYOUT  a shipped layout name (`annlayout layouts`) or a layout file
+    INPUT   AnnData stores to combine, in order: .h5ad or .zarr, paths or s3:// URLs
+    OUTPUT  the store to write (the last path), named for the layout's format
+    """
     from annlayout.concatenate import ConcatError, concat
 
     if len(paths) < 2:
@@ -617,10 +623,14 @@ def append_command(
     as_json: bool,
     quiet: bool,
 ) -> None:
-    """Add the cells of INPUT stores to STORE, a zarr store annlayout wrote (a path or an
-    s3:// URL), in its recorded
-    layout and with its genes: shards before the last partial one are kept, not rewritten.
-    Atomic: an interrupted or failed append leaves STORE as it was."""
+    """Add the cells of INPUT stores to STORE, in its recorded layout and with its genes:
+    shards before the last partial one are kept, not rewritten. Atomic: an interrupted or
+    failed append leaves STORE as it was.
+
+    \b
+    STORE  a zarr store annlayout wrote (apply, concat): a path or an s3:// URL
+    INPUT  AnnData stores whose cells are added, in order: .h5ad or .zarr
+    """
     from annlayout.appending import append
 
     with _progress(enabled=not (quiet or as_json)) as progress:
@@ -790,6 +800,10 @@ def bench_command(
 ) -> None:
     """Measure WORKLOAD's access patterns on candidate layouts of INPUT; recommend the best.
 
+    \b
+    INPUT  the AnnData store to measure on (.h5ad or .zarr, a path or an s3:// URL);
+           --sample N measures on N of its cells
+
     Requests (GET, PUT, LIST, HEAD) and bytes are counted per operation and per epoch (one
     full pass of each pattern over the whole dataset, also with --sample) and priced with
     --prices. Writes recommended.yaml (a layout file: apply it with `annlayout apply`; a
@@ -898,7 +912,11 @@ def generate_command(
     """Write a synthetic dataset with realistic skewed counts to OUTPUT (.h5ad or .zarr), or
     with --files a collection of h5ad files that differ the way real ones do. Single datasets
     and collections share one gene universe and one X_pca width, so they combine (concat,
-    append) with each other."""
+    append) with each other.
+
+    \b
+    OUTPUT  a .h5ad or .zarr path; with --files, a directory name (no extension)
+    """
     import time
 
     from annlayout.datagen import check_sizes

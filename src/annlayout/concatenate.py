@@ -52,6 +52,8 @@ from annlayout.rewrite.collection import (
 )
 from annlayout.rewrite.execute import Executor, executor_for
 from annlayout.rewrite.stream import ApplyResult, Progress, apply, parse_size, task_location
+from annlayout.spec import load_layout
+from annlayout.stores import check_output_name
 
 Join = Literal["inner", "outer"]
 Merge = Literal["same", "unique", "first", "only"] | None
@@ -117,6 +119,8 @@ def concat(
     import anndata as ad
 
     start = time.perf_counter()
+    layout = load_layout(layout)
+    check_output_name(output, layout.target.format, layout.name)
     if not inputs:
         raise ConcatError("concat: no inputs given")
     if keys is not None and len(keys) != len(inputs):
