@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -308,6 +309,70 @@ def test_concat_killed_leaves_nothing_and_a_rerun_succeeds(tmp_path):
     got = ad.read_zarr(out)
     order = np.asarray(got.uns["annlayout_order"]["source_row"])
     assert (sp.vstack([X, X]).tocsr()[order] != got.X).nnz == 0
+
+
+def test_what_cannot_fit_is_refused_before_the_inputs_are_combined(
+    collection, tmp_path, monkeypatch
+):
+    """As apply refuses: the layout step is planned on the store the inputs will make, so a
+    budget it cannot keep is refused before anything is combined or written (it was refused
+    after combining, and left the combined inputs hidden beside the output)."""
+    import annlayout.concatenate as concatenate
+
+    paths, _ = collection
+    monkeypatch.setattr(concatenate, "WHOLE_BELOW", "1KiB")  # small elements streamed too
+
+    def combined(*args, **kwargs):
+        raise AssertionError("the inputs were combined")
+
+    monkeypatch.setattr(concatenate, "_assemble", combined)
+    result = CliRunner().invoke(
+        main,
+        [
+            "concat",
+            "archive",
+            *map(str, paths),
+            str(tmp_path / "out.zarr"),
+            "--memory",
+            "16KiB",
+        ],
+    )
+    assert result.exit_code == 1, (result.output, result.exception)
+    assert "more than --memory" in result.stderr and len(result.stderr.splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_interrupted_concat_names_what_it_kept_and_a_rerun_removes_it(tmp_path):
+    """SIGINT and SIGTERM leave nothing hidden but the checkpoint, named with the command
+    that resumes from it; a run without --resume removes it and says so."""
+    source = tmp_path / "in.h5ad"
+    X = sp.random(20_000, 2_000, density=0.05, format="csr", dtype=np.float32, random_state=0)
+    ad.AnnData(X=X).write_h5ad(source)
+    out = tmp_path / "out.zarr"
+    scratch = tmp_path / ".out.zarr.annlayout-concat"
+    exe = Path(sys.executable).with_name("annlayout")
+    command = [str(exe), "concat", "ml-minibatch", str(source), str(source), str(out),
+               "--index-unique", "-", "--shuffle", "0", "--memory", "64MiB", "--quiet"]  # fmt: skip
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        shutil.rmtree(scratch, ignore_errors=True)  # its buckets: the new run's, not the last's
+        child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        buckets = scratch / "buckets" / "X"
+        deadline = time.monotonic() + 60
+        while not (buckets.is_dir() and len(os.listdir(buckets)) > 10):
+            assert child.poll() is None, child.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        child.send_signal(signum)
+        _, stderr = child.communicate(timeout=60)
+        assert child.returncode == 128 + signum, stderr
+        lines = stderr.strip().splitlines()
+        assert len(lines) == 1 and str(scratch) in lines[0], stderr
+        assert f"annlayout {' '.join(command[1:])} --resume continues from it" in lines[0]
+        assert sorted(p.name for p in tmp_path.iterdir()) == [scratch.name, "in.h5ad"]
+    rerun = subprocess.run(command[:-1], capture_output=True, text=True)  # not --quiet
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"removed {scratch}" in rerun.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.h5ad", "out.zarr"]
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shlex
 import sys
 import warnings
 from collections.abc import Callable, Iterator
@@ -75,7 +76,7 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
                 raise
             _fail(str(error))
         except Interrupted as interrupted:
-            err.print(f"{interrupted}: nothing was written at the output path")
+            err.print(_interrupted_message(interrupted), highlight=False, markup=False)
             sys.exit(128 + interrupted.signum)
         except KeyboardInterrupt:
             err.print("interrupted")
@@ -87,6 +88,30 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
                   " (rerun with --debug for a traceback)")  # fmt: skip
 
     return wrapper
+
+
+def _interrupted_message(interrupted: Any) -> str:
+    """What an interrupted run left: nothing, or a checkpoint named with the command that
+    continues from it."""
+    message = f"{interrupted}: nothing was written at the output path"
+    if interrupted.checkpoint is None:
+        return message
+    from annlayout.stores import footprint
+
+    size, _ = footprint(interrupted.checkpoint)
+    again = (
+        shlex.join(["annlayout", *_ARGS, "--resume"])
+        if _ARGS is not None and "--resume" not in _ARGS
+        else "the same command with --resume"
+    )
+    return (
+        f"{message}; the work done is kept in {interrupted.checkpoint} ({human_size(size)}): "
+        f"{again} continues from it, and a run without --resume removes it"
+    )
+
+
+#: the command line of this process (set by :func:`run`), to say how to resume it
+_ARGS: list[str] | None = None
 
 
 class _Annlayout(click.Group):
@@ -1030,7 +1055,9 @@ def run(args: list[str] | None = None) -> None:
     whenever dask is installed (about 0.8 s of each process, more than the whole copy of a
     50,000-cell h5ad takes), though only its lazy reading uses it; a command that does not
     use dask runs with dask hidden, so anndata starts without it."""
+    global _ARGS
     args = sys.argv[1:] if args is None else args
+    _ARGS = list(args)
     if "dask" not in sys.modules and not any(a.startswith(USES_DASK) for a in args):
         sys.modules["dask"] = None  # type: ignore[assignment]  # import dask: ImportError
     main(args)

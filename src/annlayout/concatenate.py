@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import signal
 import tempfile
 import time
 import uuid
@@ -32,13 +33,15 @@ import scipy.sparse as sp
 
 from annlayout.assembly import Source, assemble_sparse
 from annlayout.codecs import codec_pipeline
-from annlayout.defaults import MEMORY
+from annlayout.defaults import MEMORY, WHOLE_BELOW
 from annlayout.encodings import SPARSE_ENCODINGS, writing
 from annlayout.errors import AnnlayoutError, ConcatError, NotAnnDataError
+from annlayout.plan import human_size
 from annlayout.reader import Dataset, Matrix
 from annlayout.reader import open as open_dataset
 from annlayout.remote import chosen_backend, is_url
-from annlayout.rewrite.atomic import Interrupted, check_paths, remove
+from annlayout.rewrite.atomic import Interrupted, check_paths, interrupts_raised, remove
+from annlayout.rewrite.blocks import plan_within_budget
 from annlayout.rewrite.buckets import RowBuckets
 from annlayout.rewrite.collection import (
     column_maps,
@@ -53,7 +56,9 @@ from annlayout.rewrite.collection import (
 from annlayout.rewrite.execute import Executor, executor_for
 from annlayout.rewrite.stream import ApplyResult, Progress, apply, parse_size, task_location
 from annlayout.spec import load_layout
-from annlayout.stores import check_output_name
+from annlayout.stores import check_output_name, footprint
+from annlayout.survey import Survey, array_info, survey_adata
+from annlayout.survey_models import ElementInfo
 
 Join = Literal["inner", "outer"]
 Merge = Literal["same", "unique", "first", "only"] | None
@@ -172,7 +177,12 @@ def concat(
     fingerprint = inputs_fingerprint(inputs, join=join, label=label, keys=keys,
                                index_unique=index_unique, merge=merge, shuffle=shuffle,
                                groupby=groupby)  # fmt: skip
-    with _scratch(output, resume) as tmp:
+    # the layout step planned and refused now, as apply would, before any input is combined
+    small = parse_size(WHOLE_BELOW, "--whole-below")
+    expected = _combined_survey(combined, matrices, raw)
+    plan_within_budget(layout, expected, budget, max(1, int(workers)), small)
+    notes: list[str] = [repeated] if repeated else []
+    with _scratch(output, resume, notes) as tmp:
         assembled = tmp / "assembled.zarr"
         done = tmp / ASSEMBLED_MARKER
         if not (resume and done.exists() and done.read_text() == fingerprint):
@@ -203,11 +213,40 @@ def concat(
             ) from None
     result = ConcatResult(**{f.name: getattr(applied, f.name) for f in fields(ApplyResult)})
     result.seconds = time.perf_counter() - start  # the assembly included
-    result.notes = [*([repeated] if repeated else []), *result.notes]
+    result.notes = [*notes, *result.notes]
     result.inputs = [str(path) for path in inputs]
     if len(datasets) > 1:
         result.mixing = mixing(sources, MIXING_WINDOW)
     return result
+
+
+def _combined_survey(
+    combined: Any, matrices: dict[str, list[Any]], raw: tuple[Any, list[Any], Any] | None
+) -> Survey:
+    """The store the inputs will make, as apply will survey it, known before any input is
+    read: the small elements from memory; each matrix from its inputs' shapes, dtypes and
+    nonzeros (their sum: an upper bound where an inner join drops genes), stored as
+    :func:`_write_matrix` stores it."""
+    survey = survey_adata(combined)
+    whole = [(path, present, combined.n_vars) for path, present in matrices.items()
+             if all(m is not None for m in present)]  # fmt: skip
+    if raw is not None:
+        whole.append(("raw/X", raw[1], raw[0].n_vars))
+    for path, present, n_vars in whole:
+        n_obs = sum(m.shape[0] for m in present)
+        dtype = np.result_type(*(m.dtype for m in present))
+        nnz = sum(m.nnz for m in present)
+        if all(m.encoding not in SPARSE_ENCODINGS for m in present):
+            encoding, arrays = "array", [array_info("", (n_obs, n_vars), dtype)]
+        else:
+            index = np.int32 if n_vars < 2**31 else np.int64
+            encoding = "csr_matrix"
+            arrays = [array_info("data", (nnz,), dtype), array_info("indices", (nnz,), index),
+                      array_info("indptr", (n_obs + 1,), np.int64)]  # fmt: skip
+        element = ElementInfo(path=path, encoding=encoding, shape=(n_obs, n_vars), nnz=nnz)
+        element.dtype, element.arrays = arrays[0].dtype, arrays
+        survey.elements.append(element)
+    return survey
 
 
 @dataclass(frozen=True)
@@ -238,7 +277,7 @@ def _resumable(layout: Any, output: str | Path) -> bool:
 
 
 @contextmanager
-def _scratch(output: str | Path, resume: bool) -> Iterator[Path]:
+def _scratch(output: str | Path, resume: bool, notes: list[str]) -> Iterator[Path]:
     """The intermediate store's directory, under one name for an output: beside a local
     output, in the temp directory for a URL. A run that was killed leaves it, and the next
     run removes it first, or with ``resume`` takes the combined inputs from it when they are
@@ -250,18 +289,34 @@ def _scratch(output: str | Path, resume: bool) -> Iterator[Path]:
     else:
         output = Path(output).resolve()
         scratch = output.with_name(f".{output.name}{SCRATCH_SUFFIX}")
-    if not resume:
+    if not resume and scratch.exists():
+        size, _ = footprint(scratch)
         remove(scratch)
+        notes.append(
+            f"removed {scratch} ({human_size(size)}), kept by an earlier run that was "
+            "stopped: without --resume a run starts clean"
+        )
     scratch.mkdir(parents=True, exist_ok=True)
     try:
-        yield scratch
-    except (Interrupted, KeyboardInterrupt):  # --resume continues from what was combined
-        raise
+        with interrupts_raised():
+            yield scratch
+    except (Interrupted, KeyboardInterrupt) as stop:
+        signum = stop.signum if isinstance(stop, Interrupted) else signal.SIGINT
+        if _holds_progress(scratch):  # --resume continues from what was combined
+            raise Interrupted(signum, checkpoint=scratch) from None
+        remove(scratch)  # nothing recorded yet: nothing to resume from
+        raise Interrupted(signum) from None
     except BaseException:
         if not (scratch / ASSEMBLED_MARKER).exists():
             remove(scratch)
         raise
     remove(scratch)
+
+
+def _holds_progress(scratch: Path) -> bool:
+    """The scratch holds what --resume continues from: the combined inputs, or a record of
+    how far combining them got."""
+    return (scratch / ASSEMBLED_MARKER).exists() or any((scratch / "assembling").glob("*.json"))
 
 
 def inputs_fingerprint(inputs: Sequence[str | Path], **options: Any) -> str:

@@ -217,14 +217,17 @@ def describe_in_memory(path: str, encoding: str, elem: Any) -> ElementInfo:
     return element
 
 
-def in_memory_parts(encoding: str, elem: Any) -> Iterator[ArrayInfo]:
-    def info(name: str, shape: tuple, dtype: Any) -> ArrayInfo:
-        text, itemsize = _dtype_text(dtype)
-        return ArrayInfo(
-            name=name, shape=tuple(int(n) for n in shape), dtype=text, itemsize=itemsize,
-            unholdable=unholdable(dtype),
-        )  # fmt: skip
+def array_info(name: str, shape: tuple, dtype: Any) -> ArrayInfo:
+    """An :class:`ArrayInfo` for an array of ``shape`` and ``dtype``, stored or not yet."""
+    text, itemsize = _dtype_text(dtype)
+    return ArrayInfo(
+        name=name, shape=tuple(int(n) for n in shape), dtype=text, itemsize=itemsize,
+        unholdable=unholdable(dtype),
+    )  # fmt: skip
 
+
+def in_memory_parts(encoding: str, elem: Any) -> Iterator[ArrayInfo]:
+    info = array_info
     if encoding in SPARSE_ENCODINGS:
         yield info("data", elem.data.shape, elem.data.dtype)
         yield info("indices", elem.indices.shape, elem.indices.dtype)

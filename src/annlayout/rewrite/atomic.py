@@ -90,10 +90,12 @@ def remove(path: Path) -> None:
 
 
 class Interrupted(BaseException):
-    """Ctrl-C or SIGTERM arrived; raised between blocks, so no write is left in flight."""
+    """Ctrl-C or SIGTERM arrived; raised between blocks, so no write is left in flight.
 
-    def __init__(self, signum: int):
-        self.signum = signum
+    ``checkpoint``: what the run keeps for ``--resume`` (nothing else is left behind)."""
+
+    def __init__(self, signum: int, checkpoint: Path | None = None):
+        self.signum, self.checkpoint = signum, checkpoint
         super().__init__(f"interrupted by {signal.Signals(signum).name}")
 
 
@@ -104,6 +106,26 @@ def check_interrupted() -> None:
     """Raise :class:`Interrupted` if a signal arrived; called between units of work."""
     if _pending:
         raise Interrupted(_pending[0])
+
+
+@contextmanager
+def interrupts_raised() -> Iterator[None]:
+    """SIGTERM raised at once as :class:`Interrupted`, as Ctrl-C raises KeyboardInterrupt: for
+    work whose checkpoints hold wherever it stops (a kill -9 included), so the run can say
+    what it kept instead of dying silently."""
+
+    def handler(signum, frame):
+        raise Interrupted(signum)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @contextmanager

@@ -28,7 +28,7 @@ from pydantic import ByteSize, TypeAdapter
 
 from annlayout.defaults import MEMORY, VERIFY_MEMORY, WHOLE_BELOW
 from annlayout.errors import ApplyError
-from annlayout.plan import ArrayPlan, ElementPlan, Plan, human_size
+from annlayout.plan import ArrayPlan, ElementPlan, Plan, human_size, make_plan
 from annlayout.spec import SPARSE_ENCODINGS
 
 #: A block holds the slice as read, its conversion (when the dtype changes) and about twice
@@ -471,6 +471,23 @@ def element_memory(
     return ElementMemory(
         plan.path, streamed=True, arrays=tuple(arrays), transposes=tuple(transposes), whole=whole
     )
+
+
+def plan_within_budget(
+    layout: Any, survey: Any, budget: int, workers: int, small: int
+) -> tuple[Plan, MemoryPlan]:
+    """Plan ``layout`` against ``survey`` and refuse, in one line, an element the target
+    cannot hold or one that does not fit ``budget``: what every command checks before it
+    reads any data (apply on its input; concat on the store its inputs will make)."""
+    plan = make_plan(layout, survey)
+    model = memory_plan(plan, source_dtypes(survey), budget, workers, small)
+    if plan.unwritable:
+        more = len(plan.unwritable) - 1
+        raise ApplyError(
+            f"{plan.unwritable[0]}" + (f" (and {more} more)" if more else "") + "; nothing written"
+        )
+    model.check()
+    return plan, model
 
 
 def memory_plan(

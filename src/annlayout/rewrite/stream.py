@@ -52,7 +52,7 @@ from annlayout.encodings import (
 )
 from annlayout.errors import ElementReadError
 from annlayout.optional import dask_requirement
-from annlayout.plan import ArrayPlan, ElementPlan, Plan, PlanError, make_plan
+from annlayout.plan import ArrayPlan, ElementPlan, Plan, PlanError
 from annlayout.remote import chosen_backend, codec_pipeline_for
 from annlayout.rewrite.atomic import (
     ApplyError,
@@ -74,6 +74,7 @@ from annlayout.rewrite.blocks import (
     memory_plan,
     parse_size,
     plan_transpose,
+    plan_within_budget,
     source_dtypes,
     streamable,
 )
@@ -230,15 +231,8 @@ def _apply(
     budget = parse_size(memory)
     workers = max(1, int(workers))
     survey = survey_opened(store)
-    plan = make_plan(layout, survey)
     small = parse_size(small_element, "--whole-below")
-    memory_model = memory_plan(plan, source_dtypes(survey), budget, workers, small)
-    if plan.unwritable:  # before anything is written
-        more = len(plan.unwritable) - 1
-        raise ApplyError(
-            f"{plan.unwritable[0]}" + (f" (and {more} more)" if more else "") + "; nothing written"
-        )
-    memory_model.check()  # before anything is written
+    plan, memory_model = plan_within_budget(layout, survey, budget, workers, small)
     if layout.target.format == "h5ad" and (workers > 1 or scheduler):
         raise ApplyError(
             f"{output}: h5ad is one file and is written by one process; drop --workers/--scheduler"
