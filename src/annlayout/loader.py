@@ -26,9 +26,10 @@ import asyncio
 import queue
 import sys
 import threading
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
+from functools import partial
 from importlib.util import find_spec
 from typing import Any
 
@@ -365,24 +366,40 @@ class Batches:
 
     def aiter(self) -> AsyncBatches:
         """This epoch as an async iterable (``async for batch in ...``)."""
-        return AsyncBatches(self)
+        return AsyncBatches(lambda: self)
 
 
 class AsyncBatches:
-    """``async for`` over :class:`Batches`: each ``next`` runs on a worker thread, so the
-    event loop keeps running while a buffer is read and decoded."""
+    """``async for`` over :class:`Batches`: made, and each ``next`` run, on a worker
+    thread, so the event loop keeps running while the store's offsets and each buffer are
+    read and decoded, and zarr's own loop is never entered from the caller's thread."""
 
-    def __init__(self, source: Batches):
-        self.batches = source
+    def __init__(self, make: Callable[[], Batches]):
+        self._make, self._batches = make, None
+        self._epoch: int | None = None
+
+    async def prepare(self) -> Batches:
+        """The :class:`Batches` behind this (made on a worker thread on first use)."""
+        if self._batches is None:
+            self._batches = await asyncio.to_thread(self._make)
+        if self._epoch is not None:
+            self._batches.set_epoch(self._epoch)
+        return self._batches
 
     def __len__(self) -> int:
-        return len(self.batches)
+        """Batches per epoch; reads the store's offsets here if no iteration has (from a
+        coroutine, ``await prepare()`` first)."""
+        if self._batches is None:
+            self._batches = self._make()
+        return len(self._batches)
 
     def set_epoch(self, epoch: int) -> None:
-        self.batches.set_epoch(epoch)
+        self._epoch = epoch
+        if self._batches is not None:
+            self._batches.set_epoch(epoch)
 
     async def __aiter__(self) -> AsyncIterator[Batch]:
-        iterator = iter(self.batches)
+        iterator = iter(await self.prepare())
         try:
             while True:
                 batch = await asyncio.to_thread(next, iterator, None)
@@ -392,6 +409,11 @@ class AsyncBatches:
         finally:
             with suppress(ValueError):  # still running on its thread (cancelled): it ends there
                 iterator.close()  # type: ignore[attr-defined]
+
+
+def abatches(datasets: Sequence[Any], batch_size: int = 4096, **options: Any) -> AsyncBatches:
+    """:func:`batches` as an async iterable: ``async for batch in abatches(...)``."""
+    return AsyncBatches(partial(batches, datasets, batch_size, **options))
 
 
 def _rebuild(options: dict[str, Any]) -> Batches:
@@ -498,7 +520,8 @@ def _obs_frame(datasets: list[Any], columns: tuple[str, ...]) -> pd.DataFrame:
                     f"{dataset.source}: no obs column {column!r} "
                     f"(columns: {', '.join(map(str, available)) or 'none'})"
                 )
-        frame = pd.DataFrame({c: dataset.obs[c].to_numpy() for c in columns})
+        # the columns' own arrays: categoricals and nullable dtypes stay as anndata reads them
+        frame = pd.DataFrame({c: dataset.obs[c].array for c in columns})
         frame.index = dataset.obs.index
         frames.append(frame)
     return frames[0] if len(frames) == 1 else pd.concat(frames)
@@ -615,4 +638,4 @@ def _mib(n: float) -> str:
     return f"{n / 2**20:,.1f} MiB"
 
 
-__all__ = ["AsyncBatches", "Batch", "Batches", "batches", "split"]
+__all__ = ["AsyncBatches", "Batch", "Batches", "abatches", "batches", "split"]

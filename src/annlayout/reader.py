@@ -26,7 +26,7 @@ import scipy.sparse as sp
 from annlayout.copies import copy_group, stale_reason
 from annlayout.encodings import SPARSE_ENCODINGS, attr, encoding_of, is_group, sparse_shape
 from annlayout.errors import NotAnnDataError
-from annlayout.loader import AsyncBatches, Batches, batches
+from annlayout.loader import AsyncBatches, Batches, abatches, batches
 from annlayout.remote import codec_pipeline_for
 from annlayout.stores import check_anndata_root, open_store
 
@@ -63,8 +63,9 @@ class Dataset:
         return batches([self], batch_size, **options)
 
     def abatches(self, batch_size: int = 4096, **options: Any) -> AsyncBatches:
-        """:meth:`batches` as an async iterable on the caller's event loop."""
-        return batches([self], batch_size, **options).aiter()
+        """:meth:`batches` as an async iterable on the caller's event loop (the store is
+        read on worker threads, the loop never waits for it)."""
+        return abatches([self], batch_size, **options)
 
     @cached_property
     def obs(self) -> Frame:
