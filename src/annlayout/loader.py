@@ -316,23 +316,34 @@ class Batches:
     def iter_worker(self, worker: int = 0, num_workers: int = 1) -> Iterator[Batch]:
         """The batches of one worker of ``num_workers`` (what ``iter()`` gives inside a
         DataLoader worker), in this rank: for tests and for launchers of one's own."""
-        share = self._share(worker, num_workers)
         rng = np.random.default_rng([self.seed, self.epoch, self.rank, worker, num_workers])
-        pieces = _read_ahead(self._groups(share), lambda group: self._read(group, rng))
-        return self._cut(pieces)
+        buffers = self.buffers(worker, num_workers)
+        return self._cut(_read_ahead(buffers, lambda buffer: self._read(buffer, rng)))
 
-    def _read(self, group: np.ndarray, rng: np.random.Generator) -> _Piece:
-        """A buffer: its blocks' rows read in store order (one coalesced read per store),
-        then permuted in memory when shuffling."""
-        bounds = self._blocks[np.sort(group)]
-        parts = []
-        for source in np.unique(bounds[:, 0]).tolist():
-            mine = bounds[bounds[:, 0] == source]
-            mine = mine[np.argsort(mine[:, 1])]
-            rows = np.concatenate([np.arange(a, b) for _, a, b in mine.tolist()])
-            x = self.matrices[source].take(rows)
-            parts.append(_Piece(x, rows, np.full(rows.size, source, np.int32)))
-        piece = _concat(parts)
+    def buffers(self, worker: int = 0, num_workers: int = 1) -> list[list[tuple[int, np.ndarray]]]:
+        """What one worker reads this epoch, buffer by buffer: per store (its position in
+        the datasets given), the rows read together, sorted (each chunk read once)."""
+        found = []
+        for group in self._groups(self._share(worker, num_workers)):
+            bounds = self._blocks[group]
+            buffer = []
+            for source in np.unique(bounds[:, 0]).tolist():
+                mine = bounds[bounds[:, 0] == source]
+                mine = mine[np.argsort(mine[:, 1])]
+                rows = np.concatenate([np.arange(a, b) for _, a, b in mine.tolist()])
+                buffer.append((source, rows))
+            found.append(buffer)
+        return found
+
+    def _read(self, buffer: list[tuple[int, np.ndarray]], rng: np.random.Generator) -> _Piece:
+        """A buffer's rows, one coalesced read per store, then permuted in memory when
+        shuffling."""
+        piece = _concat(
+            [
+                _Piece(self.matrices[source].take(rows), rows, np.full(rows.size, source, np.int32))
+                for source, rows in buffer
+            ]
+        )
         if self.shuffle:
             order = rng.permutation(len(piece))
             piece = _Piece(piece.X[order], piece.index[order], piece.source[order])
@@ -375,23 +386,26 @@ class AsyncBatches:
     read and decoded, and zarr's own loop is never entered from the caller's thread."""
 
     def __init__(self, make: Callable[[], Batches]):
-        self._make, self._batches = make, None
+        self._make = make
+        self._batches: Batches | None = None
         self._epoch: int | None = None
 
     async def prepare(self) -> Batches:
         """The :class:`Batches` behind this (made on a worker thread on first use)."""
-        if self._batches is None:
-            self._batches = await asyncio.to_thread(self._make)
+        made = self._batches
+        if made is None:
+            made = self._batches = await asyncio.to_thread(self._make)
         if self._epoch is not None:
-            self._batches.set_epoch(self._epoch)
-        return self._batches
+            made.set_epoch(self._epoch)
+        return made
 
     def __len__(self) -> int:
         """Batches per epoch; reads the store's offsets here if no iteration has (from a
         coroutine, ``await prepare()`` first)."""
-        if self._batches is None:
-            self._batches = self._make()
-        return len(self._batches)
+        made = self._batches
+        if made is None:
+            made = self._batches = self._make()
+        return len(made)
 
     def set_epoch(self, epoch: int) -> None:
         self._epoch = epoch
@@ -432,7 +446,7 @@ class _Failed:
 _END = object()
 
 
-def _read_ahead(groups: list[np.ndarray], read: Any) -> Iterator[_Piece]:
+def _read_ahead(groups: list[Any], read: Callable[[Any], _Piece]) -> Iterator[_Piece]:
     """``read(group)`` for each group on a background thread, at most one buffer ahead of
     the one the caller holds; a read's error is raised here, in order: no gap is skipped."""
     if not groups:
