@@ -68,17 +68,21 @@ class Batch:
 
 @dataclass
 class _Piece:
-    """Rows read and (when shuffling) permuted, before they are cut into batches."""
+    """Rows read, before they are cut into batches; ``order``: the shuffled order they are
+    taken in (None: as stored). Each batch takes its rows straight from the buffer, so the
+    rows are copied once, not permuted as a whole and then sliced."""
 
     X: Any
     index: np.ndarray
     source: np.ndarray
+    order: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.index.size)
 
     def __getitem__(self, rows: slice) -> _Piece:
-        return _Piece(self.X[rows], self.index[rows], self.source[rows])
+        taken = rows if self.order is None else self.order[rows]
+        return _Piece(self.X[taken], self.index[taken], self.source[taken])
 
 
 def split(n_blocks: int, *, rank: int, world_size: int, worker: int, num_workers: int) -> slice:
@@ -336,8 +340,8 @@ class Batches:
         return found
 
     def _read(self, buffer: list[tuple[int, np.ndarray]], rng: np.random.Generator) -> _Piece:
-        """A buffer's rows, one coalesced read per store, then permuted in memory when
-        shuffling."""
+        """A buffer's rows, one coalesced read per store, with the order its batches take
+        them in when shuffling."""
         piece = _concat(
             [
                 _Piece(self.matrices[source].take(rows), rows, np.full(rows.size, source, np.int32))
@@ -345,8 +349,7 @@ class Batches:
             ]
         )
         if self.shuffle:
-            order = rng.permutation(len(piece))
-            piece = _Piece(piece.X[order], piece.index[order], piece.source[order])
+            piece.order = rng.permutation(len(piece))
         return piece
 
     def _cut(self, pieces: Iterator[_Piece]) -> Iterator[Batch]:
