@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import pickle
+import subprocess
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -22,7 +24,7 @@ import annlayout
 from annlayout.errors import ChunkReadError, LoaderError
 from annlayout.loader import Batches, batches, split
 
-from .conftest import read_any
+from .conftest import SHIPPED, output_name, read_any
 from .test_corpus import CORPUS, READABLE
 
 OBS = ["cell_type", "batch", "n_genes"]
@@ -30,17 +32,13 @@ OBS = ["cell_type", "batch", "n_genes"]
 
 @pytest.fixture(scope="module")
 def paths(stores, tmp_path_factory) -> dict[str, Path]:
-    """anndata's own h5ad, zarr v2 and v3, and shipped layouts: sharded zarr v3
-    (ml-minibatch, 16 rows per chunk), two orientations (cell-browser), deflated h5ad."""
+    """anndata's own h5ad, zarr v2 and v3, and every shipped layout: sharded zarr v3
+    (ml-minibatch, 16 rows per chunk), two orientations (cell-browser), deflated h5ad, ..."""
     root = tmp_path_factory.mktemp("loader")
     found = dict(stores)
-    for layout, name in [
-        ("ml-minibatch", "ml.zarr"),
-        ("cell-browser", "browser.zarr"),
-        ("h5ad-gzip", "gzip.h5ad"),
-    ]:
-        annlayout.apply(layout, stores["h5ad"], root / name, small_element=0)
-        found[layout] = root / name
+    for layout in SHIPPED:
+        found[layout] = root / output_name(layout).replace("out", layout)
+        annlayout.apply(layout, stores["h5ad"], found[layout], small_element=0)
     return found
 
 
@@ -153,9 +151,7 @@ def test_drop_last_yields_full_batches_only(paths):
 # -- contents ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "store", ["h5ad", "zarr2", "zarr3", "ml-minibatch", "cell-browser", "h5ad-gzip"]
-)
+@pytest.mark.parametrize("store", ["h5ad", "zarr2", "zarr3", *SHIPPED])
 def test_batches_equal_anndatas_read_of_their_rows(paths, expected, store):
     data = annlayout.open(paths[store])
     for batch in data.batches(100, obs=OBS, seed=5):
@@ -197,6 +193,12 @@ def test_several_stores_read_as_one_record_each_rows_source(paths, expected):
         assert list(batch.obs["cell_type"]) == list(expected.obs["cell_type"].iloc[batch.index])
         mixed += len(set(batch.source.tolist())) == 2
     assert mixed  # the stores' blocks are shuffled together
+
+
+def test_annlayout_loader_needs_no_import_of_its_own():
+    code = "import annlayout; print(annlayout.loader.batches.__name__)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "batches"
 
 
 def test_memory_bounds_the_buffers_and_reads_run_one_buffer_ahead(paths):
@@ -390,3 +392,44 @@ def test_a_csc_only_matrix_is_refused_with_the_reason(tmp_path, expected):
     csc.write_h5ad(tmp_path / "csc.h5ad")
     with pytest.raises(LoaderError, match=r"CSC only, so every block of rows would read all of it"):
         annlayout.open(tmp_path / "csc.h5ad").batches(10)
+
+
+def test_under_torch_it_is_an_iterable_dataset_split_by_worker_and_rank(paths, monkeypatch):
+    """torch is not installed here: a stand-in with the three things the loader uses
+    (IterableDataset, get_worker_info, an initialised torch.distributed) checks that it
+    subclasses the one, reads its share from the others, and pickles into a worker."""
+    import types
+
+    import annlayout.loader as loader_module
+
+    torch = types.ModuleType("torch")
+    torch.utils = types.ModuleType("torch.utils")
+    torch.utils.data = types.ModuleType("torch.utils.data")
+    torch.distributed = types.ModuleType("torch.distributed")
+
+    class IterableDataset:
+        pass
+
+    torch.utils.data.IterableDataset = IterableDataset
+    torch.utils.data.get_worker_info = lambda: types.SimpleNamespace(id=1, num_workers=2)
+    torch.distributed.is_available = lambda: True
+    torch.distributed.is_initialized = lambda: True
+    torch.distributed.get_rank = lambda: 1
+    torch.distributed.get_world_size = lambda: 3
+    modules = {"torch": torch, "torch.utils": torch.utils, "torch.utils.data": torch.utils.data,
+               "torch.distributed": torch.distributed}  # fmt: skip
+    for name, module in modules.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    monkeypatch.setattr(loader_module, "_TORCH_BATCHES", None)
+
+    data = annlayout.open(paths["zarr3"])
+    under_torch = data.batches(40, seed=2, block=20)
+    assert isinstance(under_torch, IterableDataset) and isinstance(under_torch, Batches)
+    assert (under_torch.rank, under_torch.world_size) == (1, 3)
+    got = [b.index for b in under_torch]
+    want = [b.index for b in under_torch.iter_worker(1, 2)]
+    assert len(got) == len(want) == len(under_torch) and len(got) > 0
+    assert all(np.array_equal(a, b) for a, b in zip(got, want, strict=True))
+    copy = pickle.loads(pickle.dumps(under_torch))
+    assert isinstance(copy, IterableDataset)
+    assert all(np.array_equal(a.index, b) for a, b in zip(copy, want, strict=True))

@@ -58,6 +58,9 @@ _LAZY = {
     "append": "annlayout.appending",
 }
 
+#: Submodules used as namespaces (``annlayout.loader.batches``), imported when first named.
+_SUBMODULES = {"loader"}
+
 
 def __getattr__(name: str) -> Any:
     if name == "__version__":
@@ -66,6 +69,8 @@ def __getattr__(name: str) -> Any:
         value = package_version()
     elif name in _LAZY:
         value = getattr(import_module(_LAZY[name]), name)
+    elif name in _SUBMODULES:  # ``annlayout.loader.batches(...)`` without importing it first
+        value = import_module(f"annlayout.{name}")
     else:
         raise AttributeError(f"module 'annlayout' has no attribute {name!r}")
     globals()[name] = value
