@@ -181,6 +181,22 @@ def test_numpy_output_and_layers_and_a_dense_store(tmp_path, paths, expected):
     assert sorted(np.concatenate([b.index for b in rows]).tolist()) == list(range(dense.n_obs))
 
 
+def test_unchunked_values_are_read_in_blocks_of_their_own(tmp_path, expected):
+    """A contiguous h5ad dataset (anndata's dense X) has no chunks to follow: blocks of
+    UNCHUNKED_BLOCK rows, not the whole matrix as one block."""
+    from annlayout.loader import UNCHUNKED_BLOCK
+
+    dense = expected.copy()
+    dense.X = dense.X.toarray()
+    dense.write_h5ad(tmp_path / "dense.h5ad")
+    data = annlayout.open(tmp_path / "dense.h5ad")
+    assert data.X.chunk_starts() is None
+    loader = data.batches(50, shuffle=False, buffer=1)
+    sizes = [rows.size for [(_, rows)] in loader.buffers()]
+    assert sizes == [UNCHUNKED_BLOCK, dense.n_obs - UNCHUNKED_BLOCK]
+    assert np.array_equal(np.concatenate([b.X for b in loader]), dense.X)
+
+
 def test_several_stores_read_as_one_record_each_rows_source(paths, expected):
     first, second = annlayout.open(paths["h5ad"]), annlayout.open(paths["ml-minibatch"])
     loader = annlayout.loader.batches([first, second], 90, obs=["cell_type"], seed=4)

@@ -63,6 +63,7 @@ _SUBMODULES = {"loader"}
 
 
 def __getattr__(name: str) -> Any:
+    value: Any
     if name == "__version__":
         from annlayout.version import package_version
 

@@ -45,6 +45,9 @@ OUTPUTS = ("scipy", "numpy", "torch", "jax")
 #: a buffer holds at least this many batches' rows when ``buffer`` is not given (memory
 #: permitting): annbatch's defaults (32 blocks of 512 rows) hold 4 batches of 4096
 BUFFER_BATCHES = 8
+#: rows per block where the values are not chunked (contiguous h5ad datasets): any run of
+#: rows reads alone there, and annbatch's default block is as long
+UNCHUNKED_BLOCK = 512
 #: buffers alive at once: the one being consumed, the one read ahead, and the copies a read
 #: (chunks decoded, then concatenated) or the in-memory shuffle makes of the newest
 BUFFERS_HELD = 3
@@ -119,7 +122,8 @@ def batches(
     """Minibatches over the rows of ``datasets`` (``annlayout.open`` handles) read as one.
 
     - ``block``: rows per contiguous read (default: the rows of one chunk of the store's
-      row-major data, so blocks are whole chunks);
+      row-major data, so blocks are whole chunks; ``UNCHUNKED_BLOCK`` rows where the data
+      are not chunked);
     - ``buffer``: blocks read together and shuffled in memory (default: enough for
       ``BUFFER_BATCHES`` batches), fewer where ``memory`` says so;
     - ``obs``: obs columns each batch carries; ``layer``: a layer instead of X;
@@ -238,10 +242,10 @@ class Batches:
         found, sizes = [], []
         for number, matrix in enumerate(self.matrices):
             n = matrix.shape[0]
-            if block is None:
-                starts = matrix.chunk_starts()
-            else:
-                starts = np.unique(np.concatenate([np.arange(0, n, block), [0, n]]))
+            starts = matrix.chunk_starts() if block is None else None
+            if starts is None:
+                length = block or UNCHUNKED_BLOCK
+                starts = np.unique(np.concatenate([np.arange(0, n, length), [0, n]]))
             if n == 0:
                 continue
             bounds = np.stack([np.full(starts.size - 1, number), starts[:-1], starts[1:]], 1)

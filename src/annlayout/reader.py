@@ -358,22 +358,26 @@ class Matrix:
         """The row offsets of a sparse matrix's CSR orientation, in memory."""
         return self._orientations["csr"][1]
 
-    def chunk_starts(self) -> np.ndarray:
+    def chunk_starts(self) -> np.ndarray | None:
         """The rows at which the row-major chunks begin, with 0 and the row count: for a
         sparse matrix, the first row whose nonzeros start in each chunk of its CSR
         ``data``; for a dense one, every chunk's first row. Rows between two of them read
-        whole chunks (a row straddling two chunks belongs to the first)."""
+        whole chunks (a row straddling two chunks belongs to the first). None where the
+        values are not chunked (a contiguous h5py dataset: any run of rows reads alone)."""
         n = self.shape[0]
         if self.encoding in SPARSE_ENCODINGS:
             if "csr" not in self._orientations:
                 return np.array([0, n])
             arrays, indptr = self._orientations["csr"]
             length, nnz = arrays.chunk_len("data"), int(indptr[-1])
+            if length is None:
+                return None
             starts = np.searchsorted(indptr[:-1], np.arange(0, nnz, max(1, length)))
         else:
             chunks = getattr(self._node, "chunks", None)
-            length = int(chunks[0]) if chunks else n
-            starts = np.arange(0, n, max(1, length))
+            if not chunks:
+                return None
+            starts = np.arange(0, n, max(1, int(chunks[0])))
         return np.unique(np.concatenate([starts, [0, n]])).astype(np.int64)
 
     @property
@@ -482,15 +486,16 @@ class _Arrays:
             self._readers[name] = chunk_reader(array) or h5_reader(array)
             self._arrays[name] = array  # last: another thread takes it as opened
 
-    def chunk_len(self, name: str) -> int:
-        """Positions per chunk of ``name`` as its reader reads them (a shard's inner chunk)."""
+    def chunk_len(self, name: str) -> int | None:
+        """Positions per chunk of ``name`` (a shard's inner chunk); None for a contiguous
+        h5py dataset, which has none."""
         if name not in self._arrays:
             self._open(name)
-        reader = self._readers[name]
-        if reader is not None:
-            return int(reader.chunk_len)
         chunks = getattr(self._arrays[name], "chunks", None)
-        return int(chunks[0]) if chunks else int(self._arrays[name].shape[0])
+        if not chunks:
+            return None
+        reader = self._readers[name]
+        return int(reader.chunk_len) if reader is not None else int(chunks[0])
 
     def warm(self) -> None:
         """Open both arrays and read every shard index now rather than on the first read."""
