@@ -129,7 +129,8 @@ def batches(
     - ``obs``: obs columns each batch carries; ``layer``: a layer instead of X;
     - ``rank``/``world_size``: this process's share (default: torch.distributed's when it
       is initialised, else the whole); DataLoader workers split a rank's share further;
-    - ``memory``: bytes (or ``"1GiB"``) the buffers in flight may hold;
+    - ``memory``: bytes (or ``"1GiB"``) the buffers in flight may hold (X as read: a dense
+      ``output`` adds its batch on top);
     - ``output``: ``scipy`` (CSR; an array for a dense store), ``numpy`` (dense),
       ``torch`` or ``jax``; ``device``: where torch or jax puts X.
 
