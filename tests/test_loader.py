@@ -141,11 +141,23 @@ def test_the_order_is_fixed_by_seed_and_epoch(paths):
     assert np.mean(np.abs(np.diff(first)) == 1) < 0.2
 
 
-def test_drop_last_yields_full_batches_only(paths):
+def test_drop_last_yields_full_batches_only_and_as_many_on_every_rank(paths):
     data = annlayout.open(paths["zarr2"])
     loader = data.batches(128, drop_last=True)
     sizes = [len(b) for b in loader]
     assert sizes == [128] * (data.shape[0] // 128) == [128] * len(loader)
+    # blocks of 7 rows over 3 ranks: unequal shares, but ranks must step together
+    seen, counts = [], []
+    for rank in range(3):
+        ranked = data.batches(20, drop_last=True, block=7, rank=rank, world_size=3, seed=1)
+        for worker in range(2):
+            got = [b.index for b in ranked.iter_worker(worker, 2)]
+            assert [len(b) for b in got] == [20] * ranked.count(worker, 2)
+            seen += got
+        counts.append(ranked.count(0, 2) + ranked.count(1, 2))
+    assert len(set(counts)) == 1 and counts[0] > 0
+    together = np.concatenate(seen)
+    assert together.size == np.unique(together).size  # nothing twice
 
 
 # -- contents ----------------------------------------------------------------------------

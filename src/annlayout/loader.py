@@ -312,10 +312,25 @@ class Batches:
         return self.count(*self._worker())
 
     def count(self, worker: int = 0, num_workers: int = 1) -> int:
-        """Batches one worker of ``num_workers`` yields in this rank per epoch."""
-        share = self._share(worker, num_workers)
-        rows = int(np.sum(self._blocks[share, 2] - self._blocks[share, 1]))
-        return rows // self.batch_size if self.drop_last else -(-rows // self.batch_size)
+        """Batches one worker of ``num_workers`` yields in this rank per epoch. With
+        ``drop_last``, every rank yields as many full batches as the rank with the fewest:
+        distributed training steps together (DDP waits for every rank at each step)."""
+        order = self._order()
+
+        def rows(rank: int) -> int:
+            where = split(
+                order.size,
+                rank=rank,
+                world_size=self.world_size,
+                worker=worker,
+                num_workers=num_workers,
+            )
+            share = order[where]
+            return int(np.sum(self._blocks[share, 2] - self._blocks[share, 1]))
+
+        if not self.drop_last:
+            return -(-rows(self.rank) // self.batch_size)
+        return min(rows(rank) for rank in range(self.world_size)) // self.batch_size
 
     # -- iteration ----------------------------------------------------------------------
 
@@ -327,7 +342,10 @@ class Batches:
         DataLoader worker), in this rank: for tests and for launchers of one's own."""
         rng = np.random.default_rng([self.seed, self.epoch, self.rank, worker, num_workers])
         buffers = self.buffers(worker, num_workers)
-        return self._cut(_read_ahead(buffers, lambda buffer: self._read(buffer, rng)))
+        batches = self._cut(_read_ahead(buffers, lambda buffer: self._read(buffer, rng)))
+        if not self.drop_last:
+            return batches
+        return _first(batches, self.count(worker, num_workers))
 
     def buffers(self, worker: int = 0, num_workers: int = 1) -> list[list[tuple[int, np.ndarray]]]:
         """What one worker reads this epoch, buffer by buffer: per store (its position in
@@ -493,6 +511,17 @@ def _read_ahead(groups: list[Any], read: Callable[[Any], _Piece]) -> Iterator[_P
 
 
 # -- helpers -----------------------------------------------------------------------------
+
+
+def _first(batches: Iterator[Batch], limit: int) -> Iterator[Batch]:
+    """The first ``limit`` batches; then the rest is abandoned (its read-ahead stopped)."""
+    try:
+        for number, batch in enumerate(batches):
+            if number >= limit:
+                return
+            yield batch
+    finally:
+        batches.close()  # type: ignore[attr-defined]
 
 
 def _matrix(dataset: Any, layer: str | None) -> Any:
