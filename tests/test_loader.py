@@ -397,6 +397,9 @@ def test_bad_arguments_are_one_line_errors(paths, tmp_path):
         "output='torch' needs torch": lambda: data.batches(output="torch"),
         "memory='1KiB'": lambda: data.batches(memory="1KiB"),
         "output='sparse'": lambda: data.batches(output="sparse"),
+        "device='cuda'": lambda: data.batches(device="cuda"),
+        "'x.zarr' is not a store opened by annlayout.open": lambda: batches(["x.zarr"]),
+        "world_size=0": lambda: data.batches(world_size=0),
     }
     for needle, call in cases.items():
         with pytest.raises(LoaderError) as caught:

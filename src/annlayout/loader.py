@@ -188,9 +188,17 @@ class Batches:
         if output not in OUTPUTS:
             raise LoaderError(f"output={output!r}: expected one of {', '.join(OUTPUTS)}")
         _check_extra(output)
+        if device is not None and output not in ("torch", "jax"):
+            raise LoaderError(f"device={device!r}: needs output='torch' or output='jax'")
         datasets = list(datasets)
         if not datasets:
             raise LoaderError("batches: no datasets given")
+        for dataset in datasets:
+            if not hasattr(dataset, "X") or not hasattr(dataset, "source"):
+                raise LoaderError(
+                    f"batches: {dataset!r} is not a store opened by annlayout.open "
+                    "(give annlayout.open(location) for each)"
+                )
         rank, world_size = _distributed(rank, world_size)
         split(0, rank=rank, world_size=world_size, worker=0, num_workers=1)  # checks rank
         self._options = {
