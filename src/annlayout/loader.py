@@ -8,15 +8,16 @@ This module does that on annlayout's reader:
   ``Matrix.chunk_starts``) in an order drawn from ``(seed, epoch)``, split between ranks
   and DataLoader workers (:func:`split`: each block goes to exactly one of them);
 - a *buffer* of blocks is read together through the reader's coalesced chunk reads (sorted
-  rows: each chunk fetched and decoded once, on the read pool's threads), its rows shuffled
-  in memory, and cut into batches; rows left over at the end of a buffer open the next
-  batch, so every batch but the last of an epoch is full;
+  rows: each chunk fetched and decoded once, on the read pool's threads), and batches take
+  its rows in a shuffled order; rows left over at the end of a buffer open the next batch,
+  so every batch but the last of an epoch is full (with ``drop_last``, every rank yields
+  as many full batches);
 - the next buffer is read on a background thread while the current one is consumed, at most
   one buffer ahead, both within ``memory=``.
 
-The async form (:meth:`Batches.aiter`) runs the same iterator on worker threads, one
-``next`` at a time, so the caller's event loop never blocks and never enters zarr's own
-loop. This module sits below the reader: it takes datasets and reads them through their
+The async form (:func:`abatches`, :meth:`Batches.aiter`) makes the loader and runs the same
+iterator on worker threads, one ``next`` at a time, so the caller's event loop never blocks
+and never enters zarr's own loop (a sync core offloaded, not a second async read path). This module sits below the reader: it takes datasets and reads them through their
 matrices' methods (``take``, ``chunk_starts``), so the reader can offer ``Dataset.batches``.
 """
 
