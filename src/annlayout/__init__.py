@@ -58,14 +58,20 @@ _LAZY = {
     "append": "annlayout.appending",
 }
 
+#: Submodules used as namespaces (``annlayout.loader.batches``), imported when first named.
+_SUBMODULES = {"loader"}
+
 
 def __getattr__(name: str) -> Any:
+    value: Any
     if name == "__version__":
         from annlayout.version import package_version
 
         value = package_version()
     elif name in _LAZY:
         value = getattr(import_module(_LAZY[name]), name)
+    elif name in _SUBMODULES:  # ``annlayout.loader.batches(...)`` without importing it first
+        value = import_module(f"annlayout.{name}")
     else:
         raise AttributeError(f"module 'annlayout' has no attribute {name!r}")
     globals()[name] = value

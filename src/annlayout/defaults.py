@@ -11,5 +11,8 @@ MEMORY = "2GiB"
 VERIFY_MEMORY = "512MiB"
 #: ``apply --whole-below``: smaller elements go through anndata whole (strings, uns, ...).
 WHOLE_BELOW = "16MiB"
+#: ``batches(memory=)``: the training loader's buffers in flight (consumed, read ahead, being
+#: made): 3 buffers of 64k cells at 300 nonzeros each, with room to spare.
+LOADER_MEMORY = "1GiB"
 
-__all__ = ["MEMORY", "VERIFY_MEMORY", "WHOLE_BELOW"]
+__all__ = ["LOADER_MEMORY", "MEMORY", "VERIFY_MEMORY", "WHOLE_BELOW"]

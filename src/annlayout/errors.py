@@ -45,6 +45,10 @@ class ChunkReadError(AnnlayoutError, ValueError):
     """A chunk or shard index read by byte range is corrupt or has the wrong size."""
 
 
+class LoaderError(AnnlayoutError, ValueError):
+    """A training loader cannot be made as asked (an option, a column, a store without X)."""
+
+
 class BenchError(AnnlayoutError, RuntimeError):
     """A benchmark could not run, or a reader gave a wrong answer."""
 
@@ -72,6 +76,7 @@ __all__ = [
     "ElementReadError",
     "IntegrityError",
     "LayoutError",
+    "LoaderError",
     "NotAnnDataError",
     "PlanError",
 ]

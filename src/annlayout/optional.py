@@ -13,6 +13,8 @@ EXTRAS = {
     "dask": ("dask", "distributed"),
     "s3": ("obstore", "fsspec", "s3fs"),
     "bench": ("dask", "xarray"),
+    "torch": ("torch",),
+    "jax": ("jax",),
 }
 
 

@@ -11,9 +11,10 @@ cannot), not row by row. obs and var names are read only for selections by name.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
@@ -26,6 +27,7 @@ import scipy.sparse as sp
 from annlayout.copies import copy_group, stale_reason
 from annlayout.encodings import SPARSE_ENCODINGS, attr, encoding_of, is_group, sparse_shape
 from annlayout.errors import NotAnnDataError
+from annlayout.loader import AsyncBatches, Batches, abatches, batches
 from annlayout.remote import codec_pipeline_for
 from annlayout.stores import check_anndata_root, open_store
 
@@ -50,6 +52,21 @@ class Dataset:
 
     def __repr__(self) -> str:
         return f"annlayout.Dataset({self.source!r}, shape={self.shape})"
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        """Pickled as its location and opened again where it is unpickled (a DataLoader
+        worker started by spawn): store handles (h5py files) do not cross processes."""
+        return open, (self.source,)
+
+    def batches(self, batch_size: int = 4096, **options: Any) -> Batches:
+        """Shuffled minibatches of X (or ``layer=``) for training: see
+        :func:`annlayout.loader.batches` for the options."""
+        return batches([self], batch_size, **options)
+
+    def abatches(self, batch_size: int = 4096, **options: Any) -> AsyncBatches:
+        """:meth:`batches` as an async iterable on the caller's event loop (the store is
+        read on worker threads, the loop never waits for it)."""
+        return abatches([self], batch_size, **options)
 
     @cached_property
     def obs(self) -> Frame:
@@ -334,6 +351,57 @@ class Matrix:
             raise TypeError(f"{self._node.name}: cannot select from a {self.encoding} element")
         return _dense_take(self._node, rows, cols)
 
+    async def aread(self, rows: Any, cols: Any = slice(None)) -> Any:
+        """``self[rows, cols]`` awaited: read on a worker thread, so the caller's event loop
+        keeps running and zarr's own loop is never entered from it."""
+        return await asyncio.to_thread(self.__getitem__, (rows, cols))
+
+    def take(self, rows: np.ndarray) -> Any:
+        """Rows at sorted, distinct positions with every column (the loader's buffers):
+        CSR for a sparse matrix, an array else."""
+        if self.encoding in SPARSE_ENCODINGS:
+            return self._sparse(rows, np.arange(self.shape[1]))
+        if self.encoding != "array":
+            raise TypeError(f"{self._node.name}: cannot select from a {self.encoding} element")
+        runs = _runs(rows, rows + 1)
+        if not runs:
+            return np.zeros((0, *self.shape[1:]), self.dtype)
+        return np.concatenate([np.asarray(self._node[a:b]) for a, b in runs])
+
+    @property
+    def orientations(self) -> Sequence[str]:
+        """The orientations a read may use: ``csr``/``csc`` (a stale copy left out), or
+        ``dense``."""
+        if self.encoding not in SPARSE_ENCODINGS:
+            return ("dense",)
+        return tuple(self._orientations)
+
+    def indptr(self) -> np.ndarray:
+        """The row offsets of a sparse matrix's CSR orientation, in memory."""
+        return self._orientations["csr"][1]
+
+    def chunk_starts(self) -> np.ndarray | None:
+        """The rows at which the row-major chunks begin, with 0 and the row count: for a
+        sparse matrix, the first row whose nonzeros start in each chunk of its CSR
+        ``data``; for a dense one, every chunk's first row. Rows between two of them read
+        whole chunks (a row straddling two chunks belongs to the first). None where the
+        values are not chunked (a contiguous h5py dataset: any run of rows reads alone)."""
+        n = self.shape[0]
+        if self.encoding in SPARSE_ENCODINGS:
+            if "csr" not in self._orientations:
+                return np.array([0, n])
+            arrays, indptr = self._orientations["csr"]
+            length, nnz = arrays.chunk_len("data"), int(indptr[-1])
+            if length is None:
+                return None
+            starts = np.searchsorted(indptr[:-1], np.arange(0, nnz, max(1, length)))
+        else:
+            chunks = getattr(self._node, "chunks", None)
+            if not chunks:
+                return None
+            starts = np.arange(0, n, max(1, int(chunks[0])))
+        return np.unique(np.concatenate([starts, [0, n]])).astype(np.int64)
+
     @property
     def dtype(self) -> np.dtype:
         values = self._node["data"] if self.encoding in SPARSE_ENCODINGS else self._node
@@ -439,6 +507,17 @@ class _Arrays:
                 array = self.group[name]
             self._readers[name] = chunk_reader(array) or h5_reader(array)
             self._arrays[name] = array  # last: another thread takes it as opened
+
+    def chunk_len(self, name: str) -> int | None:
+        """Positions per chunk of ``name`` (a shard's inner chunk); None for a contiguous
+        h5py dataset, which has none."""
+        if name not in self._arrays:
+            self._open(name)
+        chunks = getattr(self._arrays[name], "chunks", None)
+        if not chunks:
+            return None
+        reader = self._readers[name]
+        return int(reader.chunk_len) if reader is not None else int(chunks[0])
 
     def warm(self) -> None:
         """Open both arrays and read every shard index now rather than on the first read."""
