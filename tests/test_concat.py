@@ -311,6 +311,23 @@ def test_concat_killed_leaves_nothing_and_a_rerun_succeeds(tmp_path):
     assert (sp.vstack([X, X]).tocsr()[order] != got.X).nnz == 0
 
 
+def test_the_inputs_fingerprint_sees_a_change_inside_a_zarr_input(collection, tmp_path):
+    """--resume continues only from the same inputs: a zarr input changed inside its
+    directory (its top directory's size and time unchanged) is other inputs."""
+    from annlayout.concatenate import inputs_fingerprint
+
+    paths, _ = collection
+    store = tmp_path / "part.zarr"
+    shutil.copytree(paths[1], store)
+    before = inputs_fingerprint([paths[0], store], join="inner")
+    assert inputs_fingerprint([paths[0], store], join="inner") == before
+    chunk = next(p for p in sorted((store / "X").rglob("*")) if p.is_file() and "data" in str(p))
+    top = store.stat().st_mtime_ns
+    chunk.write_bytes(chunk.read_bytes()[::-1])  # same size, other values
+    assert store.stat().st_mtime_ns == top
+    assert inputs_fingerprint([paths[0], store], join="inner") != before
+
+
 def test_what_cannot_fit_is_refused_before_the_inputs_are_combined(
     collection, tmp_path, monkeypatch
 ):

@@ -25,7 +25,6 @@ counted in the result's notes. ``label``, ``keys`` and ``index_unique`` apply to
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import os
 import shutil
 import time
@@ -47,7 +46,6 @@ from annlayout.concatenate import (
     check_unique_var,
     csr_blocks,
     dense_blocks,
-    inputs_fingerprint,
     open_input,
     small_elements_of,
 )
@@ -72,7 +70,13 @@ from annlayout.rewrite.memory_limits import release_memory
 from annlayout.rewrite.stream import Progress, peak_rss
 from annlayout.rewrite.verify import check_copy
 from annlayout.spec import Layout
-from annlayout.stores import AnnDataStore, consolidate_metadata, detect_format, zarr_store
+from annlayout.stores import (
+    AnnDataStore,
+    consolidate_metadata,
+    detect_format,
+    fingerprint,
+    zarr_store,
+)
 from annlayout.survey import survey_opened
 
 APPEND_SUFFIX = ".annlayout-append"
@@ -766,7 +770,7 @@ def _fingerprint(inputs: Sequence[str | Path], **options: Any) -> str:
     """concat's fingerprint of the inputs (size, mtime, options) with paths resolved, as a
     short digest for the provenance record."""
     located = [path if is_url(path) else Path(path).resolve() for path in inputs]
-    return hashlib.sha256(inputs_fingerprint(located, **options).encode()).hexdigest()
+    return fingerprint(located, **options)
 
 
 # --------------------------------------------------------------------------- verification

@@ -57,6 +57,7 @@ from annlayout.rewrite.execute import Executor, executor_for
 from annlayout.rewrite.stream import ApplyResult, Progress, apply, parse_size, task_location
 from annlayout.spec import load_layout
 from annlayout.stores import check_output_name, footprint
+from annlayout.stores import fingerprint as inputs_fingerprint
 from annlayout.survey import Survey, array_info, survey_adata
 from annlayout.survey_models import ElementInfo
 
@@ -317,19 +318,6 @@ def _holds_progress(scratch: Path) -> bool:
     """The scratch holds what --resume continues from: the combined inputs, or a record of
     how far combining them got."""
     return (scratch / ASSEMBLED_MARKER).exists() or any((scratch / "assembling").glob("*.json"))
-
-
-def inputs_fingerprint(inputs: Sequence[str | Path], **options: Any) -> str:
-    """What the combined inputs were made of: each input's location, size and modification
-    time (a local file or directory; a URL by name), and the options that shape them."""
-    described = []
-    for path in inputs:
-        entry: dict[str, Any] = {"input": str(path)}
-        if not is_url(path):
-            stat = Path(path).stat()
-            entry.update(size=stat.st_size, mtime_ns=stat.st_mtime_ns)
-        described.append(entry)
-    return json.dumps({"inputs": described, **options}, sort_keys=True, default=str)
 
 
 def _order(combined: Any, shuffle: int | None, groupby: str | None) -> np.ndarray | None:

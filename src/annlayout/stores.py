@@ -7,8 +7,11 @@ than each reopening the store: on object storage every open is a round trip.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -80,6 +83,30 @@ def check_output_name(output: str | Path, fmt: str, layout_name: str) -> None:
                 f"name the output *{FORMAT_SUFFIXES[fmt][0]}, or choose a layout that writes "
                 f"{other}"
             )
+
+
+def fingerprint(locations: Sequence[Any], **options: Any) -> str:
+    """A digest of what ``locations`` hold and of ``options``: every file's (or object's)
+    relative path and size, and a local file's modification time. A store changed inside its
+    directory or prefix changes it, so --resume never continues from other inputs. The one
+    fingerprint of inputs: apply's, concat's and append's checkpoints compare it."""
+    described = []
+    for location in locations:
+        files: list[tuple[Any, ...]]
+        if is_url(location):
+            files = sorted(listing(str(location)).items())
+        else:
+            path = Path(location)
+            found = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+            files = [(p.relative_to(path).as_posix(), *_size_and_time(p)) for p in found]
+        described.append({"location": str(location), "files": files})
+    blob = json.dumps({"inputs": described, **options}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _size_and_time(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_size, stat.st_mtime_ns
 
 
 def zarr_store(location: str | Path, *, read_only: bool = True) -> Any:

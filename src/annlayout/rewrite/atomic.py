@@ -89,8 +89,9 @@ def remove(path: Path) -> None:
     raise ApplyError(f"{path}: could not remove it; remove it by hand")
 
 
-class Interrupted(BaseException):
-    """Ctrl-C or SIGTERM arrived; raised between blocks, so no write is left in flight.
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM arrived; raised between blocks, so no write is left in flight. A
+    KeyboardInterrupt, so Python code stopped by either handles it as Ctrl-C.
 
     ``checkpoint``: what the run keeps for ``--resume`` (nothing else is left behind)."""
 

@@ -10,7 +10,6 @@ halfway is run again whole (it writes whole shards, so nothing of it survives ha
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -18,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from annlayout.plan import ArrayPlan
-from annlayout.remote import is_url
 from annlayout.rewrite.blocks import Block
+from annlayout.stores import fingerprint as input_fingerprint
 
 RESUME_SUFFIX = ".annlayout-resume"
 STATE = "prepared.json"
@@ -32,18 +31,9 @@ def resume_dir(output: Path) -> Path:
 
 
 def fingerprint(source: Any, **options: Any) -> str:
-    """The input (every file's path, size and modification time; a URL by name) and the
+    """The input (every file's path and size, a local one's modification time) and the
     options that shape the blocks."""
-    files: list[tuple[str, int, int]] = []
-    if not is_url(str(source)):
-        path = Path(source)
-        found = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-        for item in found:
-            stat = item.stat()
-            files.append((item.relative_to(path).as_posix(), stat.st_size, stat.st_mtime_ns))
-    blob = json.dumps({"source": str(source), "files": files, **options}, sort_keys=True,
-                      default=str)  # fmt: skip
-    return hashlib.sha256(blob.encode()).hexdigest()
+    return input_fingerprint([source], **options)
 
 
 @dataclass
