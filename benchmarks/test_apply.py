@@ -51,11 +51,11 @@ TARGET_TIME_RATIO = 0.5  # annlayout apply --no-verify: at most half of read_h5a
 TARGET_RSS_RATIO = 0.5  # ... with at most half its peak RSS
 
 LAYOUT = "ml-minibatch"
-# ml-minibatch's 16 MiB shards: an int32 -> uint16 indices shard is read (32 MiB), converted
-# (16 MiB) and encoded (~32 MiB): 80 MiB per worker
+# ml-minibatch's 16 MiB shards: an int32 indices shard is read (16 MiB), kept int32 and
+# encoded (~32 MiB): under 64 MiB per worker
 MEMORY = "96MiB"
 BOUND_MEMORY = "64MiB"
-BOUND_SHARDS = "8MiB"  # an 8 MiB uint16 shard of int32 indices needs ~40 MiB
+BOUND_SHARDS = "8MiB"  # an 8 MiB int32 shard of indices needs ~24 MiB
 MIN_X_TO_BUDGET = 4  # the memory-bound check needs X (data + indices + indptr) >= 4x --memory
 RSS_ALLOWANCE = 300 * 10**6  # peak RSS <= budget + 300 MB: interpreter, imports, small elements
 
@@ -96,7 +96,7 @@ annbatch.write_sharded(zarr.open_group(sys.argv[2], mode="w", zarr_format=3), ad
 
 # The floor under any h5ad -> ml-minibatch rewrite, as a whole process like the others: X's
 # data and indices read by their chunks' byte offsets (annlayout.h5_reads, which is os.preadv),
-# indices narrowed to the layout's uint16, both cut into the layout's 16-cell chunks and
+# indices kept int32 (the layout's minimal index dtype), both cut into 16-cell chunks and
 # compressed with its blosc lz4 on every core. Nothing written, no obs/var, no anndata.
 FLOOR_SCRIPT = """\
 import os
@@ -113,8 +113,8 @@ with h5py.File(sys.argv[1], "r") as f:
     readers = [h5_reader(f["X/" + name]) for name in ("data", "indices")]
     n_obs = f["X/indptr"].shape[0] - 1
     data, indices = (reader.read([(0, reader.length)]) for reader in readers)
-if indices.size and indices.max() < 2**16:
-    indices = indices.astype(np.uint16)
+if indices.size and indices.max() < 2**31:
+    indices = indices.astype(np.int32, copy=False)
 per_chunk = max(1, round(16 * data.size / max(1, n_obs)))
 codec = numcodecs.Blosc(cname="lz4", clevel=3, shuffle=numcodecs.Blosc.SHUFFLE)
 pieces = [v[i : i + per_chunk] for v in (data, indices) for i in range(0, v.size, per_chunk)]

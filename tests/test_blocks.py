@@ -61,7 +61,7 @@ def test_one_block_per_shard_sized_with_the_input_and_output_dtypes():
     assert data.unit == indices.unit == shard
     assert data.n_blocks == math.ceil(45_000_000 / shard)
     assert data.peak == shard * (4 + 0 + 2 * 4)  # float32 read, no conversion, encoded
-    assert indices.peak == shard * (4 + 2 + 2 * 2)  # int32 read, converted to uint16, encoded
+    assert indices.peak == shard * (4 + 0 + 2 * 4)  # int32 read, kept int32, encoded
     blocks = list(data.blocks())
     assert [b.start for b in blocks] == list(range(0, 45_000_000, shard))
     assert blocks[-1].stop == 45_000_000 and blocks[0].nbytes == shard * 4

@@ -43,6 +43,37 @@ def one_error(result) -> str:
     return lines[0]
 
 
+# -- what anndata reads from annlayout's stores
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> Path:
+    """The README's demo dataset (annlayout generate's defaults: 5,000 x 2,000)."""
+    from annlayout.datagen import make_dataset
+
+    path = tmp_path_factory.mktemp("demo") / "demo.h5ad"
+    make_dataset(5_000, 2_000).write_h5ad(path)
+    return path
+
+
+@pytest.mark.parametrize("layout", ["ml-minibatch", "cell-browser", "archive", "analysis"])
+def test_anndata_selects_genes_from_every_layouts_store(demo, tmp_path, layout):
+    """A store's index arrays are handed by anndata to scipy as stored: uint16 indices (the
+    minimal dtype once) crashed the process on the README demo's adata[rows, genes], or gave
+    wrong values. Run in a child, so a crash is a failure and not the end of the suite."""
+    output = tmp_path / "out.zarr"
+    annlayout.apply(layout, demo, output)
+    code = f"""
+import anndata as ad, numpy as np, scipy.sparse as sp
+got, want = ad.read_zarr({str(output)!r}), ad.read_h5ad({str(demo)!r})
+genes = want.var_names[::-1][: want.n_vars // 2]
+for key in [(slice(100, 4000), genes), (np.arange(0, want.n_obs, 3), genes[:7])]:
+    assert (sp.csr_matrix(got[key].X) != sp.csr_matrix(want[key].X)).nnz == 0
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 # -- 1. the output's name and the layout's format
 
 

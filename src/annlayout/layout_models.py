@@ -293,8 +293,8 @@ class ElementSettings(_Model):
     )
     index_dtype: IndexDtype | None = Field(
         None,
-        description="Sparse indices and indptr: keep the input's, minimal (smallest that fits), "
-        "int32 or int64.",
+        description="Sparse indices and indptr: keep the input's, minimal (int32 where the values "
+        "fit, else int64: the types scipy indexes with), int32 or int64.",
     )
     orientations: list[Orientation] | None = Field(
         None,

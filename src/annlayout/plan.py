@@ -338,11 +338,11 @@ def index_dtypes(
     if policy == "keep":
         return current
     if policy == "minimal":
-        # indices hold minor-axis positions: the smallest unsigned type that fits, as anndata's
-        # write_csr_csc_indices_with_min_possible_dtype does; indptr stays signed for scipy.
-        indices = next(
-            t for t in ("uint8", "uint16", "uint32", "uint64") if minor <= np.iinfo(t).max
-        )
+        # the smallest type scipy indexes with: int32 where the values fit. Not uint8/uint16,
+        # though they hold fewer genes in fewer bytes: anndata hands the stored arrays to
+        # scipy as they are, and scipy's selections on a uint16 or int16 index read wrong
+        # memory (a[:, genes] crashed the process on scipy 1.17, anndata 0.12 and 0.13).
+        indices = "int32" if minor <= np.iinfo(np.int32).max else "int64"
         indptr = "int32" if nnz <= np.iinfo(np.int32).max else "int64"
         return indices, indptr
     limit = np.iinfo(policy).max
