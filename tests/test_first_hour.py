@@ -158,6 +158,25 @@ def test_an_unwritable_output_directory_is_refused_before_reading(stores, tmp_pa
 # -- 8. the Python API
 
 
+@pytest.mark.parametrize(
+    "name",
+    ["scanpy-pbmc68k_reduced.h5ad", "anndata-0.12.19.zarr", "anndata-0.13.4-pandas3.zarr",
+     "anndata-0.13.4-pandas3.h5ad", "anndata-0.9.2.h5ad"],
+)  # fmt: skip
+def test_to_adata_keeps_the_dtypes_anndata_reads(name):
+    """Categorical columns stayed categorical, object strings object (they came back as
+    plain object or str arrays)."""
+    path = CORPUS / name
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = (ad.read_h5ad if name.endswith(".h5ad") else ad.read_zarr)(path)
+        got = annlayout.open(path).to_adata(obs=slice(0, 30))
+    for axis in ("obs", "var"):
+        want = getattr(expected, axis).dtypes.astype(str).to_dict()
+        assert getattr(got, axis).dtypes.astype(str).to_dict() == want, axis
+    assert list(got.obs_names) == list(expected.obs_names[:30])
+
+
 @pytest.mark.parametrize("name", ["scanpy-pbmc68k_reduced.h5ad", "anndata-0.12.19.zarr"])
 def test_raw_is_an_object_with_x_and_var(name):
     """pbmc68k_reduced's raw is of anndata 0.6 (read whole), the other's raw of today's."""

@@ -224,12 +224,20 @@ class Frame:
 
         if column not in self.columns:
             raise KeyError(f"{column!r} is not a column (columns: {', '.join(self.columns)})")
-        return pd.Series(read_elem(self._group[column]), index=self.index, name=column)
+        # built as anndata's read_dataframe builds it, so pandas gives the column the dtype
+        # it gives there (object or str strings, as the pandas version and its options say)
+        value = read_elem(self._group[column])
+        return pd.DataFrame({column: value}, index=self.index)[column]
 
     def rows(self, positions: np.ndarray) -> pd.DataFrame:
-        frame = pd.DataFrame({c: self[c].to_numpy()[positions] for c in self.columns})
-        frame.index = self.index[positions]
-        return frame
+        """The rows at ``positions``, each column keeping its dtype (categorical, nullable,
+        pandas strings): what anndata reads for the same rows."""
+        index = self.index[positions]
+        columns = {}
+        for name in self.columns:
+            column = self[name]
+            columns[name] = pd.Series(column.iloc[positions].array, index=index, dtype=column.dtype)
+        return pd.DataFrame(columns, index=index)
 
     @cached_property
     def _lookup(self) -> pd.Series:
