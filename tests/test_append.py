@@ -359,6 +359,21 @@ def test_the_csc_copy_is_planned_again_for_the_grown_matrix(tmp_path, verify):
     assert (sp.csr_matrix(got.X) != expected).nnz == 0
 
 
+def test_an_input_sharing_no_gene_is_refused_even_for_an_outer_join(tmp_path):
+    """Its cells would be appended as all zeros (a wrong file, or other gene ids)."""
+    store, first, other = tmp_path / "store.zarr", tmp_path / "a.h5ad", tmp_path / "other.h5ad"
+    _small(60, 1).write_h5ad(first)
+    concat("ml-minibatch", [first], store)
+    stranger = _small(40, 2)
+    stranger.var_names = [f"ENSG{j}" for j in range(50)]
+    stranger.write_h5ad(other)
+    files = _files(store)
+    result = CliRunner().invoke(main, ["append", str(store), str(other), "--join", "outer"])
+    assert result.exit_code == 1, result.output
+    assert "shares none of its 50 genes" in result.stderr and str(other) in result.stderr
+    assert _files(store) == files
+
+
 def test_append_refuses_lossy_casts_and_follows_a_link_to_the_store(tmp_path):
     ints, floats = tmp_path / "ints.h5ad", tmp_path / "floats.h5ad"
     _small(60, 1, dtype=np.int32, dense=True).write_h5ad(ints)

@@ -340,6 +340,12 @@ def _gene_maps(
                 f"{store} (e.g. {missing[0]!r}); --join outer fills them with zeros"
             )
         dropped = int((column_map < 0).sum())
+        if dropped and dropped == column_map.size and len(var_names):
+            raise AppendError(
+                f"{source}: shares none of its {dropped:,} genes with the {len(var_names):,} "
+                f"of {store} (e.g. {genes[sources.index(source)][0]!r}): its cells would be "
+                "all zeros; is it the right file, with the same gene ids?"
+            )
         if dropped:
             notes.append(f"{source}: {dropped:,} genes the store does not have were dropped")
     return maps
