@@ -15,7 +15,7 @@ from pydantic import BaseModel, ValidationError
 
 from annlayout.errors import LayoutError
 from annlayout.layout_models import ElementSettings, Layout, Target
-from annlayout.shipped import shipped_layouts
+from annlayout.shipped import layouts_dir, shipped_layouts
 from annlayout.yaml_errors import by_line, line_of, loc_text, located, read_yaml
 
 
@@ -63,8 +63,10 @@ def _load(path: Path, chain: tuple[Path, ...]) -> Layout:
             for loc, message in _unwritable(target, data)
         ]
         raise LayoutError(by_line(label, problems)) from None
+    shipped = path.resolve().parent == layouts_dir().resolve()
     for index, rule in enumerate(own.rules):
         rule._origin = f"{label}:{line_of(node, ('rules', index))}"
+        rule._shipped = shipped
 
     layout = own
     if own.extends:

@@ -363,10 +363,17 @@ class Rule(ElementSettings):
 
     match: Match = Field(description="Which elements (path globs and/or encodings).")
     _origin: str = PrivateAttr("")  # "file:line" of the rule, for messages
+    _shipped: bool = PrivateAttr(False)  # from a layout annlayout ships (or one it extends)
 
     @property
     def origin(self) -> str:
         return self._origin
+
+    @property
+    def shipped(self) -> bool:
+        """The rule comes from a shipped layout: written for elements a dataset may not
+        have (layers, raw, dense X), so matching none of them is no mistake of the user's."""
+        return self._shipped
 
 
 class Target(_Model):

@@ -204,7 +204,9 @@ def _unmatched(layout: Layout, index: int, survey: Survey, planned: list[Element
             f"{layout.name}: {element.path} is {noun} ({element.encoding}), so {where}, which "
             f"is for {wanted}, does not apply to it{lost}; {element.path} takes {instead}"
         )
-    return lines or [f"{where} matched no element"]
+    if lines or rule.shipped:  # a shipped rule for an element this dataset lacks: no mistake
+        return lines
+    return [f"{where} matched no element"]
 
 
 def plan_element(
