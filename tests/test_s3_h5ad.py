@@ -216,3 +216,33 @@ def test_an_h5ad_in_a_bucket_is_no_output(tmp_path, s3, backend, generated):
     copy = tmp_path / "copy.h5ad"
     shutil.copy(generated, copy)
     assert annlayout.verify(copy, url) == []  # untouched
+
+
+def test_a_program_that_leaves_the_file_open_exits_cleanly(tmp_path, s3, backend, generated):
+    """h5py can crash the interpreter at exit when a file opened over a Python file object
+    is still open as modules are torn down (seen with such classes defined in ``__main__``):
+    a program and the CLI that leave the file open exit cleanly."""
+    import os
+    import subprocess
+    import sys
+
+    url = upload(generated, f"{s3}/{backend}/exit-{tmp_path.name}.h5ad")
+    script = (
+        "import sys, annlayout\n"
+        "from annlayout.stores import open_store\n"
+        "data = annlayout.open(sys.argv[1])\n"
+        "root = open_store(sys.argv[1])\n"
+        "values = root['X/data']\n"
+        "print(data.X[[0, 5]].nnz, data.shape[0], values[:2])\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(annlayout.__file__).parents[1])}
+    ran = subprocess.run(
+        [sys.executable, "-c", script, url], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    assert ran.stdout.split()[1] == "2000"
+    shown = subprocess.run(
+        [sys.executable, "-m", "annlayout.cli", "inspect", url],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert shown.returncode == 0 and "h5ad" in shown.stdout, shown.stderr[-2000:]

@@ -7,17 +7,15 @@ than each reopening the store: on object storage every open is a round trip.
 
 from __future__ import annotations
 
-import atexit
 import re
 import warnings
 from dataclasses import dataclass, field
-from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from annlayout.encodings import PROVENANCE_KEY, Upgraded, attr, json_attr, read_upgraded
 from annlayout.errors import ApplyError, NotAnnDataError
-from annlayout.h5_reads import register_source, source_of
+from annlayout.h5_reads import register_source
 from annlayout.journal import has_journal
 from annlayout.remote import RemoteObject, is_url, listing, remote_zarr_store, zarr_exists
 from annlayout.version import package_version
@@ -196,7 +194,6 @@ def _open_root(path: Any, fmt: Literal["zarr", "h5ad"], mode: Mode, remote: Any 
                 f"{path}: cannot open the h5ad file: {_hdf5_reason(err)}"
             ) from None
         register_source(root, remote)  # its datasets are read by byte range (h5_reads)
-        _close_at_exit()
         return root
     import zarr
 
@@ -207,25 +204,6 @@ def _open_root(path: Any, fmt: Literal["zarr", "h5ad"], mode: Mode, remote: Any 
         return zarr.open_group(store=store, mode=mode)
     except Exception as err:  # zarr raises a variety of errors for broken metadata
         raise NotAnnDataError(f"{path}: cannot open as zarr: {err}") from None
-
-
-@cache
-def _close_at_exit() -> None:
-    atexit.register(_close_remote_files)
-
-
-def _close_remote_files() -> None:
-    """Close the h5py files opened over objects: one still open while the interpreter
-    tears its modules down crashes it (h5py's file-object driver calls back into Python)."""
-    import h5py
-
-    for oid in h5py.h5f.get_obj_ids(types=h5py.h5f.OBJ_ALL):
-        try:
-            file = h5py.File(h5py.h5i.get_file_id(oid))
-        except (TypeError, ValueError, RuntimeError):  # closed meanwhile, or not in a file
-            continue
-        if source_of(file) is not None:
-            file.close()
 
 
 def _hdf5_reason(error: OSError) -> str:
