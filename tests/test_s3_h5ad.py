@@ -246,3 +246,18 @@ def test_a_program_that_leaves_the_file_open_exits_cleanly(tmp_path, s3, backend
         capture_output=True, text=True, env=env, timeout=120,
     )  # fmt: skip
     assert shown.returncode == 0 and "h5ad" in shown.stdout, shown.stderr[-2000:]
+
+
+def test_bench_measures_an_h5ad_in_a_bucket(tmp_path, s3, backend, generated):
+    from annlayout.bench import load_workload, parse_storage, run_bench
+
+    url = upload(generated, f"{s3}/{backend}/bench-{tmp_path.name}.h5ad")
+    result = run_bench(
+        url,
+        load_workload("cell-browser"),
+        layouts=["cell-browser"],
+        storage=parse_storage("local"),
+        sample=500,
+        workdir=tmp_path / "bench",
+    )
+    assert result.candidates and result.candidates[0].summary()["patterns"]
