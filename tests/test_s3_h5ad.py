@@ -186,6 +186,16 @@ def test_reading_rows_costs_a_bounded_number_of_requests(
     assert proxy.counts()["GET"] <= 4  # a run of chunks: one merged GET per array
 
 
+def test_inspecting_a_real_file_takes_a_few_requests(tmp_path, proxied_s3, backend):
+    """pbmc68k_reduced (1.8 MB, a legacy form read as anndata reads it): HDF5's metadata
+    reads come from the 256 KiB blocks of the cache; measured 1 HEAD and 7 GETs."""
+    url = upload(CORPUS / CORPUS_FILES[0], f"{proxied_s3.url}/pbmc.h5ad")
+    proxied_s3.proxy.reset_counts()
+    _inspect(url)
+    counts = proxied_s3.proxy.counts()
+    assert counts["HEAD"] == 1 and counts["GET"] <= 10 and counts["LIST"] == 0, counts
+
+
 def test_broken_or_missing_objects_are_one_line_errors(tmp_path, s3, backend, generated):
     base = f"{s3}/{backend}/broken-{tmp_path.name}"
     cut = tmp_path / "cut.h5ad"

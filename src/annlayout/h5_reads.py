@@ -13,8 +13,8 @@ releases the GIL.
 
 An h5ad on object storage is opened by h5py over a file-like object that reads by byte
 range (:class:`annlayout.remote.RemoteObject`, registered here with :func:`register_source`);
-through h5py every chunk would be a GET of its own. Here the chunks become ranged GETs
-merged as :func:`annlayout.chunk_reads.merged_requests` merges a zarr shard's chunks (while
+through h5py the chunks would be fetched one after another, a round trip each unless its
+block is cached. Here the chunks a read touches become ranged GETs, merged as :func:`annlayout.chunk_reads.merged_requests` merges a zarr shard's chunks (while
 the gap costs less than a round trip, at most twice the bytes asked for), many in flight.
 
 :func:`h5_reader` returns ``None`` for datasets it does not read itself (other filters,
