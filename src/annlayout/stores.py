@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from annlayout.encodings import PROVENANCE_KEY, Upgraded, attr, json_attr, read_upgraded
 from annlayout.errors import ApplyError, NotAnnDataError
+from annlayout.h5_reads import register_source
 from annlayout.journal import has_journal
-from annlayout.remote import is_url, listing, remote_zarr_store, zarr_exists
+from annlayout.remote import RemoteObject, is_url, listing, remote_zarr_store, zarr_exists
 from annlayout.version import package_version
 
 if TYPE_CHECKING:
@@ -119,17 +120,39 @@ def zarr_store(location: str | Path, *, read_only: bool = True) -> Any:
 
 def detect_format(path: str | Path) -> Literal["zarr", "h5ad"]:
     """Which kind of AnnData store ``path`` is; a one-line error if it is none."""
+    return _locate(path)[0]
+
+
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def _locate(path: Any) -> tuple[Literal["zarr", "h5ad"], RemoteObject | None]:
+    """The format of ``path``, and for an h5ad object on object storage the object opened
+    (its first block read, for :func:`_open_root` to open without asking again)."""
     import h5py
 
     if not isinstance(path, str | Path):  # a zarr Store object (e.g. a measured store)
-        return "zarr"
+        return "zarr", None
     if is_url(path):
+        url = str(path).rstrip("/")
+        # an object named for h5ad is looked for first (one HEAD, not three and a listing);
+        # any other name only when there is no zarr store
+        named_h5ad = Path(url).suffix.lower() in FORMAT_SUFFIXES["h5ad"]
         try:
-            found = zarr_exists(str(path))
-            leftovers = not found and bool(listing(str(path)))
+            remote = _h5ad_object(url) if named_h5ad else None
+            if remote is not None:
+                return "h5ad", remote
+            found = zarr_exists(url)
+            leftovers = not found and bool(listing(url))
+            if not found and not leftovers and not named_h5ad:
+                remote = _h5ad_object(url)
+                if remote is not None:
+                    return "h5ad", remote
+        except NotAnnDataError:
+            raise
         except Exception as err:
             raise NotAnnDataError(f"{path}: cannot reach: {str(err).splitlines()[0]}") from None
-        if leftovers and has_journal(str(path)):
+        if leftovers and has_journal(url):
             raise NotAnnDataError(
                 f"{path}: an append to this store was cut short while it replaced objects; "
                 "run the same annlayout append again (it restores the store from its journal "
@@ -140,36 +163,65 @@ def detect_format(path: str | Path) -> Literal["zarr", "h5ad"]:
                 f"{path}: an incomplete store (objects but no zarr.json/.zgroup: an upload or "
                 "removal was cut short); apply again"
             )
+        if not found and named_h5ad:
+            raise NotAnnDataError(f"{path}: no such object (nor a zarr store under it)")
         if not found:
             raise NotAnnDataError(f"{path}: no zarr store there (no zarr.json/.zgroup)")
-        return "zarr"
+        return "zarr", None
     path = Path(path)
     if not path.exists():
         raise NotAnnDataError(f"{path}: no such file or directory")
     if path.is_dir():
         if any((path / name).exists() for name in ("zarr.json", ".zgroup")):
-            return "zarr"
+            return "zarr", None
         raise NotAnnDataError(f"{path}: a directory but not a zarr store (no zarr.json/.zgroup)")
     if h5py.is_hdf5(path):
-        return "h5ad"
+        return "h5ad", None
     raise NotAnnDataError(f"{path}: not an AnnData store (neither h5ad nor zarr)")
+
+
+def _h5ad_object(url: str) -> RemoteObject | None:
+    """The object at ``url`` if it is an HDF5 file, None if there is no object; a one-line
+    error for an object that is not HDF5 (checked in its first bytes, as ``h5py.is_hdf5``
+    does: at byte 0, or after a user block of 512 bytes, 1 KiB, 2 KiB, ...)."""
+    try:
+        remote = RemoteObject(url)
+    except FileNotFoundError:
+        return None
+    offset = 0
+    while offset + len(HDF5_SIGNATURE) <= min(remote.size, remote.block_size):
+        remote.seek(offset)
+        if remote.read(len(HDF5_SIGNATURE)) == HDF5_SIGNATURE:
+            return remote
+        offset = 512 if offset == 0 else offset * 2
+    raise NotAnnDataError(
+        f"{url}: not an h5ad file (an object of {remote.size:,} bytes without HDF5's signature)"
+    )
 
 
 def open_store(path: str | Path, mode: Mode = "r") -> Any:
     """The root group of a store: a zarr Group or an h5py File."""
-    return _open_root(path, detect_format(path), mode)
+    fmt, remote = _locate(path)
+    return _open_root(path, fmt, mode, remote)
 
 
-def _open_root(path: Any, fmt: Literal["zarr", "h5ad"], mode: Mode) -> Any:
+def _open_root(path: Any, fmt: Literal["zarr", "h5ad"], mode: Mode, remote: Any = None) -> Any:
     if fmt == "h5ad":
         import h5py
 
+        if is_url(path) and mode != "r":
+            raise NotAnnDataError(f"{path}: an h5ad file on object storage can only be read")
         try:
-            return h5py.File(path, mode)
+            if not is_url(path):
+                return h5py.File(path, mode)
+            remote = remote or RemoteObject(str(path).rstrip("/"))
+            root = h5py.File(remote, "r")
         except OSError as err:  # HDF5's own words name neither the file nor a likely cause
             raise NotAnnDataError(
                 f"{path}: cannot open the h5ad file: {_hdf5_reason(err)}"
             ) from None
+        register_source(root, remote)  # its datasets are read by byte range (h5_reads)
+        return root
     import zarr
 
     try:
@@ -246,8 +298,8 @@ class AnnDataStore:
 
 def open_anndata(location: Any) -> AnnDataStore:
     """Locate, open and check an AnnData store: a one-line error for anything else."""
-    fmt = detect_format(location)
-    root = _open_root(location, fmt, "r")
+    fmt, remote = _locate(location)
+    root = _open_root(location, fmt, "r", remote)
     try:
         provenance = check_anndata_root(root, location)
     except BaseException:
