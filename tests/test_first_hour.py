@@ -127,6 +127,17 @@ def test_a_truncated_h5ad_is_named_and_called_truncated(stores, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.h5ad"]
 
 
+def test_verify_names_the_element_whose_chunk_is_corrupt(stores, tmp_path):
+    output = tmp_path / "out.zarr"
+    annlayout.apply("ml-minibatch", stores["h5ad"], output)
+    shard = next(p for p in sorted((output / "X" / "data" / "c").rglob("*")) if p.is_file())
+    shard.write_bytes(shard.read_bytes()[:100])
+    result = run("verify", stores["h5ad"], output, code=1)
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("differs: X: a read failed"), result.output
+    assert str(output) in lines[0] and "Traceback" not in result.stderr
+
+
 # -- 6. an output in a directory that cannot be written
 
 
