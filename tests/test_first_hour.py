@@ -94,6 +94,11 @@ def test_concat_refuses_an_output_named_for_the_other_format(stores, tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+def test_concat_without_its_output_says_so(stores):
+    line = one_error(run("concat", "ml-minibatch", stores["h5ad"], stores["h5ad"], code=1))
+    assert "the last path is OUTPUT" in line and str(stores["h5ad"]) in line
+
+
 def test_write_refuses_an_output_named_for_the_other_format(small_dataset, tmp_path):
     with pytest.raises(ApplyError, match=r"writes h5ad.*\.zarr"):
         annlayout.write(small_dataset, tmp_path / "out.zarr", "h5ad-gzip")
@@ -220,6 +225,9 @@ def test_write_refuses_an_existing_store_unless_told(small_dataset, tmp_path):
     assert sorted(p.name for p in path.rglob("*")) == before
     annlayout.write(small_dataset, path, "analysis", overwrite=True)
     assert annlayout.survey(path).provenance["layout"] == "analysis"
+    with pytest.raises(ApplyError, match="directory does not exist"):
+        annlayout.write(small_dataset, tmp_path / "nowhere" / "w.zarr", "ml-minibatch")
+    assert not (tmp_path / "nowhere").exists()
 
 
 def test_callback_into_h5py_names_the_codecs_it_cannot_write(small_dataset, tmp_path):

@@ -467,7 +467,8 @@ def apply_command(
         )
         if result.resumed_tasks:
             err.print(
-                f"resumed: {result.resumed_tasks:,} tasks done by the killed run were skipped",
+                f"resumed: {result.resumed_tasks:,} task{'s' if result.resumed_tasks != 1 else ''}"
+                " done by the killed run skipped",
                 highlight=False,
             )
         out.print(
@@ -595,6 +596,11 @@ def concat_command(
     if len(paths) < 2:
         raise ConcatError("concat: give at least one INPUT and the OUTPUT")
     *inputs, output = paths
+    if Path(output).is_file() and not overwrite:  # an input file where OUTPUT goes
+        raise ConcatError(
+            f"{output}: the last path is OUTPUT, and this is an existing file; was OUTPUT "
+            "left out? (--overwrite replaces it)"
+        )
     with _progress(enabled=not (quiet or as_json)) as progress:
         result = concat(
             layout, inputs, output, join=join, label=label,  # type: ignore[arg-type]

@@ -23,7 +23,7 @@ class WriteResult:
     path: Path | str
     layout: str
     seconds: float
-    plans: dict[str, ElementPlan] = field(default_factory=dict)
+    plans: dict[str, ElementPlan] = field(default_factory=dict, repr=False)  # one per element
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -52,6 +52,8 @@ def write(
     path = path if is_url(path) else Path(path)
     if not overwrite and (zarr_exists(path) if isinstance(path, str) else path.exists()):
         raise ApplyError(f"{path}: already exists (pass overwrite=True to replace it)")
+    if isinstance(path, Path) and not path.parent.is_dir():  # as the command line refuses
+        raise ApplyError(f"{path.parent}: the output's directory does not exist")
     codec_pipeline = codec_pipeline_for(codec_pipeline, path)
     callback = LayoutCallback(layout)
     start = time.perf_counter()
