@@ -310,9 +310,9 @@ def test_apply_opens_its_input_once_and_reads_a_legacy_one_twice(tmp_path, monke
     opened, reads = [], []
     open_root, read_upgraded = stores._open_root, encodings.read_upgraded
 
-    def counting_open(path, fmt, mode):
+    def counting_open(path, fmt, mode, *remote):
         opened.append(Path(str(path)).name)
-        return open_root(path, fmt, mode)
+        return open_root(path, fmt, mode, *remote)
 
     def counting_read(root, large):
         reads.append(Path(root.filename).name if hasattr(root, "filename") else "zarr")

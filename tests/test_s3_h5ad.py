@@ -112,7 +112,7 @@ def test_an_h5ad_in_a_bucket_reads_as_the_same_file_on_disk(tmp_path, s3, backen
 def test_an_h5ad_in_a_bucket_to_a_zarr_store_in_the_bucket(tmp_path, s3, backend, generated):
     url = upload(generated, f"{s3}/{backend}/in-{tmp_path.name}.h5ad")
     out = f"{s3}/{backend}/out-{tmp_path.name}.zarr"
-    result = annlayout.apply("cell-browser", url, out, memory="2MiB", small_element=0)
+    result = annlayout.apply("cell-browser", url, out, memory="4MiB", small_element=0)
     assert result.verified and result.n_blocks > 2
     assert annlayout.verify(generated, out) == []
     planned = CliRunner().invoke(main, ["plan", "cell-browser", url, "--json"])
