@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import warnings
 from collections.abc import Callable
-from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ import scipy.sparse as sp
 from annlayout.bench.workloads import Operation
 from annlayout.codecs import codec_pipeline
 from annlayout.encodings import SPARSE_ENCODINGS, encoding_of
-from annlayout.optional import requirement
+from annlayout.optional import installed, requirement
 
 READERS = ("annlayout", "sparse_dataset-zarrs", "sparse_dataset-zarr", "read_lazy")
 #: the zarr codec pipeline (annlayout.codecs.CODEC_PIPELINES) each sparse_dataset reader uses
@@ -34,7 +33,7 @@ def not_installed() -> dict[str, str]:
     out = {}
     if missing := requirement("bench", "anndata's read_lazy"):
         out["read_lazy"] = missing
-    if find_spec("zarrs") is None:
+    if not installed("zarrs"):
         out["sparse_dataset-zarrs"] = "the zarrs codec pipeline needs zarrs: pip install zarrs"
     return out
 
@@ -88,7 +87,7 @@ def _sorted_rows(rows: Any, read: Callable[[Any], Any]) -> sp.csr_matrix:
 def _sparse_dataset_reader(store: Any, pipeline: str) -> Read | None:
     """anndata's sparse_dataset with zarr's ``pipeline`` (a zarr array takes the pipeline
     configured when it is opened; anndata may open arrays per read, so reads run in it too)."""
-    if pipeline == "zarrs" and find_spec("zarrs") is None:
+    if pipeline == "zarrs" and not installed("zarrs"):
         return None
     import anndata as ad
     from anndata.io import read_elem

@@ -25,7 +25,9 @@ def write_reports(result: BenchResult, out: Path) -> dict[str, Path]:
         "svg": out / "report.svg",
     }
     paths["recommended"].write_text(result.winner.layout.to_yaml(header=_header(result)))
-    paths["json"].write_text(json.dumps(result.summary(), indent=2))
+    data = result.summary()
+    data["verdict"]["reason"] = reason(result)
+    paths["json"].write_text(json.dumps(data, indent=2))
     paths["markdown"].write_text(_markdown(result))
     _plot(result, paths["png"], paths["svg"])
     return paths
@@ -41,7 +43,7 @@ def outcome(result: BenchResult, paths: dict[str, Path]) -> dict[str, Any]:
         "objective": result.objective,
         "reader": result.reader,
         "recommended": winner.name,
-        "verdict": result.verdict_summary(),
+        "verdict": {**result.verdict_summary(), "reason": reason(result)},
         "score": winner.score,
         "score_interval": [winner.low, winner.high],
         "interval": result.interval_rule(),

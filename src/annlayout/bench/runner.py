@@ -90,10 +90,8 @@ class BenchResult:
         )
 
     def verdict_summary(self) -> dict[str, Any]:
-        from annlayout.bench.report import reason
-
-        data = self.verdict.summary() if self.verdict else {"recommended": self.winner.name}
-        return {**data, "reason": reason(self)}
+        """The verdict (report.py adds its reason in words)."""
+        return self.verdict.summary() if self.verdict else {"recommended": self.winner.name}
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -179,7 +177,7 @@ def run_bench(
         run_storage = replace(storage, url=f"{storage.url}/annlayout-bench-{uuid.uuid4().hex[:12]}")
     reference: dict[tuple[int, int, int], str] = {}
     scales = [size_scale(p, full_shape[0], sample_rows) for p in workload.patterns]
-    setting = (data, workload, run_storage, workdir, reference, rounds, say)
+    setting = (data, workload, run_storage, workdir, reference, rounds, reader, say)
     try:
         _evaluate(candidates, *setting)
         for candidate in candidates:
@@ -350,10 +348,13 @@ def _evaluate(
     workdir: Path,
     reference: dict[tuple[int, int, int], str],
     rounds: int,
+    scoring: str,
     say: Progress,
 ) -> None:
     """Write the candidates, count every pattern through every reader on each, then time
-    them in ``rounds`` rounds: every candidate in every round, the order turned each round."""
+    them in ``rounds`` rounds: in each, every pattern and reader on every candidate,
+    operation by operation (the same operation on each candidate in turn, the order turned
+    each round), so what the machine does meanwhile falls on all of them alike."""
     replays: list[list[Replay]] = []
     for candidate in candidates:
         location = write_candidate(candidate, data, storage, workdir, say)
@@ -363,18 +364,27 @@ def _evaluate(
             for reader in READERS:
                 replay = prepare(
                     candidate.name, location, pattern, index, reader, workload, storage,
-                    reference, rounds,
+                    reference, rounds, scoring=reader == scoring,
                 )  # fmt: skip
                 if replay is not None:
                     mine.append(replay)
                     candidate.results.append(replay.result)
         replays.append(mine)
+    groups: dict[tuple[int, str], list[Replay]] = {}  # (pattern, reader): every candidate's
+    for mine in replays:
+        for replay in mine:
+            groups.setdefault((replay.index, replay.reader), []).append(replay)
     for number in range(rounds):
         say(f"timing round {number + 1} of {rounds}")
-        turn = number % len(replays)
-        for mine in replays[turn:] + replays[:turn]:
-            for replay in mine:
-                replay.time_round(number)
+        for group in groups.values():
+            turn = number % len(group)
+            ordered = group[turn:] + group[:turn]
+            count = max(replay.start_round(number) for replay in ordered)
+            for position in range(count):
+                for replay in ordered:
+                    replay.time_op(position)
+            for replay in ordered:
+                replay.end_round()
 
 
 def _remove_remote(storage: Simulation, say: Progress) -> None:
