@@ -360,9 +360,9 @@ def _plot(result: BenchResult, png: Path, svg: Path) -> None:
     figure.legend(handles=handles, loc="upper right", ncols=len(readers), fontsize=8, frameon=False)
     sample = f", {result.sample:,}-cell sample" if result.sample else ""
     figure.suptitle(
-        f"{result.workload.name} on {result.storage.describe()} storage{sample}: "
-        f"{result.winner.name} recommended (> {result.winner.name}, --objective "
-        f"{result.objective}); error bars: min-max of {result.rounds} rounds",
+        f"{result.workload.name} on {result.storage.describe()} storage{sample}, --objective "
+        f"{result.objective}: {result.winner.name} recommended (marked >, shaded); "
+        f"error bars: min-max of {result.rounds} rounds",
         fontsize=10, x=0.01, ha="left",
     )  # fmt: skip
     figure.tight_layout(rect=(0, 0, 1, 0.95))
