@@ -37,8 +37,8 @@ ROUNDS = 5
 MIN_PER_ROUND = 5
 #: the scoring reader reads each operation this many times back to back and keeps the fastest:
 #: on a shared machine a read is slowed by whatever else runs, never sped up, so the fastest
-#: of two is the layout's and one stall of the machine moves nothing
-REPEATS = 2
+#: of three is the layout's and a stall of the machine moves nothing
+REPEATS = 3
 
 
 def coverage(rounds: int) -> float:

@@ -136,12 +136,14 @@ def run_bench(
     prices: Prices | str | Path | None = None,
     reader: str = "annlayout",
     rounds: int = ROUNDS,
+    readers: tuple[str, ...] = READERS,
 ) -> BenchResult:
     """Benchmark ``workload`` on the candidates and recommend one under ``objective``:
     ``"time"`` (the score), ``"cost"`` (dollars per workload epoch at ``prices``: a
     :class:`~annlayout.bench.cost.Prices`, a YAML file, or None for S3 Standard) or
     ``"balanced"`` (geometric mean of both, relative to the best), through ``reader`` (one
-    of :data:`~annlayout.bench.readers.READERS`), each timing taken in ``rounds`` rounds.
+    of :data:`~annlayout.bench.readers.READERS`), each timing taken in ``rounds`` rounds;
+    ``readers``: the readers to measure (each when installed; ``reader`` among them).
     ``sample``: a number of cells, ``"auto"`` (as many as the workload needs, see
     :func:`auto_sample`) or None (every cell)."""
     say = progress or (lambda message: None)
@@ -152,6 +154,8 @@ def run_bench(
         raise BenchError(f"--reader {reader!r}: expected one of {', '.join(READERS)}")
     if reader in (missing := not_installed()):
         raise BenchError(f"--reader {reader}: {missing[reader]}")
+    if reader not in readers:
+        raise BenchError(f"--reader {reader}: not among the readers measured")
     if rounds < 2:
         raise BenchError(f"--rounds {rounds}: at least 2 (an interval needs two rounds)")
     if not isinstance(prices, Prices):
@@ -177,7 +181,7 @@ def run_bench(
         run_storage = replace(storage, url=f"{storage.url}/annlayout-bench-{uuid.uuid4().hex[:12]}")
     reference: dict[tuple[int, int, int], str] = {}
     scales = [size_scale(p, full_shape[0], sample_rows) for p in workload.patterns]
-    setting = (data, workload, run_storage, workdir, reference, rounds, reader, say)
+    setting = (data, workload, run_storage, workdir, reference, rounds, reader, readers, say)
     try:
         _evaluate(candidates, *setting)
         for candidate in candidates:
@@ -208,7 +212,7 @@ def run_bench(
     return BenchResult(
         workload, storage, str(source), cells if sample_rows < full_shape[0] else None,
         candidates, chosen.winner, objective, prices, full_shape, epochs,
-        _skipped_readers(candidates), chosen, rounds, reader,
+        _skipped_readers(candidates, readers), chosen, rounds, reader,
         _warnings(workload, candidates, sample_rows), scaled, sample_rows,
     )  # fmt: skip
 
@@ -284,12 +288,12 @@ def _warnings(workload: Workload, candidates: list[Candidate], rows: int) -> lis
     return out
 
 
-def _skipped_readers(candidates: list[Candidate]) -> dict[str, str]:
-    """Every reader that measured nothing, with the reason: its extra is not installed, or
-    (the one other case where a reader opens nothing) X is not a sparse matrix."""
-    skipped = not_installed()
+def _skipped_readers(candidates: list[Candidate], readers: tuple[str, ...]) -> dict[str, str]:
+    """Every reader asked for that measured nothing, with the reason: its extra is not
+    installed, or (the one other case where a reader opens nothing) X is not a sparse matrix."""
+    skipped = {r: why for r, why in not_installed().items() if r in readers}
     measured = {r.reader for c in candidates for r in c.results}
-    for reader in READERS:
+    for reader in readers:
         if reader not in measured and reader not in skipped:
             skipped[reader] = f"X is not a sparse matrix: bench measures {reader} on sparse X"
     return skipped
@@ -349,6 +353,7 @@ def _evaluate(
     reference: dict[tuple[int, int, int], str],
     rounds: int,
     scoring: str,
+    readers: tuple[str, ...],
     say: Progress,
 ) -> None:
     """Write the candidates, count every pattern through every reader on each, then time
@@ -361,7 +366,7 @@ def _evaluate(
         mine = []
         for index, pattern in enumerate(workload.patterns):
             say(f"counting {candidate.name}: {pattern_label(pattern)}")
-            for reader in READERS:
+            for reader in readers:
                 replay = prepare(
                     candidate.name, location, pattern, index, reader, workload, storage,
                     reference, rounds, scoring=reader == scoring,
