@@ -283,6 +283,21 @@ NEUTRAL = "0.55"
 MIB = 2**20
 
 
+def _log_axis(axis: Any, values: list[float]) -> None:
+    """A log axis labelled in plain numbers (1, 2, 5, 10, ...; every decade only when the
+    values span more than two), never matplotlib's overlapping minor labels."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    axis.set_xscale("log")
+    positive = [v for v in values if v > 0]
+    span = max(positive) / min(positive) if positive else 1.0
+    axis.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0,) if span > 100 else (1, 2, 5)))
+    axis.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    axis.xaxis.set_minor_formatter(NullFormatter())
+    if positive and span < 2:  # a narrow range: room for the 1-2-5 ticks around it
+        axis.set_xlim(min(positive) / 1.5, max(positive) * 1.5)
+
+
 def _plot(result: BenchResult, png: Path, svg: Path) -> None:
     """A grid of panels: the scores with their intervals (what the verdict reads), one panel
     per pattern (median time per operation of every reader, log axis, the rounds' range as
@@ -306,7 +321,10 @@ def _plot(result: BenchResult, png: Path, svg: Path) -> None:
     )
     flat = list(axes.flat)
     winner = names.index(result.winner.name)
-    labels = [f"> {n}" if i == winner else n for i, n in enumerate(names)]
+    labels = [
+        f"> {c.name}" if i == winner else f"{c.name} (excluded)" if c.excluded else c.name
+        for i, c in enumerate(ranked)
+    ]
 
     def rows_axis(axis: Any, title: str) -> None:
         axis.set_yticks(range(len(names)), labels, fontsize=8)
@@ -322,7 +340,7 @@ def _plot(result: BenchResult, png: Path, svg: Path) -> None:
         xerr=[[c.score - c.low for c in ranked], [c.high - c.score for c in ranked]],
         fmt="o", color=READER_COLOURS[result.reader], ecolor="0.3", capsize=3,
     )  # fmt: skip
-    scores.set_xscale("log")
+    _log_axis(scores, [v for c in ranked for v in (c.low, c.high)])
     scores.set_xlabel(f"score, {result.reader} reader (1 = fastest; lower is better)", fontsize=8)
     verdict = result.verdict.kind if result.verdict else "recommended"
     rows_axis(scores, f"score over {result.rounds} rounds: {verdict}")
@@ -341,7 +359,11 @@ def _plot(result: BenchResult, png: Path, svg: Path) -> None:
                       [(r.high - r.median) * 1e3 for _, r in found]],
                 fmt="o", markersize=4, color=READER_COLOURS[reader], capsize=2, linewidth=1,
             )  # fmt: skip
-        axis.set_xscale("log")
+        _log_axis(
+            axis,
+            [v * 1e3 for c in ranked for r in c.results if r.pattern == pattern
+             for v in (r.low, r.high)],
+        )  # fmt: skip
         axis.set_xlabel("median ms per operation (log)", fontsize=8)
         rows_axis(axis, pattern)
     dollars = flat[1 + len(patterns)]
@@ -357,15 +379,18 @@ def _plot(result: BenchResult, png: Path, svg: Path) -> None:
     handles = [
         Line2D([], [], marker="o", linestyle="", color=READER_COLOURS[r], label=r) for r in readers
     ]
-    figure.legend(handles=handles, loc="upper right", ncols=len(readers), fontsize=8, frameon=False)
+    figure.legend(
+        handles=handles, loc="upper left", bbox_to_anchor=(0.005, 0.975), ncols=len(readers),
+        fontsize=8, frameon=False,
+    )  # fmt: skip
     sample = f", {result.sample:,}-cell sample" if result.sample else ""
     figure.suptitle(
         f"{result.workload.name} on {result.storage.describe()} storage{sample}, --objective "
         f"{result.objective}: {result.winner.name} recommended (marked >, shaded); "
         f"error bars: min-max of {result.rounds} rounds",
-        fontsize=10, x=0.01, ha="left",
+        fontsize=10, y=0.995, x=0.01, ha="left",
     )  # fmt: skip
-    figure.tight_layout(rect=(0, 0, 1, 0.95))
+    figure.tight_layout(rect=(0, 0, 1, 0.94))
     figure.savefig(png, dpi=100)
     figure.savefig(svg)
     plt.close(figure)

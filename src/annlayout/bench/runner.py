@@ -15,6 +15,7 @@ a layout bug cannot win.
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -233,7 +234,8 @@ def auto_sample(source: str | Path, workload: Workload, candidates: list[Candida
         for candidate in candidates:
             rows = x_rows_per_chunk(make_plan(candidate.layout, survey))
             if rows:
-                needed = max(needed, int(rows * CHUNKS_NEEDED))
+                # a tenth more: the sample's chunks hold a little more or fewer cells
+                needed = max(needed, math.ceil(rows * CHUNKS_NEEDED * 1.1))
     return min(handle.shape[0], needed)
 
 
