@@ -230,6 +230,11 @@ def test_bench_cli_on_simulated_storage(tmp_path, dataset):
         main, ["bench", str(dataset), "-w", "analysis", "--storage", "ftp", "--out", str(out)]
     )
     assert bad.exit_code == 1 and "use local, sim:" in bad.stderr
+    bad = CliRunner().invoke(
+        main, ["bench", str(dataset), "-w", "analysis", "--sample", "half", "--out", str(out)]
+    )
+    assert bad.exit_code == 1
+    assert bad.stderr.strip().endswith("--sample 'half': expected a number of cells, auto or all")
 
 
 def test_bench_says_which_reader_it_skipped_without_the_bench_extra(tmp_path, dataset, monkeypatch):
@@ -710,10 +715,11 @@ def test_auto_sample_is_sized_from_the_workload(generated):
         {"workload": 1, "name": "w", "patterns": [{"kind": "random-rows", "batch_size": 32}]}
     )
     small = initial_candidates(["ml-minibatch"], print)
-    assert auto_sample(generated, rows, small) == 320  # a batch is 10% of it; 8 x 16 < 320
+    assert auto_sample(generated, rows, small) == 4000  # 10,000 at least, never more than all
+    assert auto_sample(generated, rows, small, floor=0) == 320  # a batch is 10%; 8 x 16 < 320
     scan = Workload.model_validate(
         {"workload": 1, "name": "w", "patterns": [{"kind": "full-scan", "block_rows": 2000}]}
     )
-    assert auto_sample(generated, scan, small) == 2000  # one whole block
+    assert auto_sample(generated, scan, small, floor=0) == 2000  # one whole block
     large = initial_candidates(["analysis"], print)  # 8 MiB chunks: all 4,000 cells and more
-    assert auto_sample(generated, rows, large) == 4000
+    assert auto_sample(generated, rows, large, floor=0) == 4000

@@ -739,8 +739,11 @@ def verify_command(source: str, rewritten: str, as_json: bool, memory: str, verb
 )
 @click.option(
     "--sample",
-    help="Benchmark on N cells of INPUT, or 'auto': as many as the workload needs (a batch at "
-    "most 10% of them, a full scan's block, 8 of every candidate's X chunks). Default: all.",
+    default="auto",
+    show_default=True,
+    help="Benchmark on N cells of INPUT; 'auto': as many as the workload needs (a batch at "
+    "most 10% of them, a full scan's block, 8 of every candidate's X chunks, 10,000 at least); "
+    "'all': every cell.",
 )
 @click.option(
     "--sample-mode", type=click.Choice(["random", "first"]), default="random", show_default=True
@@ -855,11 +858,13 @@ def bench_command(
         except ValueError:
             raise ApplyError(f"--max-size {max_size!r}: expected e.g. 1.5x") from None
     chosen_sample: int | str | None = sample
-    if sample is not None and sample != "auto":
+    if sample not in (None, "auto", "all"):
         try:
             chosen_sample = int(sample)
         except ValueError:
-            raise ApplyError(f"--sample {sample!r}: expected a number of cells or auto") from None
+            raise ApplyError(
+                f"--sample {sample!r}: expected a number of cells, auto or all"
+            ) from None
         if chosen_sample < 1:
             raise ApplyError(f"--sample {sample!r}: expected a positive number of cells")
     loaded = load_workload(workload)

@@ -51,6 +51,9 @@ from annlayout.errors import BenchError
 #: a row pattern on a sample with fewer of a candidate's X chunks reads whole chunks, not the
 #: few rows of each it reads at full size
 CHUNKS_NEEDED = 8
+#: --sample auto measures this many cells at least (or all): fewer make patterns over every
+#: cell (gene queries, a category's cells) too cheap to tell layouts apart
+AUTO_FLOOR = 10_000
 
 
 @dataclass
@@ -127,7 +130,7 @@ def run_bench(
     workdir: Path,
     layouts: list[str | Path] | None = None,
     storage: Simulation | None = None,
-    sample: int | str | None = None,
+    sample: int | str | None = "auto",
     sample_mode: str = "random",
     search: bool = False,
     max_size: float | None = None,
@@ -146,7 +149,7 @@ def run_bench(
     of :data:`~annlayout.bench.readers.READERS`), each timing taken in ``rounds`` rounds;
     ``readers``: the readers to measure (each when installed; ``reader`` among them).
     ``sample``: a number of cells, ``"auto"`` (as many as the workload needs, see
-    :func:`auto_sample`) or None (every cell)."""
+    :func:`auto_sample`) or None or ``"all"`` (every cell)."""
     say = progress or (lambda message: None)
     storage = storage or Simulation()
     if objective not in OBJECTIVES:
@@ -163,6 +166,8 @@ def run_bench(
         prices = load_prices(prices)
     workdir.mkdir(parents=True, exist_ok=True)
     candidates = initial_candidates(layouts, say)
+    if sample == "all":
+        sample = None
     if isinstance(sample, str):
         if sample != "auto":
             raise BenchError(f"--sample {sample!r}: expected a number of cells or auto")
@@ -218,17 +223,19 @@ def run_bench(
     )  # fmt: skip
 
 
-def auto_sample(source: str | Path, workload: Workload, candidates: list[Candidate]) -> int:
+def auto_sample(
+    source: str | Path, workload: Workload, candidates: list[Candidate], floor: int = AUTO_FLOOR
+) -> int:
     """The cells a benchmark of ``workload`` needs: a batch or slice at most
-    :data:`~annlayout.bench.workloads.BATCH_SHARE` of them, a full scan's block, and (for
-    random rows and slices) :data:`CHUNKS_NEEDED` of every candidate's X chunks, as planned
-    for ``source``; never more than the dataset."""
+    :data:`~annlayout.bench.workloads.BATCH_SHARE` of them, a full scan's block, (for random
+    rows and slices) :data:`CHUNKS_NEEDED` of every candidate's X chunks, as planned for
+    ``source``, and ``floor`` at least; never more than the dataset."""
     import annlayout
     from annlayout.plan import make_plan
     from annlayout.survey import survey_store
 
     handle = annlayout.open(source)
-    needed = max(cells_needed(p) for p in workload.patterns)
+    needed = max(floor, *(cells_needed(p) for p in workload.patterns))
     if any(isinstance(p, RandomRows | RowSlices) for p in workload.patterns):
         survey = survey_store(source)
         for candidate in candidates:
