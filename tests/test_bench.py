@@ -704,7 +704,13 @@ def test_pbmc68k_reduced_gives_the_same_verdict_whatever_the_seed(tmp_path):
     first, second = _twice(pbmc, genes, layouts, tmp_path / "genes", seeds=(1, 2))
     _same(first, second)
     result = run_bench(pbmc, minibatch, workdir=tmp_path / "w", layouts=["anndata-default"])
-    assert any("a batch of 256 cells is 37% of the 700 cells" in w for w in result.warnings)
+    (batch,) = [w for w in result.warnings if "a batch of 256 cells is 37% of the 700 cells" in w]
+    assert batch.endswith("each reader on a dataset of 700 cells, but not on a larger one")
+    sampled = run_bench(
+        pbmc, minibatch, workdir=tmp_path / "s", layouts=["anndata-default"], sample=500,
+        readers=("annlayout",),
+    )  # fmt: skip
+    assert sampled.warnings[0].endswith("Give --sample 2,560 or more cells")
 
 
 def test_auto_sample_is_sized_from_the_workload(generated):

@@ -116,15 +116,15 @@ def reason(result: BenchResult) -> str:
         )
     best = chosen.best
     behind = ", ".join(
-        f"{c.name} {_figure_text(c, objective)}, "
-        + "{:.2f}x-{:.2f}x".format(*lead(best, c, objective))
+        f"{c.name} ({_figure_text(c, objective)}; "
+        + "{:.2f}x-{:.2f}x its figure round by round)".format(*lead(best, c, objective))
         for c in chosen.tied
         if c is not best
     )
     return (
         f"Recommended: {winner.name}, from a tie of {len(chosen.tied)} candidates ({whom}): "
-        f"{best.name} ({_figure_text(best, objective)}) does not lead {behind} of its figure "
-        f"round by round by more than {margin(objective):.0%} {every}. "
+        f"{best.name} ({_figure_text(best, objective)}) does not lead {behind} by more than "
+        f"{margin(objective):.0%} {every}. "
         f"The tie is broken by {TIE_BREAK}: {winner.name} is {chosen.tie_break}."
     )
 

@@ -219,7 +219,7 @@ def run_bench(
         workload, storage, str(source), cells if sample_rows < full_shape[0] else None,
         candidates, chosen.winner, objective, prices, full_shape, epochs,
         _skipped_readers(candidates, readers), chosen, rounds, reader,
-        _warnings(workload, candidates, sample_rows), scaled, sample_rows,
+        _warnings(workload, candidates, sample_rows, full_shape[0]), scaled, sample_rows,
     )  # fmt: skip
 
 
@@ -261,9 +261,11 @@ def x_rows_per_chunk(plan: Any) -> float | None:
     return chunks[0] / max(x.nnz / max(1, x.shape[0]), 1e-9)
 
 
-def _warnings(workload: Workload, candidates: list[Candidate], rows: int) -> list[str]:
-    """What is off about measuring ``workload`` on ``rows`` cells, each with what the
-    figures are still good for."""
+def _warnings(
+    workload: Workload, candidates: list[Candidate], rows: int, full_rows: int
+) -> list[str]:
+    """What is off about measuring ``workload`` on ``rows`` cells (of ``full_rows``), each
+    with what the figures are still good for, and what to do about it where anything can."""
     out = []
     for pattern in workload.patterns:
         if isinstance(pattern, RandomRows | RowSlices):
@@ -274,8 +276,12 @@ def _warnings(workload: Workload, candidates: list[Candidate], rows: int) -> lis
                     f"{min(size, rows) / rows:.0%} of the {rows:,} cells measured (at most "
                     f"{BATCH_SHARE:.0%} means what it means on a large dataset): it reads most "
                     "of every layout's chunks, so its times understate what small chunks save; "
-                    "they still compare decoding and the per-batch overhead of each reader. "
-                    f"Give --sample {cells_needed(pattern):,} or more cells, or --sample auto"
+                    "they still compare decoding and the per-batch overhead of each reader"
+                    + (
+                        f". Give --sample {cells_needed(pattern):,} or more cells"
+                        if rows < full_rows
+                        else f" on a dataset of {full_rows:,} cells, but not on a larger one"
+                    )
                 )
     rowwise = any(isinstance(p, RandomRows | RowSlices) for p in workload.patterns)
     coarse = [
