@@ -139,8 +139,8 @@ def test_bench_recommends_a_layout_apply_accepts(tmp_path, dataset):
     assert names == {"ml-minibatch", "cell-browser"}
     for candidate in result.candidates:
         readers = {(r.pattern, r.reader) for r in candidate.results}
-        assert len(readers) == 3 * len(load_workload("cell-browser").patterns)
-        assert {reader for _, reader in readers} == {"annlayout", "sparse_dataset", "read_lazy"}
+        assert len(readers) == 4 * len(load_workload("cell-browser").patterns)
+        assert {reader for _, reader in readers} == set(bench_readers.READERS)
         assert all(r.requests > 0 and r.bytes_read > 0 for r in candidate.results)
     from annlayout.bench.report import write_reports
 
@@ -212,11 +212,17 @@ def test_bench_cli_on_simulated_storage(tmp_path, dataset):
          "--layout", "anndata-default", "--storage", "sim:rtt=1ms,concurrency=8", "--out", str(out)],
     )  # fmt: skip
     assert result.exit_code == 0, result.output + result.stderr
-    assert "recommended" in result.output
+    assert result.stdout.startswith("Recommended: ")
     # stderr is not a terminal here: one line per stage, so a CI log shows the run move
-    stages = [line.split(" s  ", 1)[1] for line in result.stderr.splitlines()]
+    lines = result.stderr.splitlines()
+    stages = [line.split(" s  ", 1)[1] for line in lines if " s  " in line]
     assert stages[0] == "writing analysis" and "writing anndata-default" in stages
-    assert "measuring anndata-default: full scan (10000)" in stages
+    assert "counting anndata-default: full scan (10000)" in stages
+    assert stages[-5:] == [f"timing round {n} of 5" for n in range(1, 6)]
+    # 400 cells are too few for row slices of 1,000: said once, with what still holds
+    warnings = [line for line in lines if line.startswith("warning: ")]
+    assert len(warnings) == 2 and warnings[0].startswith("warning: row slices (1000): a batch")
+    assert "fewer than 8 X chunks of analysis" in warnings[1]
     report = json.loads((out / "report.json").read_text())
     assert report["storage"] == "sim:rtt=1ms,concurrency=8"
     assert report["skipped_readers"] == []
@@ -224,6 +230,11 @@ def test_bench_cli_on_simulated_storage(tmp_path, dataset):
         main, ["bench", str(dataset), "-w", "analysis", "--storage", "ftp", "--out", str(out)]
     )
     assert bad.exit_code == 1 and "use local, sim:" in bad.stderr
+    bad = CliRunner().invoke(
+        main, ["bench", str(dataset), "-w", "analysis", "--sample", "half", "--out", str(out)]
+    )
+    assert bad.exit_code == 1
+    assert bad.stderr.strip().endswith("--sample 'half': expected a number of cells, auto or all")
 
 
 def test_bench_says_which_reader_it_skipped_without_the_bench_extra(tmp_path, dataset, monkeypatch):
@@ -235,8 +246,13 @@ def test_bench_says_which_reader_it_skipped_without_the_bench_extra(tmp_path, da
     monkeypatch.setattr(
         annlayout.optional, "find_spec", lambda name: None if name == "xarray" else found(name)
     )
+    args = ["bench", str(dataset), "-w", "analysis", "--layout", "analysis", "--rounds", "2"]
+    refused = CliRunner().invoke(main, [*args, "--reader", "read_lazy", "--out", str(tmp_path)])
+    assert refused.exit_code == 1
+    assert refused.stderr.strip().endswith("--reader read_lazy: anndata's read_lazy needs xarray: "
+                                           "pip install 'annlayout[bench]'")  # fmt: skip
     out = tmp_path / "report"
-    args = ["bench", str(dataset), "-w", "analysis", "--layout", "analysis", "--out", str(out)]
+    args = [*args, "--out", str(out)]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output + result.stderr
     reason = "anndata's read_lazy needs xarray: pip install 'annlayout[bench]'"
@@ -245,7 +261,9 @@ def test_bench_says_which_reader_it_skipped_without_the_bench_extra(tmp_path, da
     report = json.loads((out / "report.json").read_text())
     assert report["skipped_readers"] == [{"reader": "read_lazy", "reason": reason}]
     patterns = report["candidates"][0]["patterns"]
-    assert {p["reader"] for p in patterns} == {"annlayout", "sparse_dataset"}
+    assert {p["reader"] for p in patterns} == {
+        "annlayout", "sparse_dataset-zarrs", "sparse_dataset-zarr",
+    }  # fmt: skip
     assert f"Skipped reader: read_lazy, not measured ({reason})." in (out / "report.md").read_text()
 
     quiet = CliRunner().invoke(main, [*args, "--quiet"])
@@ -257,6 +275,31 @@ def test_bench_says_which_reader_it_skipped_without_the_bench_extra(tmp_path, da
     assert summary["score"] == pytest.approx(1.0) and summary["cost_per_epoch"] > 0
     assert summary["reports"]["recommended"] == str(out / "recommended.yaml")
     assert summary["skipped_readers"] == [{"reader": "read_lazy", "reason": reason}]
+    assert summary["verdict"]["kind"] == "only candidate" and summary["verdict"]["reason"]
+    assert summary["interval"].startswith("min to max of 2 rounds")
+
+
+def test_bench_skips_the_zarrs_pipeline_when_zarrs_is_missing(tmp_path, dataset, monkeypatch):
+    import annlayout.optional
+
+    found = annlayout.optional.find_spec
+    monkeypatch.setattr(
+        annlayout.optional, "find_spec", lambda name: None if name == "zarrs" else found(name)
+    )
+    result = run_bench(
+        dataset, load_workload("analysis"), workdir=tmp_path, layouts=["analysis"], rounds=2
+    )
+    assert result.skipped_readers == {
+        "sparse_dataset-zarrs": "the zarrs codec pipeline needs zarrs: pip install zarrs"
+    }
+    assert "sparse_dataset-zarr" in {r.reader for r in result.candidates[0].results}
+
+
+def test_the_cli_offers_every_reader():
+    from annlayout.cli import bench_command
+
+    option = next(p for p in bench_command.params if p.name == "reader")
+    assert tuple(option.type.choices) == bench_readers.READERS
 
 
 def test_bench_reads_its_input_from_s3(tmp_path, dataset, s3):
@@ -337,6 +380,13 @@ EPOCH_OPS = {
     "full scan (50)": 8,  # 400 / 50 blocks = one scan
 }
 
+# what an operation reads on the full 400 cells over the 200-cell sample: every cell for gene
+# queries, obs columns and a category's cells; a 50-cell block is one on both; a batch too
+EPOCH_SCALE = {
+    "random rows (16)": 1.0, "row slices (20)": 1.0, "gene queries (2)": 2.0,
+    "category, 2 genes": 2.0, "obs columns": 2.0, "full scan (50)": 1.0,
+}  # fmt: skip
+
 
 @pytest.fixture(scope="module")
 def priced(tmp_path_factory, dataset):
@@ -358,10 +408,13 @@ def test_dollars_per_epoch_are_dollars_per_op_times_ops_per_epoch(priced):
     for candidate in priced.candidates:
         for r in candidate.results:
             assert r.ops_per_epoch == EPOCH_OPS[r.pattern]
-            n = r.operations
-            by_hand = (
-                r.requests / n * 0.0004 + r.heads / n * 0.0004 + (r.puts + r.lists) / n * 0.005
-            ) / 1000 + r.bytes_read / n / 2**30 * 0.09
+            n = r.counted  # per op on the sample, scaled to the full dataset
+            assert r.scale == EPOCH_SCALE[r.pattern]
+            by_hand = r.scale * (
+                (r.requests / n * 0.0004 + r.heads / n * 0.0004 + (r.puts + r.lists) / n * 0.005)
+                / 1000
+                + r.bytes_read / n / 2**30 * 0.09
+            )
             assert r.dollars_per_op == pytest.approx(by_hand)
             assert r.dollars_per_epoch == pytest.approx(by_hand * EPOCH_OPS[r.pattern])
             assert r.puts == 0  # reading writes nothing
@@ -381,6 +434,7 @@ def test_the_objective_decides(priced):
     other = next(c for c in candidates if c is not cheapest)
     assert cheapest.cost_per_epoch < other.cost_per_epoch
     cheapest.score, other.score = 3.0, 1.0
+    cheapest.rounds, other.rounds = [3.0] * 5, [1.0] * 5  # 3x slower in every round
     cost(candidates)
     assert recommend(candidates, "time") is other
     assert recommend(candidates, "cost") is cheapest
@@ -419,9 +473,9 @@ def test_bench_cli_objective_cost_and_prices(tmp_path, dataset):
         assert candidate["cost_per_epoch"] == pytest.approx(by_bytes)
     text = (out / "recommended.yaml").read_text()
     assert text.startswith("# Recommended by `annlayout bench`")
-    why = next(line for line in text.splitlines() if "under --objective cost" in line)
-    assert f"${money(cheapest['cost_per_epoch'])} per epoch" in why and "GET" in why
-    assert "cheaper than" in why
+    why = next(line for line in text.splitlines() if "--objective cost" in line)
+    assert f"${money(cheapest['cost_per_epoch'])} per epoch" in why
+    assert "GET" in text.split("Per workload epoch: ")[1].splitlines()[0]
     assert annlayout.load_layout(out / "recommended.yaml").name == cheapest["name"]
     markdown = (out / "report.md").read_text()
     assert "## Cost" in markdown and "dear bytes" in markdown and "| $ per epoch |" in markdown
@@ -453,3 +507,225 @@ def test_dollars_are_written_without_exponents():
     assert money(0.012345) == "0.0123"
     assert money(1234.5678) == "1,234.57"
     assert money(0) == "0.00" and money(3) == "3.00"
+
+
+# --------------------------------------------------------------------------- trust
+
+
+def _candidate(name, rounds, size, objects=10, write=1.0, orientations=("csr",)):
+    from annlayout.bench.candidates import Candidate
+
+    candidate = Candidate(name=name, layout=annlayout.load_layout("analysis"), origin="given")
+    candidate.rounds, candidate.size, candidate.objects = list(rounds), size, objects
+    candidate.write_seconds, candidate.x_orientations = write, list(orientations)
+    candidate.score = float(np.median(rounds))
+    candidate.low, candidate.high = min(rounds), max(rounds)
+    candidate.cost_per_epoch = 1.0
+    candidate.balanced_interval = (1.0, 1.0)
+    return candidate
+
+
+def test_verdict_a_clear_winner_leads_in_every_round_else_a_tie_broken_by_size():
+    from annlayout.bench.score import verdict
+
+    fast = _candidate("fast", [1.0, 1.0, 1.0, 1.0, 1.0], size=2000)
+    slow = _candidate("slow", [1.3, 1.2, 1.6, 1.25, 1.4], size=1000)
+    clear = verdict([slow, fast])
+    assert clear.clear and clear.kind == "clear winner" and clear.winner is fast
+    # one round where slow is within 5% of fast: no clear lead, a tie, the smaller wins
+    close = _candidate("close", [1.3, 1.04, 1.6, 1.25, 1.4], size=1000)
+    tie = verdict([close, fast])
+    assert not tie.clear and tie.kind == "tie" and tie.best is fast and tie.winner is close
+    assert [c.name for c in tie.tied] == ["fast", "close"]
+    assert tie.tie_break.startswith("the smallest on disk")
+    # the same size (within 1%): fewer objects; the same objects too: the faster write
+    twin = _candidate("twin", [1.02, 1.0, 1.03, 1.01, 0.99], size=2010, objects=5)
+    assert verdict([twin, fast]).winner is twin
+    assert "fewest objects (5 against 10)" in verdict([twin, fast]).tie_break
+    twin.objects, twin.write_seconds = 10, 0.5
+    assert verdict([twin, fast]).winner is twin
+    assert "fastest to write" in verdict([twin, fast]).tie_break
+
+
+def test_a_copy_no_pattern_reads_is_never_recommended(tmp_path, dataset):
+    """ml-minibatch reads rows only: cell-browser's CSC copy is never read (its bytes are
+    counted per element), so it is excluded however fast it is; with --reader
+    sparse_dataset-zarr (anndata never reads the copy) so is it for gene queries."""
+    result = run_bench(
+        dataset, load_workload("ml-minibatch"), workdir=tmp_path / "rows",
+        layouts=["ml-minibatch", "cell-browser"], rounds=2,
+    )  # fmt: skip
+    browser = next(c for c in result.candidates if c.name == "cell-browser")
+    assert browser.excluded == "carries a csc copy of X that no pattern reads (annlayout reader)"
+    assert result.winner.name == "ml-minibatch"
+    assert all(r.copy_bytes == 0 for r in browser.results)
+
+    genes = Workload.model_validate(
+        {"workload": 1, "name": "genes", "patterns": [{"kind": "gene-queries", "queries": 3}]}
+    )
+    ours = run_bench(
+        dataset, genes, workdir=tmp_path / "genes", layouts=["ml-minibatch", "cell-browser"],
+        rounds=2,
+    )  # fmt: skip
+    browser = next(c for c in ours.candidates if c.name == "cell-browser")
+    assert browser.excluded is None and any(r.copy_bytes for r in browser.ours())
+    theirs = run_bench(
+        dataset, genes, workdir=tmp_path / "theirs", layouts=["ml-minibatch", "cell-browser"],
+        rounds=2, reader="sparse_dataset-zarr", readers=("annlayout", "sparse_dataset-zarr"),
+    )  # fmt: skip
+    assert {r.reader for r in theirs.candidates[0].results} == {"annlayout", "sparse_dataset-zarr"}
+    assert theirs.skipped_readers == {}  # readers not asked for are not skipped ones
+    with pytest.raises(BenchError, match="--reader read_lazy: not among the readers measured"):
+        run_bench(dataset, genes, workdir=tmp_path, reader="read_lazy", readers=("annlayout",))
+    assert theirs.reader == "sparse_dataset-zarr" and theirs.winner.name == "ml-minibatch"
+    browser = next(c for c in theirs.candidates if c.name == "cell-browser")
+    assert browser.excluded == (
+        "carries a csc copy of X that no pattern reads (sparse_dataset-zarr reader)"
+    )
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory):
+    """4,000 cells x 1,000 genes, 600 nonzeros a cell (2.4M): X spans two of the analysis
+    layout's 8 MiB chunks, so a CSC copy and small chunks pay off clearly; small enough for
+    seconds."""
+    from annlayout.datagen import make_dataset
+
+    path = tmp_path_factory.mktemp("generated") / "g.h5ad"
+    make_dataset(4000, 1000, nnz_per_cell=600, n_pcs=4).write_h5ad(path)
+    return path
+
+
+def _twice(path, workload, layouts, tmp_path, seeds=(1, 2), readers=("annlayout",)):
+    """The verdict of two runs of ``workload`` with different seeds (the scoring reader
+    only, which is all the verdict reads: seconds, not minutes)."""
+    out = []
+    for seed in seeds:
+        seeded = workload.model_copy(update={"seed": seed})
+        result = run_bench(
+            path, seeded, workdir=tmp_path / str(seed), layouts=layouts, readers=readers
+        )
+        out.append(result.verdict)
+    return out
+
+
+def _same(first, second):
+    rounds = [[(c.name, [round(x, 2) for x in c.rounds]) for c in v.tied] for v in (first, second)]
+    assert (first.kind, first.winner.name) == (second.kind, second.winner.name), rounds
+    assert sorted(c.name for c in first.tied) == sorted(c.name for c in second.tied)
+
+
+@pytest.fixture(scope="module")
+def chunked(tmp_path_factory):
+    """Two layouts that differ only in X's chunks, 16 cells or all 4,000, gzip-compressed
+    (slow to decode, so what a read decodes is what it costs)."""
+    folder = tmp_path_factory.mktemp("layouts")
+    for rows in (16, 4000):
+        (folder / f"rows{rows}.yaml").write_text(
+            f"annlayout: 1\nname: rows{rows}\ntarget: {{format: zarr, zarr_format: 3}}\n"
+            "defaults: {chunks: {bytes: 1MiB}, shards: none, codecs: [{name: gzip, level: 6}]}\n"
+            "rules:\n  - match: {path: [X], encoding: [csr_matrix]}\n"
+            f"    chunks: {{major: {rows}}}\n    orientations: [csr]\n"
+        )
+    return [str(folder / "rows16.yaml"), str(folder / "rows4000.yaml")]
+
+
+@pytest.mark.parametrize(
+    ("pattern", "answer"),
+    [
+        # one gene from the CSC copy, not every chunk of the CSR
+        ({"kind": "gene-queries", "genes": 1, "queries": 6}, "cell-browser"),
+        # 64 random cells: 64 chunks of 16 cells, not all 4,000 cells decoded
+        ({"kind": "random-rows", "batch_size": 64, "batches": 6}, "rows16"),
+        # a scan in blocks of 500: each block decodes the one 4,000-cell chunk whole
+        ({"kind": "full-scan", "block_rows": 500}, "rows16"),
+    ],
+)
+def test_the_known_answer_is_a_clear_winner_whatever_the_seed(
+    tmp_path, generated, chunked, pattern, answer
+):
+    layouts = ["anndata-default", "cell-browser"] if pattern["kind"] == "gene-queries" else chunked
+    workload = Workload.model_validate({"workload": 1, "name": "w", "patterns": [pattern]})
+    first, second = _twice(generated, workload, layouts, tmp_path)
+    _same(first, second)
+    assert first.clear and first.winner.name == answer
+
+
+def test_a_workload_without_a_clear_winner_is_a_tie_with_its_tie_break(tmp_path, generated):
+    """Two candidates with the same layout under two names are equally fast: a tie, broken
+    by the stated rule, and report.md opens with it."""
+    from annlayout.bench.report import write_reports
+
+    twin = tmp_path / "twin.yaml"
+    twin.write_text(
+        annlayout.load_layout("ml-minibatch").to_yaml().replace("name: ml-minibatch", "name: twin")
+    )
+    workload = Workload.model_validate(
+        {"workload": 1, "name": "w", "patterns": [{"kind": "random-rows", "batch_size": 64}]}
+    )
+    result = run_bench(
+        generated, workload, workdir=tmp_path / "w", layouts=["ml-minibatch", str(twin)],
+        readers=("annlayout", "sparse_dataset-zarr"),
+    )  # fmt: skip
+    assert result.verdict.kind == "tie" and len(result.verdict.tied) == 2
+    assert "fastest to write" in result.verdict.tie_break  # same bytes, same objects
+    paths = write_reports(result, tmp_path / "out")
+    opening = paths["markdown"].read_text().split("\n\n")[1]
+    assert opening.startswith(f"Recommended: **{result.winner.name}**, from a tie of 2")
+    assert opening.count(". ") == 1 and "The tie is broken by bytes on disk" in opening
+    report = json.loads(paths["json"].read_text())
+    assert report["verdict"]["kind"] == "tie" and report["verdict"]["reason"]
+    for candidate in report["candidates"]:
+        low, high = candidate["score_interval"]
+        assert low <= candidate["score"] <= high and len(candidate["round_scores"]) == 5
+        for pattern in candidate["patterns"]:
+            assert pattern["interval"][0] <= pattern["median"] <= pattern["interval"][1]
+    assert paths["svg"].read_text().lstrip().startswith("<?xml")
+
+
+def test_pbmc68k_reduced_gives_the_same_verdict_whatever_the_seed(tmp_path):
+    """The issue's case: on 700 cells ml-minibatch picked cell-browser or anndata-default by
+    seed, and 10-gene queries likewise. Now both seeds agree, and 256-cell batches on 700
+    cells are said to be too large to mean much."""
+    from .test_corpus import corpus
+
+    pbmc = corpus("scanpy-pbmc68k_reduced.h5ad")
+    layouts = ["anndata-default", "cell-browser"]
+    minibatch = load_workload("ml-minibatch").model_copy(
+        update={"patterns": [load_workload("ml-minibatch").patterns[0].model_copy(
+            update={"batches": 9})]}
+    )  # fmt: skip
+    first, second = _twice(pbmc, minibatch, layouts, tmp_path / "rows", seeds=(0, 1))
+    _same(first, second)
+    genes = Workload.model_validate(
+        {"workload": 1, "name": "genes",
+         "patterns": [{"kind": "gene-queries", "genes": 10, "queries": 6}]}
+    )  # fmt: skip
+    first, second = _twice(pbmc, genes, layouts, tmp_path / "genes", seeds=(1, 2))
+    _same(first, second)
+    result = run_bench(pbmc, minibatch, workdir=tmp_path / "w", layouts=["anndata-default"])
+    (batch,) = [w for w in result.warnings if "a batch of 256 cells is 37% of the 700 cells" in w]
+    assert batch.endswith("each reader on a dataset of 700 cells, but not on a larger one")
+    sampled = run_bench(
+        pbmc, minibatch, workdir=tmp_path / "s", layouts=["anndata-default"], sample=500,
+        readers=("annlayout",),
+    )  # fmt: skip
+    assert sampled.warnings[0].endswith("Give --sample 2,560 or more cells")
+
+
+def test_auto_sample_is_sized_from_the_workload(generated):
+    from annlayout.bench.candidates import initial_candidates
+    from annlayout.bench.runner import auto_sample
+
+    rows = Workload.model_validate(
+        {"workload": 1, "name": "w", "patterns": [{"kind": "random-rows", "batch_size": 32}]}
+    )
+    small = initial_candidates(["ml-minibatch"], print)
+    assert auto_sample(generated, rows, small) == 4000  # 10,000 at least, never more than all
+    assert auto_sample(generated, rows, small, floor=0) == 320  # a batch is 10%; 8 x 16 < 320
+    scan = Workload.model_validate(
+        {"workload": 1, "name": "w", "patterns": [{"kind": "full-scan", "block_rows": 2000}]}
+    )
+    assert auto_sample(generated, scan, small, floor=0) == 2000  # one whole block
+    large = initial_candidates(["analysis"], print)  # 8 MiB chunks: all 4,000 cells and more
+    assert auto_sample(generated, rows, large, floor=0) == 4000

@@ -768,9 +768,32 @@ def verify_command(source: str, rewritten: str, as_json: bool, memory: str, verb
     is_flag=True,
     help="Also try variants of the best candidate (chunks, codecs, orientations).",
 )
-@click.option("--sample", type=int, help="Benchmark on N cells of INPUT.")
+@click.option(
+    "--sample",
+    default="auto",
+    show_default=True,
+    help="Benchmark on N cells of INPUT; 'auto': as many as the workload needs (a batch at "
+    "most 10% of them, a full scan's block, 8 of every candidate's X chunks, 10,000 at least); "
+    "'all': every cell.",
+)
 @click.option(
     "--sample-mode", type=click.Choice(["random", "first"]), default="random", show_default=True
+)
+@click.option(
+    "--reader",
+    type=click.Choice(["annlayout", "sparse_dataset-zarrs", "sparse_dataset-zarr", "read_lazy"]),
+    default="annlayout",
+    show_default=True,
+    help="The reader to recommend for: a store laid out for one client may not suit another. "
+    "Every installed reader is measured either way.",
+)
+@click.option(
+    "--rounds",
+    type=click.IntRange(min=2),
+    default=5,
+    show_default=True,
+    help="Timing rounds per pattern, reader and candidate (each its own draw of the reads, "
+    "the pattern's operations spread over them): a figure's interval is the rounds' range.",
 )
 @click.option(
     "--storage",
@@ -818,8 +841,10 @@ def bench_command(
     workload: str,
     layouts: tuple[str, ...],
     search: bool,
-    sample: int | None,
+    sample: str | None,
     sample_mode: str,
+    reader: str,
+    rounds: int,
     storage: str,
     max_size: str | None,
     max_objects: int | None,
@@ -835,10 +860,14 @@ def bench_command(
     INPUT  the AnnData store to measure on (.h5ad or .zarr, a path or an s3:// URL);
            --sample N measures on N of its cells
 
-    Requests (GET, PUT, LIST, HEAD) and bytes are counted per operation and per epoch (one
-    full pass of each pattern over the whole dataset, also with --sample) and priced with
-    --prices. Writes recommended.yaml (a layout file: apply it with `annlayout apply`; a
-    comment at its top says why it won), report.md, report.json and report.png into --out.
+    Every pattern is timed in --rounds rounds on every candidate; a candidate is the clear
+    winner only when it is ahead of every other by more than the rounds' spread, otherwise
+    the tie is broken by bytes on disk, then stored objects, then write time, and the report
+    says which. Requests (GET, PUT, LIST, HEAD) and bytes are counted per operation and per
+    epoch (one full pass of each pattern over the whole dataset, also with --sample) and
+    priced with --prices. Writes recommended.yaml (a layout file: apply it with `annlayout
+    apply`; a comment at its top says why it won), report.md, report.json, report.png and
+    report.svg into --out.
     Each stage (sampling, writing a candidate, measuring a pattern) is shown on stderr: a
     status line on a terminal, one line per stage otherwise.
     """
@@ -846,7 +875,7 @@ def bench_command(
 
     from annlayout.bench import load_workload, parse_storage, run_bench
     from annlayout.bench.cost import load_prices, money
-    from annlayout.bench.report import outcome, write_reports
+    from annlayout.bench.report import outcome, reason, write_reports
     from annlayout.rewrite import ApplyError
 
     try:
@@ -859,6 +888,16 @@ def bench_command(
             limit = float(max_size.lower().removesuffix("x"))
         except ValueError:
             raise ApplyError(f"--max-size {max_size!r}: expected e.g. 1.5x") from None
+    chosen_sample: int | str | None = sample
+    if sample not in (None, "auto", "all"):
+        try:
+            chosen_sample = int(sample)
+        except ValueError:
+            raise ApplyError(
+                f"--sample {sample!r}: expected a number of cells, auto or all"
+            ) from None
+        if chosen_sample < 1:
+            raise ApplyError(f"--sample {sample!r}: expected a positive number of cells")
     loaded = load_workload(workload)
     prices = load_prices(prices_file)
     with tempfile.TemporaryDirectory(
@@ -867,9 +906,9 @@ def bench_command(
         with _stages(enabled=not (quiet or as_json)) as progress:
             result = run_bench(
                 input, loaded, workdir=Path(work), layouts=list(layouts) or None,
-                storage=simulation, sample=sample, sample_mode=sample_mode, search=search,
-                max_size=limit, max_objects=max_objects, objective=objective, prices=prices,
-                progress=progress,
+                storage=simulation, sample=chosen_sample, sample_mode=sample_mode,
+                search=search, max_size=limit, max_objects=max_objects, objective=objective,
+                prices=prices, progress=progress, reader=reader, rounds=rounds,
             )  # fmt: skip
         paths = write_reports(result, out_dir)
     if as_json:
@@ -877,13 +916,15 @@ def bench_command(
         return
     if quiet:
         return
-    for reader, reason in result.skipped_readers.items():
-        err.print(f"[yellow]note:[/] {reader} was not measured: {escape(reason)}", highlight=False)
+    for skipped, why in result.skipped_readers.items():
+        err.print(f"[yellow]note:[/] {skipped} was not measured: {escape(why)}", highlight=False)
+    for warning in result.warnings:
+        err.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
+    out.print(escape(reason(result)), highlight=False)
     out.print(
-        f"recommended [cyan]{result.winner.name}[/] for workload {loaded.name} "
-        f"(--objective {objective}: score {result.winner.score:.2f}, "
-        f"${money(result.winner.cost_per_epoch)} per epoch); wrote {paths['recommended']}, "
-        f"{paths['markdown'].name}, {paths['json'].name}, {paths['png'].name}",
+        f"${money(result.winner.cost_per_epoch)} per epoch; wrote {paths['recommended']}, "
+        f"{paths['markdown'].name}, {paths['json'].name}, {paths['png'].name}, "
+        f"{paths['svg'].name}",
         highlight=False,
     )
 

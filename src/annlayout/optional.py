@@ -18,6 +18,11 @@ EXTRAS = {
 }
 
 
+def installed(module: str) -> bool:
+    """Whether ``module`` can be imported (found, not imported)."""
+    return find_spec(module) is not None
+
+
 def missing(extra: str, modules: tuple[str, ...] | None = None) -> list[str]:
     """The packages of ``extra`` (or just ``modules`` of it) that are not installed."""
     return [name for name in modules or EXTRAS[extra] if find_spec(name) is None]

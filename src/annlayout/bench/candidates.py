@@ -33,25 +33,31 @@ class Candidate:
     x_major_per_chunk: float | None = None
     x_orientations: list[str] = field(default_factory=list)
     results: list[PatternResult] = field(default_factory=list)
-    score: float = math.inf
-    cost_per_epoch: float = math.inf  # dollars per workload epoch, annlayout's reader
+    reader: str = "annlayout"  # whose results score and cost it (bench --reader)
+    score: float = math.inf  # the median of its round scores (score.score)
+    low: float = math.inf  # the range of its round scores
+    high: float = math.inf
+    rounds: list[float] = field(default_factory=list)  # its score in each round
+    cost_per_epoch: float = math.inf  # dollars per workload epoch, its reader's
     balanced: float = math.inf  # score.rank: sqrt(score / best x cost / best)
+    balanced_interval: tuple[float, float] = (math.inf, math.inf)
     excluded: str | None = None
 
     def ours(self) -> list[PatternResult]:
-        """The results through annlayout's reader (what scores and costs are made of)."""
-        return [r for r in self.results if r.reader == "annlayout"]
+        """The results through its reader (what scores and costs are made of)."""
+        return [r for r in self.results if r.reader == self.reader]
 
     def requests_per_epoch(self) -> dict[str, float]:
-        """Requests by kind per workload epoch, annlayout's reader."""
+        """Requests by kind per workload epoch of the full dataset (per-op counts scaled
+        from the sample, :attr:`PatternResult.scale`), its reader's."""
         totals = {"GET": 0.0, "PUT": 0.0, "LIST": 0.0, "HEAD": 0.0}
         for r in self.ours():
             for kind, n in r.per_op().items():
-                totals[kind] += n * r.ops_per_epoch
+                totals[kind] += n * r.scale * r.ops_per_epoch
         return totals
 
     def bytes_per_epoch(self) -> float:
-        return sum(r.bytes_per_op * r.ops_per_epoch for r in self.ours())
+        return sum(r.bytes_per_op * r.scale * r.ops_per_epoch for r in self.ours())
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -62,11 +68,15 @@ class Candidate:
             "objects": self.objects,
             "x_major_per_chunk": self.x_major_per_chunk,
             "x_orientations": self.x_orientations,
+            "reader": self.reader,
             "score": self.score,
+            "score_interval": [self.low, self.high],
+            "round_scores": self.rounds,
             "cost_per_epoch": self.cost_per_epoch,
             "requests_per_epoch": self.requests_per_epoch(),
             "bytes_per_epoch": self.bytes_per_epoch(),
             "balanced": self.balanced,
+            "balanced_interval": list(self.balanced_interval),
             "excluded": self.excluded,
             "patterns": [r.summary() for r in self.results],
         }

@@ -1,8 +1,11 @@
-"""Replaying a pattern's operations through one reader on one candidate store.
+"""Replaying a pattern's operations through one reader on one candidate store, in rounds.
 
-Requests (by kind) and bytes are counted through a :class:`~annlayout.bench.stores.MeasuredStore`
-(remote costs simulated when asked), latencies timed, peak memory traced; every answer is
-digested and must equal the first candidate's, so a layout bug cannot win.
+Requests (by kind) and bytes are counted once through a
+:class:`~annlayout.bench.stores.MeasuredStore`, peak memory traced once; latencies are timed
+in rounds (:class:`Replay`), each round its own draw of the pattern's operations, so a
+round's median says how fast the layout is on one sample of the reads and the spread of the
+rounds says how sure that is. Every answer is digested and must equal the first
+candidate's, so a layout bug cannot win.
 """
 
 from __future__ import annotations
@@ -11,19 +14,37 @@ import math
 import statistics
 import time
 import tracemalloc
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from annlayout.bench.readers import answer_digest, open_handle, open_reader
+from annlayout.bench.readers import Read, answer_digest, open_handle, open_reader
 from annlayout.bench.stores import Counters, MeasuredStore, Simulation
-from annlayout.bench.workloads import Operation, Workload, operations, pattern_label
+from annlayout.bench.workloads import Operation, Workload, draws, operations, pattern_label
 from annlayout.errors import BenchError
 
 # read_lazy builds and runs a dask graph per selection (seconds per minibatch on 50,000
-# cells), so it is timed on the first LAZY_OPERATIONS operations of each pattern only; its
-# answers are checked all the same.
+# cells), so it is timed on LAZY_OPERATIONS operations of each pattern in all (spread over
+# the rounds, one at least per round); its answers are checked all the same.
 LAZY_OPERATIONS = 4
+#: rounds per (pattern, reader, candidate) unless asked otherwise: the range of 5 rounds
+#: holds the median round with probability 1 - 2**-4 = 94% (see :func:`coverage`)
+ROUNDS = 5
+#: the scoring reader's round median is taken over this many operations at least (a
+#: pattern's draws are spread over the rounds, but a median of one operation is one stall of
+#: the machine away from anything, and the verdict reads every round); the other readers,
+#: shown but not scored, take the pattern's own number spread over the rounds
+MIN_PER_ROUND = 5
+#: the scoring reader reads each operation this many times back to back and keeps the fastest:
+#: on a shared machine a read is slowed by whatever else runs, never sped up, so the fastest
+#: of three is the layout's and a stall of the machine moves nothing
+REPEATS = 3
+
+
+def coverage(rounds: int) -> float:
+    """How often the range (min to max) of ``rounds`` independent rounds holds the median
+    round time, whatever its distribution: 1 - 2 x 0.5**rounds."""
+    return 1 - 2 * 0.5**rounds
 
 
 @dataclass
@@ -31,20 +52,34 @@ class PatternResult:
     pattern: str
     weight: float
     reader: str  # one of annlayout.bench.readers.READERS
-    latencies: list[float]
-    requests: int  # GETs
+    latencies: list[float]  # every timed operation, all rounds
+    requests: int  # GETs, on the counted operations
     bytes_read: int
     rows: int
     peak_memory: int
     puts: int = 0
     lists: int = 0
     heads: int = 0
+    counted: int = 0  # operations the requests and bytes were counted on (one round's)
+    rounds: list[float] = field(default_factory=list)  # each round's median latency
+    copy_bytes: int = 0  # read from a second orientation of X (X/csc or X/csr)
     ops_per_epoch: int = 0  # of the full dataset (workloads.ops_per_epoch), set by the runner
-    dollars_per_op: float = 0.0  # requests and bytes per op, priced (cost.Prices), ditto
+    scale: float = 1.0  # per-op requests and bytes on the full dataset / on the sample, ditto
+    dollars_per_op: float = 0.0  # requests and bytes per op (scaled), priced, ditto
 
     @property
     def median(self) -> float:
-        return statistics.median(self.latencies)
+        """The median of the rounds' medians (of every latency before any round ran)."""
+        return statistics.median(self.rounds or self.latencies)
+
+    @property
+    def low(self) -> float:
+        """The fastest round's median: with :attr:`high`, the interval of :func:`coverage`."""
+        return min(self.rounds or self.latencies)
+
+    @property
+    def high(self) -> float:
+        return max(self.rounds or self.latencies)
 
     @property
     def p95(self) -> float:
@@ -57,16 +92,16 @@ class PatternResult:
 
     @property
     def requests_per_op(self) -> float:
-        """Per operation: readers are timed on different numbers of operations."""
-        return self.requests / max(1, self.operations)
+        """Per operation, on the sample: readers are counted on different numbers."""
+        return self.requests / max(1, self.counted)
 
     @property
     def bytes_per_op(self) -> float:
-        return self.bytes_read / max(1, self.operations)
+        return self.bytes_read / max(1, self.counted)
 
     def per_op(self) -> dict[str, float]:
-        """Requests per operation by kind (GET, PUT, LIST, HEAD)."""
-        n = max(1, self.operations)
+        """Requests per operation by kind (GET, PUT, LIST, HEAD), on the sample."""
+        n = max(1, self.counted)
         return {
             "GET": self.requests / n, "PUT": self.puts / n, "LIST": self.lists / n,
             "HEAD": self.heads / n,
@@ -85,7 +120,7 @@ class PatternResult:
     def summary(self) -> dict[str, Any]:
         data = asdict(self)
         data.update(
-            median=self.median, p95=self.p95, throughput=self.throughput,
+            median=self.median, interval=[self.low, self.high], p95=self.p95, throughput=self.throughput,
             operations=self.operations, requests_per_op=self.requests_per_op,
             bytes_per_op=self.bytes_per_op, requests_per_op_by_kind=self.per_op(),
             dollars_per_epoch=self.dollars_per_epoch,
@@ -93,7 +128,9 @@ class PatternResult:
         return data
 
 
-def open_measured(location: Path | str, storage: Simulation) -> tuple[MeasuredStore, Counters]:
+def open_measured(
+    location: Path | str, storage: Simulation | None = None
+) -> tuple[MeasuredStore, Counters]:
     from zarr.storage import LocalStore
 
     from annlayout.stores import zarr_store
@@ -106,7 +143,82 @@ def open_measured(location: Path | str, storage: Simulation) -> tuple[MeasuredSt
     return MeasuredStore(inner, counters, storage), counters
 
 
-def measure(
+@dataclass
+class Replay:
+    """One pattern through one reader on one candidate: counted once (:func:`prepare`), then
+    timed round after round (:meth:`time_round`), the reader kept open between rounds."""
+
+    name: str
+    pattern: Any
+    index: int  # of the pattern in the workload
+    reader: str
+    read: Read
+    shape: tuple[int, int]
+    obs: Any
+    seed: int
+    rounds: int
+    reference: dict[tuple[int, int, int], str]
+    result: PatternResult
+    scoring: bool = False  # the reader that scores: MIN_PER_ROUND operations, REPEATS each
+    _round: int = 0
+    _ops: list[Operation] = field(default_factory=list)
+    _latencies: list[float] = field(default_factory=list)
+
+    def ops(self, number: int) -> list[Operation]:
+        """Round ``number``'s operations: its own draw (seeded by the workload's seed, the
+        pattern and the round), the pattern's draws spread over the rounds, at least
+        :data:`MIN_PER_ROUND` of them."""
+        total = draws(self.pattern)
+        per_round = None if total is None else max(MIN_PER_ROUND, math.ceil(total / self.rounds))
+        ops = list(
+            operations(
+                self.pattern, self.shape, self.obs, [self.seed, self.index, number], per_round
+            )
+        )
+        if self.reader == "read_lazy":
+            ops = ops[: math.ceil(LAZY_OPERATIONS / self.rounds)]
+        return ops
+
+    def start_round(self, number: int) -> int:
+        """Draw round ``number``'s operations; returns how many there are."""
+        self._round, self._ops, self._latencies = number, self.ops(number), []
+        return len(self._ops)
+
+    def time_op(self, position: int) -> None:
+        """Time operation ``position`` of the round and check its answer against the first
+        candidate's (the runner interleaves candidates operation by operation, so a stall of
+        the machine falls on one operation of several candidates, not on one candidate)."""
+        if position >= len(self._ops):
+            return
+        op = self._ops[position]
+        fastest = math.inf
+        for _ in range(REPEATS if self.scoring else 1):
+            started = time.perf_counter()
+            answer = self.read(op)
+            fastest = min(fastest, time.perf_counter() - started)
+        self._latencies.append(fastest)
+        self.result.rows += answer.shape[0] if op.column is None else 0
+        digest = answer_digest(answer)
+        if self.reference.setdefault((self.index, self._round, position), digest) != digest:
+            raise BenchError(
+                f"{self.name} ({self.reader} reader) answered {self.result.pattern} "
+                f"operation {position} of round {self._round + 1} differently from the first "
+                "candidate"
+            )
+
+    def end_round(self) -> None:
+        """The round's median joins the result's rounds."""
+        self.result.latencies += self._latencies
+        self.result.rounds.append(statistics.median(self._latencies))
+
+    def time_round(self, number: int) -> None:
+        """Time round ``number`` on its own: every operation, then the round's median."""
+        for position in range(self.start_round(number)):
+            self.time_op(position)
+        self.end_round()
+
+
+def prepare(
     name: str,
     location: Path | str,
     pattern: Any,
@@ -114,69 +226,46 @@ def measure(
     reader: str,
     workload: Workload,
     storage: Simulation,
-    reference: dict[tuple[int, int], str],
-) -> PatternResult | None:
+    reference: dict[tuple[int, int, int], str],
+    rounds: int = ROUNDS,
+    scoring: bool = True,
+) -> Replay | None:
     """Pattern ``index`` of ``workload`` through ``reader`` on the candidate ``name`` written
-    at ``location``; None when the reader cannot read the store (or is not installed).
-    ``reference`` holds the first answer's digest of every operation."""
-    # Two passes over the same operations. Requests (by kind) and bytes are counted through a
-    # MeasuredStore; peak memory is traced (tracemalloc), which slows Python-heavy readers,
-    # so it is never traced while timing. On local disk (or a real URL) the timed pass reads
-    # the store directly (zarr's fast paths, e.g. the zarrs pipeline, need a plain store)
-    # and the second pass counts and traces; on simulated object storage the timed pass is
-    # the counted one (the simulation lives in the MeasuredStore) and the second traces.
-    store, counters = open_measured(location, storage)
-    simulated = storage.active
-    ops: list[Operation] = []
-    latencies: list[float] = []
-    rows = peak = 0
-    requests = bytes_read = puts = lists = heads = 0
-    for timed_pass in (True, False):
-        counted = simulated == timed_pass
-        source = store if counted else location
-        read = open_reader(reader, source)
-        if read is None:
-            return None
-        if not ops:
-            handle = open_handle(source)
-            ops = list(operations(pattern, handle.shape, handle.obs, workload.seed + index))
-            if reader == "read_lazy":
-                ops = ops[:LAZY_OPERATIONS]
-        counters.reset()
-        if not timed_pass:
-            tracemalloc.start()
-        try:
-            for number, op in enumerate(ops):
-                started = time.perf_counter()
-                answer = read(op)
-                if not timed_pass:
-                    continue
-                latencies.append(time.perf_counter() - started)
-                rows += answer.shape[0] if op.column is None else 0
-                digest = answer_digest(answer)
-                if reference.setdefault((index, number), digest) != digest:
-                    raise BenchError(
-                        f"{name} ({reader} reader) answered {pattern_label(pattern)} "
-                        f"operation {number} differently from the first candidate"
-                    )
-            if not timed_pass:
-                _, peak = tracemalloc.get_traced_memory()
-        finally:
-            if not timed_pass:
-                tracemalloc.stop()
-        if counted:
-            requests, bytes_read = counters.requests, counters.bytes
-            puts, lists, heads = counters.puts, counters.lists, counters.heads
-    return PatternResult(
-        pattern=pattern_label(pattern),
-        weight=pattern.weight,
-        reader=reader,
-        latencies=latencies,
-        requests=requests,
-        bytes_read=bytes_read,
-        rows=rows,
-        peak_memory=peak,
-        puts=puts,
-        lists=lists,
-        heads=heads,
-    )
+    at ``location``, counted and ready to time; None when the reader cannot read the store
+    (or is not installed). ``reference`` holds the first answer's digest of every operation;
+    ``scoring``: the reader scores the candidates (:data:`MIN_PER_ROUND` operations a round)."""
+    # Requests (by kind), bytes and peak memory come from one untimed pass over round 0's
+    # operations through a MeasuredStore that simulates nothing (counts do not depend on
+    # it), memory traced (tracemalloc slows Python-heavy readers, so it never runs while
+    # timing). The rounds then read the store directly on local disk or a real URL (zarr's
+    # fast paths, e.g. the zarrs pipeline, need a plain store), and through a simulating
+    # MeasuredStore on simulated object storage.
+    counting, counters = open_measured(location)
+    read = open_reader(reader, counting)
+    if read is None:
+        return None
+    handle = open_handle(location)
+    replay = Replay(
+        name, pattern, index, reader, read, handle.shape, handle.obs, workload.seed, rounds,
+        reference, PatternResult(pattern_label(pattern), pattern.weight, reader, [], 0, 0, 0, 0),
+        scoring,
+    )  # fmt: skip
+    ops = replay.ops(0)
+    counters.reset()
+    tracemalloc.start()
+    try:
+        for op in ops:
+            read(op)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    result = replay.result
+    result.requests, result.bytes_read = counters.requests, counters.bytes
+    result.puts, result.lists, result.heads = counters.puts, counters.lists, counters.heads
+    result.counted, result.peak_memory = len(ops), peak
+    result.copy_bytes = counters.bytes_under("X/csc/") + counters.bytes_under("X/csr/")
+    timed: Any = open_measured(location, storage)[0] if storage.active else location
+    timing = open_reader(reader, timed)
+    assert timing is not None  # it opened the same store counted
+    replay.read = timing
+    return replay

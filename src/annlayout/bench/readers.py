@@ -1,8 +1,10 @@
 """The readers a benchmark compares, and the digest that checks their answers.
 
-annlayout's reader and anndata's two lazy readers (``sparse_dataset`` and ``read_lazy``),
-each opened once per store with what it reads once per handle done, then called once per
-operation. Every answer is digested so answers can be compared across candidates and readers.
+annlayout's reader and anndata's lazy readers: ``sparse_dataset`` through each of zarr's two
+codec pipelines (zarrs, the Rust one, and zarr-python's own: which one decodes chunks changes
+anndata's speed more than most layout choices) and ``read_lazy``. Each is opened once per
+store with what it reads once per handle done, then called once per operation. Every answer
+is digested so answers can be compared across candidates and readers.
 """
 
 from __future__ import annotations
@@ -17,16 +19,23 @@ import numpy as np
 import scipy.sparse as sp
 
 from annlayout.bench.workloads import Operation
+from annlayout.codecs import codec_pipeline
 from annlayout.encodings import SPARSE_ENCODINGS, encoding_of
-from annlayout.optional import requirement
+from annlayout.optional import installed, requirement
 
-READERS = ("annlayout", "sparse_dataset", "read_lazy")
+READERS = ("annlayout", "sparse_dataset-zarrs", "sparse_dataset-zarr", "read_lazy")
+#: the zarr codec pipeline (annlayout.codecs.CODEC_PIPELINES) each sparse_dataset reader uses
+PIPELINES = {"sparse_dataset-zarrs": "zarrs", "sparse_dataset-zarr": "zarr"}
 
 
 def not_installed() -> dict[str, str]:
     """The readers whose extra is missing, each with the one line that says how to get it."""
-    missing = requirement("bench", "anndata's read_lazy")
-    return {"read_lazy": missing} if missing else {}
+    out = {}
+    if missing := requirement("bench", "anndata's read_lazy"):
+        out["read_lazy"] = missing
+    if not installed("zarrs"):
+        out["sparse_dataset-zarrs"] = "the zarrs codec pipeline needs zarrs: pip install zarrs"
+    return out
 
 
 Read = Callable[[Operation], Any]
@@ -40,8 +49,8 @@ def open_handle(source: Any) -> Any:
 
 def open_reader(kind: str, source: Any) -> Read | None:
     """A reader opened once, with what it reads once per handle (indexes, indptrs) done."""
-    if kind == "sparse_dataset":
-        return _sparse_dataset_reader(source)
+    if kind in PIPELINES:
+        return _sparse_dataset_reader(source, PIPELINES[kind])
     if kind == "read_lazy":
         return _read_lazy_reader(source)
     handle = open_handle(source)
@@ -75,21 +84,27 @@ def _sorted_rows(rows: Any, read: Callable[[Any], Any]) -> sp.csr_matrix:
     return sp.csr_matrix(read(rows[order]))[np.argsort(order)]
 
 
-def _sparse_dataset_reader(store: Any) -> Read | None:
+def _sparse_dataset_reader(store: Any, pipeline: str) -> Read | None:
+    """anndata's sparse_dataset with zarr's ``pipeline`` (a zarr array takes the pipeline
+    configured when it is opened; anndata may open arrays per read, so reads run in it too)."""
+    if pipeline == "zarrs" and not installed("zarrs"):
+        return None
     import anndata as ad
     from anndata.io import read_elem
 
-    group = _zarr_group(store)
-    if encoding_of(group["X"]) not in SPARSE_ENCODINGS:
-        return None
-    matrix = ad.io.sparse_dataset(group["X"])
+    with codec_pipeline(pipeline):
+        group = _zarr_group(store)
+        if encoding_of(group["X"]) not in SPARSE_ENCODINGS:
+            return None
+        matrix = ad.io.sparse_dataset(group["X"])
 
     def read(op: Operation) -> Any:
-        if op.column is not None:
-            return np.asarray(read_elem(group["obs"][op.column]))
-        if isinstance(op.rows, np.ndarray) or isinstance(op.cols, slice):
-            return _sorted_rows(op.rows, lambda rows: matrix[rows])[:, op.cols]
-        return sp.csr_matrix(matrix[op.rows, op.cols])
+        with codec_pipeline(pipeline):
+            if op.column is not None:
+                return np.asarray(read_elem(group["obs"][op.column]))
+            if isinstance(op.rows, np.ndarray) or isinstance(op.cols, slice):
+                return _sorted_rows(op.rows, lambda rows: matrix[rows])[:, op.cols]
+            return sp.csr_matrix(matrix[op.rows, op.cols])
 
     return read
 

@@ -35,17 +35,26 @@ class Counters:
     puts: int = 0
     lists: int = 0
     heads: int = 0
+    #: bytes read per folder of keys (e.g. ``X/csc/data/c``): what a pattern reads of which
+    #: element, so a copy no pattern reads can be told from one that is read
+    folders: dict[str, int] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def gets(self) -> int:
         return self.requests
 
-    def add(self, nbytes: int) -> None:
-        """One GET that returned ``nbytes``."""
+    def add(self, nbytes: int, key: str = "") -> None:
+        """One GET (of ``key``) that returned ``nbytes``."""
+        folder = key.rpartition("/")[0]
         with self._lock:
             self.requests += 1
             self.bytes += nbytes
+            self.folders[folder] = self.folders.get(folder, 0) + nbytes
+
+    def bytes_under(self, prefix: str) -> int:
+        """Bytes read from keys under ``prefix`` (a folder ending in ``/``)."""
+        return sum(n for folder, n in self.folders.items() if (folder + "/").startswith(prefix))
 
     def count(self, kind: str) -> None:
         """One request of ``kind``: ``"put"``, ``"list"`` or ``"head"``."""
@@ -58,6 +67,7 @@ class Counters:
     def reset(self) -> None:
         with self._lock:
             self.requests = self.bytes = self.puts = self.lists = self.heads = 0
+            self.folders = {}
 
 
 @dataclass(frozen=True)
@@ -178,7 +188,7 @@ class MeasuredStore(WrapperStore):
         finally:
             if slot is not None:
                 slot.release()
-        self.counters.add(nbytes)
+        self.counters.add(nbytes, key)
         return buffer
 
     async def get_partial_values(

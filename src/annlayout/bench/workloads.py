@@ -126,21 +126,29 @@ class Operation:
         return None if isinstance(self.rows, slice) else len(self.rows)
 
 
-def operations(pattern: Any, shape: tuple[int, int], obs: Any, seed: int) -> Iterator[Operation]:
-    """The reads a pattern makes on a dataset of ``shape`` (obs: the reader's obs frame)."""
+def operations(
+    pattern: Any,
+    shape: tuple[int, int],
+    obs: Any,
+    seed: int | list[int],
+    number: int | None = None,
+) -> Iterator[Operation]:
+    """The reads a pattern makes on a dataset of ``shape`` (obs: the reader's obs frame).
+    ``number`` replaces the number of random draws (batches, slices, queries) of one round of
+    a benchmark; obs columns and full scans are the same reads whatever it is."""
     rng = np.random.default_rng(seed)
     n_obs, n_vars = shape
     match pattern:
         case RandomRows(batch_size=size, batches=batches):
-            for _ in range(batches):
+            for _ in range(number or batches):
                 rows = rng.choice(n_obs, min(size, n_obs), replace=False)
                 yield Operation(rows=rows, cols=slice(None))
         case RowSlices(length=length, slices=slices):
-            for _ in range(slices):
+            for _ in range(number or slices):
                 start = int(rng.integers(0, max(1, n_obs - length)))
                 yield Operation(rows=slice(start, min(n_obs, start + length)), cols=slice(None))
         case GeneQueries(genes=genes, queries=queries):
-            for _ in range(queries):
+            for _ in range(number or queries):
                 cols = np.sort(rng.choice(n_vars, min(genes, n_vars), replace=False))
                 yield Operation(rows=slice(None), cols=cols)
         case CategoryGenes(column=column, genes=genes, queries=queries):
@@ -149,7 +157,7 @@ def operations(pattern: Any, shape: tuple[int, int], obs: Any, seed: int) -> Ite
             categories = (
                 list(values.cat.categories) if hasattr(values, "cat") else sorted(set(values))
             )
-            for _ in range(queries):
+            for _ in range(number or queries):
                 chosen = categories[int(rng.integers(0, len(categories)))]
                 rows = np.flatnonzero((values == chosen).to_numpy())
                 cols = np.sort(rng.choice(n_vars, min(genes, n_vars), replace=False))
@@ -161,6 +169,15 @@ def operations(pattern: Any, shape: tuple[int, int], obs: Any, seed: int) -> Ite
         case FullScan(block_rows=block):
             for start in range(0, n_obs, block):
                 yield Operation(rows=slice(start, min(n_obs, start + block)), cols=slice(None))
+
+
+def draws(pattern: Any) -> int | None:
+    """How many random operations the pattern asks for (batches, slices, queries); None for
+    the patterns whose reads are fixed (obs columns, full scans)."""
+    for name in ("batches", "slices", "queries"):
+        if hasattr(pattern, name):
+            return int(getattr(pattern, name))
+    return None
 
 
 def ops_per_epoch(pattern: Any, shape: tuple[int, int], obs: Any) -> int:
@@ -193,6 +210,48 @@ def ops_per_epoch(pattern: Any, shape: tuple[int, int], obs: Any) -> int:
         case FullScan(block_rows=block):
             return math.ceil(n_obs / block)
     raise TypeError(f"unknown pattern {pattern!r}")
+
+
+#: a batch or slice at most this share of the cells a benchmark reads: beyond it, a batch
+#: touches most of any layout's chunks and the pattern stops meaning what it means at full size
+BATCH_SHARE = 0.10
+
+
+def cells_needed(pattern: Any) -> int:
+    """The fewest cells on which ``pattern`` means what it means on a large dataset: a batch
+    or slice at most :data:`BATCH_SHARE` of them; one whole block for a full scan; patterns
+    over all cells or columns (gene queries, categories, obs columns) any number."""
+    match pattern:
+        case RandomRows(batch_size=size):
+            return math.ceil(size / BATCH_SHARE)
+        case RowSlices(length=length):
+            return math.ceil(length / BATCH_SHARE)
+        case FullScan(block_rows=block):
+            return block
+    return 0
+
+
+def size_scale(pattern: Any, full_rows: int, sample_rows: int) -> float:
+    """What one operation reads on the full dataset relative to the sample: the cells it reads
+    grow with the dataset for patterns over every cell (gene queries, a category's cells, obs
+    columns) and for a full scan's blocks up to block_rows; a batch or slice reads as many
+    cells on both (1.0)."""
+    if sample_rows <= 0 or full_rows == sample_rows:
+        return 1.0
+    match pattern:
+        case GeneQueries() | CategoryGenes() | ObsColumns():
+            return full_rows / sample_rows
+        case FullScan(block_rows=block):
+            return min(block, full_rows) / min(block, sample_rows)
+    return 1.0
+
+
+SCALING = {
+    "gene-queries": "x cells (every cell is read)",
+    "category-genes": "x cells (a category's cells grow with the dataset)",
+    "obs-columns": "x cells (whole columns)",
+    "full-scan": "x rows per block (a block holds up to block_rows cells)",
+}
 
 
 EPOCH_DEFINITIONS = {
