@@ -471,6 +471,10 @@ class RemoteObject(io.RawIOBase):
         return self._position
 
     def readinto(self, buffer: Any) -> int:
+        with _collection_paused():  # h5py calls this holding its lock: see there
+            return self._readinto(buffer)
+
+    def _readinto(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")
         start = self._position
         stop = min(self.size, start + len(view))
@@ -558,6 +562,33 @@ class RemoteObject(io.RawIOBase):
                 f"{start:,} (the object is shorter than its size, {self.size:,}: replaced?)"
             )
         return data
+
+
+_paused = threading.Lock()
+_paused_by = [0, False]  # readers inside, and whether collection was on before the first
+
+
+@contextmanager
+def _collection_paused() -> Iterator[None]:
+    """No garbage collection while h5py waits for a read. h5py holds its global lock while
+    it calls ``readinto``, and the read is served by other threads (the GET pool, fsspec's
+    IO loop) that run Python: a collection in one of them may free h5py objects, whose
+    finalizers wait for that lock, so neither side moves (seen under pytest-xdist, fsspec).
+    Reference counting still frees what it can; the collection runs once reads are done."""
+    import gc
+
+    with _paused:
+        if _paused_by[0] == 0:
+            _paused_by[1] = gc.isenabled()
+            gc.disable()
+        _paused_by[0] += 1
+    try:
+        yield
+    finally:
+        with _paused:
+            _paused_by[0] -= 1
+            if _paused_by[0] == 0 and _paused_by[1]:
+                gc.enable()
 
 
 @cache
