@@ -110,6 +110,24 @@ def check_interrupted() -> None:
 
 
 @contextmanager
+def _signals_handled(signums: tuple[int, ...], handler: Callable[..., None]) -> Iterator[bool]:
+    """``handler`` for ``signums`` for the duration, the previous handlers after; yields
+    whether it was installed (outside the main thread signals are left alone)."""
+    previous = {}
+    try:
+        for signum in signums:
+            previous[signum] = signal.signal(signum, handler)
+    except ValueError:  # not the main thread
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
+@contextmanager
 def interrupts_raised() -> Iterator[None]:
     """SIGTERM raised at once as :class:`Interrupted`, as Ctrl-C raises KeyboardInterrupt: for
     work whose checkpoints hold wherever it stops (a kill -9 included), so the run can say
@@ -118,15 +136,8 @@ def interrupts_raised() -> Iterator[None]:
     def handler(signum, frame):
         raise Interrupted(signum)
 
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread: leave signals alone
+    with _signals_handled((signal.SIGTERM,), handler):
         yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 @contextmanager
@@ -141,19 +152,13 @@ def deferred_interrupts() -> Iterator[None]:
     def handler(signum, frame):
         _pending.append(signum)
 
-    previous = {}
+    installed = False
     try:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            previous[signum] = signal.signal(signum, handler)
-    except ValueError:  # not the main thread: leave signals alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        for signum, old in previous.items():
-            signal.signal(signum, old)
-        _pending.clear()
+        with _signals_handled((signal.SIGINT, signal.SIGTERM), handler) as installed:
+            yield
+    finally:  # after the handlers are restored: a later signal is the default's
+        if installed:
+            _pending.clear()
 
 
 @contextmanager
