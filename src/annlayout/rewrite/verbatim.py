@@ -139,7 +139,7 @@ def _check_group(
         if index in group and encoding_of(group[index]) not in STRING_ENCODINGS:
             # the AnnData anndata makes turns it into strings, not its dataframe writer
             return f"{prefix}{index}: an index that is not strings"
-    for key in group:
+    for key in sorted(group):  # zarr lists members in no fixed order: the same reason each time
         node, path = group[key], f"{prefix}{key}"
         encoding, encoding_version = _encoding(node)
         if is_null_raw(path, encoding):
