@@ -101,6 +101,18 @@ def _timed_epochs(benchmark: Any, epoch: Any, settings: Any) -> tuple[float, Any
     return statistics.median(benchmark.stats.stats.data), answers[-1]
 
 
+def _record(
+    results: dict, store: str, loader: str, n_obs: int, seconds: float, indexes: list
+) -> None:
+    """One loader's epoch on one store: every row once, then its cells/s and mixing."""
+    _check_epoch(indexes, n_obs, f"{loader} on {store}")
+    results.setdefault(store, {})[loader] = {
+        "cells_per_s": n_obs / seconds,
+        "seconds": seconds,
+        "mixing": mixing(indexes, n_obs),
+    }
+
+
 def _check_epoch(indexes: list[np.ndarray], n_rows: int, where: str) -> None:
     seen = np.sort(np.concatenate(indexes))
     assert np.array_equal(seen, np.arange(n_rows)), f"{where}: not every row once"
@@ -119,13 +131,13 @@ def test_loader_annlayout(
         loader = data.batches(BATCH, seed=0, epoch=next(epoch_number), memory=MEMORY)
         return [batch.index for batch in loader]
 
-    seconds, indexes = _timed_epochs(benchmark, epoch, bench_settings)
-    _check_epoch(indexes, dataset.n_obs, f"annlayout on {store}")
-    loader_results.setdefault(store, {})["annlayout"] = {
-        "cells_per_s": dataset.n_obs / seconds,
-        "seconds": seconds,
-        "mixing": mixing(indexes, dataset.n_obs),
-    }
+    _record(
+        loader_results,
+        store,
+        "annlayout",
+        dataset.n_obs,
+        *_timed_epochs(benchmark, epoch, bench_settings),
+    )
 
 
 @pytest.mark.parametrize("store", ["ml-minibatch", "annbatch"])
@@ -194,13 +206,13 @@ def test_loader_annbatch(
     def epoch() -> list[np.ndarray]:
         return [_annbatch_index(batch) for batch in loader]
 
-    seconds, indexes = _timed_epochs(benchmark, epoch, bench_settings)
-    _check_epoch(indexes, dataset.n_obs, f"annbatch on {store}")
-    loader_results.setdefault(store, {})["annbatch"] = {
-        "cells_per_s": dataset.n_obs / seconds,
-        "seconds": seconds,
-        "mixing": mixing(indexes, dataset.n_obs),
-    }
+    _record(
+        loader_results,
+        store,
+        "annbatch",
+        dataset.n_obs,
+        *_timed_epochs(benchmark, epoch, bench_settings),
+    )
 
 
 _EPOCH_SCRIPT = """
