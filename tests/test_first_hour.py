@@ -320,3 +320,24 @@ def test_layout_errors_are_json_under_json(stores, tmp_path):
     )
     document = json.loads(run("plan", bad, stores["h5ad"], "--json", code=2).stderr)
     assert document["exit_code"] == 2 and "bad.yaml" in document["errors"][0]
+
+
+def test_a_memory_without_a_unit_is_refused_not_read_as_bytes(stores, tmp_path):
+    line = one_error(run("apply", "ml-minibatch", stores["h5ad"], tmp_path / "o.zarr",
+                         "--memory", "10", code=1))  # fmt: skip
+    assert "--memory '10': give a unit (e.g. 10GiB" in line
+    assert not (tmp_path / "o.zarr").exists()
+
+
+def test_obs_shows_its_shape_and_columns_and_reads_as_pandas():
+    obs = annlayout.open(PBMC).obs
+    expected = ad.read_h5ad(PBMC).obs
+    assert obs.shape == expected.shape
+    assert repr(obs).startswith(
+        f"annlayout.Frame: {len(expected):,} rows x {expected.shape[1]} columns ("
+    )
+    frame = obs.to_pandas()
+    assert list(frame.columns) == list(expected.columns)
+    assert frame.index.equals(expected.index)
+    for column in expected.columns:
+        assert frame[column].dtype == expected[column].dtype, column

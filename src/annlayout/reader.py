@@ -212,6 +212,18 @@ class Frame:
     def columns(self) -> list[str]:
         return list(attr(self._group, "column-order") or [])
 
+    def __repr__(self) -> str:
+        shown = ", ".join(self.columns[:8]) + (", ..." if len(self.columns) > 8 else "")
+        return f"annlayout.Frame: {len(self):,} rows x {len(self.columns)} columns ({shown})"
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self), len(self.columns)
+
+    def to_pandas(self) -> pd.DataFrame:
+        """Every row and column, as anndata reads them (the whole frame is read)."""
+        return self.rows(np.arange(len(self)))
+
     def __len__(self) -> int:
         if "index" in self.__dict__:
             return len(self.index)

@@ -58,6 +58,11 @@ MiB = 1 << 20
 
 def parse_size(value: str | int, option: str = "--memory") -> int:
     """A byte size (``2GiB``, ``512MB``, ``0``, an int) as bytes; ApplyError names the option."""
+    if isinstance(value, str) and value.strip().isdigit() and int(value) != 0:
+        # a bare "10" meant as 10 GiB would be a 10-byte budget: ask for the unit instead
+        raise ApplyError(
+            f"{option} {value!r}: give a unit (e.g. {value.strip()}GiB or {value.strip()}MB)"
+        )
     try:
         return int(TypeAdapter(ByteSize).validate_python(value))
     except Exception:
