@@ -276,14 +276,23 @@ def test_interrupted_apply_leaves_the_earlier_store_and_a_rerun_succeeds(tmp_pat
     assert "Traceback" not in stderr
     assert tree_digest(out) == earlier  # the earlier store, untouched
     assert tree_digest(source) == before
-    if how != signal.SIGKILL:  # cleanup ran
-        assert sorted(p.name for p in tmp_path.iterdir()) == ["in.h5ad", "out.zarr", "slow.yaml"]
+    if how != signal.SIGKILL:  # nothing left but the checkpoint the message names
+        kept = [".out.zarr.annlayout-resume", ".out.zarr.annlayout-tmp"]
+        assert sorted(p.name for p in tmp_path.iterdir()) == [
+            *kept,
+            "in.h5ad",
+            "out.zarr",
+            "slow.yaml",
+        ]
+        assert f"kept in {tmp_path / kept[1]} and {tmp_path / kept[0]} (" in stderr
+        assert "--whole-below 0 --quiet --resume continues from it" in stderr
 
     rerun = subprocess.run(
         [Path(sys.executable).with_name("annlayout"), "apply", "ml-minibatch", source, out, "--overwrite"],
         capture_output=True, text=True,
     )  # fmt: skip
     assert rerun.returncode == 0, rerun.stderr
+    assert f"note: removed {tmp_path / '.out.zarr.annlayout-tmp'} (" in rerun.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.h5ad", "out.zarr", "slow.yaml"]
     assert survey_store(out).provenance["layout"] == "ml-minibatch"
 

@@ -98,15 +98,17 @@ def _interrupted_message(interrupted: Any) -> str:
         return message
     from annlayout.stores import footprint
 
-    size, _ = footprint(interrupted.checkpoint)
+    kept = [p for p in (interrupted.checkpoint, interrupted.journal) if p is not None]
+    size = sum(footprint(path)[0] for path in kept)
     again = (
         shlex.join(["annlayout", *_ARGS, "--resume"])
         if _ARGS is not None and "--resume" not in _ARGS
         else "the same command with --resume"
     )
     return (
-        f"{message}; the work done is kept in {interrupted.checkpoint} ({human_size(size)}): "
-        f"{again} continues from it, and a run without --resume removes it"
+        f"{message}; the work done is kept in {' and '.join(map(str, kept))} "
+        f"({human_size(size)}): {again} continues from it, and a run without --resume "
+        f"removes {'them' if len(kept) > 1 else 'it'}"
     )
 
 

@@ -52,7 +52,7 @@ from annlayout.encodings import (
 )
 from annlayout.errors import ElementReadError
 from annlayout.optional import dask_requirement
-from annlayout.plan import ArrayPlan, ElementPlan, Plan, PlanError
+from annlayout.plan import ArrayPlan, ElementPlan, Plan, PlanError, human_size
 from annlayout.remote import chosen_backend, codec_pipeline_for
 from annlayout.rewrite.atomic import (
     ApplyError,
@@ -66,6 +66,7 @@ from annlayout.rewrite.atomic import (
     remote_output,
     remove,
     staging_dir,
+    temporary_sibling,
 )
 from annlayout.rewrite.blocks import (
     Block,
@@ -255,13 +256,25 @@ def _apply(
     elif remote:
         output_context = remote_output(str(output))
     else:
-        output_context = atomic_output(Path(output), keep=resume)
+        # a journaled output is removed here on failure, and kept when interrupted
+        journaled = layout.target.format == "zarr"
+        output_context = atomic_output(Path(output), keep=resume or journaled)
     # a local zarr output journals its tasks, so a killed run can be resumed
     journal = None if remote or layout.target.format != "zarr" else resume_dir(Path(output))
     if resume and journal is None:
         raise ApplyError(f"{output}: --resume continues local zarr outputs only")
-    if journal is not None and not resume:
-        remove(journal)  # left by a run that was killed: starting clean
+    stopped_notes: list[str] = []
+    if journal is not None and not resume:  # left by a run that was stopped: starting clean
+        stale = [p for p in (temporary_sibling(Path(output)), journal) if p.exists()]
+        if stale:
+            size = sum(footprint(p)[0] for p in stale)
+            for path in stale:
+                remove(path)
+            stopped_notes.append(
+                f"removed {stale[0]} ({human_size(size)}), kept by an earlier run that was "
+                "stopped: without --resume a run starts clean"
+            )
+    saved = False  # the prepare phase's state is on disk: an interrupt keeps it for --resume
     state = fingerprint(
         source, layout=layout.sha256(), memory=budget, workers=workers, small=small,
         pipeline=pipeline, version=package_version(),
@@ -281,7 +294,8 @@ def _apply(
                 blocks = rewriter.prepare(store, tmp)
                 if journal is not None:
                     save(journal, rewriter.prepared(state, blocks))
-            result.notes = [*memory_model.notes, *rewriter.notes]
+            saved = journal is not None
+            result.notes = [*stopped_notes, *memory_model.notes, *rewriter.notes]
             result.streamed = rewriter.streamed
             result.upgrades = rewriter.upgrades
             result.n_blocks = len(blocks)
@@ -314,15 +328,28 @@ def _apply(
                     )
                 result.verified = True
             result.bytes_written, _ = footprint(tmp)
+    except Interrupted as interrupted:
+        if saved:  # the partial output and its journal: --resume continues from them
+            checkpoint = temporary_sibling(Path(output))
+            raise Interrupted(interrupted.signum, checkpoint, journal) from None
+        _discard(journal, output, resume)
+        raise
     except BaseException:
-        if journal is not None and not resume:  # cleanup, as of the partial output
-            remove(journal)
+        _discard(journal, output, resume)
         raise
     if journal is not None:
         remove(journal)
     result.seconds = time.perf_counter() - start
     result.peak_rss = peak_rss()
     return result
+
+
+def _discard(journal: Path | None, output: Any, resume: bool) -> None:
+    """A failed run leaves nothing, but a resumed one keeps its partial output for the next
+    ``resume``."""
+    if journal is not None and not resume:
+        remove(journal)
+        remove(temporary_sibling(Path(output)))
 
 
 def peak_rss() -> int:
