@@ -111,7 +111,9 @@ class BenchResult:
             settings = r.settings
             rows = min(settings["buffer"] * settings["block_rows"], settings["rows"])
             held = rows / settings["batch_size"]  # a buffer never holds more than every row
-            buffer = max(1, math.ceil(held * pattern.batch_size / settings["block_rows"]))
+            buffer = settings["buffer"]
+            if settings["batch_size"] != pattern.batch_size:  # as many batches a buffer
+                buffer = max(1, math.ceil(held * pattern.batch_size / settings["block_rows"]))
             found.append({
                 "pattern": r.pattern, "reader": r.reader, "batch_size": pattern.batch_size,
                 "block": settings["block"], "block_rows": settings["block_rows"],
@@ -185,10 +187,6 @@ def run_bench(
         raise BenchError(f"objective {objective!r}: expected one of {', '.join(OBJECTIVES)}")
     if reader not in READERS:
         raise BenchError(f"--reader {reader!r}: expected one of {', '.join(READERS)}")
-    if reader in (missing := not_installed()):
-        raise BenchError(f"--reader {reader}: {missing[reader]}")
-    if reader not in readers:
-        raise BenchError(f"--reader {reader}: not among the readers measured")
     unread = [p for p in workload.patterns if not reads(reader, p.kind)]
     if unread:
         raise BenchError(
@@ -196,6 +194,10 @@ def run_bench(
             f"{workload.name} (training patterns are read by {' and '.join(LOADERS)}, the "
             "others by every reader but annbatch)"
         )
+    if reader in (missing := not_installed()):
+        raise BenchError(f"--reader {reader}: {missing[reader]}")
+    if reader not in readers:
+        raise BenchError(f"--reader {reader}: not among the readers measured")
     if rounds < 2:
         raise BenchError(f"--rounds {rounds}: at least 2 (an interval needs two rounds)")
     if not isinstance(prices, Prices):
