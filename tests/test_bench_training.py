@@ -63,10 +63,9 @@ def test_the_shipped_training_workload():
 
 
 def test_mixing_is_low_on_an_ordered_store_and_full_on_a_shuffled_one(tmp_path, stores):
-    """Blocks of 25 rows, a buffer of 4 (2 asked, rounded up to hold a whole batch): a batch
-    of 100 holds rows of 4-8 blocks, so on the store in group order at most a few of the 8
-    groups (about 2 bits of 3); on the shuffled store, any."""
-    workload = _training(batch_size=100, buffer=2, label="group")
+    """Blocks of 25 rows, 4 a buffer: a batch of 100 holds the rows of 4-8 blocks, so on the
+    store in group order a few of the 8 groups (about 2 bits of 3); on the shuffled one, any."""
+    workload = _training(batch_size=100, buffer=4, label="group")
     mixing = {}
     for name in ("ordered", "shuffled"):
         result = run_bench(
@@ -77,7 +76,7 @@ def test_mixing_is_low_on_an_ordered_store_and_full_on_a_shuffled_one(tmp_path, 
         assert r.reader == "annlayout" and r.rows == 2 * N_OBS  # two whole epochs
         assert r.operations == 2 * N_OBS // 100 and r.throughput > 0
         assert r.settings == {"batch_size": 100, "block": None, "block_rows": 25, "buffer": 4,
-                              "rows": N_OBS}  # 2 blocks hold half a batch: 4  # fmt: skip
+                              "rows": N_OBS}  # fmt: skip
         assert r.label == "obs column 'group'"
         assert r.mixing_uniform == pytest.approx(3.0, abs=0.05)  # 8 equal groups: 3 bits
         mixing[name] = r.mixing_ratio

@@ -352,8 +352,8 @@ def _warnings(
         )
         out.append(
             f"the {rows:,} cells measured hold fewer than {CHUNKS_NEEDED} X chunks of {listed}: "
-            "their random rows and slices read whole chunks; times still rank those layouts "
-            "for data this size, not for a larger dataset"
+            "their random rows, slices and training blocks read whole chunks; times still rank "
+            "those layouts for data this size, not for a larger dataset"
         )
     return out
 

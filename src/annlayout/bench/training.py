@@ -110,7 +110,7 @@ def settings_for(
     """The settings both loaders replay on ``handle``'s store: batch size (capped on small
     data, :func:`~annlayout.bench.workloads.training_batch`), block (None: the store's own
     chunks, of ``block_rows`` rows on average) and buffer (blocks: the given, else enough for
-    the loader's 8 batches; rounded up so that it holds whole batches)."""
+    the loader's 8 batches)."""
     batch = training_batch(pattern, n_obs)
     block = (candidate and candidate.block) or pattern.block
     rows = block
@@ -119,12 +119,18 @@ def settings_for(
         rows = UNCHUNKED_BLOCK if starts is None else max(1, round(float(np.mean(np.diff(starts)))))
     buffer = (candidate and candidate.buffer) or pattern.buffer
     buffer = buffer or math.ceil(BUFFER_BATCHES * batch / rows)
-    # a buffer of whole batches (annbatch's Loader refuses others): rounded up to a multiple
-    # of the fewest blocks that hold a whole number of batches
-    unit = batch // math.gcd(int(rows), batch)
-    buffer = math.ceil(buffer / unit) * unit
     return {"batch_size": batch, "block": block, "block_rows": int(rows), "buffer": int(buffer),
             "rows": n_obs}  # fmt: skip
+
+
+def whole_batches(settings: dict[str, Any]) -> dict[str, Any]:
+    """``settings`` as annbatch's Loader takes them: its buffer (``preload_nchunks``) must
+    hold a whole number of batches, so it is rounded up to a multiple of the fewest blocks
+    that do (block rows and batch size with few common factors make that many: the report
+    shows the buffer each loader read with)."""
+    rows, batch = settings["block_rows"], settings["batch_size"]
+    unit = batch // math.gcd(rows, batch)
+    return {**settings, "buffer": math.ceil(settings["buffer"] / unit) * unit}
 
 
 @dataclass
@@ -230,6 +236,8 @@ def prepare_training(
     handle = open_handle(location)
     n_obs = handle.shape[0]
     settings = settings_for(pattern, handle, loader, n_obs)
+    if reader == "annbatch":
+        settings = whole_batches(settings)
     batch, block, buffer = settings["batch_size"], settings["block"], settings["buffer"]
     if reader == "annbatch":
         block = settings["block_rows"]
