@@ -475,7 +475,7 @@ def _evaluate(
                 if isinstance(pattern, Training):
                     replay = prepare_training(
                         candidate.name, location, pattern, index, reader, workload.seed,
-                        storage, setup, candidate.loader,
+                        storage, setup, candidate.loader, scoring=reader == scoring,
                     )  # fmt: skip
                 else:
                     replay = prepare(
