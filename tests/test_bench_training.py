@@ -161,6 +161,9 @@ def test_small_data_caps_the_batch_and_says_so(tmp_path):
     assert "measured with batches of 70" in warning and "700 cells measured" in warning
     (r,) = result.candidates[0].results
     assert r.settings["batch_size"] == 70 and r.rows == 2 * 700
+    # an epoch is one batch of all 700 cells: requests and bytes per batch of 70 scaled x10
+    assert r.ops_per_epoch == 1 and r.scale == pytest.approx(10.0)
+    assert result.scaled["training (4096)"][0] == pytest.approx(10.0)
     assert 0 < r.mixing_ratio <= 1.05
     (entry,) = result.loader()
     held = entry["batches_per_buffer"]

@@ -275,9 +275,14 @@ def cells_needed(pattern: Any) -> int:
 def size_scale(pattern: Any, full_rows: int, sample_rows: int) -> float:
     """What one operation reads on the full dataset relative to the sample: the cells it reads
     grow with the dataset for patterns over every cell (gene queries, a category's cells, obs
-    columns) and for a full scan's blocks up to block_rows; a batch or slice reads as many
+    columns) and for a full scan's blocks up to block_rows; a training batch measured smaller
+    than its batch_size (:func:`training_batch`) grows to it; a batch or slice reads as many
     cells on both (1.0)."""
-    if sample_rows <= 0 or full_rows == sample_rows:
+    if sample_rows <= 0:
+        return 1.0
+    if isinstance(pattern, Training):
+        return min(pattern.batch_size, full_rows) / training_batch(pattern, sample_rows)
+    if full_rows == sample_rows:
         return 1.0
     match pattern:
         case GeneQueries() | CategoryGenes() | ObsColumns():
@@ -292,6 +297,7 @@ SCALING = {
     "category-genes": "x cells (a category's cells grow with the dataset)",
     "obs-columns": "x cells (whole columns)",
     "full-scan": "x rows per block (a block holds up to block_rows cells)",
+    "training": "x cells per batch (measured with smaller batches than batch_size)",
 }
 
 
