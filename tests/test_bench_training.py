@@ -285,3 +285,7 @@ def test_training_through_annbatch(tmp_path, stores):
     assert small.results[-1].mixing_ratio < 0.6 < whole.results[-1].mixing_ratio
     (entry,) = result.loader()
     assert entry["reader"] == "annbatch"
+    paths = write_reports(result, tmp_path / "out")
+    assert "Loader for training (100): annbatch.Loader(batch_size=100, chunk_size=" in (
+        paths["recommended"].read_text()
+    )

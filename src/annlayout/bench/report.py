@@ -154,9 +154,15 @@ def loader_lines(result: BenchResult) -> list[str]:
             if entry["mixing"] is not None
             else "mixing not measured (no label: give label: an obs column)"
         )
+        call = (
+            f"annbatch.Loader(batch_size={entry['batch_size']}, chunk_size="
+            f"{entry['block_rows']}, preload_nchunks={entry['buffer']}, shuffle=True)"
+            if entry["reader"] == "annbatch"
+            else f"annlayout.open(store).batches({entry['batch_size']}, shuffle=True, {block}, "
+            f"buffer={entry['buffer']:,})"
+        )
         lines.append(
-            f"Loader for {entry['pattern']}: annlayout.open(store).batches("
-            f"{entry['batch_size']}, shuffle=True, {block}, buffer={entry['buffer']:,}) "
+            f"Loader for {entry['pattern']}: {call} "
             f"(a buffer holds {entry['batches_per_buffer']:.1f} batches{scaled}); "
             f"{entry['cells_per_s']:,.0f} cells/s through the {entry['reader']} loader, {mixed}."
         )

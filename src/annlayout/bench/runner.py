@@ -36,7 +36,13 @@ from annlayout.bench.measure import ROUNDS, Replay, coverage, prepare
 from annlayout.bench.readers import LOADERS, READERS, not_installed, reads
 from annlayout.bench.score import Verdict, cost, rank_key, score, verdict
 from annlayout.bench.stores import Simulation
-from annlayout.bench.training import Setup, TrainingReplay, labels, prepare_training
+from annlayout.bench.training import (
+    Setup,
+    TrainingReplay,
+    labels,
+    prepare_training,
+    whole_batches,
+)
 from annlayout.bench.workloads import (
     BATCH_SHARE,
     SCALING,
@@ -114,6 +120,10 @@ class BenchResult:
             buffer = settings["buffer"]
             if settings["batch_size"] != pattern.batch_size:  # as many batches a buffer
                 buffer = max(1, math.ceil(held * pattern.batch_size / settings["block_rows"]))
+                if r.reader == "annbatch":  # its buffer holds whole batches of the new size
+                    buffer = whole_batches(
+                        {**settings, "batch_size": pattern.batch_size, "buffer": buffer}
+                    )["buffer"]
             found.append({
                 "pattern": r.pattern, "reader": r.reader, "batch_size": pattern.batch_size,
                 "block": settings["block"], "block_rows": settings["block_rows"],
