@@ -140,7 +140,7 @@ def test_bench_recommends_a_layout_apply_accepts(tmp_path, dataset):
     for candidate in result.candidates:
         readers = {(r.pattern, r.reader) for r in candidate.results}
         assert len(readers) == 4 * len(load_workload("cell-browser").patterns)
-        assert {reader for _, reader in readers} == set(bench_readers.READERS)
+        assert {reader for _, reader in readers} == set(bench_readers.ROW_READERS)
         assert all(r.requests > 0 and r.bytes_read > 0 for r in candidate.results)
     from annlayout.bench.report import write_reports
 

@@ -783,11 +783,14 @@ def verify_command(source: str, rewritten: str, as_json: bool, memory: str, verb
 )
 @click.option(
     "--reader",
-    type=click.Choice(["annlayout", "sparse_dataset-zarrs", "sparse_dataset-zarr", "read_lazy"]),
+    type=click.Choice(
+        ["annlayout", "sparse_dataset-zarrs", "sparse_dataset-zarr", "read_lazy", "annbatch"]
+    ),
     default="annlayout",
     show_default=True,
     help="The reader to recommend for: a store laid out for one client may not suit another. "
-    "Every installed reader is measured either way.",
+    "Every installed reader is measured either way. Training patterns are read by loaders: "
+    "annlayout's and annbatch's Loader (annbatch reads training patterns only).",
 )
 @click.option(
     "--rounds",

@@ -12,6 +12,7 @@ from typing import Any
 
 from annlayout.bench.measure import PatternResult
 from annlayout.bench.stores import Simulation
+from annlayout.bench.training import LoaderSettings
 from annlayout.errors import BenchError
 from annlayout.plan import make_plan
 from annlayout.spec import ChunkSpec, Layout, Zstd, load_layout, shipped_layouts
@@ -42,6 +43,15 @@ class Candidate:
     balanced: float = math.inf  # score.rank: sqrt(score / best x cost / best)
     balanced_interval: tuple[float, float] = (math.inf, math.inf)
     excluded: str | None = None
+    #: the loader settings its training patterns are read with (None: the patterns'), and the
+    #: candidate whose store it reads (a loader variant of --search: same layout, same store)
+    loader: LoaderSettings | None = None
+    base: Candidate | None = None
+
+    def loader_settings(self) -> dict[str, dict[str, Any]]:
+        """Per training pattern, the loader settings its reader replayed (see
+        :func:`~annlayout.bench.training.settings_for`)."""
+        return {r.pattern: r.settings for r in self.ours() if r.settings}
 
     def ours(self) -> list[PatternResult]:
         """The results through its reader (what scores and costs are made of)."""
@@ -78,6 +88,7 @@ class Candidate:
             "balanced": self.balanced,
             "balanced_interval": list(self.balanced_interval),
             "excluded": self.excluded,
+            "loader": self.loader_settings(),
             "patterns": [r.summary() for r in self.results],
         }
 
@@ -108,6 +119,14 @@ def write_candidate(
     chunking. Returns the location."""
     import annlayout
 
+    if candidate.base is not None:  # a loader variant reads its base's store
+        base = candidate.base
+        candidate.location, candidate.write_seconds = base.location, base.write_seconds
+        candidate.size, candidate.objects = base.size, base.objects
+        candidate.x_major_per_chunk = base.x_major_per_chunk
+        candidate.x_orientations = list(base.x_orientations)
+        assert base.location is not None  # evaluated before its variants
+        return base.location
     location: Path | str = (
         f"{storage.url}/{candidate.name}.zarr"
         if storage.url
@@ -131,6 +150,34 @@ def write_candidate(
         else:
             candidate.x_major_per_chunk = float(chunks[0])
     return location
+
+
+#: --search's loader variants of the best candidate for a training workload, as factors of
+#: the block and buffer it was measured with: smaller blocks in a larger buffer (the same
+#: rows held, four times the regions of the store mixed), larger blocks in a smaller one
+#: (fewer, longer reads), and a larger buffer alone (more mixing for more memory)
+LOADER_FACTORS = ((0.25, 4.0), (4.0, 0.25), (1.0, 4.0))
+
+
+def loader_variants(candidate: Candidate) -> list[Candidate]:
+    """Candidates that read ``candidate``'s store with other loader settings
+    (:data:`LOADER_FACTORS` of the block rows and buffer its first training pattern was
+    measured with); none without a training pattern."""
+    settings = next(iter(candidate.loader_settings().values()), None)
+    if settings is None:
+        return []
+    out = []
+    for block_factor, buffer_factor in LOADER_FACTORS:
+        block = max(1, round(settings["block_rows"] * block_factor))
+        buffer = max(1, round(settings["buffer"] * buffer_factor))
+        name = f"{candidate.name} (block {block}, buffer {buffer})"
+        out.append(
+            Candidate(
+                name=name, layout=candidate.layout, origin="search",
+                loader=LoaderSettings(block, buffer), base=candidate.base or candidate,
+            )
+        )  # fmt: skip
+    return out
 
 
 def search_variants(layout: Layout) -> list[Layout]:

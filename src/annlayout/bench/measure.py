@@ -66,6 +66,13 @@ class PatternResult:
     ops_per_epoch: int = 0  # of the full dataset (workloads.ops_per_epoch), set by the runner
     scale: float = 1.0  # per-op requests and bytes on the full dataset / on the sample, ditto
     dollars_per_op: float = 0.0  # requests and bytes per op (scaled), priced, ditto
+    # training patterns (bench.training): the loader settings replayed, the label whose mix
+    # is measured, each round's mean entropy of it per batch (bits), a true permutation's
+    settings: dict[str, Any] = field(default_factory=dict)
+    label: str | None = None
+    mixing_rounds: list[float] = field(default_factory=list)
+    mixing_uniform: float | None = None
+    min_mixing: float | None = None
 
     @property
     def median(self) -> float:
@@ -117,8 +124,24 @@ class PatternResult:
         total = sum(self.latencies) or 1e-9
         return (self.rows or self.bytes_read) / total
 
+    @property
+    def mixing(self) -> float | None:
+        """Mean entropy of the label per batch over the rounds, bits (None: not measured)."""
+        if not self.mixing_rounds:
+            return None
+        return statistics.fmean(self.mixing_rounds)
+
+    @property
+    def mixing_ratio(self) -> float | None:
+        """:attr:`mixing` over a true permutation's (1.0: as mixed as a shuffle of every
+        row; a label with one value is as mixed as it can be)."""
+        if self.mixing is None or self.mixing_uniform is None:
+            return None
+        return self.mixing / self.mixing_uniform if self.mixing_uniform > 0 else 1.0
+
     def summary(self) -> dict[str, Any]:
         data = asdict(self)
+        data.update(mixing=self.mixing, mixing_ratio=self.mixing_ratio)
         data.update(
             median=self.median, interval=[self.low, self.high], p95=self.p95, throughput=self.throughput,
             operations=self.operations, requests_per_op=self.requests_per_op,

@@ -5,13 +5,17 @@ codec pipelines (zarrs, the Rust one, and zarr-python's own: which one decodes c
 anndata's speed more than most layout choices) and ``read_lazy``. Each is opened once per
 store with what it reads once per handle done, then called once per operation. Every answer
 is digested so answers can be compared across candidates and readers.
+
+Training patterns are read by loaders instead (:data:`LOADERS`): annlayout's
+``Dataset.batches`` and annbatch's ``Loader`` (when installed; zarr stores only), with the
+same block, buffer and batch size (:func:`open_loader`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +27,11 @@ from annlayout.codecs import codec_pipeline
 from annlayout.encodings import SPARSE_ENCODINGS, encoding_of
 from annlayout.optional import installed, requirement
 
-READERS = ("annlayout", "sparse_dataset-zarrs", "sparse_dataset-zarr", "read_lazy")
+#: the readers of every pattern but training's (selections: X[rows, cols], obs columns)
+ROW_READERS = ("annlayout", "sparse_dataset-zarrs", "sparse_dataset-zarr", "read_lazy")
+#: the readers of training patterns: loaders (annlayout's ``batches``, annbatch's ``Loader``)
+LOADERS = ("annlayout", "annbatch")
+READERS = (*ROW_READERS, "annbatch")
 #: the zarr codec pipeline (annlayout.codecs.CODEC_PIPELINES) each sparse_dataset reader uses
 PIPELINES = {"sparse_dataset-zarrs": "zarrs", "sparse_dataset-zarr": "zarr"}
 
@@ -35,7 +43,17 @@ def not_installed() -> dict[str, str]:
         out["read_lazy"] = missing
     if not installed("zarrs"):
         out["sparse_dataset-zarrs"] = "the zarrs codec pipeline needs zarrs: pip install zarrs"
+    if not installed("annbatch"):
+        out["annbatch"] = (
+            "annbatch's Loader needs annbatch (Python 3.12 or later): pip install annbatch"
+        )
     return out
+
+
+def reads(reader: str, kind: str) -> bool:
+    """Whether ``reader`` reads patterns of ``kind``: loaders read training patterns, the
+    other readers the rest (annlayout's reader and loader both)."""
+    return reader in (LOADERS if kind == "training" else ROW_READERS)
 
 
 Read = Callable[[Operation], Any]
@@ -152,3 +170,60 @@ def answer_digest(answer: Any) -> str:
             else np.ascontiguousarray(values).tobytes()
         )
     return digest.hexdigest()
+
+
+#: one round of a loader: round number -> its batches, each (store positions, X); the
+#: loader is made (and its store opened) when called, before the round's clock starts
+Epoch = Callable[[int], Iterable[tuple[np.ndarray, Any]]]
+
+
+def loader_refusal(kind: str, location: Any) -> str | None:
+    """Why ``kind`` cannot replay a loader epoch on the store at ``location`` (None: it can):
+    its package is missing, or (annbatch) the store is not zarr."""
+    if kind in (missing := not_installed()):
+        return missing[kind]
+    if kind == "annbatch" and str(location).endswith(".h5ad"):
+        return "annbatch's Loader reads zarr stores only, not h5ad"
+    return None
+
+
+def open_loader(
+    kind: str, source: Any, batch_size: int, block: int | None, buffer: int, seed: int
+) -> Epoch:
+    """A loader over ``source`` with the same settings whatever ``kind``: batches of
+    ``batch_size``, blocks of ``block`` contiguous rows (None: annlayout's loader reads the
+    store's own chunks; annbatch needs a number), ``buffer`` blocks read together and
+    shuffled in memory, an order drawn from ``seed`` and the round."""
+    if kind == "annbatch":
+        return _annbatch_epoch(source, batch_size, block or 512, buffer, seed)
+    handle = open_handle(source)
+
+    def epoch(number: int) -> Iterable[tuple[np.ndarray, Any]]:
+        batches = handle.batches(
+            batch_size, shuffle=True, seed=seed, epoch=number, block=block, buffer=buffer
+        )
+        return ((batch.index, batch.X) for batch in batches)
+
+    return epoch
+
+
+def _annbatch_epoch(source: Any, batch_size: int, block: int, buffer: int, seed: int) -> Epoch:
+    """annbatch's ``Loader`` (``chunk_size`` = block, ``preload_nchunks`` = buffer, CPU
+    output, indexes returned) over the store's X: a sparse one through anndata's
+    ``sparse_dataset``, a dense one as its zarr array."""
+    import annbatch
+    import anndata as ad
+
+    group = _zarr_group(source)
+    dense = encoding_of(group["X"]) not in SPARSE_ENCODINGS
+
+    def epoch(number: int) -> Iterable[tuple[np.ndarray, Any]]:
+        loader = annbatch.Loader(
+            batch_size=batch_size, chunk_size=block, preload_nchunks=buffer, shuffle=True,
+            rng=np.random.default_rng([seed, number]), return_index=True,
+            preload_to_gpu=False,
+        )  # fmt: skip
+        loader.add_dataset(group["X"] if dense else ad.io.sparse_dataset(group["X"]))
+        return ((np.asarray(batch["index"]), batch["X"]) for batch in loader)
+
+    return epoch

@@ -53,6 +53,7 @@ def outcome(result: BenchResult, paths: dict[str, Path]) -> dict[str, Any]:
         "currency": result.prices.currency,
         "reports": {kind: str(path) for kind, path in paths.items()},
         "skipped_readers": result.skipped(),
+        "loader": result.loader(),
     }
 
 
@@ -129,6 +130,45 @@ def reason(result: BenchResult) -> str:
     )
 
 
+def loader_lines(result: BenchResult) -> list[str]:
+    """The loader settings recommended with the layout, one sentence per training pattern,
+    in the words of the call that takes them."""
+    lines = []
+    for entry in result.loader():
+        block = (
+            f"block={entry['block']}"
+            if entry["block"]
+            else f"block=None (the store's own chunks, ~{entry['block_rows']:,} rows)"
+        )
+        measured = entry["measured"]
+        scaled = (
+            f"; measured with batches of {measured['batch_size']:,} and buffer="
+            f"{measured['buffer']:,}, the same number of batches per buffer"
+            if measured["batch_size"] != entry["batch_size"]
+            else ""
+        )
+        mixed = (
+            f"mixing {entry['mixing']:.2f} of a true permutation's ({entry['label']}"
+            + (f", min_mixing {entry['min_mixing']}" if entry["min_mixing"] is not None else "")
+            + ")"
+            if entry["mixing"] is not None
+            else "mixing not measured (no label: give label: an obs column)"
+        )
+        call = (
+            f"annbatch.Loader(batch_size={entry['batch_size']}, chunk_size="
+            f"{entry['block_rows']}, preload_nchunks={entry['buffer']}, shuffle=True)"
+            if entry["reader"] == "annbatch"
+            else f"annlayout.open(store).batches({entry['batch_size']}, shuffle=True, {block}, "
+            f"buffer={entry['buffer']:,})"
+        )
+        lines.append(
+            f"Loader for {entry['pattern']}: {call} "
+            f"(a buffer holds {entry['batches_per_buffer']:.1f} batches{scaled}); "
+            f"{entry['cells_per_s']:,.0f} cells/s through the {entry['reader']} loader, {mixed}."
+        )
+    return lines
+
+
 def _header(result: BenchResult) -> str:
     ranked = [c for c in _ranked(result) if c.excluded is None]
     winner = result.winner
@@ -144,6 +184,7 @@ def _header(result: BenchResult) -> str:
         f"{human_size(int(winner.bytes_per_epoch()))} read).",
         f"Prices: {result.prices.describe()}; an epoch is one pass of every pattern over "
         f"the full {result.full_shape[0]:,} x {result.full_shape[1]:,} dataset.",
+        *loader_lines(result),
     ]
     if len(ranked) > 1:
         second = ranked[1]
@@ -178,6 +219,7 @@ def _markdown(result: BenchResult) -> str:
             f"\nSkipped reader: {reader}, not measured ({why})."
             for reader, why in result.skipped_readers.items()
         ),
+        *(["", "## Loader settings", "", *loader_lines(result)] if result.loader() else []),
         "",
         "## Candidates",
         "",
@@ -199,6 +241,9 @@ def _markdown(result: BenchResult) -> str:
     lines += _cost_section(result)
     patterns = list(dict.fromkeys(r.pattern for c in result.candidates for r in c.results))
     for pattern in patterns:
+        if any(r.settings for c in result.candidates for r in c.results if r.pattern == pattern):
+            lines += _training_table(result, pattern)
+            continue
         lines += [
             "",
             f"## {pattern}",
@@ -216,6 +261,35 @@ def _markdown(result: BenchResult) -> str:
                     f"{human_size(int(r.bytes_per_op))} | {human_size(r.peak_memory)} |"
                 )
     return "\n".join(lines) + "\n"
+
+
+def _training_table(result: BenchResult, pattern: str) -> list[str]:
+    """A training pattern's table: per candidate and loader, time per batch, cells/s, the
+    mixing of its label and the settings replayed."""
+    lines = [
+        "",
+        f"## {pattern}",
+        "",
+        "A round is one loader epoch (or the pattern's batches of it); ms per batch is a "
+        "round's time over its batches. Mixing: mean entropy of the label per batch, bits, "
+        "and its share of a true permutation's.",
+        "",
+        "| layout | reader | batches | ms per batch | interval ms | cells/s | mixing bits "
+        "| of permutation | label | batch | block rows | buffer blocks | peak memory |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for c in _ranked(result):
+        for r in (r for r in c.results if r.pattern == pattern):
+            bits = "-" if r.mixing is None else f"{r.mixing:.3f}"
+            ratio = "-" if r.mixing_ratio is None else f"{r.mixing_ratio:.2f}"
+            lines.append(
+                f"| {c.name} | {r.reader} | {r.operations} | {r.median * 1e3:.2f} | "
+                f"{r.low * 1e3:.2f}-{r.high * 1e3:.2f} | {r.throughput:,.0f} | {bits} | "
+                f"{ratio} | {r.label or '-'} | {r.settings['batch_size']:,} | "
+                f"{r.settings['block_rows']:,} | {r.settings['buffer']:,} | "
+                f"{human_size(r.peak_memory)} |"
+            )
+    return lines
 
 
 def _cost_section(result: BenchResult) -> list[str]:
@@ -278,7 +352,9 @@ def _cost_section(result: BenchResult) -> list[str]:
 
 
 #: one colour per reader, the same in every panel (matplotlib's tab10); cost and size bars grey
-READER_COLOURS = dict(zip(READERS, ("tab:blue", "tab:orange", "tab:green", "tab:red"), strict=True))
+READER_COLOURS = dict(
+    zip(READERS, ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple"), strict=True)
+)
 NEUTRAL = "0.55"
 MIB = 2**20
 

@@ -27,24 +27,34 @@ from annlayout.bench.candidates import (
     Candidate,
     Progress,
     initial_candidates,
+    loader_variants,
     search_variants,
     write_candidate,
 )
 from annlayout.bench.cost import OBJECTIVES, Prices, load_prices
 from annlayout.bench.measure import ROUNDS, Replay, coverage, prepare
-from annlayout.bench.readers import READERS, not_installed
+from annlayout.bench.readers import LOADERS, READERS, not_installed, reads
 from annlayout.bench.score import Verdict, cost, rank_key, score, verdict
 from annlayout.bench.stores import Simulation
+from annlayout.bench.training import (
+    Setup,
+    TrainingReplay,
+    labels,
+    prepare_training,
+    whole_batches,
+)
 from annlayout.bench.workloads import (
     BATCH_SHARE,
     SCALING,
     RandomRows,
     RowSlices,
+    Training,
     Workload,
     cells_needed,
     ops_per_epoch,
     pattern_label,
     size_scale,
+    training_batch,
 )
 from annlayout.errors import BenchError
 
@@ -93,6 +103,36 @@ class BenchResult:
             f"holds the median round {self.coverage:.0%} of the time, whatever the distribution"
         )
 
+    def loader(self) -> list[dict[str, Any]]:
+        """The loader settings recommended with the layout, one entry per training pattern:
+        what ``annlayout.open(store).batches(...)`` takes (``block`` None: the store's own
+        chunks), the buffer scaled to the pattern's own batch size when it was measured
+        with smaller batches (it holds as many batches either way), and the mixing."""
+        found = []
+        patterns = {pattern_label(p): p for p in self.workload.patterns}
+        for r in self.winner.ours():
+            pattern = patterns.get(r.pattern)
+            if not isinstance(pattern, Training) or not r.settings:
+                continue
+            settings = r.settings
+            rows = min(settings["buffer"] * settings["block_rows"], settings["rows"])
+            held = rows / settings["batch_size"]  # a buffer never holds more than every row
+            buffer = settings["buffer"]
+            if settings["batch_size"] != pattern.batch_size:  # as many batches a buffer
+                buffer = max(1, math.ceil(held * pattern.batch_size / settings["block_rows"]))
+                if r.reader == "annbatch":  # its buffer holds whole batches of the new size
+                    buffer = whole_batches(
+                        {**settings, "batch_size": pattern.batch_size, "buffer": buffer}
+                    )["buffer"]
+            found.append({
+                "pattern": r.pattern, "reader": r.reader, "batch_size": pattern.batch_size,
+                "block": settings["block"], "block_rows": settings["block_rows"],
+                "buffer": buffer, "batches_per_buffer": held, "measured": settings,
+                "cells_per_s": r.throughput, "mixing": r.mixing_ratio, "label": r.label,
+                "min_mixing": r.min_mixing,
+            })  # fmt: skip
+        return found
+
     def verdict_summary(self) -> dict[str, Any]:
         """The verdict (report.py adds its reason in words)."""
         return self.verdict.summary() if self.verdict else {"recommended": self.winner.name}
@@ -119,6 +159,7 @@ class BenchResult:
             "warnings": self.warnings,
             "scaled": {p: {"factor": f, "how": how} for p, (f, how) in self.scaled.items()},
             "skipped_readers": self.skipped(),
+            "loader": self.loader(),
             "candidates": [c.summary() for c in self.candidates],
         }
 
@@ -156,6 +197,13 @@ def run_bench(
         raise BenchError(f"objective {objective!r}: expected one of {', '.join(OBJECTIVES)}")
     if reader not in READERS:
         raise BenchError(f"--reader {reader!r}: expected one of {', '.join(READERS)}")
+    unread = [p for p in workload.patterns if not reads(reader, p.kind)]
+    if unread:
+        raise BenchError(
+            f"--reader {reader}: it does not read {pattern_label(unread[0])} of workload "
+            f"{workload.name} (training patterns are read by {' and '.join(LOADERS)}, the "
+            "others by every reader but annbatch)"
+        )
     if reader in (missing := not_installed()):
         raise BenchError(f"--reader {reader}: {missing[reader]}")
     if reader not in readers:
@@ -174,10 +222,11 @@ def run_bench(
         cells: int | None = auto_sample(source, workload, candidates)
     else:
         cells = sample
-    data, full_shape, full_obs = _materialize_sample(
+    data, full_shape, full_obs, rows = _materialize_sample(
         source, workdir, cells, sample_mode, workload.seed, say
     )
     sample_rows = min(cells or full_shape[0], full_shape[0])
+    setup = _training_setup(source, workload, rows)
     epochs = [ops_per_epoch(p, full_shape, full_obs) for p in workload.patterns]
 
     run_storage = storage  # where candidates go: a prefix of this run's own on a URL, so no
@@ -187,7 +236,11 @@ def run_bench(
         run_storage = replace(storage, url=f"{storage.url}/annlayout-bench-{uuid.uuid4().hex[:12]}")
     reference: dict[tuple[int, int, int], str] = {}
     scales = [size_scale(p, full_shape[0], sample_rows) for p in workload.patterns]
-    setting = (data, workload, run_storage, workdir, reference, rounds, reader, readers, say)
+    refused: dict[str, str] = {}  # reader -> why it could not read a candidate
+    setting = (
+        data, workload, run_storage, workdir, reference, setup, refused, rounds, reader, readers,
+        say,
+    )  # fmt: skip
     try:
         _evaluate(candidates, *setting)
         for candidate in candidates:
@@ -200,7 +253,7 @@ def run_bench(
                 Candidate(name=v.name, layout=v, origin="search")
                 for v in search_variants(best.layout)
                 if v.name not in {c.name for c in candidates}
-            ]
+            ] + [v for v in loader_variants(best) if v.name not in {c.name for c in candidates}]
             _evaluate(variants, *setting)
             for candidate in variants:
                 _price(candidate, workload, epochs, scales, prices)
@@ -218,7 +271,7 @@ def run_bench(
     return BenchResult(
         workload, storage, str(source), cells if sample_rows < full_shape[0] else None,
         candidates, chosen.winner, objective, prices, full_shape, epochs,
-        _skipped_readers(candidates, readers), chosen, rounds, reader,
+        _skipped_readers(candidates, readers, workload, refused), chosen, rounds, reader,
         _warnings(workload, candidates, sample_rows, full_shape[0]), scaled, sample_rows,
     )  # fmt: skip
 
@@ -236,7 +289,7 @@ def auto_sample(
 
     handle = annlayout.open(source)
     needed = max(floor, *(cells_needed(p) for p in workload.patterns))
-    if any(isinstance(p, RandomRows | RowSlices) for p in workload.patterns):
+    if any(isinstance(p, RandomRows | RowSlices | Training) for p in workload.patterns):
         survey = survey_store(source)
         for candidate in candidates:
             rows = x_rows_per_chunk(make_plan(candidate.layout, survey))
@@ -268,6 +321,18 @@ def _warnings(
     with what the figures are still good for, and what to do about it where anything can."""
     out = []
     for pattern in workload.patterns:
+        if isinstance(pattern, Training) and training_batch(pattern, rows) < pattern.batch_size:
+            out.append(
+                f"{pattern_label(pattern)}: batches of {pattern.batch_size:,} cells are more "
+                f"than {BATCH_SHARE:.0%} of the {rows:,} cells measured, so they were measured "
+                f"with batches of {training_batch(pattern, rows):,}: the figures compare "
+                "layouts and loader settings at that batch size"
+                + (
+                    f". Give --sample {cells_needed(pattern):,} or more cells"
+                    if rows < full_rows
+                    else ""
+                )
+            )
         if isinstance(pattern, RandomRows | RowSlices):
             size = pattern.batch_size if isinstance(pattern, RandomRows) else pattern.length
             if size > BATCH_SHARE * rows:
@@ -283,10 +348,10 @@ def _warnings(
                         else f" on a dataset of {full_rows:,} cells, but not on a larger one"
                     )
                 )
-    rowwise = any(isinstance(p, RandomRows | RowSlices) for p in workload.patterns)
+    rowwise = any(isinstance(p, RandomRows | RowSlices | Training) for p in workload.patterns)
     coarse = [
         c for c in candidates
-        if rowwise and c.x_major_per_chunk and rows / c.x_major_per_chunk < CHUNKS_NEEDED
+        if rowwise and c.base is None and c.x_major_per_chunk and rows / c.x_major_per_chunk < CHUNKS_NEEDED
         and "csr" in c.x_orientations[:1]
     ]  # fmt: skip
     if coarse:
@@ -297,21 +362,52 @@ def _warnings(
         )
         out.append(
             f"the {rows:,} cells measured hold fewer than {CHUNKS_NEEDED} X chunks of {listed}: "
-            "their random rows and slices read whole chunks; times still rank those layouts "
-            "for data this size, not for a larger dataset"
+            "their random rows, slices and training blocks read whole chunks; times still rank "
+            "those layouts for data this size, not for a larger dataset"
         )
     return out
 
 
-def _skipped_readers(candidates: list[Candidate], readers: tuple[str, ...]) -> dict[str, str]:
-    """Every reader asked for that measured nothing, with the reason: its extra is not
-    installed, or (the one other case where a reader opens nothing) X is not a sparse matrix."""
-    skipped = {r: why for r, why in not_installed().items() if r in readers}
+def _skipped_readers(
+    candidates: list[Candidate],
+    readers: tuple[str, ...],
+    workload: Workload,
+    refused: dict[str, str],
+) -> dict[str, str]:
+    """Every reader asked for that reads some pattern of ``workload`` but measured nothing,
+    with the reason: its package is not installed, it refused a store (annbatch and h5ad),
+    or (the one other case where a reader opens nothing) X is not a sparse matrix. A reader
+    of no pattern of the workload (annbatch without a training pattern) is not a skipped one."""
+    relevant = [r for r in readers if any(reads(r, p.kind) for p in workload.patterns)]
+    skipped = {r: why for r, why in not_installed().items() if r in relevant}
     measured = {r.reader for c in candidates for r in c.results}
-    for reader in readers:
+    for reader in relevant:
         if reader not in measured and reader not in skipped:
-            skipped[reader] = f"X is not a sparse matrix: bench measures {reader} on sparse X"
+            skipped[reader] = refused.get(
+                reader, f"X is not a sparse matrix: bench measures {reader} on sparse X"
+            )
     return skipped
+
+
+def _training_setup(source: str | Path, workload: Workload, rows: np.ndarray | None) -> Setup:
+    """The label of every training pattern for the rows measured (``rows`` of ``source``,
+    or all); a ``min_mixing`` with no label to measure it on is refused."""
+    setup = Setup()
+    trained = [(i, p) for i, p in enumerate(workload.patterns) if isinstance(p, Training)]
+    if not trained:
+        return setup
+    import annlayout
+
+    handle = annlayout.open(source)
+    for index, pattern in trained:
+        setup.labels[index] = found = labels(pattern, handle, rows)
+        if found is None and pattern.min_mixing is not None:
+            raise BenchError(
+                f"{pattern_label(pattern)}: min_mixing needs a label to measure, and "
+                f"{source} records no input files (annlayout concat --shuffle does): give "
+                "label: an obs column"
+            )
+    return setup
 
 
 def _price(
@@ -337,16 +433,17 @@ def _price(
 
 def _materialize_sample(
     source: str | Path, workdir: Path, sample: int | None, mode: str, seed: int, say: Progress
-) -> tuple[Path | str, tuple[int, int], Any]:
-    """The data to benchmark (``source``, or a sample of it written to ``workdir``), and the
-    full source's shape and obs (epochs are counted on the full dataset)."""
+) -> tuple[Path | str, tuple[int, int], Any, np.ndarray | None]:
+    """The data to benchmark (``source``, or a sample of it written to ``workdir``), the
+    full source's shape and obs (epochs are counted on the full dataset), and the rows of
+    the source the sample holds (None: all)."""
     import annlayout
 
     handle = annlayout.open(source)
     n_obs = handle.shape[0]
     full = (handle.shape[0], handle.shape[1]), handle.obs
     if not sample or sample >= n_obs:
-        return source, *full
+        return source, *full, None
     if mode == "first":
         rows = np.arange(sample)
     else:
@@ -356,7 +453,7 @@ def _materialize_sample(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         handle.to_adata(obs=rows).write_h5ad(path)
-    return path, *full
+    return path, *full, rows
 
 
 def _evaluate(
@@ -366,6 +463,8 @@ def _evaluate(
     storage: Simulation,
     workdir: Path,
     reference: dict[tuple[int, int, int], str],
+    setup: Setup,
+    refused: dict[str, str],
     rounds: int,
     scoring: str,
     readers: tuple[str, ...],
@@ -375,22 +474,31 @@ def _evaluate(
     them in ``rounds`` rounds: in each, every pattern and reader on every candidate,
     operation by operation (the same operation on each candidate in turn, the order turned
     each round), so what the machine does meanwhile falls on all of them alike."""
-    replays: list[list[Replay]] = []
+    replays: list[list[Replay | TrainingReplay]] = []
     for candidate in candidates:
         location = write_candidate(candidate, data, storage, workdir, say)
-        mine = []
+        mine: list[Replay | TrainingReplay] = []
         for index, pattern in enumerate(workload.patterns):
             say(f"counting {candidate.name}: {pattern_label(pattern)}")
-            for reader in readers:
-                replay = prepare(
-                    candidate.name, location, pattern, index, reader, workload, storage,
-                    reference, rounds, scoring=reader == scoring,
-                )  # fmt: skip
-                if replay is not None:
+            for reader in (r for r in readers if reads(r, pattern.kind)):
+                replay: Replay | TrainingReplay | str | None
+                if isinstance(pattern, Training):
+                    replay = prepare_training(
+                        candidate.name, location, pattern, index, reader, workload.seed,
+                        storage, setup, candidate.loader, scoring=reader == scoring,
+                    )  # fmt: skip
+                else:
+                    replay = prepare(
+                        candidate.name, location, pattern, index, reader, workload, storage,
+                        reference, rounds, scoring=reader == scoring,
+                    )  # fmt: skip
+                if isinstance(replay, str):
+                    refused[reader] = replay
+                elif replay is not None:
                     mine.append(replay)
                     candidate.results.append(replay.result)
         replays.append(mine)
-    groups: dict[tuple[int, str], list[Replay]] = {}  # (pattern, reader): every candidate's
+    groups: dict[tuple[int, str], list[Replay | TrainingReplay]] = {}  # every candidate's
     for mine in replays:
         for replay in mine:
             groups.setdefault((replay.index, replay.reader), []).append(replay)

@@ -45,7 +45,8 @@ def score(
     reader: str = "annlayout",
 ) -> None:
     """Each candidate's score and interval through ``reader`` (see the module); candidates
-    that break ``max_size`` (times the smallest) or ``max_objects`` are excluded, and so are
+    that break ``max_size`` (times the smallest), ``max_objects`` or a training pattern's
+    ``min_mixing`` (through ``reader``'s loader) are excluded, and so are
     those that carry a second orientation of X no pattern reads through ``reader`` while a
     candidate without one is left."""
     ours = {c.name: {r.pattern: r for r in c.results if r.reader == reader} for c in candidates}
@@ -78,6 +79,8 @@ def score(
             candidate.excluded = f"size {candidate.size / smallest:.2f}x the smallest > {max_size}x"
         elif max_objects is not None and candidate.objects > max_objects:
             candidate.excluded = f"{candidate.objects:,} objects > {max_objects:,}"
+        elif (unmixed := _unmixed(candidate)) is not None:
+            candidate.excluded = unmixed
     unread = [c for c in candidates if c.excluded is None and _unread_copy(c)]
     if len(unread) < sum(c.excluded is None for c in candidates):
         for candidate in unread:
@@ -85,6 +88,19 @@ def score(
             candidate.excluded = (
                 f"carries a {copies} copy of X that no pattern reads ({reader} reader)"
             )
+
+
+def _unmixed(candidate: Candidate) -> str | None:
+    """Why the candidate's batches mix their label less than a pattern's ``min_mixing``
+    allows (its reader's loader), or None."""
+    for r in candidate.ours():
+        ratio = r.mixing_ratio
+        if r.min_mixing is not None and ratio is not None and ratio < r.min_mixing:
+            return (
+                f"mixing {ratio:.2f} of a true permutation's < min_mixing {r.min_mixing} "
+                f"({r.pattern}, {r.label}, {candidate.reader} loader)"
+            )
+    return None
 
 
 def _unread_copy(candidate: Candidate) -> bool:
@@ -189,7 +205,7 @@ def verdict(candidates: list[Candidate], objective: str = "time") -> Verdict:
     and every candidate it does not lead so) broken by :data:`TIE_BREAK`."""
     eligible = [c for c in candidates if c.excluded is None]
     if not eligible:
-        raise BenchError("every candidate breaks --max-size or --max-objects")
+        raise BenchError("every candidate breaks --max-size, --max-objects or min_mixing")
     ordered = sorted(eligible, key=lambda c: rank_key(c, objective))
     best = ordered[0]
     tied = [c for c in ordered if c is best or lead(best, c, objective)[0] <= 1 + margin(objective)]

@@ -73,8 +73,46 @@ class FullScan(_Pattern):
     block_rows: PositiveInt = 10_000
 
 
+class Training(_Pattern):
+    """An epoch of a training loader (annlayout's, annbatch's ``Loader``): blocks of
+    contiguous rows in a shuffled order, a buffer of them read together and shuffled in
+    memory, cut into batches; timed per round (one epoch each), with how well each batch
+    mixes ``label``."""
+
+    kind: Literal["training"]
+    batch_size: PositiveInt = Field(
+        4096,
+        description="Cells per batch; on fewer than batch_size / 0.1 cells measured it is "
+        "capped at a tenth of them (a batch must be a small share of the data), with a warning.",
+    )
+    batches: PositiveInt | None = Field(
+        None, description="Batches per round; default: a whole epoch of the cells measured."
+    )
+    block: PositiveInt | None = Field(
+        None, description="Rows per contiguous read; default: one chunk of the store's X."
+    )
+    buffer: PositiveInt | None = Field(
+        None,
+        description="Blocks read together and shuffled in memory; default: the loader's "
+        "(enough blocks for 8 batches).",
+    )
+    label: str | None = Field(
+        None,
+        description="The obs column whose mix per batch is measured (batch, donor, cell "
+        "type); default: the input file of each cell as `annlayout concat --shuffle` or "
+        "--groupby records it, else none (mixing not measured).",
+    )
+    min_mixing: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Exclude candidates whose batches mix the label less than this share of a "
+        "true permutation's entropy (1.0: as mixed as a shuffle of every cell).",
+    )
+
+
 Pattern = Annotated[
-    RandomRows | RowSlices | GeneQueries | CategoryGenes | ObsColumns | FullScan,
+    RandomRows | RowSlices | GeneQueries | CategoryGenes | ObsColumns | FullScan | Training,
     Field(discriminator="kind"),
 ]
 
@@ -169,13 +207,15 @@ def operations(
         case FullScan(block_rows=block):
             for start in range(0, n_obs, block):
                 yield Operation(rows=slice(start, min(n_obs, start + block)), cols=slice(None))
+        case Training():
+            raise TypeError("a training pattern replays a loader (bench.training), not operations")
 
 
 def draws(pattern: Any) -> int | None:
     """How many random operations the pattern asks for (batches, slices, queries); None for
     the patterns whose reads are fixed (obs columns, full scans)."""
     for name in ("batches", "slices", "queries"):
-        if hasattr(pattern, name):
+        if getattr(pattern, name, None) is not None:
             return int(getattr(pattern, name))
     return None
 
@@ -190,11 +230,12 @@ def ops_per_epoch(pattern: Any, shape: tuple[int, int], obs: Any) -> int:
     - gene-queries: ceil(n_vars / genes) queries (every gene once, over all cells);
     - category-genes: categories x ceil(n_vars / genes) (every gene once in every category);
     - obs-columns: the number of columns asked (names, else count, else all);
-    - full-scan: one scan, i.e. ceil(n_obs / block_rows) blocks (an operation is a block).
+    - full-scan: one scan, i.e. ceil(n_obs / block_rows) blocks (an operation is a block);
+    - training: one loader epoch, ceil(n_obs / batch_size) batches (an operation is a batch).
     """
     n_obs, n_vars = shape
     match pattern:
-        case RandomRows(batch_size=size):
+        case RandomRows(batch_size=size) | Training(batch_size=size):
             return math.ceil(n_obs / size)
         case RowSlices(length=length):
             return math.ceil(n_obs / length)
@@ -222,7 +263,7 @@ def cells_needed(pattern: Any) -> int:
     or slice at most :data:`BATCH_SHARE` of them; one whole block for a full scan; patterns
     over all cells or columns (gene queries, categories, obs columns) any number."""
     match pattern:
-        case RandomRows(batch_size=size):
+        case RandomRows(batch_size=size) | Training(batch_size=size):
             return math.ceil(size / BATCH_SHARE)
         case RowSlices(length=length):
             return math.ceil(length / BATCH_SHARE)
@@ -234,9 +275,14 @@ def cells_needed(pattern: Any) -> int:
 def size_scale(pattern: Any, full_rows: int, sample_rows: int) -> float:
     """What one operation reads on the full dataset relative to the sample: the cells it reads
     grow with the dataset for patterns over every cell (gene queries, a category's cells, obs
-    columns) and for a full scan's blocks up to block_rows; a batch or slice reads as many
+    columns) and for a full scan's blocks up to block_rows; a training batch measured smaller
+    than its batch_size (:func:`training_batch`) grows to it; a batch or slice reads as many
     cells on both (1.0)."""
-    if sample_rows <= 0 or full_rows == sample_rows:
+    if sample_rows <= 0:
+        return 1.0
+    if isinstance(pattern, Training):
+        return min(pattern.batch_size, full_rows) / training_batch(pattern, sample_rows)
+    if full_rows == sample_rows:
         return 1.0
     match pattern:
         case GeneQueries() | CategoryGenes() | ObsColumns():
@@ -251,6 +297,7 @@ SCALING = {
     "category-genes": "x cells (a category's cells grow with the dataset)",
     "obs-columns": "x cells (whole columns)",
     "full-scan": "x rows per block (a block holds up to block_rows cells)",
+    "training": "x cells per batch (measured with smaller batches than batch_size)",
 }
 
 
@@ -261,7 +308,15 @@ EPOCH_DEFINITIONS = {
     "category-genes": "categories x n_vars / genes queries",
     "obs-columns": "the columns asked",
     "full-scan": "1 scan = n_obs / block_rows blocks",
+    "training": "1 loader epoch = n_obs / batch_size batches",
 }
+
+
+def training_batch(pattern: Training, rows: int) -> int:
+    """The batch size a training pattern is measured with on ``rows`` cells: its own, capped
+    at :data:`BATCH_SHARE` of them (a batch of most of the data reads most of every layout's
+    chunks whatever the loader does, and leaves one or two batches an epoch)."""
+    return max(1, min(pattern.batch_size, int(BATCH_SHARE * rows)))
 
 
 def _first_categorical(obs: Any) -> str:
@@ -285,4 +340,6 @@ def pattern_label(pattern: Any) -> str:
             return "obs columns"
         case FullScan(block_rows=block):
             return f"full scan ({block})"
+        case Training(batch_size=size):
+            return f"training ({size})"
     return str(pattern)
