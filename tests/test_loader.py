@@ -114,6 +114,25 @@ def test_blocks_are_whole_chunks_of_the_store(paths):
     assert np.array_equal(first.index, np.arange(64))  # shuffle=False streams in order
 
 
+def test_default_blocks_are_runs_of_whole_chunks_of_at_least_block_rows(tmp_path):
+    """Small chunks are grouped: a one-chunk block also decodes the chunk its last row
+    straddles into, about twice what it keeps; a block of BLOCK_ROWS rows, a fraction."""
+    from annlayout.datagen import make_dataset
+    from annlayout.loader import BLOCK_ROWS
+
+    annlayout.write(make_dataset(3000, 300, nnz_per_cell=30), tmp_path / "m.zarr", "ml-minibatch")
+    data = annlayout.open(tmp_path / "m.zarr")
+    starts = data.X.chunk_starts()
+    assert data.shape[0] > 2 * BLOCK_ROWS and np.median(np.diff(starts)) < BLOCK_ROWS
+    sizes, firsts = [], []
+    for [(_, rows)] in data.batches(64, shuffle=False, buffer=1).buffers():
+        sizes.append(rows.size)
+        firsts.append(rows[0])
+        assert np.array_equal(rows, np.arange(rows[0], rows[0] + rows.size))
+    assert min(sizes[:-1]) >= BLOCK_ROWS and sum(sizes) == data.shape[0]
+    assert set(firsts) <= set(starts.tolist())  # each block begins at a chunk
+
+
 def zarr_chunk_len(path: Path) -> int:
     import zarr
 
