@@ -33,7 +33,7 @@ OBS = ["cell_type", "batch", "n_genes"]
 @pytest.fixture(scope="module")
 def paths(stores, tmp_path_factory) -> dict[str, Path]:
     """anndata's own h5ad, zarr v2 and v3, and every shipped layout: sharded zarr v3
-    (ml-minibatch, 16 rows per chunk), two orientations (cell-browser), deflated h5ad, ..."""
+    (ml-minibatch, 64 rows per chunk), two orientations (cell-browser), deflated h5ad, ..."""
     root = tmp_path_factory.mktemp("loader")
     found = dict(stores)
     for layout in SHIPPED:
@@ -100,9 +100,8 @@ def test_every_row_once_per_epoch_across_ranks_and_workers(paths, store, world_s
 
 
 def test_blocks_are_whole_chunks_of_the_store(paths):
-    """The default block is the rows of one chunk of X/data: a batch of the first epoch
-    holds runs of consecutive rows as long as the store's chunks (ml-minibatch: 16 rows'
-    worth of nonzeros)."""
+    """Default blocks begin where chunks of X/data begin (whole chunks: see the next test
+    for how many), and shuffle=False streams rows in order."""
     data = annlayout.open(paths["ml-minibatch"])
     starts = data.X.chunk_starts()
     assert starts[0] == 0 and starts[-1] == data.shape[0] and np.all(np.diff(starts) > 0)
