@@ -96,7 +96,7 @@ annbatch.write_sharded(zarr.open_group(sys.argv[2], mode="w", zarr_format=3), ad
 
 # The floor under any h5ad -> ml-minibatch rewrite, as a whole process like the others: X's
 # data and indices read by their chunks' byte offsets (annlayout.h5_reads, which is os.preadv),
-# indices kept int32 (the layout's minimal index dtype), both cut into 16-cell chunks and
+# indices kept int32 (the layout's minimal index dtype), both cut into 64-cell chunks and
 # compressed with its blosc lz4 on every core. Nothing written, no obs/var, no anndata.
 FLOOR_SCRIPT = """\
 import os
@@ -115,7 +115,7 @@ with h5py.File(sys.argv[1], "r") as f:
     data, indices = (reader.read([(0, reader.length)]) for reader in readers)
 if indices.size and indices.max() < 2**31:
     indices = indices.astype(np.int32, copy=False)
-per_chunk = max(1, round(16 * data.size / max(1, n_obs)))
+per_chunk = max(1, round(64 * data.size / max(1, n_obs)))
 codec = numcodecs.Blosc(cname="lz4", clevel=3, shuffle=numcodecs.Blosc.SHUFFLE)
 pieces = [v[i : i + per_chunk] for v in (data, indices) for i in range(0, v.size, per_chunk)]
 with ThreadPoolExecutor(os.cpu_count()) as pool:

@@ -33,7 +33,7 @@ OBS = ["cell_type", "batch", "n_genes"]
 @pytest.fixture(scope="module")
 def paths(stores, tmp_path_factory) -> dict[str, Path]:
     """anndata's own h5ad, zarr v2 and v3, and every shipped layout: sharded zarr v3
-    (ml-minibatch, 16 rows per chunk), two orientations (cell-browser), deflated h5ad, ..."""
+    (ml-minibatch, 64 rows per chunk), two orientations (cell-browser), deflated h5ad, ..."""
     root = tmp_path_factory.mktemp("loader")
     found = dict(stores)
     for layout in SHIPPED:
@@ -100,9 +100,8 @@ def test_every_row_once_per_epoch_across_ranks_and_workers(paths, store, world_s
 
 
 def test_blocks_are_whole_chunks_of_the_store(paths):
-    """The default block is the rows of one chunk of X/data: a batch of the first epoch
-    holds runs of consecutive rows as long as the store's chunks (ml-minibatch: 16 rows'
-    worth of nonzeros)."""
+    """Default blocks begin where chunks of X/data begin (whole chunks: see the next test
+    for how many), and shuffle=False streams rows in order."""
     data = annlayout.open(paths["ml-minibatch"])
     starts = data.X.chunk_starts()
     assert starts[0] == 0 and starts[-1] == data.shape[0] and np.all(np.diff(starts) > 0)
@@ -112,6 +111,25 @@ def test_blocks_are_whole_chunks_of_the_store(paths):
     loader = data.batches(64, shuffle=False)
     first = next(iter(loader))
     assert np.array_equal(first.index, np.arange(64))  # shuffle=False streams in order
+
+
+def test_default_blocks_are_runs_of_whole_chunks_of_at_least_block_rows(tmp_path):
+    """Small chunks are grouped: a one-chunk block also decodes the chunk its last row
+    straddles into, about twice what it keeps; a block of BLOCK_ROWS rows, a fraction."""
+    from annlayout.datagen import make_dataset
+    from annlayout.loader import BLOCK_ROWS
+
+    annlayout.write(make_dataset(3000, 300, nnz_per_cell=30), tmp_path / "m.zarr", "ml-minibatch")
+    data = annlayout.open(tmp_path / "m.zarr")
+    starts = data.X.chunk_starts()
+    assert data.shape[0] > 2 * BLOCK_ROWS and np.median(np.diff(starts)) < BLOCK_ROWS
+    sizes, firsts = [], []
+    for [(_, rows)] in data.batches(64, shuffle=False, buffer=1).buffers():
+        sizes.append(rows.size)
+        firsts.append(rows[0])
+        assert np.array_equal(rows, np.arange(rows[0], rows[0] + rows.size))
+    assert min(sizes[:-1]) >= BLOCK_ROWS and sum(sizes) == data.shape[0]
+    assert set(firsts) <= set(starts.tolist())  # each block begins at a chunk
 
 
 def zarr_chunk_len(path: Path) -> int:

@@ -97,7 +97,7 @@ def test_callback_sizes_follow_the_layout(tmp_path):
     annlayout.write(adata, path, "ml-minibatch")
     group = zarr.open_group(path, mode="r")
     per_row = adata.X.nnz / 2000
-    assert group["X/data"].chunks == (int(np.ceil(16 * per_row)),)  # major: 16
+    assert group["X/data"].chunks == (int(np.ceil(64 * per_row)),)  # major: 64
     assert group["X/data"].shards[0] >= adata.X.nnz  # one shard holds the whole array
     assert group["obsm/X_pca"].chunks == (1024, 16)
     assert group["X/indices"].dtype == np.int32  # scipy mis-indexes uint16 (see plan.py)

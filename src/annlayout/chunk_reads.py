@@ -37,6 +37,24 @@ from annlayout.errors import ChunkReadError
 
 Payload = bytes | memoryview  # a chunk's stored bytes: a view into a request's, not a copy
 Decoder = Callable[[Payload], Any]
+
+
+class _Scatter:
+    """A chunk of which only parts are wanted (a run starts or ends inside it, or several
+    short runs share it): ``(start, stop, destination)`` per part. Decoded on its own, then
+    each part copied to its place in the output; whole chunks are decoded in place."""
+
+    __slots__ = ("parts",)
+
+    def __init__(self, parts: list[tuple[int, int, np.ndarray]]):
+        self.parts = parts
+
+    def scatter(self, chunk: np.ndarray) -> None:
+        for start, stop, destination in self.parts:
+            destination[...] = chunk[start:stop]
+
+
+Target = np.ndarray | _Scatter  # where a decoded chunk goes
 EMPTY = 2**64 - 1  # a shard index entry for a chunk that was never written
 MIN_GAP, MAX_GAP = 64 * 1024, 16 * 2**20  # remote: bounds of the merge gap (see Link)
 SMALL_REQUEST = 64 * 1024  # a batch of requests this small on average times the round trip
@@ -248,46 +266,63 @@ class ChunkReader:
         stops = np.fromiter((b for _, b in runs), np.int64, len(runs))
         if stops.max() > self.length or starts.min() < 0:
             raise IndexError(f"positions beyond {self.array.name} of length {self.length}")
-        first, last = starts // self.chunk_len, (stops - 1) // self.chunk_len
+        length = self.chunk_len
+        first, last = starts // length, (stops - 1) // length
         counts = last - first + 1
-        # every chunk from first to last of each run, in order, once
+        # every (run, chunk) pair: the chunks from first to last of each run, in order
+        run_of = np.repeat(np.arange(len(runs)), counts)
         offsets = np.repeat(np.cumsum(counts) - counts, counts)
-        chunk_ids = np.unique(np.repeat(first, counts) + np.arange(counts.sum()) - offsets)
-        block = np.empty(chunk_ids.size * self.chunk_len, dtype)
-        self._decode_into(chunk_ids, block)
-        # a run covers consecutive chunks, which sit next to each other in the block
-        slot = np.searchsorted(chunk_ids, first)
-        begin = slot * self.chunk_len + (starts - first * self.chunk_len)
-        if len(runs) == 1:
-            return block[int(begin[0]) : int(begin[0] + stops[0] - starts[0])]
-        return np.concatenate(
-            [
-                block[b : b + n]
-                for b, n in zip(begin.tolist(), (stops - starts).tolist(), strict=True)
-            ]
+        pair_chunk = np.repeat(first, counts) + np.arange(counts.sum()) - offsets
+        lo = np.maximum(starts[run_of], pair_chunk * length)
+        hi = np.minimum(stops[run_of], (pair_chunk + 1) * length)
+        run_at = np.cumsum(stops - starts) - (stops - starts)  # each run's place in the output
+        at = run_at[run_of] + lo - starts[run_of]
+        out = np.empty(int(np.sum(stops - starts)), dtype)
+        # runs are sorted and disjoint, so the pairs' chunks come in order
+        chunk_ids, pair0, pairs = np.unique(pair_chunk, return_index=True, return_counts=True)
+        whole = (
+            (pairs == 1)
+            & (lo[pair0] == chunk_ids * length)
+            & (hi[pair0] == (chunk_ids + 1) * length)
         )
+        targets: list[np.ndarray | _Scatter] = []
+        for k, p in enumerate(pair0.tolist()):
+            if whole[k]:  # decoded straight to its place in the output
+                targets.append(out[int(at[p]) : int(at[p]) + length])
+                continue
+            base = int(chunk_ids[k]) * length
+            targets.append(
+                _Scatter(
+                    [
+                        (
+                            int(lo[q]) - base,
+                            int(hi[q]) - base,
+                            out[int(at[q]) : int(at[q] + hi[q] - lo[q])],
+                        )
+                        for q in range(p, p + int(pairs[k]))
+                    ]
+                )
+            )
+        self._decode_into(chunk_ids, targets)
+        return out
 
-    def _decode_into(self, chunk_ids: np.ndarray, block: np.ndarray) -> None:
+    def _decode_into(self, chunk_ids: np.ndarray, targets: list[np.ndarray | _Scatter]) -> None:
         located = self._locate(chunk_ids)
-        outputs = [
-            block[k * self.chunk_len : (k + 1) * self.chunk_len] for k in range(len(located))
-        ]
         if self.local_root is None:
-            self._fetch_and_decode(located, outputs)
+            self._fetch_and_decode(located, targets)
         else:
-            self._run(self._read_local_batch, list(zip(located, outputs, strict=True)))
+            self._run(self._read_local_batch, list(zip(located, targets, strict=True)))
 
     def _fetch_and_decode(
-        self, located: list[tuple[str, int, int] | None], outputs: list[np.ndarray]
+        self, located: list[tuple[str, int, int] | None], outputs: list[Target]
     ) -> None:
         """Fetch the merged requests and decode each one's chunks as it arrives: a scan
         then takes about as long as the link needs for its bytes (the decoding overlaps
         the transfer, and no request waits for the slowest of a batch)."""
         from zarr.core.sync import sync
 
-        for i, where in enumerate(located):  # never written (unsharded): fill
-            if where is None:
-                outputs[i][...] = self.fill_value
+        never = [(None, outputs[i]) for i, where in enumerate(located) if where is None]
+        self._decode_batch(never)  # never written (unsharded): fill
         requests = merged_requests(located, self.link.gap, self.link.request_span)
         start = time.perf_counter()
         nbytes, last_arrival = sync(self._stream(requests, located, outputs))
@@ -297,7 +332,7 @@ class ChunkReader:
         self,
         requests: list[Request],
         located: list[tuple[str, int, int] | None],
-        outputs: list[np.ndarray],
+        outputs: list[Target],
     ) -> tuple[int, float]:
         """Requests in order, ``async.concurrency`` in flight and at most ``FETCH_BUDGET``
         bytes fetched but not yet decoded (the memory a read holds beside its output); each
@@ -336,7 +371,7 @@ class ChunkReader:
     def _chunk_nbytes(self) -> int:
         return self.chunk_len * self.dtype.itemsize
 
-    def _run(self, work: Callable[[list[Any]], None], jobs: list[tuple[Any, np.ndarray]]) -> None:
+    def _run(self, work: Callable[[list[Any]], None], jobs: list[tuple[Any, Target]]) -> None:
         """``work`` over ``jobs`` on the decoding pool, in a few tasks per worker."""
         workers = read_pool()._max_workers
         if len(jobs) <= 2 or workers == 1:
@@ -347,12 +382,12 @@ class ChunkReader:
         for future in [read_pool().submit(work, batch) for batch in batches]:
             future.result()
 
-    def _read_local_batch(self, jobs: list[tuple[tuple[str, int, int] | None, np.ndarray]]) -> None:
+    def _read_local_batch(self, jobs: list[tuple[tuple[str, int, int] | None, Target]]) -> None:
         """pread each chunk; jobs come in key order, so one file is open at a time (unsharded
         arrays are a file per chunk: keeping them all open would exhaust descriptors)."""
         assert self.local_root is not None
         open_key, fd = None, -1
-        payloads: list[tuple[bytes | None, np.ndarray]] = []
+        payloads: list[tuple[bytes | None, Target]] = []
         try:
             for where, out in jobs:
                 if where is None:
@@ -377,30 +412,38 @@ class ChunkReader:
                 os.close(fd)
         self._decode_batch(payloads)
 
-    def _decode_batch(self, jobs: Sequence[tuple[Payload | None, np.ndarray]]) -> None:
-        for payload, out in jobs:
-            if payload is None:
-                out[...] = self.fill_value
-                continue
-            if self._blosc_last:
-                for decoder in self.decoders[:-1]:
-                    payload = decoder(payload)
-                if out.dtype == self.dtype:
-                    self._blosc_into(payload, out)
-                else:
-                    decoded = np.empty(out.size, self.dtype)
-                    self._blosc_into(payload, decoded)
-                    out[...] = decoded
-                continue
-            for decoder in self.decoders:
+    def _decode_batch(self, jobs: Sequence[tuple[Payload | None, Target]]) -> None:
+        for payload, target in jobs:
+            if isinstance(target, np.ndarray):
+                self._decode(payload, target)
+            else:  # part of the chunk is wanted: decoded whole, then its parts copied
+                chunk = np.empty(self.chunk_len, self.dtype)
+                self._decode(payload, chunk)
+                target.scatter(chunk)
+
+    def _decode(self, payload: Payload | None, out: np.ndarray) -> None:
+        """One chunk's bytes decoded into ``out`` (its fill where never written)."""
+        if payload is None:
+            out[...] = self.fill_value
+            return
+        if self._blosc_last:
+            for decoder in self.decoders[:-1]:
                 payload = decoder(payload)
-            decoded = np.frombuffer(payload, self.dtype)
-            if decoded.size != out.size:
-                raise ChunkReadError(
-                    f"{self.array.name}: a chunk decoded to {decoded.size} values, "
-                    f"expected {out.size}"
-                )
-            out[...] = decoded
+            if out.dtype == self.dtype:
+                self._blosc_into(payload, out)
+            else:
+                decoded = np.empty(out.size, self.dtype)
+                self._blosc_into(payload, decoded)
+                out[...] = decoded
+            return
+        for decoder in self.decoders:
+            payload = decoder(payload)
+        decoded = np.frombuffer(payload, self.dtype)
+        if decoded.size != out.size:
+            raise ChunkReadError(
+                f"{self.array.name}: a chunk decoded to {decoded.size} values, expected {out.size}"
+            )
+        out[...] = decoded
 
     def _blosc_into(self, payload: Payload, out: np.ndarray) -> None:
         from numcodecs import blosc
@@ -647,8 +690,8 @@ def _payloads(
     request: Request,
     data: memoryview | None,
     located: list[tuple[str, int, int] | None],
-    outputs: list[np.ndarray],
-) -> Iterator[tuple[memoryview | None, np.ndarray]]:
+    outputs: list[Target],
+) -> Iterator[tuple[memoryview | None, Target]]:
     """(payload, output) of each chunk a request carries: views into its bytes, no copies."""
     key, start, stop, members = request
     if data is None and stop >= 0:  # a shard index lists these chunks: never fill them

@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from annlayout.chunk_reads import read_pool
 from annlayout.defaults import LOADER_MEMORY
 from annlayout.errors import LoaderError
 from annlayout.optional import requirement
@@ -49,6 +50,11 @@ BUFFER_BATCHES = 8
 #: rows per block where the values are not chunked (contiguous h5ad datasets): any run of
 #: rows reads alone there, and annbatch's default block is as long
 UNCHUNKED_BLOCK = 512
+#: a default block is whole chunks, as many as hold at least this many rows: a block's last
+#: row straddles into the next chunk, which is decoded too, so one-chunk blocks of small
+#: chunks (64 rows) decoded about twice the bytes they kept; at 512 rows (annbatch's block)
+#: that is one chunk in nine, and a buffer still holds 64 blocks
+BLOCK_ROWS = 512
 #: buffers alive at once: the one being consumed, the one read ahead, and the copies a read
 #: (chunks decoded, then concatenated) or the in-memory shuffle makes of the newest
 BUFFERS_HELD = 3
@@ -253,7 +259,9 @@ class Batches:
         for number, matrix in enumerate(self.matrices):
             n = matrix.shape[0]
             starts = matrix.chunk_starts() if block is None else None
-            if starts is None:
+            if starts is not None:
+                starts = _coarsen(starts, BLOCK_ROWS)
+            else:
                 length = block or UNCHUNKED_BLOCK
                 starts = np.unique(np.concatenate([np.arange(0, n, length), [0, n]]))
             if n == 0:
@@ -351,7 +359,15 @@ class Batches:
         DataLoader worker), in this rank: for tests and for launchers of one's own."""
         rng = np.random.default_rng([self.seed, self.epoch, self.rank, worker, num_workers])
         buffers = self.buffers(worker, num_workers)
-        batches = self._cut(_read_ahead(buffers, lambda buffer: self._read(buffer, rng)))
+        read_so_far = [0]
+
+        def read(buffer: list[tuple[int, np.ndarray]]) -> list[_Piece]:
+            piece = self._read(buffer, rng)
+            segments = self._segments(piece, read_so_far[0])
+            read_so_far[0] += len(piece)
+            return segments
+
+        batches = self._cut(_read_ahead(buffers, read))
         if not self.drop_last:
             return batches
         return _first(batches, self.count(worker, num_workers))
@@ -384,23 +400,32 @@ class Batches:
             piece.order = rng.permutation(len(piece))
         return piece
 
-    def _cut(self, pieces: Iterator[_Piece]) -> Iterator[Batch]:
-        """Batches of ``batch_size`` rows; a buffer's last rows open the next batch."""
+    def _segments(self, piece: _Piece, before: int) -> list[_Piece]:
+        """A buffer's rows in the order batches take them, cut where batches begin (after
+        ``before`` rows of earlier buffers, so its first segment completes the batch they
+        left open): the rows copied out of the buffer in shuffled order on the read pool's
+        threads, in parallel and while the consumer holds the buffer before, rather than
+        one batch at a time on the consumer's thread."""
+        size, n = self.batch_size, len(piece)
+        bounds = np.unique(np.r_[0, np.arange((-before) % size, n, size), n])
+        pairs = list(zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True))
+        if len(pairs) <= 1:
+            return [piece[a:b] for a, b in pairs]
+        return list(read_pool().map(lambda ab: piece[ab[0] : ab[1]], pairs))
+
+    def _cut(self, buffers: Iterator[list[_Piece]]) -> Iterator[Batch]:
+        """Batches of ``batch_size`` rows from the buffers' segments (cut where batches
+        begin): a segment shorter than a batch is joined with the next."""
         size, held = self.batch_size, list[_Piece]()
-        for piece in pieces:
-            start = 0
-            if held:
-                need = size - sum(len(p) for p in held)
-                held.append(piece[:need])
-                start = need
+        for segments in buffers:
+            for segment in segments:
+                if not held and len(segment) == size:
+                    yield self._batch(segment)
+                    continue
+                held.append(segment)
                 if sum(len(p) for p in held) == size:
                     yield self._batch(_concat(held))
                     held = []
-            while start + size <= len(piece):
-                yield self._batch(piece[start : start + size])
-                start += size
-            if start < len(piece):
-                held.append(piece[start:])
         if held and not self.drop_last:
             yield self._batch(_concat(held))
 
@@ -481,7 +506,7 @@ class _Failed:
 _END = object()
 
 
-def _read_ahead(groups: list[Any], read: Callable[[Any], _Piece]) -> Iterator[_Piece]:
+def _read_ahead(groups: list[Any], read: Callable[[Any], Any]) -> Iterator[Any]:
     """``read(group)`` for each group on a background thread, at most one buffer ahead of
     the one the caller holds; a read's error is raised here, in order: no gap is skipped."""
     if not groups:
@@ -595,6 +620,19 @@ def _block_bytes(matrix: Any, starts: np.ndarray) -> np.ndarray:
     nnz = np.diff(matrix.indptr()[starts])
     index_bytes = 4 if matrix.nnz < 2**31 else 8
     return nnz * (matrix.dtype.itemsize + index_bytes) + rows * index_bytes
+
+
+def _coarsen(starts: np.ndarray, rows: int) -> np.ndarray:
+    """Of chunk ``starts`` (0 and the row count included), those that cut the rows into
+    runs of whole chunks of at least ``rows`` rows each (the last run may be shorter)."""
+    kept, i, last = [0], 0, starts.size - 1
+    while True:
+        i = int(np.searchsorted(starts, starts[i] + rows))
+        if i >= last:
+            break
+        kept.append(i)
+    kept.append(last)
+    return starts[kept]
 
 
 def _concat(pieces: list[_Piece]) -> _Piece:
