@@ -95,7 +95,7 @@ class Interrupted(KeyboardInterrupt):
 
     ``checkpoint``: what the run keeps for ``--resume`` (nothing else is left behind)."""
 
-    def __init__(self, signum: int, checkpoint: Path | None = None):
+    def __init__(self, signum: int, checkpoint: Path | str | None = None):
         self.signum, self.checkpoint = signum, checkpoint
         super().__init__(f"interrupted by {signal.Signals(signum).name}")
 

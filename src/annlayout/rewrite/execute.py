@@ -30,7 +30,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from annlayout.copies import SequentialWriter, transposed_indptr, transposed_ranges
-from annlayout.errors import ApplyError
+from annlayout.errors import ApplyError, UnreachableError
 from annlayout.h5_reads import read_slice
 from annlayout.rewrite.atomic import Interrupted, check_interrupted
 from annlayout.rewrite.blocks import Block, Transpose, write_unit
@@ -338,6 +338,83 @@ def _run_distributed(tasks: Sequence[Task], address: str, advance: Advance) -> N
             advance(future.result())
 
 
+# --------------------------------------------------------------------------- reachability
+
+REACH_TIMEOUT = 60  # seconds to connect to the scheduler and hear from every worker
+
+
+def check_reachable(address: str, inputs: Sequence[str], output: str, *writable: str) -> None:
+    """Every worker of the cluster at ``address`` sees each of ``inputs``, and can write
+    where ``output`` and each of ``writable`` (a scratch) go; else :class:`UnreachableError`
+    naming the first path a worker cannot reach. Run before any work: a worker that cannot
+    open an input would otherwise fail its first task after the driver read every input's
+    small elements, and one that writes into its own local disk would leave the driver a
+    store with holes."""
+    from dask.distributed import Client
+
+    from annlayout.remote import chosen_backend
+
+    with Client(address, timeout=REACH_TIMEOUT) as client:
+        answers = client.run(
+            _unreachable, list(inputs), [output, *writable], chosen_backend(),
+        )  # fmt: skip
+    for worker, problem in sorted(answers.items()):
+        if problem:
+            where, reason = problem
+            raise UnreachableError(
+                f"{where}: the dask worker at {worker} cannot reach it ({reason}); on a "
+                "cluster, inputs, OUTPUT and --scratch go on object storage (s3://...) or a "
+                "file system every worker mounts"
+            )
+
+
+def _unreachable(
+    inputs: list[str], written: list[str], backend: str | None
+) -> tuple[str, str] | None:
+    """On a worker: (location, why) of the first location it cannot reach, or None."""
+    import uuid
+
+    from annlayout.remote import is_url, store_backend
+    from annlayout.rewrite import scratch
+
+    with store_backend(backend):
+        for location in inputs:
+            try:
+                if not _readable(location):
+                    return location, "nothing there"
+            except Exception as err:  # credentials, endpoint, a refused connection
+                return location, _first_line(err)
+        for location in written:
+            location = location.rstrip("/")
+            try:
+                if is_url(location):  # a probe object beside it, written and removed
+                    parent, _, leaf = location.rpartition("/")
+                    probe = f"{parent}/.{leaf}.annlayout-probe-{uuid.uuid4().hex[:8]}"
+                    scratch.write_bytes(probe, b"")
+                    scratch.remove(probe)
+                    continue
+                directory = os.path.dirname(os.path.abspath(location))
+                while not os.path.isdir(directory):  # the nearest folder that exists
+                    directory = os.path.dirname(directory)
+                if directory in ("/", "") or not os.access(directory, os.W_OK):
+                    return location, f"its folder {directory} is not writable there"
+            except Exception as err:
+                return location, _first_line(err)
+    return None
+
+
+def _readable(location: str) -> bool:
+    from annlayout.remote import is_url, object_info, zarr_exists
+
+    if not is_url(location):
+        return os.path.exists(location)
+    try:
+        object_info(location)  # an h5ad file: one object
+        return True
+    except FileNotFoundError:
+        return zarr_exists(location)
+
+
 def _first_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return text[0] if text else type(err).__name__
@@ -352,6 +429,7 @@ __all__ = [
     "Task",
     "Threads",
     "TransposeTask",
+    "check_reachable",
     "copy_block",
     "execute",
     "executor_for",
