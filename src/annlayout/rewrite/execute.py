@@ -20,9 +20,10 @@ different elements or orientations run in parallel like blocks do.
 from __future__ import annotations
 
 import os
+import tempfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from functools import cache
 from typing import Any, Protocol
@@ -349,15 +350,26 @@ def check_reachable(address: str, inputs: Sequence[str], output: str, *writable:
     naming the first path a worker cannot reach. Run before any work: a worker that cannot
     open an input would otherwise fail its first task after the driver read every input's
     small elements, and one that writes into its own local disk would leave the driver a
-    store with holes."""
+    store with holes. A local folder is the same for a worker only if it finds there the
+    probe file the driver puts in it (a worker's own /tmp is writable too, but not shared)."""
     from dask.distributed import Client
 
-    from annlayout.remote import chosen_backend
+    from annlayout.remote import chosen_backend, is_url
 
-    with Client(address, timeout=REACH_TIMEOUT) as client:
-        answers = client.run(
-            _unreachable, list(inputs), [output, *writable], chosen_backend(),
-        )  # fmt: skip
+    with ExitStack() as probes:
+        written: list[tuple[str, str | None]] = []
+        for location in [output, *writable]:
+            probe = None
+            if not is_url(location):
+                with suppress(OSError):  # a folder the driver cannot write: its own check
+                    probe = probes.enter_context(
+                        tempfile.NamedTemporaryFile(
+                            dir=_nearest_folder(location), prefix=".annlayout-probe-"
+                        )
+                    ).name
+            written.append((location, probe))
+        with Client(address, timeout=REACH_TIMEOUT) as client:
+            answers = client.run(_unreachable, list(inputs), written, chosen_backend())
     for worker, problem in sorted(answers.items()):
         if problem:
             where, reason = problem
@@ -368,13 +380,22 @@ def check_reachable(address: str, inputs: Sequence[str], output: str, *writable:
             )
 
 
+def _nearest_folder(location: str) -> str:
+    """The folder that exists nearest above ``location``."""
+    directory = os.path.dirname(os.path.abspath(location))
+    while not os.path.isdir(directory):
+        directory = os.path.dirname(directory)
+    return directory
+
+
 def _unreachable(
-    inputs: list[str], written: list[str], backend: str | None
+    inputs: list[str], written: list[tuple[str, str | None]], backend: str | None
 ) -> tuple[str, str] | None:
-    """On a worker: (location, why) of the first location it cannot reach, or None."""
+    """On a worker: (location, why) of the first location it cannot reach, or None.
+    ``written``: (location, the driver's probe file beside it, if local)."""
     import uuid
 
-    from annlayout.remote import is_url, store_backend
+    from annlayout.remote import delete_objects, is_url, store_backend
     from annlayout.rewrite import scratch
 
     with store_backend(backend):
@@ -384,19 +405,19 @@ def _unreachable(
                     return location, "nothing there"
             except Exception as err:  # credentials, endpoint, a refused connection
                 return location, _first_line(err)
-        for location in written:
+        for location, probe in written:
             location = location.rstrip("/")
             try:
                 if is_url(location):  # a probe object beside it, written and removed
                     parent, _, leaf = location.rpartition("/")
-                    probe = f"{parent}/.{leaf}.annlayout-probe-{uuid.uuid4().hex[:8]}"
-                    scratch.write_bytes(probe, b"")
-                    scratch.remove(probe)
+                    name = f"{leaf}.annlayout-probe-{uuid.uuid4().hex[:8]}"
+                    scratch.write_bytes(f"{parent}/{name}", b"")
+                    delete_objects(parent, [name])
                     continue
-                directory = os.path.dirname(os.path.abspath(location))
-                while not os.path.isdir(directory):  # the nearest folder that exists
-                    directory = os.path.dirname(directory)
-                if directory in ("/", "") or not os.access(directory, os.W_OK):
+                directory = _nearest_folder(location)
+                if probe is not None and not os.path.exists(probe):
+                    return location, "a local folder of the driver's, not shared with it"
+                if not os.access(directory, os.W_OK):
                     return location, f"its folder {directory} is not writable there"
             except Exception as err:
                 return location, _first_line(err)

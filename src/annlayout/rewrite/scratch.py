@@ -110,11 +110,14 @@ def names(location: str) -> list[str]:
 
 
 def remove(location: str) -> None:
-    """Everything under ``location`` (nothing there is no error)."""
+    """The file at ``location``, or everything under it (nothing there is no error)."""
     if is_url(location):
+        from annlayout.remote import delete_objects
         from annlayout.remote import remove as remove_objects
 
-        remove_objects(location)
+        remove_objects(location)  # what is under it, then the object itself
+        parent, _, leaf = location.rstrip("/").rpartition("/")
+        delete_objects(parent, [leaf])
         return
     from annlayout.rewrite.atomic import remove as remove_path
 
