@@ -150,7 +150,7 @@ def _no_scratch_left(prefix: str) -> None:
 def test_apply_on_a_cluster_reads_and_writes_s3(cluster, s3, remote_inputs):
     urls, adatas = remote_inputs
     output = f"{s3}/cluster/out/applied.zarr"
-    result = annlayout.apply("cell-browser", urls[1], output, memory="1MiB", small_element=0,
+    result = annlayout.apply("ml-minibatch", urls[1], output, memory="1MiB", small_element=0,
                              scheduler=cluster.address)  # fmt: skip
     assert result.verified and result.n_blocks > 1
     assert annlayout.verify(urls[1], output) == []
