@@ -3,23 +3,27 @@ combining phase (and its shuffle) on ``--workers`` or a ``--scheduler``'s cluste
 
 The serial path (:func:`annlayout.concatenate._write_matrix`) appends row blocks in order,
 which one process must do. Here the rows take two passes through files, each made of tasks
-that share nothing but a directory the driver and every worker see:
+that share nothing but a scratch location the driver and every worker reach (a directory, or
+a prefix on object storage: :mod:`annlayout.rewrite.scratch`):
 
-- **scatter**, one task per input row block: read the rows (by the input's location), move
-  them onto the result's columns, split them by the bucket of new positions they go to, and
-  write them, bucket after bucket, to the task's own files with each bucket's bounds;
-- **gather**, one task per bucket: read the bucket's rows from every scatter task's files,
-  put them in their final order and write them into the combined arrays (created with their
-  final shapes once the scatter told every bucket's size). A bucket writes the chunks it
-  covers whole; the pieces of the chunks it shares with its neighbours go to a file, and the
-  driver writes those chunks last, so no chunk is written by two tasks.
+- **scatter**, one task per thread of the executor, each given a run of the inputs' row
+  blocks: it reads them one at a time (by the input's location), moves them onto the result's
+  columns, splits them by the bucket of new positions they go to (pieces waiting on the
+  worker's own disk), and at the end writes one rows, indices and data file with the buckets
+  one after another, and each bucket's bounds;
+- **gather**, one task per bucket: read the bucket's range from every scatter task's files
+  (one ranged read each: O(threads x buckets) reads in all), put the rows in their final
+  order and write them into the combined arrays (created with their final shapes once the
+  scatter told every bucket's size). A bucket writes the chunks it covers whole; the pieces of
+  the chunks it shares with its neighbours go to a file, and the driver writes those chunks
+  last, so no chunk is written by two tasks (checked as the tasks are planned).
 
-Without a new order the buckets are the scatter tasks' blocks (sized by each input's density),
-so a gather task reads one file. With one, buckets are equal runs of new positions, and a
-gather task reads a part of every scatter task's files. A task's last file (a scatter task's
-bounds, a gather task's pieces) is written under a temporary name and renamed into place, so a
-task whose last file exists is done and a resumed run skips it; one that was killed starts
-again from nothing (a scatter task clears its directory first).
+Without a new order the buckets are the input blocks (sized by each input's density), so a
+gather task reads one scatter task's range. With one, buckets are equal runs of new
+positions, and a gather task reads a part of every scatter task's files. A task's last file (a
+scatter task's bounds, a gather task's pieces) is written whole or not at all, so a task whose
+last file exists is done and a resumed run skips it; one that was killed starts again from
+nothing.
 """
 
 from __future__ import annotations

@@ -119,8 +119,8 @@ def concat(
     them by an obs column of the result; the order is recorded in ``uns["annlayout_order"]``.
     ``workers``/``scheduler``: combining the inputs (sparse matrices: scatter and gather tasks,
     :mod:`annlayout.assembly`) and the layout's block copies and transposes run as dask tasks
-    (threads, or a dask.distributed cluster whose workers see the inputs and the output's
-    directory). ``scratch_at``: where the combined inputs and the tasks' files go
+    (threads, or a dask.distributed cluster whose workers reach the inputs, the output and
+    the scratch). ``scratch_at``: where the combined inputs and the tasks' files go
     (:func:`scratch_location`; with a ``scheduler``, a place every worker reaches, which is
     checked from a worker before any work, as the inputs and the output are).
     ``resume``: a run that was killed continues
