@@ -553,7 +553,16 @@ def _combining_options(join_help: str, cells: str) -> Callable[[Any], Any]:
 @click.option(
     "--scheduler",
     metavar="ADDRESS",
-    help="Combine and write on a dask cluster whose workers see the inputs and OUTPUT's directory.",
+    help="Combine and write on a dask cluster; its workers must reach the inputs, OUTPUT "
+    "and the scratch (checked before work starts).",
+)
+@click.option(
+    "--scratch",
+    "scratch_at",
+    metavar="URL_OR_PATH",
+    help="Where the combined inputs and the tasks' files go (a directory or an s3:// prefix "
+    "every worker reaches); default: beside OUTPUT, or the local temporary directory for an "
+    "s3:// OUTPUT without --scheduler. Removed at the end unless kept for --resume.",
 )
 @click.option(
     "--resume",
@@ -580,6 +589,7 @@ def concat_command(
     memory: str,
     workers: int,
     scheduler: str | None,
+    scratch_at: str | None,
     resume: bool,
     no_verify: bool,
     as_json: bool,
@@ -609,7 +619,7 @@ def concat_command(
             keys=keys.split(",") if keys else None, index_unique=index_unique,
             merge=merge, shuffle=shuffle, groupby=groupby, memory=memory,  # type: ignore[arg-type]
             workers=workers, scheduler=scheduler, overwrite=overwrite, resume=resume,
-            verify=not no_verify, progress=progress,
+            verify=not no_verify, progress=progress, scratch_at=scratch_at,
         )  # fmt: skip
     if as_json:
         click.echo(json.dumps(result.summary(), indent=2))

@@ -16,6 +16,7 @@ row of ``anndata.concat``'s result that row ``i`` holds.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import signal
 import tempfile
@@ -23,7 +24,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -39,8 +40,9 @@ from annlayout.errors import AnnlayoutError, ConcatError, NotAnnDataError
 from annlayout.plan import human_size
 from annlayout.reader import Dataset, Matrix
 from annlayout.reader import open as open_dataset
-from annlayout.remote import chosen_backend, is_url
-from annlayout.rewrite.atomic import Interrupted, check_paths, interrupts_raised, remove
+from annlayout.remote import chosen_backend, codec_pipeline_for, is_url
+from annlayout.rewrite import scratch
+from annlayout.rewrite.atomic import Interrupted, check_paths, interrupts_raised
 from annlayout.rewrite.blocks import plan_within_budget
 from annlayout.rewrite.buckets import RowBuckets
 from annlayout.rewrite.collection import (
@@ -53,7 +55,7 @@ from annlayout.rewrite.collection import (
     rows_per_block,
     shuffled,
 )
-from annlayout.rewrite.execute import Executor, executor_for
+from annlayout.rewrite.execute import Distributed, Executor, check_reachable, executor_for
 from annlayout.rewrite.stream import ApplyResult, Progress, apply, parse_size, task_location
 from annlayout.spec import load_layout
 from annlayout.stores import check_output_name, footprint
@@ -108,6 +110,7 @@ def concat(
     resume: bool = False,
     verify: bool = True,
     progress: Progress | None = None,
+    scratch_at: str | Path | None = None,
 ) -> ConcatResult:
     """Combine ``inputs`` into ``output`` with ``layout``, as ``anndata.concat(inputs, join=,
     label=, keys=, index_unique=, merge=, uns_merge=merge)`` would, out of core.
@@ -116,8 +119,11 @@ def concat(
     them by an obs column of the result; the order is recorded in ``uns["annlayout_order"]``.
     ``workers``/``scheduler``: combining the inputs (sparse matrices: scatter and gather tasks,
     :mod:`annlayout.assembly`) and the layout's block copies and transposes run as dask tasks
-    (threads, or a dask.distributed cluster whose workers see the inputs and the output's
-    directory). ``resume``: a run that was killed continues
+    (threads, or a dask.distributed cluster whose workers reach the inputs, the output and
+    the scratch). ``scratch_at``: where the combined inputs and the tasks' files go
+    (:func:`scratch_location`; with a ``scheduler``, a place every worker reaches, which is
+    checked from a worker before any work, as the inputs and the output are).
+    ``resume``: a run that was killed continues
     (when the inputs and options are the same) from what it recorded beside the output: the
     rows it combined, or the combined inputs and the layout's blocks it completed; otherwise
     it starts clean, as without ``resume``.
@@ -138,6 +144,16 @@ def concat(
         for path in inputs:
             if not is_url(path):
                 check_paths(Path(path), Path(output), overwrite=overwrite)
+    location = scratch_location(output, scratch_at, bool(scheduler))
+    dask = _on_dask(workers, scheduler, inputs)
+    if is_url(location) and dask is None:
+        raise ConcatError(
+            f"--scratch {scratch_at}: object storage holds the scratch of runs on dask "
+            "(--workers N or --scheduler); one process combines the inputs on a local disk"
+        )
+    # before any input is read: a path the workers cannot see fails fast
+    if dask is not None and isinstance(dask.executor, Distributed):
+        check_reachable(dask.executor.address, [*map(str, inputs)], str(output), location)
     datasets = [open_input(path) for path in inputs]
     check_unique_var(datasets)
     if join == "inner":
@@ -183,21 +199,20 @@ def concat(
     expected = _combined_survey(combined, matrices, raw)
     plan_within_budget(layout, expected, budget, max(1, int(workers)), small)
     notes: list[str] = [repeated] if repeated else []
-    with _scratch(output, resume, notes) as tmp:
-        assembled = tmp / "assembled.zarr"
-        done = tmp / ASSEMBLED_MARKER
-        if not (resume and done.exists() and done.read_text() == fingerprint):
-            done.unlink(missing_ok=True)  # it described combined inputs that are being replaced
-            started = Checkpoints(tmp / "assembling", fingerprint, resume=resume)
+    with _scratch(location, resume, notes) as tmp:
+        assembled = scratch.join(tmp, "assembled.zarr")
+        done = scratch.join(tmp, ASSEMBLED_MARKER)
+        if not (resume and _text(done) == fingerprint):
+            scratch.remove(done)  # it described combined inputs that are being replaced
+            started = Checkpoints(scratch.join(tmp, "assembling"), fingerprint, resume=resume)
             if not started.resumed:
-                remove(assembled)
+                scratch.remove(assembled)
             rank = None if order is None else _inverse(order)
             _assemble(
-                assembled, combined, matrices, maps, raw, budget, progress, rank, started,
-                _on_dask(workers, scheduler, inputs),
+                assembled, combined, matrices, maps, raw, budget, progress, rank, started, dask
             )  # fmt: skip
-            done.write_text(fingerprint)
-            remove(started.directory)
+            scratch.write_bytes(done, fingerprint.encode())
+            scratch.remove(started.directory)
         elif progress:
             progress("resuming from the combined inputs", 1, 1)
         del combined, raw, matrices  # written: the layout step's memory is its own
@@ -277,47 +292,67 @@ def _resumable(layout: Any, output: str | Path) -> bool:
     return not is_url(output) and load_layout(layout).target.format == "zarr"
 
 
-@contextmanager
-def _scratch(output: str | Path, resume: bool, notes: list[str]) -> Iterator[Path]:
-    """The intermediate store's directory, under one name for an output: beside a local
-    output, in the temp directory for a URL. A run that was killed leaves it, and the next
-    run removes it first, or with ``resume`` takes the combined inputs from it when they are
-    complete and were made from the same inputs and options. A run that fails after
-    combining the inputs, or is interrupted at any point, keeps them for ``resume``."""
-    if is_url(output):
+def scratch_location(output: str | Path, chosen: str | Path | None, on_cluster: bool) -> str:
+    """Where a run's scratch goes, under one name for an output (so ``--resume`` finds it):
+    in ``chosen`` (a directory or URL prefix, ``--scratch``) if given; else beside the output,
+    except that an output on object storage written by this machine's threads (no
+    ``--scheduler``) has it in the local temporary directory, where it is faster; a
+    cluster's workers share no disk with the driver, only object storage."""
+    if chosen is not None:
         name = hashlib.sha256(str(output).encode()).hexdigest()[:16]
-        scratch = Path(tempfile.gettempdir()) / f".annlayout-concat-{name}"
-    else:
-        output = Path(output).resolve()
-        scratch = output.with_name(f".{output.name}{SCRATCH_SUFFIX}")
-    if not resume and scratch.exists():
-        size, _ = footprint(scratch)
-        remove(scratch)
+        base = str(chosen) if is_url(chosen) else str(Path(chosen).resolve())
+        return scratch.join(base, f".{Path(str(output).rstrip('/')).name}-{name}{SCRATCH_SUFFIX}")
+    if is_url(output):
+        url = str(output).rstrip("/")
+        if on_cluster:
+            parent, _, leaf = url.rpartition("/")
+            return f"{parent}/.{leaf}{SCRATCH_SUFFIX}"
+        name = hashlib.sha256(url.encode()).hexdigest()[:16]
+        return str(Path(tempfile.gettempdir()) / f".annlayout-concat-{name}")
+    path = Path(output).resolve()
+    return str(path.with_name(f".{path.name}{SCRATCH_SUFFIX}"))
+
+
+@contextmanager
+def _scratch(location: str, resume: bool, notes: list[str]) -> Iterator[str]:
+    """The intermediate store's directory or URL prefix (:func:`scratch_location`). A run
+    that was killed leaves it, and the next run removes it first, or with ``resume`` takes
+    the combined inputs from it when they are complete and were made from the same inputs
+    and options. A run that fails after combining the inputs, or is interrupted at any point,
+    keeps them for ``resume``; otherwise it is removed, on success as on failure."""
+    held = scratch.names(location) if is_url(location) or Path(location).exists() else []
+    if not resume and held:
+        size, _ = footprint(location)
+        scratch.remove(location)
         notes.append(
-            f"removed {scratch} ({human_size(size)}), kept by an earlier run that was "
+            f"removed {location} ({human_size(size)}), kept by an earlier run that was "
             "stopped: without --resume a run starts clean"
         )
-    scratch.mkdir(parents=True, exist_ok=True)
+    if not is_url(location):
+        Path(location).mkdir(parents=True, exist_ok=True)
     try:
         with interrupts_raised():
-            yield scratch
+            yield location
     except (Interrupted, KeyboardInterrupt) as stop:
         signum = stop.signum if isinstance(stop, Interrupted) else signal.SIGINT
-        if _holds_progress(scratch):  # --resume continues from what was combined
-            raise Interrupted(signum, checkpoint=scratch) from None
-        remove(scratch)  # nothing recorded yet: nothing to resume from
+        if _holds_progress(location):  # --resume continues from what was combined
+            raise Interrupted(signum, checkpoint=location) from None
+        scratch.remove(location)  # nothing recorded yet: nothing to resume from
         raise Interrupted(signum) from None
     except BaseException:
-        if not (scratch / ASSEMBLED_MARKER).exists():
-            remove(scratch)
+        if not scratch.exists(scratch.join(location, ASSEMBLED_MARKER)):
+            scratch.remove(location)
         raise
-    remove(scratch)
+    scratch.remove(location)
 
 
-def _holds_progress(scratch: Path) -> bool:
+def _holds_progress(location: str) -> bool:
     """The scratch holds what --resume continues from: the combined inputs, or a record of
     how far combining them got."""
-    return (scratch / ASSEMBLED_MARKER).exists() or any((scratch / "assembling").glob("*.json"))
+    return scratch.exists(scratch.join(location, ASSEMBLED_MARKER)) or any(
+        "/" not in name and name.endswith(".json")
+        for name in scratch.names(scratch.join(location, "assembling"))
+    )
 
 
 def _order(combined: Any, shuffle: int | None, groupby: str | None) -> np.ndarray | None:
@@ -462,50 +497,65 @@ class Checkpoints:
     not say), and where a shuffle's first pass got to; or, for a matrix combined by dask
     tasks, ``combined_by: tasks`` (the tasks' own files say how far they got)."""
 
-    def __init__(self, directory: Path, fingerprint: str, *, resume: bool):
+    def __init__(self, directory: str, fingerprint: str, *, resume: bool):
         self.directory = directory
-        marker = directory / "fingerprint"
-        self.resumed = resume and marker.exists() and marker.read_text() == fingerprint
+        self.resumed = resume and _text(scratch.join(directory, "fingerprint")) == fingerprint
+        self._records: dict[str, dict[str, Any]] = {}  # this run's: read back without a GET
         if not self.resumed:
-            remove(directory)
-            directory.mkdir(parents=True)
-            marker.write_text(fingerprint)
+            scratch.remove(directory)
+            scratch.write_bytes(scratch.join(directory, "fingerprint"), fingerprint.encode())
 
-    def _file(self, name: str) -> Path:
-        return self.directory / (name.replace("/", "__") + ".json")
+    def _file(self, name: str) -> str:
+        return scratch.join(self.directory, name.replace("/", "__") + ".json")
+
+    def _read(self, name: str) -> dict[str, Any] | None:
+        if name in self._records:
+            return self._records[name]
+        text = _text(self._file(name))
+        return None if text is None else json.loads(text)
 
     def get(self, name: str) -> dict[str, Any] | None:
         """The last record of ``name`` (a matrix, or ``small`` for the small elements), if
         this run resumes an earlier one that made it."""
-        path = self._file(name)
-        return json.loads(path.read_text()) if self.resumed and path.exists() else None
+        return self._read(name) if self.resumed else None
 
     def put(self, name: str, saved: dict[str, np.ndarray] | None = None, **record: Any) -> None:
         """Record ``name``'s progress, and the arrays ``saved`` with it (in a file of their
         own that the record names: written first, and the one it replaces removed after)."""
         path = self._file(name)
-        before = json.loads(path.read_text()).get("arrays") if path.exists() else None
+        before = (self._read(name) or {}).get("arrays")
         record.pop("arrays", None)
+        stem = name.replace("/", "__")
         if saved is not None:  # a new name each time: the recorded file is never touched
-            record["arrays"] = f"{path.stem}.{uuid.uuid4().hex[:12]}.npz"
-            np.savez(self.directory / record["arrays"], **saved)  # type: ignore[arg-type]
-        partial = path.with_suffix(".partial")
-        partial.write_text(json.dumps(record))
-        partial.replace(path)  # whole or not at all
+            record["arrays"] = f"{stem}.{uuid.uuid4().hex[:12]}.npz"
+            buffer = io.BytesIO()
+            np.savez(buffer, **saved)  # type: ignore[arg-type]
+            scratch.write_bytes(scratch.join(self.directory, record["arrays"]), buffer.getbuffer())
+        scratch.write_bytes(path, json.dumps(record).encode())  # whole or not at all
+        self._records[name] = record
         if before and before != record.get("arrays"):
-            (self.directory / before).unlink(missing_ok=True)
+            scratch.remove(scratch.join(self.directory, before))
 
     def arrays(self, name: str) -> dict[str, np.ndarray]:
         """The arrays recorded with ``name``'s last record."""
         record = self.get(name) or {}
         if "arrays" not in record:
             return {}
-        with np.load(self.directory / record["arrays"]) as saved:
+        saved_bytes = scratch.read_bytes(scratch.join(self.directory, record["arrays"]))
+        with np.load(io.BytesIO(saved_bytes)) as saved:
             return {key: saved[key] for key in saved.files}
 
 
+def _text(location: str) -> str | None:
+    """A small file's text; None where there is none."""
+    try:
+        return scratch.read_bytes(location).decode()
+    except FileNotFoundError:
+        return None
+
+
 def _assemble(
-    target: Path,
+    target: str,
     combined: Any,
     matrices: dict[str, list[Any]],
     maps: list[np.ndarray],
@@ -523,21 +573,30 @@ def _assemble(
     earlier run got."""
     import zarr
 
+    from annlayout.stores import zarr_store
+
     if log.get("small") is None:
-        root = zarr.open_group(target, mode="w", zarr_format=3)
+        root = zarr.open_group(zarr_store(target, read_only=False), mode="w", zarr_format=3)
         _write_small(root, combined, raw)
         log.put("small", done=True)
-    root = zarr.open_group(target, mode="r+")
-    buckets = target.parent / "buckets"
+    root = zarr.open_group(zarr_store(target, read_only=False), mode="r+")
+    # the shuffle's buckets of the matrices this process combines: on its own disk (a
+    # scratch on object storage holds the tasks' files; these are not resumed from there)
+    on_disk = scratch.local(target)
+    spool = ExitStack()
+    if on_disk is None:
+        buckets = Path(spool.enter_context(tempfile.TemporaryDirectory(prefix="annlayout-")))
+    else:
+        buckets = on_disk.parent / "buckets"
 
     def write(path: str, present: list[Any], maps: list[np.ndarray], n_vars: int) -> None:
         record = log.get(path) or {}
         if record.get("done"):
             return
         if dask is not None and _on_tasks(present):
-            tasks = log.directory / "tasks" / path.replace("/", "__")
+            tasks = scratch.join(log.directory, "tasks", path.replace("/", "__"))
             if record.get("combined_by") != "tasks":  # none, or the serial path's: start clean
-                remove(tasks)
+                scratch.remove(tasks)
                 log.put(path, combined_by="tasks")
             sources = [Source(location, path, chosen_backend()) for location in dask.locations]
             dtype = np.result_type(*(m.dtype for m in present))
@@ -546,16 +605,20 @@ def _assemble(
                 dask.executor, tasks, progress,
             )  # fmt: skip
             log.put(path, done=True)
-            remove(tasks)  # after the record: the tasks' files are no longer needed to resume
+            scratch.remove(tasks)  # after the record: the tasks' files are no longer needed
             return
-        with codec_pipeline("zarrs"):  # local and uncompressed: zarrs appends 2x as fast
+        if on_disk is None and record:
+            log.put(path)  # its buckets were on a disk of the run that was killed: anew
+        # uncompressed: zarrs appends 2x as fast (where it can reach the store)
+        with codec_pipeline(codec_pipeline_for("zarrs", target)):
             _write_matrix(root, path, present, maps, n_vars, budget, progress, rank, buckets, log)
 
-    for path, present in matrices.items():
-        if all(m is not None for m in present):
-            write(path, present, maps, combined.n_vars)
-    if raw is not None:
-        write("raw/X", raw[1], raw[2], raw[0].n_vars)
+    with spool:
+        for path, present in matrices.items():
+            if all(m is not None for m in present):
+                write(path, present, maps, combined.n_vars)
+        if raw is not None:
+            write("raw/X", raw[1], raw[2], raw[0].n_vars)
 
 
 def _on_tasks(present: list[Any]) -> bool:

@@ -61,6 +61,11 @@ class AppendError(AnnlayoutError):
     """A store or inputs that cannot be appended."""
 
 
+class UnreachableError(AnnlayoutError, ValueError):
+    """A path or URL that the workers of a dask cluster cannot reach (a driver's local path,
+    a bucket without their credentials): refused before any work starts."""
+
+
 class IntegrityError(AnnlayoutError, RuntimeError):
     """Rows or values that do not add up while combining (a damaged scratch file, or a bug):
     the run stops rather than write a store with a gap."""
@@ -79,4 +84,5 @@ __all__ = [
     "LoaderError",
     "NotAnnDataError",
     "PlanError",
+    "UnreachableError",
 ]

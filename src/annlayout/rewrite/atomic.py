@@ -96,7 +96,9 @@ class Interrupted(KeyboardInterrupt):
     ``checkpoint``: what the run keeps for ``--resume``, with ``journal`` if it is kept apart
     (nothing else is left behind)."""
 
-    def __init__(self, signum: int, checkpoint: Path | None = None, journal: Path | None = None):
+    def __init__(
+        self, signum: int, checkpoint: Path | str | None = None, journal: Path | None = None
+    ):
         self.signum, self.checkpoint, self.journal = signum, checkpoint, journal
         super().__init__(f"interrupted by {signal.Signals(signum).name}")
 

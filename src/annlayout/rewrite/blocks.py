@@ -19,7 +19,7 @@ constants. Every number is an estimate of bytes in use, not a measurement; the b
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +27,7 @@ import numpy as np
 from pydantic import ByteSize, TypeAdapter
 
 from annlayout.defaults import MEMORY, VERIFY_MEMORY, WHOLE_BELOW
-from annlayout.errors import ApplyError
+from annlayout.errors import ApplyError, IntegrityError
 from annlayout.plan import ArrayPlan, ElementPlan, Plan, human_size, make_plan
 from annlayout.spec import SPARSE_ENCODINGS
 
@@ -535,3 +535,24 @@ __all__ = [
     "verify_sizes",
     "write_unit",
 ]
+
+
+def check_disjoint_units(
+    array: str, spans: Sequence[tuple[int, int]], unit: int, length: int
+) -> None:
+    """Tasks planned to write ``spans`` (start, stop along axis 0) of ``array``, whose write
+    unit (a shard, or a chunk where unsharded) is ``unit`` rows: each must write whole units
+    only (the last may end at ``length``), and no two the same unit. zarr-python loses data
+    silently when two processes write parts of one shard at once (zarr-python #3682); a plan
+    that would is a bug, stopped here before anything is written."""
+    end = 0
+    for start, stop in sorted(spans):
+        if start % unit or (stop % unit and stop != length) or stop > length:
+            raise IntegrityError(
+                f"{array}: a task would write rows {start}-{stop}, not whole shards of {unit}"
+            )
+        if start < end:
+            raise IntegrityError(
+                f"{array}: two tasks would write the shard at row {start // unit * unit}"
+            )
+        end = stop

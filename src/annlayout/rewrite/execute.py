@@ -20,9 +20,10 @@ different elements or orientations run in parallel like blocks do.
 from __future__ import annotations
 
 import os
+import tempfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from functools import cache
 from typing import Any, Protocol
@@ -30,7 +31,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from annlayout.copies import SequentialWriter, transposed_indptr, transposed_ranges
-from annlayout.errors import ApplyError
+from annlayout.errors import ApplyError, UnreachableError
 from annlayout.h5_reads import read_slice
 from annlayout.rewrite.atomic import Interrupted, check_interrupted
 from annlayout.rewrite.blocks import Block, Transpose, write_unit
@@ -338,6 +339,103 @@ def _run_distributed(tasks: Sequence[Task], address: str, advance: Advance) -> N
             advance(future.result())
 
 
+# --------------------------------------------------------------------------- reachability
+
+REACH_TIMEOUT = 60  # seconds to connect to the scheduler and hear from every worker
+
+
+def check_reachable(address: str, inputs: Sequence[str], output: str, *writable: str) -> None:
+    """Every worker of the cluster at ``address`` sees each of ``inputs``, and can write
+    where ``output`` and each of ``writable`` (a scratch) go; else :class:`UnreachableError`
+    naming the first path a worker cannot reach. Run before any work: a worker that cannot
+    open an input would otherwise fail its first task after the driver read every input's
+    small elements, and one that writes into its own local disk would leave the driver a
+    store with holes. A local folder is the same for a worker only if it finds there the
+    probe file the driver puts in it (a worker's own /tmp is writable too, but not shared)."""
+    from dask.distributed import Client
+
+    from annlayout.remote import chosen_backend, is_url
+
+    with ExitStack() as probes:
+        written: list[tuple[str, str | None]] = []
+        for location in [output, *writable]:
+            probe = None
+            if not is_url(location):
+                with suppress(OSError):  # a folder the driver cannot write: its own check
+                    probe = probes.enter_context(
+                        tempfile.NamedTemporaryFile(
+                            dir=_nearest_folder(location), prefix=".annlayout-probe-"
+                        )
+                    ).name
+            written.append((location, probe))
+        with Client(address, timeout=REACH_TIMEOUT) as client:
+            answers = client.run(_unreachable, list(inputs), written, chosen_backend())
+    for worker, problem in sorted(answers.items()):
+        if problem:
+            where, reason = problem
+            raise UnreachableError(
+                f"{where}: the dask worker at {worker} cannot reach it ({reason}); on a "
+                "cluster, inputs, OUTPUT and --scratch go on object storage (s3://...) or a "
+                "file system every worker mounts"
+            )
+
+
+def _nearest_folder(location: str) -> str:
+    """The folder that exists nearest above ``location``."""
+    directory = os.path.dirname(os.path.abspath(location))
+    while not os.path.isdir(directory):
+        directory = os.path.dirname(directory)
+    return directory
+
+
+def _unreachable(
+    inputs: list[str], written: list[tuple[str, str | None]], backend: str | None
+) -> tuple[str, str] | None:
+    """On a worker: (location, why) of the first location it cannot reach, or None.
+    ``written``: (location, the driver's probe file beside it, if local)."""
+    import uuid
+
+    from annlayout.remote import delete_objects, is_url, store_backend
+    from annlayout.rewrite import scratch
+
+    with store_backend(backend):
+        for location in inputs:
+            try:
+                if not _readable(location):
+                    return location, "nothing there"
+            except Exception as err:  # credentials, endpoint, a refused connection
+                return location, _first_line(err)
+        for location, probe in written:
+            location = location.rstrip("/")
+            try:
+                if is_url(location):  # a probe object beside it, written and removed
+                    parent, _, leaf = location.rpartition("/")
+                    name = f"{leaf}.annlayout-probe-{uuid.uuid4().hex[:8]}"
+                    scratch.write_bytes(f"{parent}/{name}", b"")
+                    delete_objects(parent, [name])
+                    continue
+                directory = _nearest_folder(location)
+                if probe is not None and not os.path.exists(probe):
+                    return location, "a local folder of the driver's, not shared with it"
+                if not os.access(directory, os.W_OK):
+                    return location, f"its folder {directory} is not writable there"
+            except Exception as err:
+                return location, _first_line(err)
+    return None
+
+
+def _readable(location: str) -> bool:
+    from annlayout.remote import is_url, object_info, zarr_exists
+
+    if not is_url(location):
+        return os.path.exists(location)
+    try:
+        object_info(location)  # an h5ad file: one object
+        return True
+    except FileNotFoundError:
+        return zarr_exists(location)
+
+
 def _first_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return text[0] if text else type(err).__name__
@@ -352,6 +450,7 @@ __all__ = [
     "Task",
     "Threads",
     "TransposeTask",
+    "check_reachable",
     "copy_block",
     "execute",
     "executor_for",

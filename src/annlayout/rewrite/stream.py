@@ -72,6 +72,7 @@ from annlayout.rewrite.blocks import (
     Block,
     MemoryPlan,
     array_blocks,
+    check_disjoint_units,
     memory_plan,
     parse_size,
     plan_transpose,
@@ -85,6 +86,7 @@ from annlayout.rewrite.execute import (
     Stores,
     Task,
     TransposeTask,
+    check_reachable,
     execute,
     executor_for,
     opened,
@@ -206,6 +208,9 @@ def apply(
         output = Path(output)
         check_paths(Path(source), output, overwrite=overwrite)
     source = source if is_url(source) else Path(source)
+    if scheduler and not dask_requirement(workers, scheduler):
+        # before any work: the workers read the input and write the output themselves
+        check_reachable(scheduler, [task_location(source)], task_location(output))
     with open_anndata(source) as store:
         return _apply(
             layout, store, output, remote, codec_pipeline_name, memory, workers, scheduler,
@@ -242,7 +247,9 @@ def _apply(
     if needed:
         raise ApplyError(needed)
     output_bytes = sum(e.stored_bytes or 0 for e in survey.elements)
-    staging = staging_dir(output_bytes) if remote else None
+    # a cluster's workers write the output where it goes: a local staging copy is the
+    # driver's alone
+    staging = staging_dir(output_bytes) if remote and not scheduler else None
     if not remote:
         check_free_space(Path(output).parent, output_bytes)
 
@@ -574,7 +581,10 @@ class Rewriter:
             if transpose.source != path:  # a legacy input path (raw.X)
                 transpose = replace(transpose, source=path)
             transposes.append(TransposeTask(transpose, stores))
-        return [*transposes, *(CopyTask(block, stores) for block in blocks)]
+        tasks: list[Task] = [*transposes, *(CopyTask(block, stores) for block in blocks)]
+        if self.layout.target.format == "zarr":  # an h5ad file is written by one process
+            check_whole_shards(tasks, self.target_root)
+        return tasks
 
     # -- phase 3 ------------------------------------------------------------------------
 
@@ -630,6 +640,34 @@ def _check_complete(path: str, group: Any) -> None:
                     f"{path}/{part}: {missing:,} of {array.nchunks:,} chunks are missing in the "
                     "input store"
                 )
+
+
+def task_writes(task: Task) -> list[tuple[str, int, int]]:
+    """(array, start, stop) of what ``task`` writes along axis 0: a block its rows, a
+    transpose its group's arrays whole (``stop`` -1: to the end)."""
+    if isinstance(task, CopyTask):
+        return [(task.block.target_array, task.block.start, task.block.stop)]
+    if isinstance(task, TransposeTask):
+        return [(f"{task.transpose.group}/{name}", 0, -1) for name in ("data", "indices", "indptr")]
+    return []
+
+
+def check_whole_shards(tasks: list[Task], target_root: Any) -> None:
+    """No two of ``tasks`` write the same shard (or chunk, unsharded) of any array, and each
+    writes whole ones: checked where the tasks are planned, as zarr-python loses data when
+    two writers share a shard (zarr-python #3682)."""
+    spans: dict[str, list[tuple[int, int]]] = {}
+    for task in tasks:
+        for array, start, stop in task_writes(task):
+            spans.setdefault(array, []).append((start, stop))
+    for name, found in spans.items():
+        array = target_root[name]
+        length = int(array.shape[0]) if array.shape else 1
+        unit = (
+            int((getattr(array, "shards", None) or array.chunks or (1,))[0]) if array.shape else 1
+        )
+        whole = [(start, length if stop < 0 else stop) for start, stop in found]
+        check_disjoint_units(name, whole, max(1, unit), length)
 
 
 def task_location(path: Path | str) -> str:
