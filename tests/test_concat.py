@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -931,3 +932,50 @@ def test_mixing_is_printed_only_for_shuffled_cells_and_json_has_it_all(tmp_path,
     summary = json.loads(appended.stdout)
     assert summary["inputs"] == [str(paths[0])] and summary["verified"] is True
     assert summary["n_obs_added"] == ad.read_h5ad(paths[0]).n_obs and appended.stderr == ""
+
+
+@pytest.mark.parametrize("workers", [1, 2], ids=["serial", "tasks"])
+def test_a_signal_inside_a_library_write_is_reported_as_the_interrupt(
+    tmp_path, collection, monkeypatch, workers
+):
+    """SIGINT landing inside numpy's write of a checkpoint (an .npz) was raised there, and
+    numpy turned it into a TypeError (its C code calls back into Python, an ABC check of the
+    file object, where the handler ran): exit 1, no checkpoint named. The signal is now
+    recorded and raised between blocks; the run stops with its checkpoint and resumes."""
+    import numpy.lib._npyio_impl as npyio
+
+    from annlayout.rewrite.atomic import Interrupted
+
+    paths, adatas = collection
+    options = {"index_unique": "-", "shuffle": 2, "memory": "256KiB", "merge": "same",
+               "workers": workers}  # fmt: skip
+    write_array = npyio.format.write_array
+    sent: list[int] = []
+
+    def signalled(fp, *args, **kwargs):
+        if not sent:  # the first .npz: a checkpoint's tails, or a gather task's pieces
+            sent.append(signal.SIGINT)
+            if threading.current_thread() is threading.main_thread():
+                try:  # the handler runs mid-write, as in numpy's callback into Python
+                    signal.getsignal(signal.SIGINT)(signal.SIGINT, None)
+                except KeyboardInterrupt as err:  # what numpy makes of it
+                    raise TypeError(
+                        f"expected str, bytes or os.PathLike object, not {type(fp).__name__}"
+                    ) from err
+            else:  # a task's write: the main thread, waiting for the tasks, handles it
+                os.kill(os.getpid(), signal.SIGINT)
+        return write_array(fp, *args, **kwargs)
+
+    monkeypatch.setattr(npyio.format, "write_array", signalled)
+    out = tmp_path / "out.zarr"
+    with pytest.raises(Interrupted) as stopped:
+        concat("ml-minibatch", paths, out, **options)
+    assert sent and stopped.value.signum == signal.SIGINT
+    scratch = tmp_path / ".out.zarr.annlayout-concat"
+    assert stopped.value.checkpoint == scratch and scratch.is_dir() and not out.exists()
+    monkeypatch.undo()
+    concat("ml-minibatch", paths, out, resume=True, **options)
+    got = ad.read_zarr(out)
+    order = np.asarray(got.uns.pop("annlayout_order")["source_row"])
+    _assert_same(got, _expected(adatas, index_unique="-")[order].copy())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.zarr"]

@@ -40,7 +40,13 @@ from annlayout.plan import human_size
 from annlayout.reader import Dataset, Matrix
 from annlayout.reader import open as open_dataset
 from annlayout.remote import chosen_backend, is_url
-from annlayout.rewrite.atomic import Interrupted, check_paths, interrupts_raised, remove
+from annlayout.rewrite.atomic import (
+    Interrupted,
+    check_interrupted,
+    check_paths,
+    deferred_interrupts,
+    remove,
+)
 from annlayout.rewrite.blocks import plan_within_budget
 from annlayout.rewrite.buckets import RowBuckets
 from annlayout.rewrite.collection import (
@@ -298,8 +304,8 @@ def _scratch(output: str | Path, resume: bool, notes: list[str]) -> Iterator[Pat
             "stopped: without --resume a run starts clean"
         )
     scratch.mkdir(parents=True, exist_ok=True)
-    try:
-        with interrupts_raised():
+    try:  # a signal is raised between blocks and tasks: inside a library it may become
+        with deferred_interrupts():  # another error, and the checkpoint go unnamed
             yield scratch
     except (Interrupted, KeyboardInterrupt) as stop:
         signum = stop.signum if isinstance(stop, Interrupted) else signal.SIGINT
@@ -531,6 +537,7 @@ def _assemble(
     buckets = target.parent / "buckets"
 
     def write(path: str, present: list[Any], maps: list[np.ndarray], n_vars: int) -> None:
+        check_interrupted()
         record = log.get(path) or {}
         if record.get("done"):
             return
@@ -613,9 +620,11 @@ def _write_matrix(
         if rank is not None:
             dense = RowBuckets(scratch / path, rank, rows)
             for first, block in blocks:
+                check_interrupted()
                 dense.add_dense(first, block)
             blocks = _numbered(dense.drain_dense())
         for first, block in blocks:
+            check_interrupted()
             array[first : first + block.shape[0]] = block
         log.put(path, done=True)
         return
@@ -661,6 +670,7 @@ def _write_matrix(
             dtypes=record.get("dtypes"),
         )  # fmt: skip
         for first, ptr, idx, val in csr_blocks(present, maps, budget, path, progress, scattered):
+            check_interrupted()
             buckets.add_csr(first, ptr, idx.astype(indices.dtype, copy=False), val)
             record.update(rows_per_bucket=per_bucket, scattered=first + ptr.size - 1,
                           files=buckets.files(), dtypes=buckets.dtypes)  # fmt: skip
@@ -672,6 +682,7 @@ def _write_matrix(
         sparse = prefetched((first_bucket + i, *b) for i, b in enumerate(drained))
     since, drained_buckets = 0, []  # bytes written since the last checkpoint; buckets in them
     for number, ptr, idx, val in sparse:
+        check_interrupted()
         data.append(val.astype(data.dtype, copy=False))
         indices.append(idx.astype(indices.dtype, copy=False))
         indptr.append(ptr[1:] + offset)

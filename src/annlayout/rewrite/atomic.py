@@ -127,26 +127,26 @@ def _signals_handled(signums: tuple[int, ...], handler: Callable[..., None]) -> 
             signal.signal(signum, old)
 
 
-@contextmanager
-def interrupts_raised() -> Iterator[None]:
-    """SIGTERM raised at once as :class:`Interrupted`, as Ctrl-C raises KeyboardInterrupt: for
-    work whose checkpoints hold wherever it stops (a kill -9 included), so the run can say
-    what it kept instead of dying silently."""
-
-    def handler(signum, frame):
-        raise Interrupted(signum)
-
-    with _signals_handled((signal.SIGTERM,), handler):
-        yield
+_deferring = 0  # deferred_interrupts entered in the main thread and not yet left
 
 
 @contextmanager
 def deferred_interrupts() -> Iterator[None]:
-    """Turn SIGINT and SIGTERM into a flag that :func:`check_interrupted` raises on.
+    """Turn SIGINT and SIGTERM into a flag that :func:`check_interrupted` raises on, between
+    units of work; any other error raised after a signal was recorded is reported as the
+    interrupt (it is its consequence, or came while the user stopped the run).
 
     Raising inside a signal handler would interrupt zarr while its event loop still writes
-    chunks in another thread; cleanup would race those writes.
+    chunks in another thread, so cleanup would race those writes; and a library interrupted
+    inside its own code may turn the KeyboardInterrupt into another error (numpy's ``tofile``
+    and ``savez`` raise a TypeError about the file). Nested (apply inside concat), the
+    outermost keeps the handler and the flag: a signal between the two steps is not lost.
     """
+    global _deferring
+    if _deferring:
+        with _reported_as_interrupt():
+            yield
+        return
     _pending.clear()
 
     def handler(signum, frame):
@@ -155,10 +155,27 @@ def deferred_interrupts() -> Iterator[None]:
     installed = False
     try:
         with _signals_handled((signal.SIGINT, signal.SIGTERM), handler) as installed:
-            yield
+            _deferring += installed
+            try:
+                with _reported_as_interrupt():
+                    yield
+            finally:
+                _deferring -= installed
     finally:  # after the handlers are restored: a later signal is the default's
         if installed:
             _pending.clear()
+
+
+@contextmanager
+def _reported_as_interrupt() -> Iterator[None]:
+    try:
+        yield
+    except Interrupted:
+        raise
+    except BaseException as err:
+        if _pending:
+            raise Interrupted(_pending[0]) from err
+        raise
 
 
 @contextmanager
