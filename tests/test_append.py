@@ -233,7 +233,7 @@ def test_a_failed_append_leaves_the_store_as_it_was(tmp_path, parts, monkeypatch
     concat(_layout(tmp_path, "cell-browser", "[csr, csc]"), paths[:2], store, join="outer")
     files = _files(store)
     monkeypatch.setattr(appending, "_verify", lambda *args: ["X/data[0:8]: made up to fail"])
-    with pytest.raises(appending.AppendError, match="store left as it was"):
+    with pytest.raises(appending.IntegrityError, match="store left as it was"):
         append(store, paths[2:3], join="outer")
     assert _files(store) == files
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
@@ -321,9 +321,7 @@ def test_verification_reads_back_what_was_written(tmp_path, parts, monkeypatch):
         return rebuild(tmp, target, *args)
 
     monkeypatch.setattr(appending, "_rebuild_copies", corrupt_then_rebuild)
-    with pytest.raises(
-        appending.AppendError, match=r"X: rows \d+:\d+ differ from what was written"
-    ):
+    with pytest.raises(appending.IntegrityError, match=r"X: row \d+ does not hold row \d+ of "):
         append(store, paths[2:3], join="outer")
     assert _files(store) == files
 
@@ -390,3 +388,43 @@ def test_append_refuses_lossy_casts_and_follows_a_link_to_the_store(tmp_path):
     _small(30, 3, dtype=np.int32, dense=True).write_h5ad(tmp_path / "more.h5ad")
     append(link, [tmp_path / "more.h5ad"])
     assert link.is_symlink() and ad.read_zarr(store).n_obs == 90
+
+
+@pytest.mark.parametrize("bug", ["columns", "rows"])
+def test_a_wrong_append_fails_verification_against_the_inputs(tmp_path, parts, monkeypatch, bug):
+    """The new rows are checked against the inputs read again (their genes found by name),
+    not against digests of what was written: a column map off by one, or the inputs' rows
+    one off, fails in one line naming the element, and the store is left as it was."""
+    import annlayout.appending as appending
+    import annlayout.concatenate as concatenate
+
+    paths, _ = parts
+    store = tmp_path / "store.zarr"
+    concat(_layout(tmp_path, "ml-minibatch"), paths[:2], store, join="outer")
+    files = _files(store)
+    if bug == "columns":
+        maps = appending._gene_maps
+
+        def off_by_one(store, var_names, *args):
+            found = maps(store, var_names, *args)
+            return [np.where(m >= 0, (m + 1) % len(var_names), m) for m in found]
+
+        monkeypatch.setattr(appending, "_gene_maps", off_by_one)
+    else:
+        blocks = concatenate.csr_blocks
+
+        def rows_rolled(present, *args, **kwargs):
+            for first, ptr, idx, val in blocks(present, *args, **kwargs):
+                matrix = sp.csr_matrix((val, idx, ptr), shape=(ptr.size - 1, 10**6))
+                rolled = sp.vstack([matrix[-1:], matrix[:-1]]).tocsr()  # each row one down
+                yield first, rolled.indptr, rolled.indices, rolled.data
+
+        monkeypatch.setattr(appending, "csr_blocks", rows_rolled)
+    with pytest.raises(appending.IntegrityError) as failed:
+        append(store, paths[2:3], join="outer")
+    message = str(failed.value)
+    assert len(message.splitlines()) == 1 and "X: row " in message, message
+    assert "store left as it was" in message
+    assert _files(store) == files
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
