@@ -427,4 +427,3 @@ def test_a_wrong_append_fails_verification_against_the_inputs(tmp_path, parts, m
     assert "store left as it was" in message
     assert _files(store) == files
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
-
