@@ -427,3 +427,52 @@ def test_a_wrong_append_fails_verification_against_the_inputs(tmp_path, parts, m
     assert "store left as it was" in message
     assert _files(store) == files
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["exchange", "set-aside"])
+def test_append_killed_inside_the_commit_leaves_a_whole_store_and_the_next_run_mends_it(
+    tmp_path, parts, monkeypatch, exchange
+):
+    """The commit's two steps, killed between them: with an exchange the name holds the old
+    store (the new one waits in the named sibling); without one (a filesystem that cannot
+    exchange) the old store waits in the sibling. Either way the next run mends it and
+    appends, and the store reads whole."""
+    import annlayout.rewrite.atomic as atomic
+
+    paths, _ = parts
+    store = tmp_path / "store.zarr"
+    concat(_layout(tmp_path, "ml-minibatch"), paths[:2], store, join="outer")
+    before = ad.read_zarr(store)
+    files = _files(store)
+    sibling = tmp_path / ".store.zarr.annlayout-old"
+    with monkeypatch.context() as patch:
+        if exchange:
+
+            def killed(a, b):  # after the new store took the sibling's name
+                raise SystemExit(137)
+
+            patch.setattr(atomic, "_exchange", killed)
+        else:
+            patch.setattr(atomic, "_exchange", lambda a, b: False)
+            rename = Path.rename
+
+            def killed_after_setting_aside(self, target):
+                done = rename(self, target)
+                if self == store and Path(target) == sibling:
+                    raise KeyboardInterrupt  # between the two renames
+                return done
+
+            patch.setattr(Path, "rename", killed_after_setting_aside)
+        with pytest.raises((SystemExit, KeyboardInterrupt)):
+            append(store, paths[2:3], join="outer")
+    assert sibling.exists()
+    if exchange:  # the name never lacked a whole store: the old one
+        assert _files(store) == files
+        assert ad.read_zarr(store).n_obs == before.n_obs
+    else:
+        assert not store.exists()
+    result = append(store, paths[2:3], join="outer")
+    assert any(str(sibling) in note for note in result.notes), result.notes
+    got = ad.read_zarr(store)
+    assert got.n_obs == before.n_obs + result.n_obs_added and result.verified
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []

@@ -7,8 +7,10 @@ store's own (no bytes copied), metadata files are copies, and each array along t
 written from its last partial shard on (the old tail, then the new rows, in whole shards).
 obs is written whole; a second orientation (``X/csc``) is rebuilt by the out-of-core
 transpose from the grown primary and its mirror record renewed. After verification the
-sibling and the store trade places in one ``renameat2(RENAME_EXCHANGE)``, so an interrupted
-or failed append leaves the store exactly as it was.
+sibling takes the store's place through apply's commit (:func:`annlayout.rewrite.atomic.
+replace`: one ``renameat2(RENAME_EXCHANGE)`` where the filesystem has it), so an interrupted
+or failed append leaves the store exactly as it was, and a kill inside the commit is mended
+by the next run (:func:`~annlayout.rewrite.atomic.recover`).
 
 A store on object storage (``s3://...``) is appended to the same way, with what object stores
 have: the sibling is a hidden prefix, unchanged objects are server-side copies rather than
@@ -24,7 +26,6 @@ counted in the result's notes. ``label``, ``keys`` and ``index_unique`` apply to
 
 from __future__ import annotations
 
-import ctypes
 import os
 import shutil
 import time
@@ -62,7 +63,13 @@ from annlayout.journal import commit, has_journal, roll_back
 from annlayout.plan import ElementPlan, make_plan
 from annlayout.remote import chosen_backend, codec_pipeline_for, copy_objects, is_url, listing
 from annlayout.remote import remove as remove_objects
-from annlayout.rewrite.atomic import check_interrupted, deferred_interrupts, remove
+from annlayout.rewrite.atomic import (
+    check_interrupted,
+    deferred_interrupts,
+    recover,
+    remove,
+    replace,
+)
 from annlayout.rewrite.blocks import parse_size, plan_transpose
 from annlayout.rewrite.execute import Stores, TransposeTask, opened
 from annlayout.rewrite.memory_limits import release_memory
@@ -86,8 +93,6 @@ from annlayout.survey import survey_opened
 
 APPEND_SUFFIX = ".annlayout-append"
 METADATA_FILES = frozenset({"zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadata"})
-RENAME_EXCHANGE = 2  # linux/fs.h
-AT_FDCWD = -100
 
 
 Location = Path | str  # a local store, or a URL
@@ -181,6 +186,9 @@ def append(
             notes.append(f"{store}: an earlier append had finished; its journal was cleared")
     else:  # a link to a store: the store itself is swapped, not the link
         store = Path(store).resolve()
+        mended = recover(store)  # an append killed while it replaced the store
+        if mended:
+            notes.append(mended)
     budget = parse_size(memory)
     layout, record = _recorded_layout(store)
     root: Any = zarr.open_group(zarr_store(store), mode="r")
@@ -269,7 +277,7 @@ def append(
             result.written_bytes = _new_bytes(tmp, linked)
             check_interrupted()
             if isinstance(store, Path) and isinstance(tmp, Path):
-                _exchange(tmp, store)  # the store is now the appended one; tmp holds the old
+                replace(tmp, store)  # apply's commit: one exchange where the system has it
             else:
                 _commit(str(tmp), str(store), linked)
         except BaseException:
@@ -699,22 +707,6 @@ def _rebuild_copies(
         write_record(copy, record)
         if progress:
             progress(f"rebuilding {group}", number + 1, len(copies))
-
-
-def _exchange(tmp: Path, store: Path) -> None:
-    """Swap the two directories in one step (Linux renameat2); where that is missing, the
-    store is set aside and the new one renamed into its place."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    renameat2 = getattr(libc, "renameat2", None)
-    if renameat2 is not None:
-        done = renameat2(AT_FDCWD, os.fsencode(tmp), AT_FDCWD, os.fsencode(store), RENAME_EXCHANGE)
-        if done == 0:
-            return
-    aside = store.with_name(f".{store.name}.annlayout-old")
-    remove(aside)
-    store.rename(aside)
-    tmp.rename(store)
-    aside.rename(tmp)
 
 
 def _commit(tmp: str, store: str, linked: dict[str, int]) -> None:

@@ -65,15 +65,63 @@ def _gib(n: float) -> str:
 
 
 def replace(tmp: Path, output: Path) -> None:
-    """Move ``tmp`` to ``output``; an existing output is set aside first, then removed."""
-    if output.exists():
-        old = output.with_name(f".{output.name}{OLD_SUFFIX}")
-        remove(old)
-        output.rename(old)
+    """Put ``tmp`` (complete) in place of ``output``: the one commit of a local output
+    (apply, concat, append), safe against a kill at any point, which :func:`recover` mends.
+
+    Where the filesystem exchanges names (Linux ``renameat2(RENAME_EXCHANGE)``: local
+    filesystems, not NFS) the name never lacks a whole store: ``tmp`` is renamed to the
+    sibling ``.NAME.annlayout-old``, exchanged with ``output`` in one step, and the sibling
+    (the old store now) removed. Elsewhere the old store is set aside under that sibling's
+    name, then ``tmp`` renamed into place; between those two renames the name is empty, and
+    the sibling is the old store that :func:`recover` puts back.
+    """
+    if not (output.exists() or output.is_symlink()):
         tmp.rename(output)
+        return
+    old = old_sibling(output)
+    remove(old)
+    tmp.rename(old)  # the new store, whole, under the sibling's name
+    if _exchange(old, output):
+        remove(old)  # the old store
+        return
+    old.rename(tmp)  # no exchange here: set the old store aside instead
+    output.rename(old)
+    tmp.rename(output)
+    remove(old)
+
+
+def old_sibling(output: Path) -> Path:
+    return output.with_name(f".{output.name}{OLD_SUFFIX}")
+
+
+def recover(output: Path) -> str | None:
+    """Mend what a kill inside :func:`replace` left (called before a run touches
+    ``output``): with a store at the name, the sibling is the store that lost or the one
+    that had not yet won, and is removed; without one, the sibling is the old store, put
+    back. Says what it did, or None."""
+    old = old_sibling(output)
+    if not (old.exists() or old.is_symlink()):
+        return None
+    if output.exists() or output.is_symlink():
         remove(old)
-    else:
-        tmp.rename(output)
+        return f"removed {old}, left by a run stopped while it replaced {output}"
+    old.rename(output)
+    return f"{output}: put back from {old}, where a run stopped while it replaced it"
+
+
+RENAME_EXCHANGE = 2  # linux/fs.h
+AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step; False where the system or filesystem cannot."""
+    import ctypes
+
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):  # not Linux, or a libc without it
+        return False
+    return renameat2(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE) == 0
 
 
 def remove(path: Path) -> None:
@@ -186,11 +234,7 @@ def atomic_output(output: Path, *, keep: bool = False) -> Iterator[Path]:
     tmp = temporary_sibling(output)
     if not keep:
         remove(tmp)  # left by a run that was killed
-    old = output.with_name(f".{output.name}{OLD_SUFFIX}")
-    if old.exists() and output.exists():
-        remove(old)  # a kill between the two renames of replace()
-    elif old.exists():
-        old.rename(output)
+    recover(output)  # a kill inside replace()
     with deferred_interrupts():
         try:
             yield tmp
