@@ -233,7 +233,7 @@ def test_a_failed_append_leaves_the_store_as_it_was(tmp_path, parts, monkeypatch
     concat(_layout(tmp_path, "cell-browser", "[csr, csc]"), paths[:2], store, join="outer")
     files = _files(store)
     monkeypatch.setattr(appending, "_verify", lambda *args: ["X/data[0:8]: made up to fail"])
-    with pytest.raises(appending.AppendError, match="store left as it was"):
+    with pytest.raises(appending.IntegrityError, match="store left as it was"):
         append(store, paths[2:3], join="outer")
     assert _files(store) == files
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
@@ -321,9 +321,7 @@ def test_verification_reads_back_what_was_written(tmp_path, parts, monkeypatch):
         return rebuild(tmp, target, *args)
 
     monkeypatch.setattr(appending, "_rebuild_copies", corrupt_then_rebuild)
-    with pytest.raises(
-        appending.AppendError, match=r"X: rows \d+:\d+ differ from what was written"
-    ):
+    with pytest.raises(appending.IntegrityError, match=r"X: row \d+ does not hold row \d+ of "):
         append(store, paths[2:3], join="outer")
     assert _files(store) == files
 
@@ -390,3 +388,91 @@ def test_append_refuses_lossy_casts_and_follows_a_link_to_the_store(tmp_path):
     _small(30, 3, dtype=np.int32, dense=True).write_h5ad(tmp_path / "more.h5ad")
     append(link, [tmp_path / "more.h5ad"])
     assert link.is_symlink() and ad.read_zarr(store).n_obs == 90
+
+
+@pytest.mark.parametrize("bug", ["columns", "rows"])
+def test_a_wrong_append_fails_verification_against_the_inputs(tmp_path, parts, monkeypatch, bug):
+    """The new rows are checked against the inputs read again (their genes found by name),
+    not against digests of what was written: a column map off by one, or the inputs' rows
+    one off, fails in one line naming the element, and the store is left as it was."""
+    import annlayout.appending as appending
+    import annlayout.concatenate as concatenate
+
+    paths, _ = parts
+    store = tmp_path / "store.zarr"
+    concat(_layout(tmp_path, "ml-minibatch"), paths[:2], store, join="outer")
+    files = _files(store)
+    if bug == "columns":
+        maps = appending._gene_maps
+
+        def off_by_one(store, var_names, *args):
+            found = maps(store, var_names, *args)
+            return [np.where(m >= 0, (m + 1) % len(var_names), m) for m in found]
+
+        monkeypatch.setattr(appending, "_gene_maps", off_by_one)
+    else:
+        blocks = concatenate.csr_blocks
+
+        def rows_rolled(present, *args, **kwargs):
+            for first, ptr, idx, val in blocks(present, *args, **kwargs):
+                matrix = sp.csr_matrix((val, idx, ptr), shape=(ptr.size - 1, 10**6))
+                rolled = sp.vstack([matrix[-1:], matrix[:-1]]).tocsr()  # each row one down
+                yield first, rolled.indptr, rolled.indices, rolled.data
+
+        monkeypatch.setattr(appending, "csr_blocks", rows_rolled)
+    with pytest.raises(appending.IntegrityError) as failed:
+        append(store, paths[2:3], join="outer")
+    message = str(failed.value)
+    assert len(message.splitlines()) == 1 and "X: row " in message, message
+    assert "store left as it was" in message
+    assert _files(store) == files
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["exchange", "set-aside"])
+def test_append_killed_inside_the_commit_leaves_a_whole_store_and_the_next_run_mends_it(
+    tmp_path, parts, monkeypatch, exchange
+):
+    """The commit's two steps, killed between them: with an exchange the name holds the old
+    store (the new one waits in the named sibling); without one (a filesystem that cannot
+    exchange) the old store waits in the sibling. Either way the next run mends it and
+    appends, and the store reads whole."""
+    import annlayout.rewrite.atomic as atomic
+
+    paths, _ = parts
+    store = tmp_path / "store.zarr"
+    concat(_layout(tmp_path, "ml-minibatch"), paths[:2], store, join="outer")
+    before = ad.read_zarr(store)
+    files = _files(store)
+    sibling = tmp_path / ".store.zarr.annlayout-old"
+    with monkeypatch.context() as patch:
+        if exchange:
+
+            def killed(a, b):  # after the new store took the sibling's name
+                raise SystemExit(137)
+
+            patch.setattr(atomic, "_exchange", killed)
+        else:
+            patch.setattr(atomic, "_exchange", lambda a, b: False)
+            rename = Path.rename
+
+            def killed_after_setting_aside(self, target):
+                done = rename(self, target)
+                if self == store and Path(target) == sibling:
+                    raise KeyboardInterrupt  # between the two renames
+                return done
+
+            patch.setattr(Path, "rename", killed_after_setting_aside)
+        with pytest.raises((SystemExit, KeyboardInterrupt)):
+            append(store, paths[2:3], join="outer")
+    assert sibling.exists()
+    if exchange:  # the name never lacked a whole store: the old one
+        assert _files(store) == files
+        assert ad.read_zarr(store).n_obs == before.n_obs
+    else:
+        assert not store.exists()
+    result = append(store, paths[2:3], join="outer")
+    assert any(str(sibling) in note for note in result.notes), result.notes
+    got = ad.read_zarr(store)
+    assert got.n_obs == before.n_obs + result.n_obs_added and result.verified
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []

@@ -7,8 +7,10 @@ store's own (no bytes copied), metadata files are copies, and each array along t
 written from its last partial shard on (the old tail, then the new rows, in whole shards).
 obs is written whole; a second orientation (``X/csc``) is rebuilt by the out-of-core
 transpose from the grown primary and its mirror record renewed. After verification the
-sibling and the store trade places in one ``renameat2(RENAME_EXCHANGE)``, so an interrupted
-or failed append leaves the store exactly as it was.
+sibling takes the store's place through apply's commit (:func:`annlayout.rewrite.atomic.
+replace`: one ``renameat2(RENAME_EXCHANGE)`` where the filesystem has it), so an interrupted
+or failed append leaves the store exactly as it was, and a kill inside the commit is mended
+by the next run (:func:`~annlayout.rewrite.atomic.recover`).
 
 A store on object storage (``s3://...``) is appended to the same way, with what object stores
 have: the sibling is a hidden prefix, unchanged objects are server-side copies rather than
@@ -24,12 +26,10 @@ counted in the result's notes. ``label``, ``keys`` and ``index_unique`` apply to
 
 from __future__ import annotations
 
-import ctypes
 import os
 import shutil
 import time
 import warnings
-import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,17 +58,29 @@ from annlayout.encodings import (
     set_json_attr,
     writing,
 )
-from annlayout.errors import AppendError, NotAnnDataError
+from annlayout.errors import AppendError, IntegrityError, NotAnnDataError
 from annlayout.journal import commit, has_journal, roll_back
 from annlayout.plan import ElementPlan, make_plan
 from annlayout.remote import chosen_backend, codec_pipeline_for, copy_objects, is_url, listing
 from annlayout.remote import remove as remove_objects
-from annlayout.rewrite.atomic import check_interrupted, deferred_interrupts, remove
+from annlayout.rewrite.atomic import (
+    check_interrupted,
+    deferred_interrupts,
+    recover,
+    remove,
+    replace,
+)
 from annlayout.rewrite.blocks import parse_size, plan_transpose
 from annlayout.rewrite.execute import Stores, TransposeTask, opened
 from annlayout.rewrite.memory_limits import release_memory
 from annlayout.rewrite.stream import Progress, peak_rss
-from annlayout.rewrite.verify import check_copy
+from annlayout.rewrite.verify import (
+    RowsOf,
+    check_copy,
+    difference,
+    frame_values_difference,
+    rows_difference,
+)
 from annlayout.spec import Layout
 from annlayout.stores import (
     AnnDataStore,
@@ -81,12 +93,9 @@ from annlayout.survey import survey_opened
 
 APPEND_SUFFIX = ".annlayout-append"
 METADATA_FILES = frozenset({"zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadata"})
-RENAME_EXCHANGE = 2  # linux/fs.h
-AT_FDCWD = -100
 
 
 Location = Path | str  # a local store, or a URL
-Written = dict[str, list[tuple[int, int, int]]]  # array path -> new blocks (first, stop, crc)
 
 
 @dataclass
@@ -177,6 +186,9 @@ def append(
             notes.append(f"{store}: an earlier append had finished; its journal was cleared")
     else:  # a link to a store: the store itself is swapped, not the link
         store = Path(store).resolve()
+        mended = recover(store)  # an append killed while it replaced the store
+        if mended:
+            notes.append(mended)
     budget = parse_size(memory)
     layout, record = _recorded_layout(store)
     root: Any = zarr.open_group(zarr_store(store), mode="r")
@@ -226,7 +238,6 @@ def append(
                 zarr_store(tmp, read_only=False), mode="r+", use_consolidated=False
             )
             set_json_attr(target, PROVENANCE_KEY, {**record, "complete": False})
-            written: Written = {}  # per array, its new blocks' (first, stop, digest)
             with codec_pipeline(pipeline), warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # obs names repeated: as anndata.concat warns
                 with writing():  # first: the survey of the grown store reads it
@@ -234,15 +245,15 @@ def append(
                 for path, present in matrices.items():
                     _grow_matrix(
                         root, target, layout, path, present, maps, n_vars, budget, progress,
-                        written, sources,
+                        sources,
                     )  # fmt: skip
                 if raw is not None:
                     _grow_matrix(
                         root, target, layout, "raw/X", raw[0], raw[1], raw[2], budget,
-                        progress, written, sources,
+                        progress, sources,
                     )  # fmt: skip
                 for key, values in obsm.items():
-                    _grow_rows(root, target, f"obsm/{key}", iter([values]), written)
+                    _grow_rows(root, target, f"obsm/{key}", iter([values]))
                 check_interrupted()
                 _rebuild_copies(tmp, target, layout, rebuilt, budget, progress)
             appended = {"inputs": [str(p) for p in inputs], "n_obs": n_new,
@@ -255,18 +266,18 @@ def append(
             if verify:
                 started = time.perf_counter()
                 with codec_pipeline(pipeline):
-                    problems = _verify(store, tmp, growths, written, obs, n_old, budget)
+                    problems = _verify(store, tmp, growths, datasets, obsm, obs, n_old, budget)
                 result.verify_seconds = time.perf_counter() - started
                 if problems:
                     more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-                    raise AppendError(
+                    raise IntegrityError(
                         f"{store}: verification failed, store left as it was: {problems[0]}{more}"
                     )
                 result.verified = True
             result.written_bytes = _new_bytes(tmp, linked)
             check_interrupted()
             if isinstance(store, Path) and isinstance(tmp, Path):
-                _exchange(tmp, store)  # the store is now the appended one; tmp holds the old
+                replace(tmp, store)  # apply's commit: one exchange where the system has it
             else:
                 _commit(str(tmp), str(store), linked)
         except BaseException:
@@ -560,11 +571,10 @@ def _grow_matrix(
     n_vars: int,
     budget: int,
     progress: Progress | None,
-    written: Written,
     sources: list[str],
 ) -> None:
     """The new rows of one matrix written after the store's: a CSR matrix's data, indices
-    and indptr, or a dense array's rows; each block's digest recorded in ``written``."""
+    and indptr, or a dense array's rows."""
     node = root[path]
     dense = (encoding_of(node) or "array") == "array"
     stored = np.dtype(node.dtype if dense else node["data"].dtype)
@@ -584,20 +594,18 @@ def _grow_matrix(
     if dense:
         rows = max(1, budget // 4 // max(1, n_vars * node.dtype.itemsize))
         blocks = (block for _, block in dense_blocks(present, maps, n_vars, node.dtype, rows))
-        _grow_rows(root, target, path, blocks, written)
+        _grow_rows(root, target, path, blocks)
         return
     writers = {name: _writer(root, target, f"{path}/{name}") for name in ("data", "indices")}
     offsets = [np.zeros(0, dtype=np.int64)]  # the new rows' ends: 8 bytes a cell, kept
     offset = int(node["data"].shape[0])
-    digests = written.setdefault(path, [])
     sparse = csr_blocks(present, maps, budget, path, progress)
-    for first, ptr, idx, val in sparse:
+    for _, ptr, idx, val in sparse:
         check_interrupted()
         val = val.astype(writers["data"].dtype, copy=False)
         idx = idx.astype(writers["indices"].dtype, copy=False)
         writers["data"].write(val)
         writers["indices"].write(idx)
-        digests.append((first, first + ptr.size - 1, _digest(ptr.astype(np.int64), idx, val)))
         offsets.append(ptr[1:].astype(np.int64) + offset)
         offset += int(ptr[-1])
         release_memory()
@@ -651,31 +659,12 @@ def _writer(root: Any, target: Any, path: str) -> SequentialWriter:
     return writer
 
 
-def _grow_rows(
-    root: Any,
-    target: Any,
-    path: str,
-    blocks: Iterator[np.ndarray],
-    written: Written | None = None,
-) -> None:
+def _grow_rows(root: Any, target: Any, path: str, blocks: Iterator[np.ndarray]) -> None:
     writer = _writer(root, target, path)
-    at = 0
     for block in blocks:
         check_interrupted()
-        block = block.astype(writer.dtype, copy=False)
-        writer.write(block)
-        if written is not None:
-            written.setdefault(path, []).append((at, at + block.shape[0], _digest(block)))
-        at += block.shape[0]
+        writer.write(block.astype(writer.dtype, copy=False))
     writer.close()
-
-
-def _digest(*arrays: np.ndarray) -> int:
-    """crc32 of the arrays' bytes, one after another: what verification reads back."""
-    crc = 0
-    for array in arrays:
-        crc = zlib.crc32(np.ascontiguousarray(array).data, crc)
-    return crc
 
 
 def _rebuild_copies(
@@ -718,22 +707,6 @@ def _rebuild_copies(
         write_record(copy, record)
         if progress:
             progress(f"rebuilding {group}", number + 1, len(copies))
-
-
-def _exchange(tmp: Path, store: Path) -> None:
-    """Swap the two directories in one step (Linux renameat2); where that is missing, the
-    store is set aside and the new one renamed into its place."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    renameat2 = getattr(libc, "renameat2", None)
-    if renameat2 is not None:
-        done = renameat2(AT_FDCWD, os.fsencode(tmp), AT_FDCWD, os.fsencode(store), RENAME_EXCHANGE)
-        if done == 0:
-            return
-    aside = store.with_name(f".{store.name}.annlayout-old")
-    remove(aside)
-    store.rename(aside)
-    tmp.rename(store)
-    aside.rename(tmp)
 
 
 def _commit(tmp: str, store: str, linked: dict[str, int]) -> None:
@@ -786,15 +759,18 @@ def _verify(
     store: Location,
     tmp: Location,
     growths: list[Growth],
-    written: Written,
+    datasets: list[Any],
+    obsm: dict[str, np.ndarray],
     obs: Any,
     n_old: int,
     budget: int,
 ) -> list[str]:
     """The appended store read back: each growing array's rewritten old rows equal the
-    store's (the shards before them are the store's own files), each block of new rows has
-    the digest of what was written, obs equals the combined obs, and every second
-    orientation mirrors its primary (read in passes)."""
+    store's (the shards before them are the store's own files); each matrix's new rows hold
+    the inputs' rows on the store's genes (found here by name, not through the maps the
+    rows were written with), read from the inputs again
+    (:func:`~annlayout.rewrite.verify.rows_difference`); obsm's new rows equal the inputs';
+    obs equals the combined obs; and every second orientation mirrors its primary."""
     import zarr
     from anndata.io import read_elem
 
@@ -809,49 +785,32 @@ def _verify(
             if not np.array_equal(a[start:stop], b[start:stop], equal_nan=a.dtype.kind == "f"):
                 problems.append(f"{growth.path}[{start}:{stop}]: differs from the store's")
                 break
-    for path, blocks in written.items():
-        problem = _compare_written(old, new, path, blocks, n_old)
+    var_names = _index(new["var"])
+    matrices = [("X", [d.X for d in datasets], var_names, [d.var.index for d in datasets])]
+    matrices += [(f"layers/{key}", [d.layers[key] for d in datasets], var_names,
+                  [d.var.index for d in datasets]) for key in sorted(new.get("layers", {}))]  # fmt: skip
+    if "raw" in new and "X" in new["raw"]:
+        raws = [d.raw for d in datasets]
+        matrices.append(("raw/X", [r.X for r in raws], _index(new["raw/var"]),
+                         [r.var.index for r in raws]))  # fmt: skip
+    checked = []
+    for path, present, names, genes in matrices:
+        if path not in new:
+            continue
+        parts = [RowsOf(d.source, m, names.get_indexer(g))
+                 for d, m, g in zip(datasets, present, genes, strict=True)]  # fmt: skip
+        problem = rows_difference(path, new[path], parts, budget, start=n_old)
         if problem:
             problems.append(problem)
-    found = _frame_values_difference(obs, read_elem(new["obs"]))
+        checked.append(path)
+    for key, values in obsm.items():
+        problem = difference(values, np.asarray(new["obsm"][key][n_old:]))
+        if problem:
+            problems.append(f"obsm/{key}: the new rows: {problem}")
+    found = frame_values_difference(obs, read_elem(new["obs"]))
     if found:
         problems.append(f"obs: {found}")
-    for path in written:
+    for path in checked:
         if encoding_of(new[path]) == "csr_matrix":
             problems += check_copy(path, new[path], budget)
     return problems
-
-
-def _compare_written(
-    old: Any, new: Any, path: str, blocks: list[tuple[int, int, int]], n_old: int
-) -> str | None:
-    """The new rows of ``path`` read back, block by block, against the digests recorded
-    while writing them."""
-    node = new[path]
-    if encoding_of(node) != "csr_matrix":
-        for first, stop, digest in blocks:
-            if _digest(node[n_old + first : n_old + stop]) != digest:
-                return f"{path}: rows {n_old + first}:{n_old + stop} differ from what was written"
-        return None
-    old_nnz = int(old[path]["data"].shape[0])
-    indptr, indices, data = node["indptr"], node["indices"], node["data"]
-    for first, stop, digest in blocks:
-        ptr = indptr[n_old + first : n_old + stop + 1].astype(np.int64)
-        lo, hi = int(ptr[0]), int(ptr[-1])
-        if first == 0 and lo != old_nnz:
-            return f"{path}/indptr: the new rows start at {lo}, not after the {old_nnz} stored"
-        if _digest(ptr - lo, indices[lo:hi], data[lo:hi]) != digest:
-            return f"{path}: rows {n_old + first}:{n_old + stop} differ from what was written"
-    return None
-
-
-def _frame_values_difference(expected: Any, stored: Any) -> str | None:
-    """pandas' own comparison of two data frames (index, columns, dtypes, categories,
-    values): its first line, or None."""
-    import pandas as pd
-
-    try:
-        pd.testing.assert_frame_equal(stored, expected, check_exact=True, check_column_type=False)
-    except AssertionError as err:
-        return " ".join(str(err).split())[:200]
-    return None

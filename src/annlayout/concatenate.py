@@ -23,7 +23,7 @@ import tempfile
 import time
 import uuid
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -36,13 +36,18 @@ from annlayout.assembly import Source, assemble_sparse
 from annlayout.codecs import codec_pipeline
 from annlayout.defaults import MEMORY, WHOLE_BELOW
 from annlayout.encodings import SPARSE_ENCODINGS, writing
-from annlayout.errors import AnnlayoutError, ConcatError, NotAnnDataError
+from annlayout.errors import AnnlayoutError, ConcatError, IntegrityError, NotAnnDataError
 from annlayout.plan import human_size
 from annlayout.reader import Dataset, Matrix
 from annlayout.reader import open as open_dataset
 from annlayout.remote import chosen_backend, codec_pipeline_for, is_url
 from annlayout.rewrite import scratch
-from annlayout.rewrite.atomic import Interrupted, check_paths, interrupts_raised
+from annlayout.rewrite.atomic import (
+    Interrupted,
+    check_interrupted,
+    check_paths,
+    deferred_interrupts,
+)
 from annlayout.rewrite.blocks import plan_within_budget
 from annlayout.rewrite.buckets import RowBuckets
 from annlayout.rewrite.collection import (
@@ -57,6 +62,7 @@ from annlayout.rewrite.collection import (
 )
 from annlayout.rewrite.execute import Distributed, Executor, check_reachable, executor_for
 from annlayout.rewrite.stream import ApplyResult, Progress, apply, parse_size, task_location
+from annlayout.rewrite.verify import RowsOf, frame_values_difference, rows_difference
 from annlayout.spec import load_layout
 from annlayout.stores import check_output_name, footprint
 from annlayout.stores import fingerprint as inputs_fingerprint
@@ -216,12 +222,17 @@ def concat(
         elif progress:
             progress("resuming from the combined inputs", 1, 1)
         del combined, raw, matrices  # written: the layout step's memory is its own
+        check = _against_inputs(datasets, output, budget, join=join, label=label, keys=keys,
+                                index_unique=index_unique, merge=merge)  # fmt: skip
         try:
             applied = apply(
                 layout, assembled, output, overwrite=overwrite, memory=memory,
                 workers=workers, scheduler=scheduler, verify=verify, progress=progress,
-                resume=resume and _resumable(layout, output),
+                resume=resume and _resumable(layout, output), check=check,
             )  # fmt: skip
+        except IntegrityError:
+            scratch.remove(done)  # the combined inputs are wrong: not kept for --resume
+            raise
         except AnnlayoutError as err:
             raise ConcatError(
                 f"{err} (the combined inputs are kept in {tmp}; rerun with --resume to "
@@ -263,6 +274,93 @@ def _combined_survey(
         element.dtype, element.arrays = arrays[0].dtype, arrays
         survey.elements.append(element)
     return survey
+
+
+def _against_inputs(
+    datasets: list[Dataset], output: Path | str, budget: int, **options: Any
+) -> Callable[[Path | str], None]:
+    """The written store checked against the inputs themselves (not the combined inputs in
+    the scratch, which the layout step copied): X, each layer every input has and raw's X
+    hold each input's rows, in the order recorded in ``uns["annlayout_order"]``, on the
+    columns their genes have in the store (found here by name); obs and var equal what
+    ``anndata.concat`` makes of the inputs' (``options``: its join, label, keys,
+    index_unique and merge), in that order. Streamed: :func:`~annlayout.rewrite.verify.
+    rows_difference`. A difference is an :class:`IntegrityError` naming the element."""
+
+    def check(location: Path | str) -> None:
+        from anndata.io import read_elem
+
+        from annlayout.stores import open_anndata
+
+        with open_anndata(location) as store, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            root = store.root
+            n_obs = sum(len(d.obs.index) for d in datasets)
+            order = None
+            if "uns" in root and ORDER_KEY in root["uns"]:
+                order = np.asarray(read_elem(root["uns"][ORDER_KEY]["source_row"]), np.int64)
+                if not np.array_equal(np.sort(order), np.arange(n_obs)):
+                    _failed(output, f"uns/{ORDER_KEY}: not an order of the {n_obs:,} rows")
+            light = [small_elements_of(data) for data in datasets]
+            frames = [ad_frames(part) for part in light]
+            del light
+            expected = _concat_frames(frames, **options)
+            if order is not None:
+                expected = expected[order]
+            for key in ("obs", "var"):
+                problem = frame_values_difference(getattr(expected, key), read_elem(root[key]))
+                if problem:
+                    _failed(output, f"{key}: {problem}")
+            var_names = expected.var_names
+            del expected, frames
+            for path in ["X", *common_layers(datasets)]:
+                present = [d.matrix(path) for d in datasets]
+                if any(m is None for m in present):
+                    continue
+                parts = [RowsOf(d.source, m, var_names.get_indexer(d.var.index))
+                         for d, m in zip(datasets, present, strict=True)]  # fmt: skip
+                _rows_checked(output, path, root, parts, budget, order)
+            raws = [d.raw for d in datasets if d.raw is not None]
+            if len(raws) == len(datasets):  # anndata.concat keeps raw only then
+                raw_var: Any = read_elem(root["raw"]["var"])
+                parts = [RowsOf(d.source, r.X, raw_var.index.get_indexer(r.var.index))
+                         for d, r in zip(datasets, raws, strict=True)]  # fmt: skip
+                _rows_checked(output, "raw/X", root, parts, budget, order)
+
+    return check
+
+
+def _rows_checked(
+    output: Path | str, path: str, root: Any, parts: list[RowsOf], budget: int,
+    order: np.ndarray | None,
+) -> None:  # fmt: skip
+    if path not in root:
+        _failed(output, f"{path}: missing, where every input has one")
+    problem = rows_difference(path, root[path], parts, budget, order=order)
+    if problem:
+        _failed(output, problem)
+
+
+def _failed(output: Path | str, problem: str) -> None:
+    raise IntegrityError(
+        f"{output}: verification against the inputs failed, output discarded: {problem}"
+    )
+
+
+def ad_frames(part: Any) -> Any:
+    """An input's obs and var alone: all ``anndata.concat`` needs to make the result's."""
+    import anndata as ad
+
+    return ad.AnnData(obs=part.obs, var=part.var)
+
+
+def _concat_frames(frames: list[Any], **options: Any) -> Any:
+    import anndata as ad
+
+    merge = options.pop("merge", None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return ad.concat(frames, merge=merge, uns_merge=merge, **options)
 
 
 @dataclass(frozen=True)
@@ -330,8 +428,8 @@ def _scratch(location: str, resume: bool, notes: list[str]) -> Iterator[str]:
         )
     if not is_url(location):
         Path(location).mkdir(parents=True, exist_ok=True)
-    try:
-        with interrupts_raised():
+    try:  # a signal is raised between blocks and tasks: inside a library it may become
+        with deferred_interrupts():  # another error, and the checkpoint go unnamed
             yield location
     except (Interrupted, KeyboardInterrupt) as stop:
         signum = stop.signum if isinstance(stop, Interrupted) else signal.SIGINT
@@ -590,6 +688,7 @@ def _assemble(
         buckets = on_disk.parent / "buckets"
 
     def write(path: str, present: list[Any], maps: list[np.ndarray], n_vars: int) -> None:
+        check_interrupted()
         record = log.get(path) or {}
         if record.get("done"):
             return
@@ -676,9 +775,11 @@ def _write_matrix(
         if rank is not None:
             dense = RowBuckets(scratch / path, rank, rows)
             for first, block in blocks:
+                check_interrupted()
                 dense.add_dense(first, block)
             blocks = _numbered(dense.drain_dense())
         for first, block in blocks:
+            check_interrupted()
             array[first : first + block.shape[0]] = block
         log.put(path, done=True)
         return
@@ -724,6 +825,9 @@ def _write_matrix(
             dtypes=record.get("dtypes"),
         )  # fmt: skip
         for first, ptr, idx, val in csr_blocks(present, maps, budget, path, progress, scattered):
+            check_interrupted()
+            # the inputs' dtypes may differ: the bucket files hold the result's
+            val = val.astype(data.dtype, copy=False)
             buckets.add_csr(first, ptr, idx.astype(indices.dtype, copy=False), val)
             record.update(rows_per_bucket=per_bucket, scattered=first + ptr.size - 1,
                           files=buckets.files(), dtypes=buckets.dtypes)  # fmt: skip
@@ -735,6 +839,7 @@ def _write_matrix(
         sparse = prefetched((first_bucket + i, *b) for i, b in enumerate(drained))
     since, drained_buckets = 0, []  # bytes written since the last checkpoint; buckets in them
     for number, ptr, idx, val in sparse:
+        check_interrupted()
         data.append(val.astype(data.dtype, copy=False))
         indices.append(idx.astype(indices.dtype, copy=False))
         indptr.append(ptr[1:] + offset)

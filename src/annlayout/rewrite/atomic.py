@@ -65,15 +65,63 @@ def _gib(n: float) -> str:
 
 
 def replace(tmp: Path, output: Path) -> None:
-    """Move ``tmp`` to ``output``; an existing output is set aside first, then removed."""
-    if output.exists():
-        old = output.with_name(f".{output.name}{OLD_SUFFIX}")
-        remove(old)
-        output.rename(old)
+    """Put ``tmp`` (complete) in place of ``output``: the one commit of a local output
+    (apply, concat, append), safe against a kill at any point, which :func:`recover` mends.
+
+    Where the filesystem exchanges names (Linux ``renameat2(RENAME_EXCHANGE)``: local
+    filesystems, not NFS) the name never lacks a whole store: ``tmp`` is renamed to the
+    sibling ``.NAME.annlayout-old``, exchanged with ``output`` in one step, and the sibling
+    (the old store now) removed. Elsewhere the old store is set aside under that sibling's
+    name, then ``tmp`` renamed into place; between those two renames the name is empty, and
+    the sibling is the old store that :func:`recover` puts back.
+    """
+    if not (output.exists() or output.is_symlink()):
         tmp.rename(output)
+        return
+    old = old_sibling(output)
+    remove(old)
+    tmp.rename(old)  # the new store, whole, under the sibling's name
+    if _exchange(old, output):
+        remove(old)  # the old store
+        return
+    old.rename(tmp)  # no exchange here: set the old store aside instead
+    output.rename(old)
+    tmp.rename(output)
+    remove(old)
+
+
+def old_sibling(output: Path) -> Path:
+    return output.with_name(f".{output.name}{OLD_SUFFIX}")
+
+
+def recover(output: Path) -> str | None:
+    """Mend what a kill inside :func:`replace` left (called before a run touches
+    ``output``): with a store at the name, the sibling is the store that lost or the one
+    that had not yet won, and is removed; without one, the sibling is the old store, put
+    back. Says what it did, or None."""
+    old = old_sibling(output)
+    if not (old.exists() or old.is_symlink()):
+        return None
+    if output.exists() or output.is_symlink():
         remove(old)
-    else:
-        tmp.rename(output)
+        return f"removed {old}, left by a run stopped while it replaced {output}"
+    old.rename(output)
+    return f"{output}: put back from {old}, where a run stopped while it replaced it"
+
+
+RENAME_EXCHANGE = 2  # linux/fs.h
+AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step; False where the system or filesystem cannot."""
+    import ctypes
+
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):  # not Linux, or a libc without it
+        return False
+    return renameat2(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE) == 0
 
 
 def remove(path: Path) -> None:
@@ -130,26 +178,26 @@ def _signals_handled(signums: tuple[int, ...], handler: Callable[..., None]) -> 
             signal.signal(signum, old)
 
 
-@contextmanager
-def interrupts_raised() -> Iterator[None]:
-    """SIGTERM raised at once as :class:`Interrupted`, as Ctrl-C raises KeyboardInterrupt: for
-    work whose checkpoints hold wherever it stops (a kill -9 included), so the run can say
-    what it kept instead of dying silently."""
-
-    def handler(signum, frame):
-        raise Interrupted(signum)
-
-    with _signals_handled((signal.SIGTERM,), handler):
-        yield
+_deferring = 0  # deferred_interrupts entered in the main thread and not yet left
 
 
 @contextmanager
 def deferred_interrupts() -> Iterator[None]:
-    """Turn SIGINT and SIGTERM into a flag that :func:`check_interrupted` raises on.
+    """Turn SIGINT and SIGTERM into a flag that :func:`check_interrupted` raises on, between
+    units of work; any other error raised after a signal was recorded is reported as the
+    interrupt (it is its consequence, or came while the user stopped the run).
 
     Raising inside a signal handler would interrupt zarr while its event loop still writes
-    chunks in another thread; cleanup would race those writes.
+    chunks in another thread, so cleanup would race those writes; and a library interrupted
+    inside its own code may turn the KeyboardInterrupt into another error (numpy's ``tofile``
+    and ``savez`` raise a TypeError about the file). Nested (apply inside concat), the
+    outermost keeps the handler and the flag: a signal between the two steps is not lost.
     """
+    global _deferring
+    if _deferring:
+        with _reported_as_interrupt():
+            yield
+        return
     _pending.clear()
 
     def handler(signum, frame):
@@ -158,10 +206,27 @@ def deferred_interrupts() -> Iterator[None]:
     installed = False
     try:
         with _signals_handled((signal.SIGINT, signal.SIGTERM), handler) as installed:
-            yield
+            _deferring += installed
+            try:
+                with _reported_as_interrupt():
+                    yield
+            finally:
+                _deferring -= installed
     finally:  # after the handlers are restored: a later signal is the default's
         if installed:
             _pending.clear()
+
+
+@contextmanager
+def _reported_as_interrupt() -> Iterator[None]:
+    try:
+        yield
+    except Interrupted:
+        raise
+    except BaseException as err:
+        if _pending:
+            raise Interrupted(_pending[0]) from err
+        raise
 
 
 @contextmanager
@@ -172,11 +237,7 @@ def atomic_output(output: Path, *, keep: bool = False) -> Iterator[Path]:
     tmp = temporary_sibling(output)
     if not keep:
         remove(tmp)  # left by a run that was killed
-    old = output.with_name(f".{output.name}{OLD_SUFFIX}")
-    if old.exists() and output.exists():
-        remove(old)  # a kill between the two renames of replace()
-    elif old.exists():
-        old.rename(output)
+    recover(output)  # a kill inside replace()
     with deferred_interrupts():
         try:
             yield tmp

@@ -183,6 +183,7 @@ def apply(
     progress: Progress | None = None,
     small_element: str | int = WHOLE_BELOW,
     resume: bool = False,
+    check: Callable[[Path | str], None] | None = None,
 ) -> ApplyResult:
     """Rewrite the AnnData store ``source`` into ``output`` with ``layout``, out of core.
 
@@ -192,6 +193,8 @@ def apply(
     ``resume``: a local zarr output whose run was killed continues from the tasks that run
     completed, when the input, layout, memory and workers are the same (otherwise it starts
     clean); a resumed run that fails keeps its partial output for the next ``resume``.
+    ``check``: called with the finished output before it replaces ``output`` (with
+    ``verify``): concat's verification against its inputs raises there.
     """
     start = time.perf_counter()
     bound_malloc_arenas()  # best before codec threads start: the CLI calls it first
@@ -214,7 +217,7 @@ def apply(
     with open_anndata(source) as store:
         return _apply(
             layout, store, output, remote, codec_pipeline_name, memory, workers, scheduler,
-            verify, progress, small_element, start, resume,
+            verify, progress, small_element, start, resume, check,
         )  # fmt: skip
 
 
@@ -232,6 +235,7 @@ def _apply(
     small_element: str | int,
     start: float,
     resume: bool = False,
+    check: Callable[[Path | str], None] | None = None,
 ) -> ApplyResult:
     source = store.location
     budget = parse_size(memory)
@@ -333,6 +337,9 @@ def _apply(
                         f"{output}: verification failed, output discarded: {differences[0]}"
                         + (f" (and {len(differences) - 1} more)" if len(differences) > 1 else "")
                     )
+                if check is not None:
+                    check(tmp)
+                result.verify_seconds = time.perf_counter() - started
                 result.verified = True
             result.bytes_written, _ = footprint(tmp)
     except Interrupted as interrupted:

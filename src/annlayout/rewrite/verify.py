@@ -370,3 +370,163 @@ def difference(a: Any, b: Any) -> str | None:
 
 def _kind(value: Any) -> str:
     return "nothing" if value is None else type(value).__name__
+
+
+# --------------------------------------------------------------------------- rows of inputs
+#
+# concat and append are checked against their inputs, not against what they wrote on the
+# way: each row of a stored matrix must hold an input row's values on the columns that row's
+# genes have in the store. Rows are compared by a 64-bit digest of their (column, value)
+# pairs, so each side is read once, in blocks within the memory budget, whatever order the
+# rows were put in (a shuffle reads the inputs in order and the store in its own).
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_NAN_BITS = np.float64(np.nan).view(np.uint64)
+
+
+@dataclass(frozen=True)
+class RowsOf:
+    """An input matrix whose rows a store holds: ``matrix.rows(start, stop)`` (CSR or an
+    array), named ``source``; ``columns`` maps its columns to the store's (-1: a gene the
+    store does not have)."""
+
+    source: str
+    matrix: Any
+    columns: np.ndarray
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finalizer, elementwise (uint64 arithmetic wraps)."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def _pair_digests(columns: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """One digest per stored value: its column and its value as float64 (zeros and values
+    on a column ``< 0`` count as absent: 0)."""
+    as_float = np.asarray(values, dtype=np.float64)
+    bits = as_float.view(np.uint64).copy()
+    bits[np.isnan(as_float)] = _NAN_BITS  # one NaN
+    columns = np.asarray(columns, dtype=np.int64)
+    digests = _mix(_mix(columns.astype(np.uint64) + _GOLDEN) ^ bits)
+    digests[(as_float == 0) | (columns < 0)] = 0
+    return digests
+
+
+def _row_sums(indptr: np.ndarray, digests: np.ndarray) -> np.ndarray:
+    """Each row's digests summed (order within a row does not matter)."""
+    ends = np.concatenate([np.zeros(1, np.uint64), np.cumsum(digests, dtype=np.uint64)])
+    indptr = np.asarray(indptr, dtype=np.int64) - int(indptr[0])
+    return ends[indptr[1:]] - ends[indptr[:-1]]
+
+
+def block_row_digests(block: Any, columns: np.ndarray | None = None) -> np.ndarray:
+    """A row digest per row of ``block`` (CSR or an array), its columns through ``columns``."""
+    import scipy.sparse as sp
+
+    if sp.issparse(block):
+        block = sp.csr_matrix(block)
+        indices = block.indices if columns is None else columns[block.indices]
+        return _row_sums(block.indptr, _pair_digests(indices, block.data))
+    block = np.asarray(block)
+    n_rows, n_cols = block.shape[0], int(np.prod(block.shape[1:]))
+    flat = block.reshape(n_rows, n_cols)
+    cols = np.arange(n_cols) if columns is None else columns
+    digests = _pair_digests(np.broadcast_to(cols, flat.shape).ravel(), flat.ravel())
+    return digests.reshape(n_rows, n_cols).sum(axis=1, dtype=np.uint64)
+
+
+def stored_row_digests(node: Any, memory: int, start: int = 0) -> np.ndarray:
+    """A row digest per row of a stored matrix from row ``start`` on (CSR, CSC or dense),
+    read in blocks within ``memory``."""
+    from annlayout.rewrite.collection import rows_per_block
+
+    encoding = encoding_of(node) or "array"
+    if encoding not in SPARSE_ENCODINGS:
+        n_rows = int(node.shape[0])
+        per_row = max(1, math.prod(node.shape[1:]))
+        step = rows_per_block(per_row * max(1, n_rows - start), max(1, n_rows - start), memory)
+        blocks = [block_row_digests(np.asarray(node[lo : lo + step]))
+                  for lo in range(start, n_rows, step)]  # fmt: skip
+        return np.concatenate([np.zeros(0, np.uint64), *blocks])
+    n_rows, _ = sparse_shape(node)
+    indptr = np.asarray(node["indptr"][...], dtype=np.int64)
+    data, indices = node["data"], node["indices"]
+    if encoding == "csr_matrix":
+        step = rows_per_block(int(indptr[-1] - indptr[start]), max(1, n_rows - start), memory)
+        found = []
+        for lo in range(start, n_rows, step):
+            hi = min(n_rows, lo + step)
+            a, b = int(indptr[lo]), int(indptr[hi])
+            digests = _pair_digests(np.asarray(indices[a:b]), np.asarray(data[a:b]))
+            found.append(_row_sums(indptr[lo : hi + 1], digests))
+        return np.concatenate([np.zeros(0, np.uint64), *found])
+    digests = np.zeros(n_rows, np.uint64)  # CSC: each column's values added to their rows
+    n_cols = indptr.size - 1
+    step = rows_per_block(int(indptr[-1]), max(1, n_cols), memory)
+    for lo in range(0, n_cols, step):
+        hi = min(n_cols, lo + step)
+        a, b = int(indptr[lo]), int(indptr[hi])
+        cols = np.repeat(np.arange(lo, hi), np.diff(indptr[lo : hi + 1]))
+        rows = np.asarray(indices[a:b], dtype=np.int64)
+        np.add.at(digests, rows, _pair_digests(cols, np.asarray(data[a:b])))
+    return digests[start:]
+
+
+def input_row_digests(parts: list[RowsOf], memory: int, n_store: int | None = None) -> np.ndarray:
+    """The row digests of ``parts`` stacked, each row on the store's columns. ``n_store``: the
+    store's columns, where one an input lacks holds NaN (a dense float matrix of an outer
+    join, as anndata.concat fills it)."""
+    from annlayout.rewrite.collection import rows_per_block
+
+    found = [np.zeros(0, np.uint64)]
+    for part in parts:
+        n_rows = int(part.matrix.shape[0])
+        step = rows_per_block(int(part.matrix.nnz), max(1, n_rows), memory)
+        extra = np.uint64(0)
+        if n_store is not None:  # the same for every row of this input
+            absent = np.setdiff1d(np.arange(n_store), part.columns[part.columns >= 0])
+            extra = _pair_digests(absent, np.full(absent.size, np.nan)).sum(dtype=np.uint64)
+        for lo in range(0, n_rows, step):
+            found.append(block_row_digests(part.matrix.rows(lo, min(n_rows, lo + step)),
+                                           part.columns) + extra)  # fmt: skip
+    return np.concatenate(found)
+
+
+def rows_difference(
+    path: str, node: Any, parts: list[RowsOf], memory: int, *,
+    order: np.ndarray | None = None, start: int = 0,
+) -> str | None:  # fmt: skip
+    """Does ``node`` hold, from row ``start`` on, the rows of ``parts`` in ``order`` (row
+    ``i`` holds row ``order[i]`` of the stacked inputs)? The first row that does not, named
+    with its input and row, or None."""
+    dense_float = (encoding_of(node) or "array") == "array" and np.dtype(node.dtype).kind == "f"
+    expected = input_row_digests(parts, memory, int(node.shape[1]) if dense_float else None)
+    found = stored_row_digests(node, memory, start)
+    if order is not None:
+        expected = expected[order]
+    if found.size != expected.size:
+        return f"{path}: {found.size:,} rows where the inputs give {expected.size:,}"
+    differ = np.flatnonzero(found != expected)
+    if not differ.size:
+        return None
+    row = int(differ[0])
+    stacked = int(order[row]) if order is not None else row
+    sizes = np.cumsum([0, *(int(p.matrix.shape[0]) for p in parts)])
+    number = int(np.searchsorted(sizes, stacked, side="right")) - 1
+    return (
+        f"{path}: row {start + row:,} does not hold row {stacked - int(sizes[number]):,} of "
+        f"{parts[number].source}"
+        + (f" ({differ.size - 1:,} more rows differ)" if differ.size > 1 else "")
+    )
+
+
+def frame_values_difference(expected: pd.DataFrame, stored: pd.DataFrame) -> str | None:
+    """pandas' own comparison of two data frames (index, columns, dtypes, categories,
+    values): its first line, or None."""
+    try:
+        pd.testing.assert_frame_equal(stored, expected, check_exact=True, check_column_type=False)
+    except AssertionError as err:
+        return " ".join(str(err).split())[:200]
+    return None
