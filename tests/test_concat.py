@@ -973,7 +973,7 @@ def test_a_signal_inside_a_library_write_is_reported_as_the_interrupt(
         concat("ml-minibatch", paths, out, **options)
     assert sent and stopped.value.signum == signal.SIGINT
     scratch = tmp_path / ".out.zarr.annlayout-concat"
-    assert stopped.value.checkpoint == scratch and scratch.is_dir() and not out.exists()
+    assert stopped.value.kept == (str(scratch),) and scratch.is_dir() and not out.exists()
     monkeypatch.undo()
     concat("ml-minibatch", paths, out, resume=True, **options)
     got = ad.read_zarr(out)

@@ -94,11 +94,11 @@ def _interrupted_message(interrupted: Any) -> str:
     """What an interrupted run left: nothing, or a checkpoint named with the command that
     continues from it."""
     message = f"{interrupted}: nothing was written at the output path"
-    if interrupted.checkpoint is None:
+    kept = interrupted.kept
+    if not kept:
         return message
     from annlayout.stores import footprint
 
-    kept = [p for p in (interrupted.checkpoint, interrupted.journal) if p is not None]
     size = sum(footprint(path)[0] for path in kept)
     again = (
         shlex.join(["annlayout", *_ARGS, "--resume"])

@@ -434,7 +434,9 @@ def _scratch(location: str, resume: bool, notes: list[str]) -> Iterator[str]:
     except (Interrupted, KeyboardInterrupt) as stop:
         signum = stop.signum if isinstance(stop, Interrupted) else signal.SIGINT
         if _holds_progress(location):  # --resume continues from what was combined
-            raise Interrupted(signum, checkpoint=location) from None
+            # with what the layout step kept, if it was interrupted: both resume
+            inner = stop.kept if isinstance(stop, Interrupted) else ()
+            raise Interrupted(signum, location, *inner) from None
         scratch.remove(location)  # nothing recorded yet: nothing to resume from
         raise Interrupted(signum) from None
     except BaseException:

@@ -141,13 +141,11 @@ class Interrupted(KeyboardInterrupt):
     """Ctrl-C or SIGTERM arrived; raised between blocks, so no write is left in flight. A
     KeyboardInterrupt, so Python code stopped by either handles it as Ctrl-C.
 
-    ``checkpoint``: what the run keeps for ``--resume``, with ``journal`` if it is kept apart
-    (nothing else is left behind)."""
+    ``kept``: what the run keeps for ``--resume`` (nothing else is left behind): a partial
+    output, its journal, a scratch directory or prefix."""
 
-    def __init__(
-        self, signum: int, checkpoint: Path | str | None = None, journal: Path | None = None
-    ):
-        self.signum, self.checkpoint, self.journal = signum, checkpoint, journal
+    def __init__(self, signum: int, *kept: Path | str):
+        self.signum, self.kept = signum, kept
         super().__init__(f"interrupted by {signal.Signals(signum).name}")
 
 

@@ -344,8 +344,8 @@ def _apply(
             result.bytes_written, _ = footprint(tmp)
     except Interrupted as interrupted:
         if saved:  # the partial output and its journal: --resume continues from them
-            checkpoint = temporary_sibling(Path(output))
-            raise Interrupted(interrupted.signum, checkpoint, journal) from None
+            kept = [p for p in (temporary_sibling(Path(output)), journal) if p is not None]
+            raise Interrupted(interrupted.signum, *kept) from None
         _discard(journal, output, resume)
         raise
     except BaseException:
