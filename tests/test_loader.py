@@ -1,4 +1,4 @@
-"""The training loader (annlayout.loader): every row once per epoch across ranks and workers,
+"""The training loader (annlayout.reading.loader): every row once per epoch across ranks and workers,
 a fixed order per (seed, epoch), contents equal to anndata's read, read-ahead within bounds,
 the async form, errors, on real stores (anndata's own writes, shipped layouts, the corpus,
 S3)."""
@@ -21,8 +21,8 @@ import pytest
 import scipy.sparse as sp
 
 import annlayout
-from annlayout.errors import ChunkReadError, LoaderError
-from annlayout.loader import Batches, batches, split
+from annlayout.base.errors import ChunkReadError, LoaderError
+from annlayout.reading.loader import Batches, batches, split
 
 from .conftest import SHIPPED, output_name, read_any
 from .test_corpus import CORPUS, READABLE
@@ -196,7 +196,7 @@ def test_numpy_output_and_layers_and_a_dense_store(tmp_path, paths, expected):
 def test_unchunked_values_are_read_in_blocks_of_their_own(tmp_path, expected):
     """A contiguous h5ad dataset (anndata's dense X) has no chunks to follow: blocks of
     UNCHUNKED_BLOCK rows, not the whole matrix as one block."""
-    from annlayout.loader import UNCHUNKED_BLOCK
+    from annlayout.reading.loader import UNCHUNKED_BLOCK
 
     dense = expected.copy()
     dense.X = dense.X.toarray()
@@ -211,7 +211,7 @@ def test_unchunked_values_are_read_in_blocks_of_their_own(tmp_path, expected):
 
 def test_several_stores_read_as_one_record_each_rows_source(paths, expected):
     first, second = annlayout.open(paths["h5ad"]), annlayout.open(paths["ml-minibatch"])
-    loader = annlayout.loader.batches([first, second], 90, obs=["cell_type"], seed=4)
+    loader = annlayout.reading.loader.batches([first, second], 90, obs=["cell_type"], seed=4)
     rows = np.concatenate(epoch_rows(loader, 1))
     n = first.shape[0]
     assert sorted(map(tuple, rows.tolist())) == [(s, i) for s in (0, 1) for i in range(n)]
@@ -224,7 +224,7 @@ def test_several_stores_read_as_one_record_each_rows_source(paths, expected):
 
 
 def test_annlayout_loader_needs_no_import_of_its_own():
-    code = "import annlayout; print(annlayout.loader.batches.__name__)"
+    code = "import annlayout; print(annlayout.reading.loader.batches.__name__)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "batches"
 
@@ -431,7 +431,7 @@ def test_under_torch_it_is_an_iterable_dataset_split_by_worker_and_rank(paths, m
     subclasses the one, reads its share from the others, and pickles into a worker."""
     import types
 
-    import annlayout.loader as loader_module
+    import annlayout.reading.loader as loader_module
 
     torch = types.ModuleType("torch")
     torch.utils = types.ModuleType("torch.utils")
