@@ -220,7 +220,7 @@ def _open_root(path: Any, fmt: Literal["zarr", "h5ad"], mode: Mode, remote: Any 
             raise NotAnnDataError(
                 f"{path}: cannot open the h5ad file: {_hdf5_reason(err)}"
             ) from None
-        register_source(root, remote)  # its datasets are read by byte range (h5_reads)
+        register_source(root, remote)  # its datasets are read by byte range (storage/h5.py)
         return root
     import zarr
 
