@@ -211,7 +211,7 @@ def test_unchunked_values_are_read_in_blocks_of_their_own(tmp_path, expected):
 
 def test_several_stores_read_as_one_record_each_rows_source(paths, expected):
     first, second = annlayout.open(paths["h5ad"]), annlayout.open(paths["ml-minibatch"])
-    loader = annlayout.reading.loader.batches([first, second], 90, obs=["cell_type"], seed=4)
+    loader = annlayout.loader.batches([first, second], 90, obs=["cell_type"], seed=4)
     rows = np.concatenate(epoch_rows(loader, 1))
     n = first.shape[0]
     assert sorted(map(tuple, rows.tolist())) == [(s, i) for s in (0, 1) for i in range(n)]
@@ -224,7 +224,7 @@ def test_several_stores_read_as_one_record_each_rows_source(paths, expected):
 
 
 def test_annlayout_loader_needs_no_import_of_its_own():
-    code = "import annlayout; print(annlayout.reading.loader.batches.__name__)"
+    code = "import annlayout; print(annlayout.loader.batches.__name__)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "batches"
 
