@@ -130,7 +130,7 @@ def bench_settings(pytestconfig: pytest.Config) -> BenchSettings:
 @pytest.fixture(scope="session")
 def dataset(bench_settings: BenchSettings) -> Any:
     """The in-memory AnnData every write benchmark writes (CSR float32 X, obs, var, obsm)."""
-    from annlayout.datagen import make_dataset
+    from annlayout.generate.synthetic import make_dataset
 
     adata = make_dataset(bench_settings.cells, bench_settings.genes, seed=0)
     # AnnData.write_zarr converts string columns to categoricals in place; do it once here so

@@ -44,7 +44,7 @@ from typing import Any
 import pytest
 
 import annlayout
-from annlayout.rewrite.blocks import parse_size
+from annlayout.planning.memory import parse_size
 from tables import footprint, publish, text_table
 
 TARGET_TIME_RATIO = 0.5  # annlayout apply --no-verify: at most half of read_h5ad + write_zarr
@@ -95,7 +95,7 @@ annbatch.write_sharded(zarr.open_group(sys.argv[2], mode="w", zarr_format=3), ad
 """
 
 # The floor under any h5ad -> ml-minibatch rewrite, as a whole process like the others: X's
-# data and indices read by their chunks' byte offsets (annlayout.h5_reads, which is os.preadv),
+# data and indices read by their chunks' byte offsets (annlayout.storage.h5, which is os.preadv),
 # indices kept int32 (the layout's minimal index dtype), both cut into 64-cell chunks and
 # compressed with its blosc lz4 on every core. Nothing written, no obs/var, no anndata.
 FLOOR_SCRIPT = """\
@@ -107,7 +107,7 @@ import h5py
 import numcodecs
 import numpy as np
 
-from annlayout.h5_reads import h5_reader
+from annlayout.storage.h5 import h5_reader
 
 with h5py.File(sys.argv[1], "r") as f:
     readers = [h5_reader(f["X/" + name]) for name in ("data", "indices")]

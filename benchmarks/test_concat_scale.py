@@ -57,7 +57,7 @@ from typing import Any
 
 import pytest
 
-from annlayout.rewrite.blocks import parse_size
+from annlayout.planning.memory import parse_size
 from conftest import env_flag, env_int
 from tables import publish, text_table
 from test_apply import MB, console_script, environment, measure, record, require

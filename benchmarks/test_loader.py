@@ -77,7 +77,7 @@ CACHES = ["warm", "cold"]
 def dataset(bench_settings: Any) -> Any:
     """The session's dataset shape with ``ANNLAYOUT_BENCH_LOADER_NNZ`` nonzeros per cell
     (300 by default, the issue's figure; the session's dataset has 900)."""
-    from annlayout.datagen import make_dataset
+    from annlayout.generate.synthetic import make_dataset
 
     nnz = env_int("ANNLAYOUT_BENCH_LOADER_NNZ", 300, minimum=1)
     adata = make_dataset(bench_settings.cells, bench_settings.genes, nnz_per_cell=nnz, seed=0)
@@ -88,7 +88,7 @@ def dataset(bench_settings: Any) -> Any:
 def _sixteen_row_layout(root: Path) -> Path:
     """The shipped ml-minibatch with X's chunks as they were before the re-tune (16 rows),
     for the random-read comparison."""
-    from annlayout.shipped import shipped_layouts
+    from annlayout.layout.shipped import shipped_layouts
 
     text = shipped_layouts()["ml-minibatch"].read_text()
     major = next(line for line in text.splitlines() if "chunks: {major:" in line)
@@ -319,7 +319,7 @@ def _link_capacity(url: str) -> float:
 
     import obstore
 
-    from annlayout.remote import _split
+    from annlayout.storage.remote import _split
 
     client, key = _split(url)
     sizes = {m["path"]: m["size"] for b in obstore.list(client, prefix=f"{key}/X/") for m in b}

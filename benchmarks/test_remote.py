@@ -129,7 +129,7 @@ def capacity(link: ProxyProcess, remote_stores: dict[str, str], results: dict[st
     against this, measured in the same run, and the nominal share is reported beside."""
     import obstore
 
-    from annlayout.remote import _split
+    from annlayout.storage.remote import _split
 
     client, key = _split(remote_stores["ml-minibatch"])
     sizes = {
@@ -192,7 +192,7 @@ def test_reads_over_the_link(benchmark, link, remote_stores, selections, dataset
 
     from annlayout.bench.readers import open_reader
     from annlayout.bench.workloads import Operation
-    from annlayout.stores import zarr_store
+    from annlayout.storage.stores import zarr_store
 
     url = remote_stores[ACCESS_LAYOUT[access]]
     _slow_link(link)
@@ -273,7 +273,7 @@ def test_apply_to_the_bucket(
     """Local and remote applies in turn, medians of ROUNDS after the suite's warm-up rounds:
     one of each ranged from 0.8x to 1.25x between runs, as either met the machine in
     another state."""
-    from annlayout.remote import remove
+    from annlayout.storage.remote import remove
 
     local, remote = bench_dir / "remote-apply-local.zarr", f"s3://{BUCKET}/applied.zarr"
     local_times, remote_times = [], []

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from anndata.tests.helpers import GEN_ADATA_NO_XARRAY_ARGS, gen_adata
 
-from annlayout.datagen import make_dataset
-from annlayout.remote import filesystem
-from annlayout.spec import shipped_layouts
+from annlayout.generate.synthetic import make_dataset
+from annlayout.layout.spec import shipped_layouts
+from annlayout.storage.remote import filesystem
 
 SHIPPED = sorted(shipped_layouts())
 
@@ -58,7 +58,7 @@ def stores(tmp_path_factory, small_dataset) -> dict[str, Path]:
 
 
 def output_name(layout: str) -> str:
-    from annlayout.spec import load_layout
+    from annlayout.layout.spec import load_layout
 
     return "out.h5ad" if load_layout(layout).target.format == "h5ad" else "out.zarr"
 
@@ -71,7 +71,7 @@ def read_any(path: Path) -> ad.AnnData:
 
 def assert_matches_plan(plans, store: Path) -> None:
     """Every planned array exists in ``store`` with the planned dtype, chunks, shards, codecs."""
-    from annlayout.survey import survey_store
+    from annlayout.planning.survey import survey_store
 
     survey = {e.path: e for e in survey_store(store).elements}
     checked = 0

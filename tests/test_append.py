@@ -23,8 +23,8 @@ from click.testing import CliRunner
 import annlayout
 from annlayout import append, concat
 from annlayout.cli import main
-from annlayout.datagen import make_part
-from annlayout.reader import open as open_dataset
+from annlayout.generate.synthetic import make_part
+from annlayout.reading.reader import open as open_dataset
 
 # X in shards of 4 chunks of 8 cells: a few hundred cells make dozens of shards
 SMALL_SHARDS = """\
@@ -226,7 +226,7 @@ def test_append_refuses_what_it_cannot_do_in_one_line(tmp_path, parts):
 
 
 def test_a_failed_append_leaves_the_store_as_it_was(tmp_path, parts, monkeypatch):
-    import annlayout.appending as appending
+    import annlayout.combine.append as appending
 
     paths, _ = parts
     store = tmp_path / "store.zarr"
@@ -307,7 +307,7 @@ def test_append_a_corpus_file_to_its_own_store(tmp_path, path):
 def test_verification_reads_back_what_was_written(tmp_path, parts, monkeypatch):
     """New rows changed on disk after they were written (here: zeroed) fail verification,
     and the store is left as it was."""
-    import annlayout.appending as appending
+    import annlayout.combine.append as appending
 
     paths, _ = parts
     store = tmp_path / "store.zarr"
@@ -395,8 +395,8 @@ def test_a_wrong_append_fails_verification_against_the_inputs(tmp_path, parts, m
     """The new rows are checked against the inputs read again (their genes found by name),
     not against digests of what was written: a column map off by one, or the inputs' rows
     one off, fails in one line naming the element, and the store is left as it was."""
-    import annlayout.appending as appending
-    import annlayout.concatenate as concatenate
+    import annlayout.combine.append as appending
+    import annlayout.combine.concat as concatenate
 
     paths, _ = parts
     store = tmp_path / "store.zarr"
@@ -437,7 +437,7 @@ def test_append_killed_inside_the_commit_leaves_a_whole_store_and_the_next_run_m
     store (the new one waits in the named sibling); without one (a filesystem that cannot
     exchange) the old store waits in the sibling. Either way the next run mends it and
     appends, and the store reads whole."""
-    import annlayout.rewrite.atomic as atomic
+    import annlayout.storage.commit as atomic
 
     paths, _ = parts
     store = tmp_path / "store.zarr"

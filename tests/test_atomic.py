@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-import annlayout.rewrite.atomic as atomic
+import annlayout.storage.commit as atomic
 
 
 def _store(path, text):

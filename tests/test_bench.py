@@ -27,8 +27,8 @@ from annlayout.bench import (
 )
 from annlayout.bench import readers as bench_readers
 from annlayout.cli import main
-from annlayout.remote import filesystem
-from annlayout.spec import LayoutError
+from annlayout.layout.spec import LayoutError
+from annlayout.storage.remote import filesystem
 
 from .test_spec import schema_problems
 from .test_stream import make_input
@@ -238,13 +238,13 @@ def test_bench_cli_on_simulated_storage(tmp_path, dataset):
 
 
 def test_bench_says_which_reader_it_skipped_without_the_bench_extra(tmp_path, dataset, monkeypatch):
-    """Without xarray (as annlayout.optional finds packages), read_lazy is not measured: the
+    """Without xarray (as annlayout.base.optional finds packages), read_lazy is not measured: the
     CLI says so in one line naming the extra, and report.md, report.json and --json list it."""
-    import annlayout.optional
+    import annlayout.base.optional
 
-    found = annlayout.optional.find_spec
+    found = annlayout.base.optional.find_spec
     monkeypatch.setattr(
-        annlayout.optional, "find_spec", lambda name: None if name == "xarray" else found(name)
+        annlayout.base.optional, "find_spec", lambda name: None if name == "xarray" else found(name)
     )
     args = ["bench", str(dataset), "-w", "analysis", "--layout", "analysis", "--rounds", "2"]
     refused = CliRunner().invoke(main, [*args, "--reader", "read_lazy", "--out", str(tmp_path)])
@@ -280,11 +280,11 @@ def test_bench_says_which_reader_it_skipped_without_the_bench_extra(tmp_path, da
 
 
 def test_bench_skips_the_zarrs_pipeline_when_zarrs_is_missing(tmp_path, dataset, monkeypatch):
-    import annlayout.optional
+    import annlayout.base.optional
 
-    found = annlayout.optional.find_spec
+    found = annlayout.base.optional.find_spec
     monkeypatch.setattr(
-        annlayout.optional, "find_spec", lambda name: None if name == "zarrs" else found(name)
+        annlayout.base.optional, "find_spec", lambda name: None if name == "zarrs" else found(name)
     )
     result = run_bench(
         dataset, load_workload("analysis"), workdir=tmp_path, layouts=["analysis"], rounds=2
@@ -589,7 +589,7 @@ def generated(tmp_path_factory):
     """4,000 cells x 1,000 genes, 600 nonzeros a cell (2.4M): X spans two of the analysis
     layout's 8 MiB chunks, so a CSC copy and small chunks pay off clearly; small enough for
     seconds."""
-    from annlayout.datagen import make_dataset
+    from annlayout.generate.synthetic import make_dataset
 
     path = tmp_path_factory.mktemp("generated") / "g.h5ad"
     make_dataset(4000, 1000, nnz_per_cell=600, n_pcs=4).write_h5ad(path)

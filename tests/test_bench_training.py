@@ -221,11 +221,13 @@ def test_a_loader_returning_wrong_rows_cannot_win(tmp_path, stores, monkeypatch)
 
 
 def test_annbatch_is_listed_as_skipped_when_missing(tmp_path, stores, monkeypatch):
-    import annlayout.optional
+    import annlayout.base.optional
 
-    found = annlayout.optional.find_spec
+    found = annlayout.base.optional.find_spec
     monkeypatch.setattr(
-        annlayout.optional, "find_spec", lambda name: None if name == "annbatch" else found(name)
+        annlayout.base.optional,
+        "find_spec",
+        lambda name: None if name == "annbatch" else found(name),
     )
     result = run_bench(
         stores["shuffled"], _training(batch_size=100), workdir=tmp_path / "w", sample=None,

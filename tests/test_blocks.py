@@ -9,10 +9,9 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from annlayout import defaults
-from annlayout.plan import make_plan
-from annlayout.rewrite.atomic import ApplyError
-from annlayout.rewrite.blocks import (
+from annlayout.base import defaults
+from annlayout.layout.spec import load_layout
+from annlayout.planning.memory import (
     DEFAULT_MEMORY,
     DEFAULT_VERIFY_MEMORY,
     DEFAULT_WHOLE_BELOW,
@@ -26,7 +25,8 @@ from annlayout.rewrite.blocks import (
     transpose_fixed,
     verify_sizes,
 )
-from annlayout.spec import load_layout
+from annlayout.planning.plan import make_plan
+from annlayout.storage.commit import ApplyError
 
 from .test_plan import dense, layout, sparse, survey
 

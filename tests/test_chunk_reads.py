@@ -1,4 +1,4 @@
-"""Whole-chunk reads (annlayout.chunk_reads) equal zarr's own reads on every storage kind."""
+"""Whole-chunk reads (annlayout.storage.chunks) equal zarr's own reads on every storage kind."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from zarr.codecs import BloscCodec, BytesCodec, GzipCodec, ShardingCodec, ZstdCo
 from zarr.storage import LocalStore
 
 from annlayout.bench.stores import Counters, MeasuredStore
-from annlayout.chunk_reads import ChunkReadError, chunk_reader
+from annlayout.storage.chunks import ChunkReadError, chunk_reader
 
 LENGTH = 5_000
 WRITTEN = 3_700  # the tail is never written: chunks (and a shard) missing, read as fill
@@ -227,7 +227,7 @@ def test_a_chunk_its_shard_index_lists_is_never_read_as_fill(arrays, tmp_path, t
 def test_the_merge_gap_follows_the_measured_link():
     """Round trip x throughput: ranges closer than what a round trip would transfer are
     fetched as one; until both are measured, the minimum."""
-    from annlayout.chunk_reads import MAX_GAP, MIN_GAP, Link
+    from annlayout.storage.chunks import MAX_GAP, MIN_GAP, Link
 
     link = Link(concurrency=10)
     assert link.gap == MIN_GAP
@@ -247,7 +247,7 @@ def test_merged_requests_carry_at_most_twice_the_bytes_asked_for():
     1 MB apart merge only while the merged range stays within MAX_WASTE of their bytes;
     neighbours always merge, up to the request span; every chunk is in exactly one request
     that covers it."""
-    from annlayout.chunk_reads import MAX_WASTE, merged_requests
+    from annlayout.storage.chunks import MAX_WASTE, merged_requests
 
     gap, span, chunk = 4_000_000, 4_000_000, 100_000  # 20 ms at 200 MB/s
     scattered = [("shard", k * 2**20, k * 2**20 + chunk) for k in range(20)]
@@ -264,7 +264,7 @@ def test_merged_requests_carry_at_most_twice_the_bytes_asked_for():
 
 
 def test_requests_never_merge_across_objects_whole_objects_or_missing_chunks():
-    from annlayout.chunk_reads import merged_requests
+    from annlayout.storage.chunks import merged_requests
 
     located = [("b", 0, 10), None, ("a", 10, 20), ("a", 0, 10), ("c", 0, -1), ("c", 0, -1)]
     requests = merged_requests(located, gap=2**20, span=2**30)
@@ -282,18 +282,18 @@ def test_a_remote_scan_within_a_small_fetch_budget_equals_the_stored_values(
 ):
     """Through a store (not pread), with room for about 3 chunks fetched and not decoded:
     requests wait for the budget, and every chunk still arrives in its place."""
-    import annlayout.chunk_reads
+    import annlayout.storage.chunks
 
     budget = 97 * 8 * 3
-    monkeypatch.setattr(annlayout.chunk_reads, "FETCH_BUDGET", budget)
+    monkeypatch.setattr(annlayout.storage.chunks, "FETCH_BUDGET", budget)
     held: list[int] = []
-    acquire = annlayout.chunk_reads._Budget.acquire
+    acquire = annlayout.storage.chunks._Budget.acquire
 
     async def counted(self, nbytes):
         await acquire(self, nbytes)
         held.append(self.used)
 
-    monkeypatch.setattr(annlayout.chunk_reads._Budget, "acquire", counted)
+    monkeypatch.setattr(annlayout.storage.chunks._Budget, "acquire", counted)
     array, values = arrays[kind]
     counters = Counters()
     remote = zarr.open_array(MeasuredStore(LocalStore(array.store_path.store.root), counters))

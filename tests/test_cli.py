@@ -17,10 +17,11 @@ import zarr
 from anndata.tests.helpers import assert_equal
 from click.testing import CliRunner
 
-import annlayout.rewrite
+import annlayout
+from annlayout.apply import stream
 from annlayout.cli import main
-from annlayout.rewrite import stream
-from annlayout.survey import survey_store
+from annlayout.planning.survey import survey_store
+from annlayout.storage.commit import TMP_SUFFIX
 
 from .conftest import SHIPPED, output_name, read_any
 
@@ -49,7 +50,7 @@ def test_layouts_lists_every_shipped_layout():
 
 
 def test_layouts_json_lists_name_target_and_description():
-    from annlayout.spec import load_layout
+    from annlayout.layout.spec import load_layout
 
     listing = json.loads(run("layouts", "--json").output)
     assert sorted(entry["name"] for entry in listing) == sorted(SHIPPED)
@@ -144,12 +145,12 @@ def test_start_up_imports_nothing_heavy(args):
 
 
 def test_layouts_reports_a_broken_shipped_layout_with_its_line(tmp_path, monkeypatch):
-    import annlayout.shipped
+    import annlayout.layout.shipped
 
-    for path in annlayout.shipped.shipped_layouts().values():
+    for path in annlayout.layout.shipped.shipped_layouts().values():
         (tmp_path / path.name).write_text(path.read_text())
     (tmp_path / "archive.yaml").write_text("annlayout: 1\nname: archive\ntarget: {format: h5}\n")
-    monkeypatch.setattr(annlayout.shipped, "layouts_dir", lambda: tmp_path)
+    monkeypatch.setattr(annlayout.layout.shipped, "layouts_dir", lambda: tmp_path)
     result = run("layouts", code=2)
     assert result.stderr.strip().splitlines() == [
         "error: archive.yaml:3: target.format: must be 'zarr' or 'h5ad' (got 'h5'); "
@@ -169,8 +170,10 @@ def test_package_names_resolve_on_first_use():
         from annlayout import Layout, __version__, load_layout, write
         for name in annlayout.__all__:
             assert getattr(annlayout, name) is not None, name
-        import annlayout.plan, annlayout.survey  # the submodules do not replace the functions
-        assert callable(annlayout.plan) and callable(annlayout.survey)
+        import annlayout.apply.stream, annlayout.verify.compare, annlayout.write.callback
+        # the subpackages do not replace the functions of the same names
+        assert callable(annlayout.apply) and callable(annlayout.verify)
+        assert callable(annlayout.write) and callable(annlayout.layout_callback)
         assert annlayout.Layout is Layout and load_layout("archive").name == "archive"
         consolidated = [f for f in warnings.filters if f[1] and "Consolidated" in f[1].pattern]
         assert not consolidated, "annlayout silences zarr's warning for every program"
@@ -181,8 +184,6 @@ def test_package_names_resolve_on_first_use():
 
 def test_write_and_apply_consolidate_without_zarr_warning(tmp_path, stores, small_dataset):
     import warnings
-
-    import annlayout
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -356,7 +357,7 @@ def test_failed_write_leaves_no_output_and_no_temporary(tmp_path, stores, monkey
 
 
 def test_stale_temporary_from_a_killed_run_is_replaced(tmp_path, stores):
-    stale = tmp_path / f".o.zarr{annlayout.rewrite.TMP_SUFFIX}"
+    stale = tmp_path / f".o.zarr{TMP_SUFFIX}"
     stale.mkdir()
     (stale / "junk").write_text("left by kill -9")
     run("apply", "analysis", stores["h5ad"], tmp_path / "o.zarr")
@@ -564,12 +565,12 @@ def test_console_script_end_to_end(tmp_path):
 def test_a_feature_without_its_extra_says_which_to_install(
     tmp_path, stores, monkeypatch, extra, args, message
 ):
-    import annlayout.optional
+    import annlayout.base.optional
 
-    absent = set(annlayout.optional.EXTRAS[extra])
-    real = annlayout.optional.find_spec
+    absent = set(annlayout.base.optional.EXTRAS[extra])
+    real = annlayout.base.optional.find_spec
     monkeypatch.setattr(
-        annlayout.optional, "find_spec", lambda name: None if name in absent else real(name)
+        annlayout.base.optional, "find_spec", lambda name: None if name in absent else real(name)
     )
     source = str(stores["h5ad"]) if extra == "dask" else "s3://bucket/in.zarr"
     output = tmp_path / "out.zarr"

@@ -28,10 +28,10 @@ import pytest
 import scipy.sparse as sp
 
 import annlayout
-from annlayout.concatenate import concat
-from annlayout.datagen import make_part
-from annlayout.errors import IntegrityError, UnreachableError
-from annlayout.remote import listing, upload
+from annlayout.base.errors import IntegrityError, UnreachableError
+from annlayout.combine.concat import concat
+from annlayout.generate.synthetic import make_part
+from annlayout.storage.remote import listing, upload
 
 pytest.importorskip("distributed")
 pytest.importorskip("s3fs")
@@ -227,7 +227,7 @@ def test_concat_shuffled_outer_join_on_a_cluster_equals_anndata_concat_a_worker_
 def test_a_scratch_on_object_storage_is_removed_when_the_run_fails(s3, remote_inputs, monkeypatch):
     """On this machine's threads too: the tasks' files on S3, then a failure in the driver
     before the inputs are combined; nothing is kept (nothing to resume from)."""
-    import annlayout.assembly as assembly
+    import annlayout.combine.assembly as assembly
 
     urls, _ = remote_inputs
 
@@ -247,8 +247,8 @@ def test_two_tasks_never_write_the_same_shard(tmp_path, monkeypatch):
     a block moved off a shard boundary, or two blocks sharing a shard, is stopped."""
     import dataclasses
 
-    from annlayout.rewrite import stream
-    from annlayout.rewrite.execute import CopyTask
+    from annlayout.apply import stream
+    from annlayout.execute.tasks import CopyTask
 
     from .test_stream import blocky, make_input
 
@@ -288,7 +288,7 @@ def test_cli_scratch_goes_where_asked_and_is_removed(tmp_path, monkeypatch):
     they are there), and nothing is left there at the end."""
     from click.testing import CliRunner
 
-    import annlayout.assembly as assembly
+    import annlayout.combine.assembly as assembly
     from annlayout.cli import main
 
     from .test_stream import make_input

@@ -9,9 +9,8 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from annlayout.datagen import collection_sizes, make_dataset, make_part
-from annlayout.rewrite.buckets import RowBuckets
-from annlayout.rewrite.collection import (
+from annlayout.combine.buckets import RowBuckets
+from annlayout.combine.collection import (
     column_maps,
     grouped,
     is_monotonic,
@@ -20,6 +19,7 @@ from annlayout.rewrite.collection import (
     reorder_csr,
     window_entropy,
 )
+from annlayout.generate.synthetic import collection_sizes, make_dataset, make_part
 
 
 @pytest.fixture(scope="module")

@@ -24,8 +24,8 @@ from click.testing import CliRunner
 import annlayout
 from annlayout import concat
 from annlayout.cli import main
-from annlayout.concatenate import ConcatError
-from annlayout.datagen import make_part
+from annlayout.combine.concat import ConcatError
+from annlayout.generate.synthetic import make_part
 
 
 @pytest.fixture(scope="module")
@@ -315,7 +315,7 @@ def test_concat_killed_leaves_nothing_and_a_rerun_succeeds(tmp_path):
 def test_the_inputs_fingerprint_sees_a_change_inside_a_zarr_input(collection, tmp_path):
     """--resume continues only from the same inputs: a zarr input changed inside its
     directory (its top directory's size and time unchanged) is other inputs."""
-    from annlayout.concatenate import inputs_fingerprint
+    from annlayout.combine.concat import inputs_fingerprint
 
     paths, _ = collection
     store = tmp_path / "part.zarr"
@@ -335,7 +335,7 @@ def test_what_cannot_fit_is_refused_before_the_inputs_are_combined(
     """As apply refuses: the layout step is planned on the store the inputs will make, so a
     budget it cannot keep is refused before anything is combined or written (it was refused
     after combining, and left the combined inputs hidden beside the output)."""
-    import annlayout.concatenate as concatenate
+    import annlayout.combine.concat as concatenate
 
     paths, _ = collection
     monkeypatch.setattr(concatenate, "WHOLE_BELOW", "1KiB")  # small elements streamed too
@@ -403,7 +403,7 @@ def test_concat_on_threads_and_a_local_cluster_equals_the_serial_result(
 ):
     """Combining the inputs (and the shuffle) runs as scatter and gather tasks on dask; the
     store equals the serial one's, node for node, values and the recorded order included."""
-    import annlayout.assembly as assembly
+    import annlayout.combine.assembly as assembly
 
     distributed = pytest.importorskip("distributed")
     paths, _ = collection
@@ -440,7 +440,7 @@ def _counted(run, calls):
 def _interrupted_at_bucket_5(run):
     """A gather task's ``run`` that stops the run at X's bucket 5 (as SIGTERM would), once
     the other thread has gathered a bucket."""
-    from annlayout.rewrite.atomic import Interrupted
+    from annlayout.storage.commit import Interrupted
 
     def interrupted(self, advance=None):
         if self.bucket == 5 and self.group.endswith("/X"):
@@ -485,8 +485,8 @@ def _tree(path: Path) -> dict[str, object]:
 def test_a_concat_on_tasks_interrupted_resumes_without_redoing_finished_tasks(
     tmp_path, collection, monkeypatch
 ):
-    import annlayout.assembly as assembly
-    from annlayout.rewrite.atomic import Interrupted
+    import annlayout.combine.assembly as assembly
+    from annlayout.storage.commit import Interrupted
 
     paths, _ = collection
     options = {"index_unique": "-", "shuffle": 2, "memory": "256KiB", "workers": 2}
@@ -613,7 +613,7 @@ def test_resume_continues_inside_the_combining_step(tmp_path, phase, options):
 def test_resume_after_the_last_partial_bucket_was_recorded(tmp_path, monkeypatch):
     """Interrupted once every row is recorded but before the arrays' tails are written (the
     last bucket partial): the resumed run drains nothing again and equals the expected rows."""
-    import annlayout.concatenate as concatenate
+    import annlayout.combine.concat as concatenate
 
     source = tmp_path / "in.h5ad"
     X = sp.random(1_750, 300, density=0.1, format="csr", dtype=np.float32, random_state=3)
@@ -675,7 +675,7 @@ def test_an_existing_output_is_refused_before_any_work(tmp_path, collection):
 def test_prefetched_blocks_keep_their_order_errors_and_stop_early():
     import threading
 
-    from annlayout.concatenate import prefetched
+    from annlayout.combine.concat import prefetched
 
     assert list(prefetched(iter(range(50)))) == list(range(50))
 
@@ -706,7 +706,7 @@ def test_ordered_map_keeps_order_raises_and_stops_early():
     import threading
     import time
 
-    from annlayout.concatenate import ordered_map
+    from annlayout.combine.concat import ordered_map
 
     def slow_square(n):
         time.sleep(0.002 * (n % 3))  # later items finish first: the order is still kept
@@ -788,9 +788,9 @@ def test_resume_may_switch_between_serial_and_tasks(tmp_path, collection, monkey
     """Each run killed inside the combining of X: serial, then on tasks, then serially again
     (or the other way round); the last, not killed, equals a clean run. Neither path takes
     the other's partial arrays for its own."""
-    import annlayout.assembly as assembly
-    import annlayout.concatenate as concatenate
-    from annlayout.rewrite.atomic import Interrupted
+    import annlayout.combine.assembly as assembly
+    import annlayout.combine.concat as concatenate
+    from annlayout.storage.commit import Interrupted
 
     paths, _ = collection
     options = {"index_unique": "-", "shuffle": 2, "memory": "256KiB"}
@@ -828,7 +828,7 @@ def test_resume_may_switch_between_serial_and_tasks(tmp_path, collection, monkey
 def test_whole_chunks_are_written_by_their_bucket_and_shared_ones_from_the_pieces(tmp_path):
     import zarr
 
-    from annlayout.assembly import write_pieces, write_whole_chunks
+    from annlayout.combine.assembly import write_pieces, write_whole_chunks
 
     array = zarr.create_array(tmp_path / "a.zarr", shape=(10,), chunks=(4,), dtype="i8")
     values = np.arange(10) + 100
@@ -863,7 +863,7 @@ def test_an_inner_join_without_common_genes_is_refused_before_any_data_is_read(
     tmp_path, monkeypatch
 ):
     """Inputs that share no gene would make a store of cells without genes."""
-    import annlayout.concatenate
+    import annlayout.combine.concat
 
     def rename_genes(i, adata):
         if i == 2:
@@ -874,7 +874,7 @@ def test_an_inner_join_without_common_genes_is_refused_before_any_data_is_read(
     def never(data):
         raise AssertionError(f"{data.source} was read")
 
-    monkeypatch.setattr(annlayout.concatenate, "small_elements_of", never)
+    monkeypatch.setattr(annlayout.combine.concat, "small_elements_of", never)
     out = tmp_path / "never.zarr"
     result = CliRunner().invoke(main, ["concat", "ml-minibatch", *map(str, paths), str(out)])
     assert result.exit_code == 1, (result.output, result.exception)
@@ -945,7 +945,7 @@ def test_a_signal_inside_a_library_write_is_reported_as_the_interrupt(
     recorded and raised between blocks; the run stops with its checkpoint and resumes."""
     import numpy.lib._npyio_impl as npyio
 
-    from annlayout.rewrite.atomic import Interrupted
+    from annlayout.storage.commit import Interrupted
 
     paths, adatas = collection
     options = {"index_unique": "-", "shuffle": 2, "memory": "256KiB", "merge": "same",
@@ -989,7 +989,7 @@ def test_a_wrong_combination_fails_verification_against_the_inputs(
     """The output is checked against the inputs, not the combined inputs it was copied
     from: a column map or a row order off by one (which the scratch store shares) fails in
     one line naming the element, and nothing is left."""
-    import annlayout.concatenate as concatenate
+    import annlayout.combine.concat as concatenate
 
     paths, _ = collection
     if bug == "columns":

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import annlayout
-from annlayout.copies import (
+from annlayout.write.copies import (
     SequentialWriter,
     copy_group,
     indptr_checksum,

@@ -26,9 +26,9 @@ import pytest
 import scipy.sparse as sp
 
 import annlayout
-from annlayout.encodings import attr, encoding_of, unholdable
-from annlayout.rewrite.verify import difference, verify_report
-from annlayout.stores import open_store
+from annlayout.format.encodings import attr, encoding_of, unholdable
+from annlayout.storage.stores import open_store
+from annlayout.verify.compare import difference, verify_report
 
 from .conftest import SHIPPED, output_name
 
@@ -303,8 +303,9 @@ def test_a_changed_string_is_found_across_backends(tmp_path):
 def test_apply_opens_its_input_once_and_reads_a_legacy_one_twice(tmp_path, monkeypatch):
     """One handle is passed down (survey, rewrite, verify); anndata reads a legacy input for
     the survey and verify together (cached on the handle) and once for the rewrite."""
-    from annlayout import encodings, stores
-    from annlayout.rewrite import stream
+    from annlayout.apply import stream
+    from annlayout.format import encodings
+    from annlayout.storage import stores
 
     source = corpus("anndata-0.7.8.h5ad")
     opened, reads = [], []

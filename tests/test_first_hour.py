@@ -19,8 +19,8 @@ import scipy.sparse as sp
 from click.testing import CliRunner
 
 import annlayout
+from annlayout.base.errors import ApplyError, NotAnnDataError
 from annlayout.cli import main
-from annlayout.errors import ApplyError, NotAnnDataError
 
 CORPUS = Path(__file__).parent / "corpus" / "data"
 PBMC = CORPUS / "scanpy-pbmc68k_reduced.h5ad"
@@ -49,7 +49,7 @@ def one_error(result) -> str:
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> Path:
     """The README's demo dataset (annlayout generate's defaults: 5,000 x 2,000)."""
-    from annlayout.datagen import make_dataset
+    from annlayout.generate.synthetic import make_dataset
 
     path = tmp_path_factory.mktemp("demo") / "demo.h5ad"
     make_dataset(5_000, 2_000).write_h5ad(path)
@@ -234,7 +234,9 @@ def test_callback_into_h5py_names_the_codecs_it_cannot_write(small_dataset, tmp_
     layout = annlayout.load_layout("ml-minibatch")
     with h5py.File(tmp_path / "cb.h5ad", "w") as file, warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
-        ad.experimental.write_dispatched(file, "/", small_dataset, callback=layout.callback())
+        ad.experimental.write_dispatched(
+            file, "/", small_dataset, callback=annlayout.layout_callback(layout)
+        )
     messages = [str(w.message) for w in seen if "ml-minibatch" in str(w.message)]
     assert len(messages) == 1
     assert "blosc(lz4" in messages[0] and "uncompressed" in messages[0] and "shards" in messages[0]

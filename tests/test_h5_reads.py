@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from annlayout.h5_reads import cached_h5_reader, h5_reader
+from annlayout.storage.h5 import cached_h5_reader, h5_reader
 
 LENGTH = 10_007
 VALUES = np.random.default_rng(0).integers(-1000, 1000, LENGTH)

@@ -1,4 +1,4 @@
-"""The training loader (annlayout.loader): every row once per epoch across ranks and workers,
+"""The training loader (annlayout.reading.loader): every row once per epoch across ranks and workers,
 a fixed order per (seed, epoch), contents equal to anndata's read, read-ahead within bounds,
 the async form, errors, on real stores (anndata's own writes, shipped layouts, the corpus,
 S3)."""
@@ -21,8 +21,8 @@ import pytest
 import scipy.sparse as sp
 
 import annlayout
-from annlayout.errors import ChunkReadError, LoaderError
-from annlayout.loader import Batches, batches, split
+from annlayout.base.errors import ChunkReadError, LoaderError
+from annlayout.reading.loader import Batches, batches, split
 
 from .conftest import SHIPPED, output_name, read_any
 from .test_corpus import CORPUS, READABLE
@@ -116,8 +116,8 @@ def test_blocks_are_whole_chunks_of_the_store(paths):
 def test_default_blocks_are_runs_of_whole_chunks_of_at_least_block_rows(tmp_path):
     """Small chunks are grouped: a one-chunk block also decodes the chunk its last row
     straddles into, about twice what it keeps; a block of BLOCK_ROWS rows, a fraction."""
-    from annlayout.datagen import make_dataset
-    from annlayout.loader import BLOCK_ROWS
+    from annlayout.generate.synthetic import make_dataset
+    from annlayout.reading.loader import BLOCK_ROWS
 
     annlayout.write(make_dataset(3000, 300, nnz_per_cell=30), tmp_path / "m.zarr", "ml-minibatch")
     data = annlayout.open(tmp_path / "m.zarr")
@@ -214,7 +214,7 @@ def test_numpy_output_and_layers_and_a_dense_store(tmp_path, paths, expected):
 def test_unchunked_values_are_read_in_blocks_of_their_own(tmp_path, expected):
     """A contiguous h5ad dataset (anndata's dense X) has no chunks to follow: blocks of
     UNCHUNKED_BLOCK rows, not the whole matrix as one block."""
-    from annlayout.loader import UNCHUNKED_BLOCK
+    from annlayout.reading.loader import UNCHUNKED_BLOCK
 
     dense = expected.copy()
     dense.X = dense.X.toarray()
@@ -449,7 +449,7 @@ def test_under_torch_it_is_an_iterable_dataset_split_by_worker_and_rank(paths, m
     subclasses the one, reads its share from the others, and pickles into a worker."""
     import types
 
-    import annlayout.loader as loader_module
+    import annlayout.reading.loader as loader_module
 
     torch = types.ModuleType("torch")
     torch.utils = types.ModuleType("torch.utils")

@@ -82,7 +82,7 @@ def test_failures_beyond_the_retry_budget_are_errors(proxied_s3):
 
 
 def test_s3fs_retries_through_the_proxy(proxied_s3):
-    from annlayout.remote import filesystem
+    from annlayout.storage.remote import filesystem
 
     fs, proxy = filesystem(proxied_s3.url), proxied_s3.proxy
     path = f"{proxied_s3.url}/fsspec-flaky"

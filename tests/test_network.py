@@ -18,9 +18,9 @@ import pytest
 from click.testing import CliRunner
 
 import annlayout
+from annlayout.base.errors import NotAnnDataError
 from annlayout.cli import main
-from annlayout.errors import NotAnnDataError
-from annlayout.remote import UPLOAD_CONCURRENCY, listing
+from annlayout.storage.remote import UPLOAD_CONCURRENCY, listing
 
 from .test_stream import blocky, make_input
 
@@ -145,7 +145,7 @@ def test_a_large_shard_goes_up_in_parts(tmp_path, proxied_s3):
 def test_an_upload_cut_short_has_no_root_and_is_refused(tmp_path, proxied_s3, monkeypatch):
     """The root metadata goes up after every other object: while it cannot arrive, the store
     is everything but its root, and readers call it incomplete."""
-    from annlayout.remote import listing, upload
+    from annlayout.storage.remote import listing, upload
 
     monkeypatch.setenv("ANNLAYOUT_MAX_RETRIES", "0")
     monkeypatch.setenv("ANNLAYOUT_STORE_BACKEND", "obstore")

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from annlayout.plan import INDPTR_CHUNK, PlanError, make_plan
-from annlayout.spec import Layout, load_layout
-from annlayout.survey_models import ArrayInfo, ElementInfo, Survey
+from annlayout.layout.spec import Layout, load_layout
+from annlayout.planning.plan import INDPTR_CHUNK, PlanError, make_plan
+from annlayout.planning.survey_models import ArrayInfo, ElementInfo, Survey
 
 from .conftest import SHIPPED
 

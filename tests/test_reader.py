@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import annlayout
-from annlayout.errors import NotAnnDataError
-from annlayout.reader import StaleCopyWarning
+from annlayout.base.errors import NotAnnDataError
+from annlayout.reading.reader import StaleCopyWarning
 
 from .test_copies import dual
 from .test_stream import make_input

@@ -14,10 +14,10 @@ from anndata.tests.helpers import assert_equal
 from click.testing import CliRunner
 
 import annlayout
+from annlayout.apply import ApplyError, stream
+from annlayout.base.errors import NotAnnDataError
 from annlayout.cli import main
-from annlayout.errors import NotAnnDataError
-from annlayout.remote import filesystem
-from annlayout.rewrite import ApplyError, stream
+from annlayout.storage.remote import filesystem
 
 from .test_stream import blocky, make_input
 
@@ -101,9 +101,9 @@ def test_objects_go_up_while_verifying_but_a_failed_verification_leaves_no_store
     URL is replaced only by one verified: then nothing goes up early."""
     import time
 
-    from annlayout.remote import listing
-    from annlayout.rewrite import verify
-    from annlayout.rewrite.verify import VerifyReport
+    from annlayout.storage.remote import listing
+    from annlayout.verify import compare as verify
+    from annlayout.verify.compare import VerifyReport
 
     monkeypatch.setenv("ANNLAYOUT_STAGING", "")
     source = tmp_path / "in.h5ad"
@@ -173,7 +173,7 @@ def test_the_two_clients_read_and_write_the_same_store(tmp_path, s3, backend):
 
 def test_bench_counts_the_same_requests_through_either_client(tmp_path, s3, backend, monkeypatch):
     from annlayout.bench import load_workload, parse_storage, run_bench
-    from annlayout.chunk_reads import MIN_GAP, Link
+    from annlayout.storage.chunks import MIN_GAP, Link
 
     # the merge gap follows timings measured during the run: pinned, both clients merge alike
     monkeypatch.setattr(Link, "gap", property(lambda self: MIN_GAP))
@@ -224,7 +224,7 @@ def test_store_backend_option_of_the_cli(tmp_path, s3, backend):
 
 def test_removal_takes_the_root_first(tmp_path, s3, backend, monkeypatch):
     """A removal cut short must not leave a root whose elements are half gone."""
-    from annlayout.remote import ROOT_METADATA, listing, remove
+    from annlayout.storage.remote import ROOT_METADATA, listing, remove
 
     source = tmp_path / "in.h5ad"
     make_input(source, "csr")

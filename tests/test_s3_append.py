@@ -15,11 +15,11 @@ import scipy.sparse as sp
 from click.testing import CliRunner
 
 from annlayout import append, concat
-from annlayout.appending import AppendError
 from annlayout.cli import main
-from annlayout.datagen import make_part
-from annlayout.journal import has_journal, journal_url, roll_back
-from annlayout.remote import filesystem, listing
+from annlayout.combine.append import AppendError
+from annlayout.generate.synthetic import make_part
+from annlayout.storage.journal import has_journal, journal_url, roll_back
+from annlayout.storage.remote import filesystem, listing
 
 from .test_append import _layout
 
@@ -96,7 +96,7 @@ def test_append_to_s3_equals_a_local_append(tmp_path, s3, backend, inputs, base)
 def test_a_failed_commit_to_s3_leaves_every_object_as_it_was(
     tmp_path, s3, backend, inputs, monkeypatch
 ):
-    import annlayout.journal as journal
+    import annlayout.storage.journal as journal
 
     prefix = f"{backend}-append-failed"
     remote = f"{s3}/{prefix}/store.zarr"
@@ -121,7 +121,7 @@ def test_a_failed_commit_to_s3_leaves_every_object_as_it_was(
 
 KILLED_APPEND = """\
 import os, sys
-import annlayout.journal as journal
+import annlayout.storage.journal as journal
 from annlayout import append
 
 copies, calls = journal.copy_objects, []
@@ -206,7 +206,7 @@ def test_append_through_injected_failures_equals_a_clean_append(
 
 KILLED_WHILE_CLEARING = """\
 import os, sys
-import annlayout.journal as journal
+import annlayout.storage.journal as journal
 from annlayout import append
 
 def dying(url):  # the store holds the new objects, root last; the journal is not cleared yet

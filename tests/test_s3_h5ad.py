@@ -1,5 +1,5 @@
 """h5ad files on object storage as inputs: opened by h5py over ranged reads, their chunks
-fetched as merged ranged GETs (:mod:`annlayout.h5_reads`), against the loopback S3 server,
+fetched as merged ranged GETs (:mod:`annlayout.storage.h5`), against the loopback S3 server,
 through both clients. Everything read from the bucket equals the same file read from disk."""
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ import scipy.sparse as sp
 from click.testing import CliRunner
 
 import annlayout
+from annlayout.base.errors import NotAnnDataError
 from annlayout.cli import main
-from annlayout.datagen import make_dataset
-from annlayout.errors import NotAnnDataError
-from annlayout.remote import filesystem
+from annlayout.generate.synthetic import make_dataset
+from annlayout.storage.remote import filesystem
 
 pytest.importorskip("moto.server")
 pytest.importorskip("s3fs")
@@ -147,7 +147,7 @@ def test_reading_rows_costs_a_bounded_number_of_requests(
     cache); 256 scattered rows take at most one GET per touched chunk of data and of
     indices (neighbours merged), 256 consecutive rows one per array: far fewer than the
     file's chunks."""
-    from annlayout.h5_reads import h5_reader
+    from annlayout.storage.h5 import h5_reader
 
     url = upload(many_chunks, f"{proxied_s3.url}/counted.h5ad")
     proxy = proxied_s3.proxy
@@ -239,7 +239,7 @@ def test_a_program_that_leaves_the_file_open_exits_cleanly(tmp_path, s3, backend
     url = upload(generated, f"{s3}/{backend}/exit-{tmp_path.name}.h5ad")
     script = (
         "import sys, annlayout\n"
-        "from annlayout.stores import open_store\n"
+        "from annlayout.storage.stores import open_store\n"
         "data = annlayout.open(sys.argv[1])\n"
         "root = open_store(sys.argv[1])\n"
         "values = root['X/data']\n"

@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-from annlayout.spec import (
+from annlayout.layout.spec import (
     ChunkSpec,
     Layout,
     LayoutError,
@@ -399,7 +399,7 @@ def test_did_you_mean_follows_the_union_member_and_aliases(tmp_path):
 
 def test_union_tags_come_from_the_model_validated():
     from annlayout.bench.workloads import Workload
-    from annlayout.yaml_errors import union_tags
+    from annlayout.layout.yaml_errors import union_tags
 
     assert union_tags(Layout) == {"zstd", "blosc", "gzip", "none"}
     assert union_tags(Workload) == {
@@ -418,9 +418,9 @@ def test_unknown_union_member_is_named_by_its_list(tmp_path):
 
 
 def test_models_import_no_higher_layer():
-    """Layout.callback imports the callback when called, never with the models."""
+    """The layout package imports nothing above it (the callback is composed in write/)."""
     code = (
-        "import sys, annlayout.spec; "
+        "import sys, annlayout.layout.spec; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in "
         "{'annlayout', 'numpy', 'zarr', 'anndata'}))"
     )
@@ -428,13 +428,14 @@ def test_models_import_no_higher_layer():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=os.environ
     )
     assert set(eval(done.stdout)) == {
-        "annlayout", "annlayout.defaults", "annlayout.errors", "annlayout.layout_files", "annlayout.layout_models",
-        "annlayout.shipped", "annlayout.spec", "annlayout.yaml_errors",
+        "annlayout", "annlayout.base", "annlayout.base.defaults", "annlayout.base.errors",
+        "annlayout.layout", "annlayout.layout.files", "annlayout.layout.models",
+        "annlayout.layout.shipped", "annlayout.layout.spec", "annlayout.layout.yaml_errors",
     }  # fmt: skip
 
 
 def test_listing_agrees_with_loading():
-    from annlayout.shipped import shipped_listing
+    from annlayout.layout.listing import shipped_listing
 
     for entry in shipped_listing():
         layout = load_layout(entry.name)
@@ -453,10 +454,10 @@ def test_listing_agrees_with_loading():
     ],
 )
 def test_listing_reports_what_loading_reports(tmp_path, monkeypatch, text, expected):
-    import annlayout.shipped
+    import annlayout.layout.shipped
 
     (tmp_path / "x.yaml").write_text(text)
-    monkeypatch.setattr(annlayout.shipped, "layouts_dir", lambda: tmp_path)
+    monkeypatch.setattr(annlayout.layout.shipped, "layouts_dir", lambda: tmp_path)
     with pytest.raises(LayoutError) as info:
-        annlayout.shipped.shipped_listing()
+        annlayout.layout.listing.shipped_listing()
     assert info.value.messages[0].startswith(expected)

@@ -19,10 +19,10 @@ import zarr
 from anndata.tests.helpers import assert_equal
 
 import annlayout
-from annlayout.errors import NotAnnDataError
-from annlayout.rewrite import ApplyError
-from annlayout.rewrite.atomic import temporary_sibling
-from annlayout.survey import survey_store
+from annlayout.apply import ApplyError
+from annlayout.base.errors import NotAnnDataError
+from annlayout.planning.survey import survey_store
+from annlayout.storage.commit import temporary_sibling
 
 from .conftest import assert_matches_plan, read_any
 from .test_cli import tree_digest
@@ -123,7 +123,7 @@ def test_cluster_runs_transposes_as_tasks_and_gives_the_single_process_result(tm
     """cell-browser keeps a CSC copy of X: its transpose is a task like the blocks, opened by
     location on the workers, and the output equals the serial one."""
     distributed = pytest.importorskip("distributed")
-    from annlayout.rewrite import execute
+    from annlayout.execute import tasks as execute
 
     source = tmp_path / "in.h5ad"
     make_input(source, "csr")
@@ -158,7 +158,7 @@ def test_cluster_runs_transposes_as_tasks_and_gives_the_single_process_result(tm
 
 
 def test_shard_larger_than_the_budget_is_refused_before_writing(tmp_path, monkeypatch):
-    from annlayout.rewrite import stream
+    from annlayout.apply import stream
 
     def prepare(*args, **kwargs):
         raise AssertionError("the output was being written")
@@ -365,7 +365,7 @@ def test_verify_catches_a_changed_value(pair):
 def test_verify_compares_blocks_in_slices(monkeypatch):
     """A block is compared a slice at a time: its differences are all counted, the first is
     found in whichever slice holds it, NaNs are equal, and the step is sized by either side."""
-    from annlayout.rewrite import verify
+    from annlayout.verify import compare as verify
 
     monkeypatch.setattr(verify, "COMPARE_VALUES", 6)  # 3 rows of 2 per slice
     a = np.arange(40, dtype=np.float32).reshape(20, 2)

@@ -1,4 +1,4 @@
-"""Small elements copied as stored (annlayout.rewrite.verbatim) against anndata's own writer.
+"""Small elements copied as stored (annlayout.apply.verbatim) against anndata's own writer.
 
 For every corpus file this stack reads and every zarr layout: where the input may be copied as
 stored, the output must be the store that writing through anndata and the layout's callback
@@ -20,10 +20,10 @@ import pytest
 import zarr
 
 import annlayout
-from annlayout.datagen import make_dataset
-from annlayout.rewrite import stream
-from annlayout.rewrite.verbatim import AsStoredPlan, plan_as_stored
-from annlayout.stores import open_store
+from annlayout.apply import stream
+from annlayout.apply.verbatim import AsStoredPlan, plan_as_stored
+from annlayout.generate.synthetic import make_dataset
+from annlayout.storage.stores import open_store
 
 from .test_corpus import CORPUS, PANDAS3, READABLE, assert_same, read_any
 

@@ -13,8 +13,8 @@ import zarr
 from anndata.tests.helpers import GEN_ADATA_NO_XARRAY_ARGS, assert_equal, gen_adata
 
 import annlayout
-from annlayout.spec import load_layout
-from annlayout.survey import survey_store
+from annlayout.layout.spec import load_layout
+from annlayout.planning.survey import survey_store
 
 from .conftest import SHIPPED, assert_matches_plan, full_adata, output_name, read_any
 
@@ -67,7 +67,7 @@ def test_shipped_layouts_round_trip_and_apply_their_plan(tmp_path, layout, datas
 def test_callback_inside_write_dispatched(tmp_path, target):
     adata = full_adata(seed=5)
     layout = load_layout("ml-minibatch")
-    callback = layout.callback()
+    callback = annlayout.layout_callback(layout)
     if target == "h5py":
         path = tmp_path / "cb.h5ad"
         with h5py.File(path, "w") as f:

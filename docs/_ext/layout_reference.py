@@ -89,7 +89,7 @@ class LayoutReference(SphinxDirective):
         lines, undocumented = reference_lines(annlayout.json_schema())
         for field in undocumented:
             logger.warning(
-                "layout reference: %s has no description in annlayout.spec", field,
+                "layout reference: %s has no description in annlayout.layout.spec", field,
                 location=self.get_location(),
             )  # fmt: skip
         container = nodes.section()

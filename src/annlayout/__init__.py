@@ -4,7 +4,7 @@ import annlayout
 layout = annlayout.load_layout("ml-minibatch")
 plan = annlayout.plan(layout, "data.h5ad")
 annlayout.write(adata, "data.zarr", layout)
-ad.experimental.write_dispatched(group, "/", adata, callback=layout.callback())
+ad.experimental.write_dispatched(group, "/", adata, callback=annlayout.layout_callback(layout))
 
 The public names are imported on first use (PEP 562), so ``import annlayout`` and the
 ``annlayout`` command start without numpy, zarr, anndata or pydantic.
@@ -17,61 +17,63 @@ import types
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from annlayout.defaults import VERIFY_MEMORY
+from annlayout.base.defaults import VERIFY_MEMORY
 
 if TYPE_CHECKING:
-    from annlayout.appending import append
-    from annlayout.concatenate import concat
-    from annlayout.errors import AnnlayoutError, ApplyError, LayoutError, PlanError
-    from annlayout.layout_files import json_schema, load_layout
-    from annlayout.layout_models import Layout
-    from annlayout.plan import Plan, make_plan
-    from annlayout.reader import Dataset, open
-    from annlayout.rewrite.in_memory import WriteResult, write
-    from annlayout.rewrite.stream import ApplyResult, apply
-    from annlayout.shipped import shipped_layouts
-    from annlayout.survey_models import Survey
+    from annlayout.apply.in_memory import WriteResult, write
+    from annlayout.apply.stream import ApplyResult, apply
+    from annlayout.base.errors import AnnlayoutError, ApplyError, LayoutError, PlanError
+    from annlayout.combine.append import append
+    from annlayout.combine.concat import concat
+    from annlayout.layout.files import json_schema, load_layout
+    from annlayout.layout.models import Layout
+    from annlayout.layout.shipped import shipped_layouts
+    from annlayout.planning.plan import Plan, make_plan
+    from annlayout.planning.survey_models import Survey
+    from annlayout.reading.reader import Dataset, open
+    from annlayout.write.callback import layout_callback
 
     __version__: str
 
 #: Where each public name lives; imported when first asked for.
 _LAZY = {
-    "AnnlayoutError": "annlayout.errors",
-    "ApplyError": "annlayout.errors",
-    "LayoutError": "annlayout.errors",
-    "PlanError": "annlayout.errors",
-    "Layout": "annlayout.layout_models",
-    "json_schema": "annlayout.layout_files",
-    "load_layout": "annlayout.layout_files",
-    "shipped_layouts": "annlayout.shipped",
-    "Plan": "annlayout.plan",
-    "make_plan": "annlayout.plan",
-    "Dataset": "annlayout.reader",
-    "open": "annlayout.reader",
-    "WriteResult": "annlayout.rewrite.in_memory",
-    "write": "annlayout.rewrite.in_memory",
-    "ApplyResult": "annlayout.rewrite.stream",
-    "apply": "annlayout.rewrite.stream",
-    "Survey": "annlayout.survey_models",
-    "store_backend": "annlayout.remote",
-    "concat": "annlayout.concatenate",
-    "append": "annlayout.appending",
+    "AnnlayoutError": "annlayout.base.errors",
+    "ApplyError": "annlayout.base.errors",
+    "LayoutError": "annlayout.base.errors",
+    "PlanError": "annlayout.base.errors",
+    "Layout": "annlayout.layout.models",
+    "layout_callback": "annlayout.write.callback",
+    "json_schema": "annlayout.layout.files",
+    "load_layout": "annlayout.layout.files",
+    "shipped_layouts": "annlayout.layout.shipped",
+    "Plan": "annlayout.planning.plan",
+    "make_plan": "annlayout.planning.plan",
+    "Dataset": "annlayout.reading.reader",
+    "open": "annlayout.reading.reader",
+    "WriteResult": "annlayout.apply.in_memory",
+    "write": "annlayout.apply.in_memory",
+    "ApplyResult": "annlayout.apply.stream",
+    "apply": "annlayout.apply.stream",
+    "Survey": "annlayout.planning.survey_models",
+    "store_backend": "annlayout.storage.remote",
+    "concat": "annlayout.combine.concat",
+    "append": "annlayout.combine.append",
 }
 
 #: Submodules used as namespaces (``annlayout.loader.batches``), imported when first named.
-_SUBMODULES = {"loader"}
+_SUBMODULES = {"loader": "annlayout.reading.loader"}
 
 
 def __getattr__(name: str) -> Any:
     value: Any
     if name == "__version__":
-        from annlayout.version import package_version
+        from annlayout.base.version import package_version
 
         value = package_version()
     elif name in _LAZY:
         value = getattr(import_module(_LAZY[name]), name)
     elif name in _SUBMODULES:  # ``annlayout.loader.batches(...)`` without importing it first
-        value = import_module(f"annlayout.{name}")
+        value = import_module(_SUBMODULES[name])
     else:
         raise AttributeError(f"module 'annlayout' has no attribute {name!r}")
     globals()[name] = value
@@ -84,7 +86,7 @@ def __dir__() -> list[str]:
 
 def survey(source) -> Survey:
     """Survey a store path or an in-memory AnnData (metadata only)."""
-    from annlayout.survey import survey_adata, survey_store
+    from annlayout.planning.survey import survey_adata, survey_store
 
     if isinstance(source, str | bytes) or hasattr(source, "__fspath__"):
         return survey_store(source)
@@ -93,8 +95,8 @@ def survey(source) -> Survey:
 
 def plan(layout, source) -> Plan:
     """Plan ``layout`` (a name, path or Layout) against a store path or an in-memory AnnData."""
-    from annlayout.layout_files import load_layout
-    from annlayout.plan import make_plan
+    from annlayout.layout.files import load_layout
+    from annlayout.planning.plan import make_plan
 
     return make_plan(load_layout(layout), survey(source))
 
@@ -103,20 +105,21 @@ def verify(source, rewritten, *, memory: int | str = VERIFY_MEMORY) -> list[str]
     """Elements that differ between two AnnData stores (one line each); empty when equal.
 
     ``memory`` (bytes, or a size such as ``"512MiB"``) bounds the blocks compared at once."""
-    from annlayout.rewrite.verify import verify_stores
+    from annlayout.verify.compare import verify_stores
 
     return verify_stores(source, rewritten, memory=memory)
 
 
 class _Package(types.ModuleType):
-    """``annlayout.plan`` and ``annlayout.survey`` are functions, and also submodules.
+    """``annlayout.apply``, ``annlayout.verify`` and ``annlayout.write`` are functions, and also
+    subpackages (the layers of docs/architecture.md).
 
-    Importing a submodule sets it as an attribute of its package; done lazily, after the
+    Importing a subpackage sets it as an attribute of its package; done lazily, after the
     functions are defined, that would replace them. The functions stay.
     """
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name in ("plan", "survey") and isinstance(value, types.ModuleType):
+        if name in ("apply", "verify", "write") and isinstance(value, types.ModuleType):
             return
         super().__setattr__(name, value)
 
@@ -139,6 +142,7 @@ __all__ = [
     "apply",
     "concat",
     "json_schema",
+    "layout_callback",
     "load_layout",
     "make_plan",
     "open",

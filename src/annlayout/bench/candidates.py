@@ -10,14 +10,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from annlayout.base.errors import BenchError
 from annlayout.bench.measure import PatternResult
 from annlayout.bench.stores import Simulation
 from annlayout.bench.training import LoaderSettings
-from annlayout.errors import BenchError
-from annlayout.plan import make_plan
-from annlayout.spec import ChunkSpec, Layout, Zstd, load_layout, shipped_layouts
-from annlayout.stores import footprint
-from annlayout.survey import survey_store
+from annlayout.layout.spec import ChunkSpec, Layout, Zstd, load_layout, shipped_layouts
+from annlayout.planning.plan import make_plan
+from annlayout.planning.survey import survey_store
+from annlayout.storage.stores import footprint
 
 Progress = Callable[[str], None]
 

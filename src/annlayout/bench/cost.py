@@ -17,8 +17,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat
 
-from annlayout.errors import BenchError, LayoutError
-from annlayout.yaml_errors import validate_file
+from annlayout.base.errors import BenchError, LayoutError
+from annlayout.layout.yaml_errors import validate_file
 
 GB = 2**30  # as AWS bills data transfer
 OBJECTIVES = ("time", "cost", "balanced")
@@ -65,7 +65,7 @@ class Prices(BaseModel):
 
 def load_prices(path: str | Path | None = None) -> Prices:
     """The prices in ``path`` (a YAML file), or the shipped S3 Standard defaults. A bad file
-    is a :class:`~annlayout.errors.BenchError` naming the file, line and field."""
+    is a :class:`~annlayout.base.errors.BenchError` naming the file, line and field."""
     if path is None:
         return validate_file(prices_dir() / "s3-standard.yaml", Prices, "a prices mapping")
     path = Path(path)

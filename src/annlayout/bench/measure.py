@@ -18,10 +18,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from annlayout.base.errors import BenchError
 from annlayout.bench.readers import Read, answer_digest, open_handle, open_reader
 from annlayout.bench.stores import Counters, MeasuredStore, Simulation
 from annlayout.bench.workloads import Operation, Workload, draws, operations, pattern_label
-from annlayout.errors import BenchError
 
 # read_lazy builds and runs a dask graph per selection (seconds per minibatch on 50,000
 # cells), so it is timed on LAZY_OPERATIONS operations of each pattern in all (spread over
@@ -156,7 +156,7 @@ def open_measured(
 ) -> tuple[MeasuredStore, Counters]:
     from zarr.storage import LocalStore
 
-    from annlayout.stores import zarr_store
+    from annlayout.storage.stores import zarr_store
 
     counters = Counters()
     if isinstance(location, str):

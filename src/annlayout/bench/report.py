@@ -12,7 +12,7 @@ from annlayout.bench.readers import READERS
 from annlayout.bench.runner import BenchResult
 from annlayout.bench.score import TIE_BREAK, figure, lead, margin, rank_key
 from annlayout.bench.workloads import EPOCH_DEFINITIONS, pattern_label
-from annlayout.plan import human_size
+from annlayout.planning.plan import human_size
 
 
 def write_reports(result: BenchResult, out: Path) -> dict[str, Path]:

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from annlayout.base.errors import BenchError
 from annlayout.bench.candidates import (
     Candidate,
     Progress,
@@ -56,7 +57,6 @@ from annlayout.bench.workloads import (
     size_scale,
     training_batch,
 )
-from annlayout.errors import BenchError
 
 #: a row pattern on a sample with fewer of a candidate's X chunks reads whole chunks, not the
 #: few rows of each it reads at full size
@@ -284,8 +284,8 @@ def auto_sample(
     rows and slices) :data:`CHUNKS_NEEDED` of every candidate's X chunks, as planned for
     ``source``, and ``floor`` at least; never more than the dataset."""
     import annlayout
-    from annlayout.plan import make_plan
-    from annlayout.survey import survey_store
+    from annlayout.planning.plan import make_plan
+    from annlayout.planning.survey import survey_store
 
     handle = annlayout.open(source)
     needed = max(floor, *(cells_needed(p) for p in workload.patterns))
@@ -521,7 +521,7 @@ def _remove_remote(storage: Simulation, say: Progress) -> None:
     if not storage.url:
         return
     try:
-        from annlayout.remote import remove
+        from annlayout.storage.remote import remove
 
         remove(storage.url)
     except Exception as error:

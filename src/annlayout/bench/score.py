@@ -23,10 +23,10 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass, field
 
+from annlayout.base.errors import BenchError
 from annlayout.bench.candidates import Candidate
 from annlayout.bench.cost import OBJECTIVES, balanced
-from annlayout.errors import BenchError
-from annlayout.plan import human_size
+from annlayout.planning.plan import human_size
 
 #: sizes within this share of each other are the same size to the tie-break, which then looks
 #: at objects: a few kilobytes of metadata or compression noise decide nothing

@@ -4,9 +4,9 @@
 A round is one epoch of the loader (or the pattern's first ``batches`` batches of it), its
 order drawn from the workload's seed and the round. Its time per batch is what scores it;
 cells/s is the rows over the time of every round. **Mixing** is the mean entropy (bits) of
-the label over each batch's rows, :func:`~annlayout.rewrite.collection.window_entropy` with
+the label over each batch's rows, :func:`~annlayout.combine.collection.window_entropy` with
 one window per batch (the measure ``concat --shuffle`` reports), against the same for a
-uniform permutation of every row's label (:func:`~annlayout.rewrite.collection.mixing`);
+uniform permutation of every row's label (:func:`~annlayout.combine.collection.mixing`);
 their ratio (1.0: as mixed as a true shuffle) is what a workload's ``min_mixing`` bounds.
 
 Batches differ between candidates (blocks follow each store's chunks), so answers are not
@@ -28,14 +28,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from annlayout.base.errors import BenchError
 from annlayout.bench.measure import REPEATS, PatternResult, open_measured
 from annlayout.bench.readers import Epoch, loader_refusal, open_handle, open_loader
 from annlayout.bench.stores import Simulation
 from annlayout.bench.workloads import Training, pattern_label, training_batch
-from annlayout.concatenate import ORDER_KEY
-from annlayout.errors import BenchError
-from annlayout.loader import BUFFER_BATCHES, UNCHUNKED_BLOCK
-from annlayout.rewrite.collection import mixing, window_entropy
+from annlayout.combine.collection import mixing, window_entropy
+from annlayout.combine.concat import ORDER_KEY
+from annlayout.reading.loader import BUFFER_BATCHES, UNCHUNKED_BLOCK
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,8 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
 
-from annlayout.errors import LayoutError
-from annlayout.yaml_errors import validate_file
+from annlayout.base.errors import LayoutError
+from annlayout.layout.yaml_errors import validate_file
 
 
 class _Pattern(BaseModel):

@@ -1,0 +1,1 @@
+"""The base layer: errors named by condition, defaults, optional extras, version, malloc arenas. Imports nothing of annlayout."""

@@ -1,0 +1,1 @@
+"""Combining stores: concat and append, their gene maps, row orders and the bucketed reorder."""

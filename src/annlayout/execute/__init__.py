@@ -1,0 +1,1 @@
+"""Execution: tasks and executors (serial, threads, dask), and the checkpoint of finished tasks."""

@@ -1,0 +1,1 @@
+"""AnnData's on-disk format: encodings, their attributes and legacy forms."""

@@ -1,0 +1,1 @@
+"""Synthetic AnnData for demos, tests and benchmarks (``annlayout generate``)."""

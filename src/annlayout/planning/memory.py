@@ -1,0 +1,565 @@
+"""The memory model of ``apply`` and ``verify``: pure arithmetic, no IO.
+
+From a plan, the input's dtypes, a budget and a number of workers, :func:`memory_plan` works
+out, before anything is written:
+
+- which elements are streamed (the rest go through anndata whole);
+- the blocks of every streamed array: one per output shard, or per run of whole chunks that
+  fits the budget where unsharded, and what one block holds at once;
+- the out-of-core transposes (another orientation than the input's): the read block (nonzeros
+  read at a time) and the pass budget (buffers of one pass over a range of the output);
+- what does not fit: a shard whose block needs more than the budget per worker, a transpose
+  whose shard writers and indptrs leave too little for its passes.
+
+``verify`` sizes its blocks and its transposes with :func:`verify_sizes`, from the same
+constants. Every number is an estimate of bytes in use, not a measurement; the benchmarks
+(``benchmarks/test_apply.py``) check peak RSS against the budget plus a fixed allowance.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from pydantic import ByteSize, TypeAdapter
+
+from annlayout.base.defaults import MEMORY, VERIFY_MEMORY, WHOLE_BELOW
+from annlayout.base.errors import ApplyError, IntegrityError
+from annlayout.layout.spec import SPARSE_ENCODINGS
+from annlayout.planning.plan import ArrayPlan, ElementPlan, Plan, human_size, make_plan
+
+#: A block holds the slice as read, its conversion (when the dtype changes) and about twice
+#: the output bytes while the shard is encoded: per element, read + converted + 2 x written.
+ENCODE_FACTOR = 2
+#: A shard writer of a transpose holds a shard as converted and encoded: 3x its bytes.
+WRITE_OVERHEAD = 3
+#: Transposes: bytes in flight per nonzero of a read block (int64 minor indices, masks,
+#: positions, majors, values, sort order).
+READ_BYTES_PER_NONZERO = 40
+#: Read blocks take at most this share of the budget: read_block = budget // (40 * 4).
+READ_SHARE = 4
+MIN_READ_BLOCK, MAX_READ_BLOCK = 1 << 10, 4 << 20
+#: A transpose whose passes get less than this share of the budget is refused (too many passes).
+MIN_PASS_SHARE = 8
+#: Transposes: the pass buffers per nonzero besides the value: its int64 major index.
+PASS_INDEX_BYTES = 8
+#: verify: the smallest block and pass budget, whatever --memory says.
+MIN_VERIFY_BYTES = 1 << 20
+#: verify: the largest compared block per side. Larger blocks read no faster, and verify runs
+#: while both stores' obs, var and uns are held (after apply, in its process): a block of
+#: --memory // 4 per side put 1 GB on top of them at --memory 1GiB.
+MAX_VERIFY_BYTES = 64 << 20
+
+MiB = 1 << 20
+
+
+def parse_size(value: str | int, option: str = "--memory") -> int:
+    """A byte size (``2GiB``, ``512MB``, ``0``, an int) as bytes; ApplyError names the option."""
+    if isinstance(value, str) and value.strip().isdigit() and int(value) != 0:
+        # a bare "10" meant as 10 GiB would be a 10-byte budget: ask for the unit instead
+        raise ApplyError(
+            f"{option} {value!r}: give a unit (e.g. {value.strip()}GiB or {value.strip()}MB)"
+        )
+    try:
+        return int(TypeAdapter(ByteSize).validate_python(value))
+    except Exception:
+        raise ApplyError(f"{option} {value!r}: not a byte size (e.g. 2GiB, 512MB, 0)") from None
+
+
+DEFAULT_MEMORY = parse_size(MEMORY)
+DEFAULT_VERIFY_MEMORY = parse_size(VERIFY_MEMORY)
+DEFAULT_WHOLE_BELOW = parse_size(WHOLE_BELOW)
+
+
+def _mib(n: float) -> str:
+    return f"{n / MiB:,.0f} MiB" if n >= MiB else f"{n / 1024:,.0f} KiB"
+
+
+def rows_per_block(nnz: int, n_obs: int, budget: int) -> int:
+    """Rows whose nonzeros (value, index, row id, sort order: about 28 bytes each, twice
+    while remapping) fill a quarter of the budget."""
+    per_row = max(1.0, nnz / max(1, n_obs)) * 28 * 2
+    return max(1, int(budget / 4 / per_row))
+
+
+# --------------------------------------------------------------------------- blocks
+
+
+@dataclass(frozen=True)
+class Block:
+    """Copy ``source[start:stop]`` (axis 0) into ``target[start:stop]``, converting dtype."""
+
+    element: str
+    source_array: str
+    target_array: str
+    start: int
+    stop: int
+    dtype: str
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class ArrayBlocks:
+    """How one array is copied: blocks of ``unit`` rows along axis 0."""
+
+    element: str
+    source: str  # the array's path in the input
+    target: str  # ... and in the output
+    dtype: str  # the output dtype
+    rows: int
+    unit: int  # rows per block: a shard, or a run of whole chunks
+    row_bytes: int  # input bytes per row: what a block reads
+    write_bytes: int  # output bytes of one shard (or chunk): what is written at once
+    peak: int  # bytes one block holds at once
+    sharded: bool
+    budget: int  # per worker
+
+    @property
+    def n_blocks(self) -> int:
+        return math.ceil(self.rows / self.unit) if self.rows else 0
+
+    @property
+    def problem(self) -> str | None:
+        if self.peak <= self.budget:
+            return None
+        what = "shard" if self.sharded else "chunk"
+        return (
+            f"{self.target}: one {what} is {_mib(self.write_bytes)}; writing it needs about "
+            f"{_mib(self.peak)}, more than --memory per worker ({_mib(self.budget)}): raise "
+            f"--memory or use smaller {what}s"
+        )
+
+    def blocks(self) -> Iterator[Block]:
+        for start in range(0, self.rows, self.unit):
+            stop = min(self.rows, start + self.unit)
+            yield Block(
+                self.element, self.source, self.target, start, stop, self.dtype,
+                (stop - start) * self.row_bytes,
+            )  # fmt: skip
+
+
+def write_unit(plan: ArrayPlan) -> int:
+    """Elements written at once: a shard, or a chunk where unsharded."""
+    return max(1, (plan.shards or plan.chunks or plan.shape or (1,))[0])
+
+
+def array_blocks(
+    element: str,
+    source: str,
+    target: str,
+    plan: ArrayPlan,
+    source_dtype: Any,
+    budget: int,
+) -> ArrayBlocks:
+    """One block per shard, or per run of whole chunks within ``budget`` if unsharded."""
+    rows = plan.shape[0]
+    read_dtype, write_dtype = np.dtype(source_dtype or plan.dtype), np.dtype(plan.dtype)
+    converted = write_dtype.itemsize if read_dtype != write_dtype else 0
+    per_row = math.prod(plan.shape[1:])
+    unit = write_unit(plan)
+    per_unit = (
+        unit * per_row * (read_dtype.itemsize + converted + ENCODE_FACTOR * write_dtype.itemsize)
+    )
+    peak, rows_per_block = per_unit, unit
+    if not plan.shards:  # as many whole chunks as fit
+        runs = max(1, budget // max(1, per_unit))
+        rows_per_block = min(max(1, rows), unit * runs)
+        peak = per_unit * math.ceil(rows_per_block / unit)
+    return ArrayBlocks(
+        element=element, source=source, target=target, dtype=plan.dtype, rows=rows,
+        unit=rows_per_block, row_bytes=per_row * read_dtype.itemsize,
+        write_bytes=unit * per_row * write_dtype.itemsize, peak=peak,
+        sharded=bool(plan.shards), budget=budget,
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------- transposes
+
+
+@dataclass(frozen=True)
+class TransposeSizes:
+    """How an out-of-core transpose reads (``read_block`` nonzeros at a time) and how large its
+    passes' buffers may be (``pass_budget`` bytes)."""
+
+    read_block: int
+    pass_budget: int
+
+
+def read_block(budget: int) -> int:
+    """Nonzeros read at a time: their ~40 bytes each in flight take a quarter of ``budget``."""
+    return int(
+        min(MAX_READ_BLOCK, max(MIN_READ_BLOCK, budget // (READ_BYTES_PER_NONZERO * READ_SHARE)))
+    )
+
+
+def transpose_fixed(n_major: int, n_minor: int) -> int:
+    """Bytes a transpose holds throughout: the input's indptr (as stored and as int64), and per
+    minor index the new indptr, the counts, the bincount and the fill positions (int64)."""
+    return 16 * (n_major + 1) + 32 * (n_minor + 1)
+
+
+def transpose_sizes(budget: int, *, writes: int = 0, fixed: int = 0) -> TransposeSizes:
+    """``apply``: passes get what the shard writers, the indptrs and the reads leave."""
+    block = read_block(budget)
+    return TransposeSizes(block, budget - writes - fixed - READ_BYTES_PER_NONZERO * block)
+
+
+def verify_sizes(memory: int, *, fixed: int = 0) -> tuple[int, TransposeSizes]:
+    """``verify``: (bytes per side of a compared block, transpose sizes).
+
+    A compared block is read from both stores and compared in small slices: a quarter of
+    ``memory`` per side (the rest for the codecs' buffers), at most ``MAX_VERIFY_BYTES``. A
+    transpose compared with a stored orientation holds its pass buffers and the stored range
+    read back (about as large), so each gets a third of what the reads and indptrs leave.
+    """
+    block = read_block(memory)
+    passes = (memory - fixed - READ_BYTES_PER_NONZERO * block) // 3
+    side = min(MAX_VERIFY_BYTES, max(MIN_VERIFY_BYTES, memory // 4))
+    return side, TransposeSizes(block, max(MIN_VERIFY_BYTES, passes))
+
+
+@dataclass(frozen=True)
+class Transpose:
+    """Build ``group`` (the element's group, or its copy subgroup) in ``orientation`` from the
+    input's ``element``, out of core."""
+
+    element: str
+    group: str  # the output group that receives data, indices and indptr
+    orientation: str
+    arrays: Mapping[str, ArrayPlan] = field(hash=False)  # data, indices, indptr
+    nnz: int
+    data_itemsize: int
+    sizes: TransposeSizes
+    writes: int  # the shard writers of data and indices
+    fixed: int  # indptrs and counts
+    budget: int  # per worker
+    source: str = ""  # the input's sparse group, where not ``element`` (legacy ``raw.X``)
+
+    def __post_init__(self) -> None:
+        if not self.source:
+            object.__setattr__(self, "source", self.element)
+
+    @property
+    def pass_bytes(self) -> int:
+        """The pass buffers: at most the pass budget, at least one pass over every nonzero."""
+        return max(
+            0, min(self.sizes.pass_budget, self.nnz * (self.data_itemsize + PASS_INDEX_BYTES))
+        )
+
+    @property
+    def n_passes(self) -> int:
+        total = self.nnz * (self.data_itemsize + PASS_INDEX_BYTES)
+        return max(1, math.ceil(total / max(1, self.sizes.pass_budget))) if self.nnz else 0
+
+    @property
+    def peak(self) -> int:
+        reads = READ_BYTES_PER_NONZERO * min(self.sizes.read_block, max(1, self.nnz))
+        return self.writes + self.fixed + reads + self.pass_bytes
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "group": self.group,
+            "orientation": self.orientation,
+            "read_block": self.sizes.read_block,
+            "pass_budget_bytes": self.sizes.pass_budget,
+            "passes": self.n_passes,
+            "peak_bytes": self.peak,
+        }
+
+    @property
+    def problem(self) -> str | None:
+        if self.sizes.pass_budget >= self.budget // MIN_PASS_SHARE:
+            return None
+        return (
+            f"{self.group}: building the {self.orientation} orientation needs more than --memory "
+            f"per worker ({_mib(self.budget)}): its shard writers take {_mib(self.writes)} and "
+            f"its indptrs {_mib(self.fixed)}; raise --memory or use smaller shards"
+        )
+
+
+def plan_transpose(
+    plan: ElementPlan, orientation: str, arrays: Mapping[str, ArrayPlan], data_itemsize: int,
+    budget: int, group: str,
+) -> Transpose:  # fmt: skip
+    shape = plan.shape or (0, 0)
+    # the input's axes: its major axis is the minor axis of the orientation built
+    n_major, n_minor = (shape[1], shape[0]) if orientation == "csr" else (shape[0], shape[1])
+    fixed = transpose_fixed(n_major, n_minor)
+    writes = sum(
+        write_unit(arrays[name]) * np.dtype(arrays[name].dtype).itemsize * WRITE_OVERHEAD
+        for name in ("data", "indices")
+    )
+    return Transpose(
+        element=plan.path, group=group, orientation=orientation, arrays=dict(arrays),
+        nnz=plan.nnz or 0, data_itemsize=data_itemsize,
+        sizes=transpose_sizes(budget, writes=writes, fixed=fixed), writes=writes, fixed=fixed,
+        budget=budget,
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------- elements
+
+
+def streamable(plan: ElementPlan, small: int) -> bool:
+    """Streamed in blocks (or transposed) rather than read whole through anndata."""
+    if plan.nbytes <= small:
+        return False
+    if plan.encoding in SPARSE_ENCODINGS:
+        return True
+    array = plan.arrays[0] if plan.arrays else None
+    return (
+        plan.encoding == "array"
+        and array is not None
+        and len(array.shape) >= 1
+        and array.dtype not in ("string", "record")
+    )
+
+
+@dataclass(frozen=True)
+class ElementMemory:
+    """How one element is copied and what it holds at once."""
+
+    path: str
+    streamed: bool
+    arrays: tuple[ArrayBlocks, ...] = ()
+    transposes: tuple[Transpose, ...] = ()
+    whole: int = 0  # bytes held at once outside blocks: the element read whole, or an indptr
+
+    @property
+    def n_blocks(self) -> int:
+        return sum(a.n_blocks for a in self.arrays)
+
+    @property
+    def peak(self) -> int:
+        return max([self.whole, *(a.peak for a in self.arrays), *(t.peak for t in self.transposes)])
+
+    @property
+    def problems(self) -> list[str]:
+        found = [a.problem for a in self.arrays] + [t.problem for t in self.transposes]
+        return [p for p in found if p]
+
+    @property
+    def how(self) -> str:
+        if not self.streamed:
+            return "whole"
+        parts = ["blocks"] if self.arrays else []
+        parts += [f"transpose ({t.orientation})" for t in self.transposes]
+        return " + ".join(parts)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "how": self.how,
+            "blocks": self.n_blocks,
+            "largest_block_bytes": max((a.unit * a.row_bytes for a in self.arrays), default=0),
+            "transposes": [t.to_json() for t in self.transposes],
+            "peak_bytes": self.peak,
+            "problems": self.problems,
+        }
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """Every element's blocks, transposes and peak, against a budget shared by workers."""
+
+    budget: int
+    workers: int
+    small: int
+    elements: tuple[ElementMemory, ...]
+
+    @property
+    def per_worker(self) -> int:
+        return self.budget // self.workers
+
+    @property
+    def violations(self) -> list[str]:
+        return [p for e in self.elements for p in e.problems]
+
+    @property
+    def transposes(self) -> list[Transpose]:
+        return [t for e in self.elements for t in e.transposes]
+
+    def element(self, path: str) -> ElementMemory:
+        return next(e for e in self.elements if e.path == path)
+
+    def array(self, target: str) -> ArrayBlocks | None:
+        return next((a for e in self.elements for a in e.arrays if a.target == target), None)
+
+    def blocks(self) -> list[Block]:
+        return [b for e in self.elements for a in e.arrays for b in a.blocks()]
+
+    @property
+    def notes(self) -> list[str]:
+        """What the budget does not bound, said where it matters: elements copied whole (under
+        ``--whole-below``, or not streamable) that hold more than a worker's share."""
+        beyond = sorted(
+            (e for e in self.elements if not e.streamed and e.whole > self.per_worker),
+            key=lambda e: -e.whole,
+        )
+        if not beyond:
+            return []
+        largest = beyond[0]
+        count = f"{len(beyond)} elements hold" if len(beyond) > 1 else "1 element holds"
+        return [
+            f"--memory {human_size(self.budget)} does not bound elements copied whole: {count} "
+            f"more (largest {largest.path}, about {human_size(largest.whole)}), being under "
+            f"--whole-below {human_size(self.small)} or not streamable; lower --whole-below to "
+            "stream what can be"
+        ]
+
+    def check(self) -> None:
+        """Refuse, in one line naming the array or element, what does not fit the budget."""
+        problems = self.violations
+        if problems:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise ApplyError(problems[0] + more)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "budget_bytes": self.budget,
+            "workers": self.workers,
+            "per_worker_bytes": self.per_worker,
+            "whole_below_bytes": self.small,
+            "elements": [e.to_json() for e in self.elements],
+            "violations": self.violations,
+            "notes": self.notes,
+        }
+
+
+def source_dtypes(survey: Any) -> dict[str, str]:
+    """The input's dtype of every stored array, by path (``X/data``, ``obsm/X_pca``)."""
+    return {
+        f"{e.path}/{a.name}" if a.name else e.path: a.dtype
+        for e in survey.elements
+        for a in e.arrays
+    }
+
+
+def _numeric(dtype: str | None) -> Any:
+    try:
+        return np.dtype(dtype) if dtype else None
+    except TypeError:
+        return None
+
+
+def element_memory(
+    plan: ElementPlan, dtypes: Mapping[str, str], budget: int, small: int
+) -> ElementMemory:
+    if not streamable(plan, small):
+        return ElementMemory(plan.path, streamed=False, whole=ENCODE_FACTOR * plan.nbytes)
+    if plan.encoding not in SPARSE_ENCODINGS:
+        array = plan.arrays[0]
+        dtype = _numeric(dtypes.get(plan.path)) or array.dtype
+        blocks = array_blocks(plan.path, plan.path, plan.path, array, dtype, budget)
+        return ElementMemory(plan.path, streamed=True, arrays=(blocks,))
+    current = plan.encoding[:3]
+    assert plan.orientation is not None  # a sparse element's plan has one
+    data_dtype = _numeric(dtypes.get(f"{plan.path}/data")) or np.dtype(plan.arrays[0].dtype)
+    orientations = [(plan.orientation, "")] + [(o, f"{o}/") for o in plan.copies]
+    arrays, transposes, whole = [], [], 0
+    for orientation, prefix in orientations:
+        named = plan.parts(orientation)
+        if orientation == current:  # copied in blocks; indptr whole, converted
+            for name in ("data", "indices"):
+                source = f"{plan.path}/{name}"
+                dtype = _numeric(dtypes.get(source)) or named[name].dtype
+                arrays.append(
+                    array_blocks(plan.path, source, f"{plan.path}/{prefix}{name}", named[name],
+                                 dtype, budget)
+                )  # fmt: skip
+            indptr = named["indptr"]
+            stored = _numeric(dtypes.get(f"{plan.path}/indptr")) or np.dtype(indptr.dtype)
+            whole = indptr.shape[0] * (
+                stored.itemsize + WRITE_OVERHEAD * np.dtype(indptr.dtype).itemsize
+            )
+        else:
+            group = f"{plan.path}/{prefix.rstrip('/')}" if prefix else plan.path
+            transposes.append(
+                plan_transpose(plan, orientation, named, data_dtype.itemsize, budget, group)
+            )
+    return ElementMemory(
+        plan.path, streamed=True, arrays=tuple(arrays), transposes=tuple(transposes), whole=whole
+    )
+
+
+def plan_within_budget(
+    layout: Any, survey: Any, budget: int, workers: int, small: int
+) -> tuple[Plan, MemoryPlan]:
+    """Plan ``layout`` against ``survey`` and refuse, in one line, an element the target
+    cannot hold or one that does not fit ``budget``: what every command checks before it
+    reads any data (apply on its input; concat on the store its inputs will make)."""
+    plan = make_plan(layout, survey)
+    model = memory_plan(plan, source_dtypes(survey), budget, workers, small)
+    if plan.unwritable:
+        more = len(plan.unwritable) - 1
+        raise ApplyError(
+            f"{plan.unwritable[0]}" + (f" (and {more} more)" if more else "") + "; nothing written"
+        )
+    model.check()
+    return plan, model
+
+
+def memory_plan(
+    plan: Plan,
+    dtypes: Mapping[str, str],
+    budget: int,
+    workers: int = 1,
+    small: int = DEFAULT_WHOLE_BELOW,
+) -> MemoryPlan:
+    """Blocks, transposes, peaks and violations of applying ``plan`` within ``budget`` bytes
+    shared by ``workers`` (each block or transpose gets ``budget // workers``).
+
+    ``dtypes`` are the input's dtypes by array path (:func:`source_dtypes`); an array missing
+    from it is read as its planned dtype.
+    """
+    workers = max(1, int(workers))
+    per_worker = budget // workers
+    elements = tuple(element_memory(e, dtypes, per_worker, small) for e in plan.elements)
+    return MemoryPlan(budget=budget, workers=workers, small=small, elements=elements)
+
+
+__all__ = [
+    "DEFAULT_MEMORY",
+    "DEFAULT_VERIFY_MEMORY",
+    "DEFAULT_WHOLE_BELOW",
+    "ArrayBlocks",
+    "Block",
+    "ElementMemory",
+    "MemoryPlan",
+    "Transpose",
+    "TransposeSizes",
+    "array_blocks",
+    "memory_plan",
+    "parse_size",
+    "read_block",
+    "source_dtypes",
+    "streamable",
+    "transpose_fixed",
+    "transpose_sizes",
+    "verify_sizes",
+    "write_unit",
+]
+
+
+def check_disjoint_units(
+    array: str, spans: Sequence[tuple[int, int]], unit: int, length: int
+) -> None:
+    """Tasks planned to write ``spans`` (start, stop along axis 0) of ``array``, whose write
+    unit (a shard, or a chunk where unsharded) is ``unit`` rows: each must write whole units
+    only (the last may end at ``length``), and no two the same unit. zarr-python loses data
+    silently when two processes write parts of one shard at once (zarr-python #3682); a plan
+    that would is a bug, stopped here before anything is written."""
+    end = 0
+    for start, stop in sorted(spans):
+        if start % unit or (stop % unit and stop != length) or stop > length:
+            raise IntegrityError(
+                f"{array}: a task would write rows {start}-{stop}, not whole shards of {unit}"
+            )
+        if start < end:
+            raise IntegrityError(
+                f"{array}: two tasks would write the shard at row {start // unit * unit}"
+            )
+        end = stop

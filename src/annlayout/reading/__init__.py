@@ -1,0 +1,1 @@
+"""Reading: open() and its datasets, matrices and frames; the training loader."""

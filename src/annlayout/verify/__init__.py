@@ -1,0 +1,1 @@
+"""Verification: decoded values of two stores compared, streamed in a memory budget."""

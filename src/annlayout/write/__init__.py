@@ -1,0 +1,1 @@
+"""Writing: the write_dispatched callback, plan -> array keyword arguments, second orientations."""
