@@ -193,7 +193,7 @@ def test_search_variants_and_constraints(tmp_path, dataset):
     assert [v.name for v in variants] == [
         "ml-minibatch-chunks-div4", "ml-minibatch-chunks-x4", "ml-minibatch-zstd", "ml-minibatch-dual",
     ]  # fmt: skip
-    assert variants[1].rule_for("X", "csr_matrix")[1].chunks.major == 64  # 16 x 4
+    assert variants[1].rule_for("X", "csr_matrix")[1].chunks.major == 256  # 64 x 4
     result = run_bench(
         dataset, load_workload("ml-minibatch"), workdir=tmp_path,
         layouts=["ml-minibatch", "cell-browser"], max_size=1.2, sample=200,
@@ -722,7 +722,8 @@ def test_auto_sample_is_sized_from_the_workload(generated):
     )
     small = initial_candidates(["ml-minibatch"], print)
     assert auto_sample(generated, rows, small) == 4000  # 10,000 at least, never more than all
-    assert auto_sample(generated, rows, small, floor=0) == 320  # a batch is 10%; 8 x 16 < 320
+    # 8 chunks of 64 rows and a tenth more (more than the 320 a batch of 32 needs at 10%)
+    assert auto_sample(generated, rows, small, floor=0) == 564
     scan = Workload.model_validate(
         {"workload": 1, "name": "w", "patterns": [{"kind": "full-scan", "block_rows": 2000}]}
     )

@@ -63,9 +63,10 @@ def test_the_shipped_training_workload():
 
 
 def test_mixing_is_low_on_an_ordered_store_and_full_on_a_shuffled_one(tmp_path, stores):
-    """Blocks of 25 rows, 4 a buffer: a batch of 100 holds the rows of 4-8 blocks, so on the
-    store in group order a few of the 8 groups (about 2 bits of 3); on the shuffled one, any."""
-    workload = _training(batch_size=100, buffer=4, label="group")
+    """The loader's default blocks (runs of 25-row chunks, 500 rows on average), one a
+    buffer: a batch of 100 holds the rows of one block, so on the store in group order a
+    group or three of the 8 (1-2 bits of 3); on the shuffled one, any."""
+    workload = _training(batch_size=100, buffer=1, label="group")
     mixing = {}
     for name in ("ordered", "shuffled"):
         result = run_bench(
@@ -75,7 +76,7 @@ def test_mixing_is_low_on_an_ordered_store_and_full_on_a_shuffled_one(tmp_path, 
         (r,) = result.candidates[0].results
         assert r.reader == "annlayout" and r.rows == 2 * N_OBS  # two whole epochs
         assert r.operations == 2 * N_OBS // 100 and r.throughput > 0
-        assert r.settings == {"batch_size": 100, "block": None, "block_rows": 25, "buffer": 4,
+        assert r.settings == {"batch_size": 100, "block": None, "block_rows": 500, "buffer": 1,
                               "rows": N_OBS}  # fmt: skip
         assert r.label == "obs column 'group'"
         assert r.mixing_uniform == pytest.approx(3.0, abs=0.05)  # 8 equal groups: 3 bits
@@ -85,10 +86,11 @@ def test_mixing_is_low_on_an_ordered_store_and_full_on_a_shuffled_one(tmp_path, 
 
 
 def test_min_mixing_excludes_a_candidate_with_its_reason(tmp_path, stores):
-    """On the ordered store, 25-row chunks (4 blocks a buffer) mix the groups far less than
-    one 2,000-row chunk (the whole store in one buffer): min_mixing 0.9 excludes the first
-    however fast it is; the report says why and names the loader settings."""
-    workload = _training(batch_size=100, buffer=4, label="group", min_mixing=0.9)
+    """On the ordered store, 25-row chunks (a buffer of one default block, 500 rows) mix the
+    groups far less than one 2,000-row chunk (the whole store in one buffer): min_mixing 0.9
+    excludes the first however fast it is; the report says why and names the loader
+    settings."""
+    workload = _training(batch_size=100, buffer=1, label="group", min_mixing=0.9)
     layouts = [str(stores["rows25"]), str(stores["rows2000"])]
     result = run_bench(
         stores["ordered"], workload, workdir=tmp_path / "w", layouts=layouts, rounds=2,
@@ -108,9 +110,9 @@ def test_min_mixing_excludes_a_candidate_with_its_reason(tmp_path, stores):
         paths["recommended"].read_text()
     )
     (loader,) = json.loads(paths["json"].read_text())["loader"]
-    assert loader["block"] is None and loader["block_rows"] == 2000 and loader["buffer"] == 4
+    assert loader["block"] is None and loader["block_rows"] == 2000 and loader["buffer"] == 1
     assert loader["mixing"] > 0.9 and loader["min_mixing"] == 0.9
-    assert outcome(result, paths)["loader"][0]["buffer"] == 4
+    assert outcome(result, paths)["loader"][0]["buffer"] == 1
 
     everyone = _training(batch_size=100, buffer=1, block=25, label="group", min_mixing=0.9)
     with pytest.raises(BenchError, match=r"every candidate breaks .* or min_mixing"):

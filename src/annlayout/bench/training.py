@@ -35,7 +35,7 @@ from annlayout.bench.stores import Simulation
 from annlayout.bench.workloads import Training, pattern_label, training_batch
 from annlayout.combine.collection import mixing, window_entropy
 from annlayout.combine.concat import ORDER_KEY
-from annlayout.reading.loader import BUFFER_BATCHES, UNCHUNKED_BLOCK
+from annlayout.reading.loader import BUFFER_BATCHES, UNCHUNKED_BLOCK, whole_chunk_runs
 
 
 @dataclass(frozen=True)
@@ -108,15 +108,18 @@ def settings_for(
     pattern: Training, handle: Any, candidate: LoaderSettings | None, n_obs: int
 ) -> dict[str, Any]:
     """The settings both loaders replay on ``handle``'s store: batch size (capped on small
-    data, :func:`~annlayout.bench.workloads.training_batch`), block (None: the store's own
-    chunks, of ``block_rows`` rows on average) and buffer (blocks: the given, else enough for
+    data, :func:`~annlayout.bench.workloads.training_batch`), block (None: the loader's
+    default, runs of the store's whole chunks, of ``block_rows`` rows on average) and buffer (blocks: the given, else enough for
     the loader's 8 batches)."""
     batch = training_batch(pattern, n_obs)
     block = (candidate and candidate.block) or pattern.block
     rows = block
     if rows is None:
         starts = handle.X.chunk_starts() if handle.X is not None else None
-        rows = UNCHUNKED_BLOCK if starts is None else max(1, round(float(np.mean(np.diff(starts)))))
+        if starts is None:
+            rows = UNCHUNKED_BLOCK
+        else:  # the loader's default blocks: runs of whole chunks
+            rows = max(1, round(float(np.mean(np.diff(whole_chunk_runs(starts))))))
     buffer = (candidate and candidate.buffer) or pattern.buffer
     buffer = buffer or math.ceil(BUFFER_BATCHES * batch / rows)
     return {"batch_size": batch, "block": block, "block_rows": int(rows), "buffer": int(buffer),

@@ -260,7 +260,7 @@ class Batches:
             n = matrix.shape[0]
             starts = matrix.chunk_starts() if block is None else None
             if starts is not None:
-                starts = _coarsen(starts, BLOCK_ROWS)
+                starts = whole_chunk_runs(starts)
             else:
                 length = block or UNCHUNKED_BLOCK
                 starts = np.unique(np.concatenate([np.arange(0, n, length), [0, n]]))
@@ -622,9 +622,10 @@ def _block_bytes(matrix: Any, starts: np.ndarray) -> np.ndarray:
     return nnz * (matrix.dtype.itemsize + index_bytes) + rows * index_bytes
 
 
-def _coarsen(starts: np.ndarray, rows: int) -> np.ndarray:
+def whole_chunk_runs(starts: np.ndarray, rows: int = BLOCK_ROWS) -> np.ndarray:
     """Of chunk ``starts`` (0 and the row count included), those that cut the rows into
-    runs of whole chunks of at least ``rows`` rows each (the last run may be shorter)."""
+    runs of whole chunks of at least ``rows`` rows each (the last run may be shorter): the
+    default blocks."""
     kept, i, last = [0], 0, starts.size - 1
     while True:
         i = int(np.searchsorted(starts, starts[i] + rows))
