@@ -194,7 +194,12 @@ class TransposeTask:
             for name in ("data", "indices", "indptr")
         }
         writers = {
-            name: SequentialWriter(target[name], write_unit(t.arrays[name]), t.arrays[name].dtype)
+            name: SequentialWriter(
+                target[name],
+                write_unit(t.arrays[name]),
+                t.arrays[name].dtype,
+                span=t.spans.get(name),
+            )
             for name in ("data", "indices")
         }
         indptr = source["indptr"][...]
