@@ -281,3 +281,26 @@ def test_verify_of_another_orientation_ignores_the_order_within_a_column(tmp_pat
         assert np.any(np.diff(f["X/indices"][: X.indptr[1]].astype(int)) < 0)
     _no_whole_sparse_reads(monkeypatch)
     assert annlayout.verify(source, other, memory="64KiB") == []
+
+
+def test_verify_of_another_orientation_holds_a_pass_and_its_range_read_back():
+    """Reads in flight, a pass of the transpose and the stored range it is compared with stay
+    within the reads' share and twice the pass budget (the model gives passes three times):
+    the stored int32 indices compared as stored, where an int64 copy of them took as much
+    again as the pass's own majors (7.6 MB here, 5.5 MB now, 6.2 MB allowed)."""
+    from annlayout.rewrite.blocks import READ_BYTES_PER_NONZERO, transpose_fixed, verify_sizes
+    from annlayout.rewrite.verify import compare_transposed
+
+    matrix = sp.random(3000, 400, density=0.3, format="csr", dtype=np.float32, random_state=0)
+    a = {"data": matrix.data, "indices": matrix.indices, "indptr": matrix.indptr}
+    other = matrix.tocsc()
+    b = {"data": other.data, "indices": other.indices.astype(np.int32), "indptr": other.indptr}
+    memory = 8 << 20
+    _, sizes = verify_sizes(memory, fixed=transpose_fixed(3001, 400))
+    assert matrix.nnz * 12 > 1.5 * sizes.pass_budget  # more than one pass
+    tracemalloc.start()
+    problem = compare_transposed(a, b, memory)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert problem is None
+    assert peak <= READ_BYTES_PER_NONZERO * sizes.read_block + 2 * sizes.pass_budget
