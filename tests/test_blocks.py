@@ -24,6 +24,7 @@ from annlayout.planning.memory import (
     streamable,
     transpose_fixed,
     verify_sizes,
+    write_span,
 )
 from annlayout.planning.plan import make_plan
 from annlayout.storage.commit import ApplyError
@@ -129,6 +130,20 @@ def test_a_transpose_whose_writers_leave_too_little_is_refused():
     rules = [{**SHARDED[0], "orientations": ["csc"]}]
     m = model(rules=rules, budget="40MiB")  # 3 x (16 + 16 MiB) of shard writers
     assert m.violations and m.violations[0].startswith("X: building the csc orientation")
+
+
+def test_a_transpose_counts_the_span_its_writers_write_at_once():
+    """Unsharded, a writer writes 16 MiB of whole chunks at once, not one chunk: the model
+    counts that span (it counted one chunk)."""
+    rules = [{"match": {"path": "X"}, "chunks": {"elements": 1 << 16}, "orientations": ["csc"]}]
+    m = model(rules=rules, budget="1GiB")
+    (t,) = m.transposes
+    assert dict(t.spans) == {"data": 4 << 20, "indices": 4 << 20}
+    assert t.writes == 3 * (16 * MiB + 16 * MiB)
+    small = model(rules=rules, budget="2MiB").transposes[0]  # 1/16 of it: 128 KiB, one chunk
+    assert dict(small.spans) == {"data": 1 << 16, "indices": 1 << 16}
+    sharded = model(rules=[{**SHARDED[0], "orientations": ["csc"]}]).transposes[0]
+    assert write_span(sharded.arrays["data"], 1 << 30) == 4 << 20  # one shard
 
 
 def test_json_has_every_element():

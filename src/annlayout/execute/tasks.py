@@ -195,7 +195,12 @@ class TransposeTask:
             for name in ("data", "indices", "indptr")
         }
         writers = {
-            name: SequentialWriter(target[name], write_unit(t.arrays[name]), t.arrays[name].dtype)
+            name: SequentialWriter(
+                target[name],
+                write_unit(t.arrays[name]),
+                t.arrays[name].dtype,
+                span=t.spans.get(name),
+            )
             for name in ("data", "indices")
         }
         indptr = source["indptr"][...]
@@ -395,8 +400,8 @@ def _unreachable(
     ``written``: (location, the driver's probe file beside it, if local)."""
     import uuid
 
-    from annlayout.storage import scratch
     from annlayout.storage.remote import delete_objects, is_url, store_backend
+    from annlayout.storage import scratch
 
     with store_backend(backend):
         for location in inputs:

@@ -36,6 +36,11 @@ from annlayout.planning.plan import ArrayPlan, ElementPlan, Plan, human_size, ma
 ENCODE_FACTOR = 2
 #: A shard writer of a transpose holds a shard as converted and encoded: 3x its bytes.
 WRITE_OVERHEAD = 3
+#: Transposes: a shard writer writes one shard at a time, or, where unsharded, as many whole
+#: chunks as fit in this many bytes (one zarr write per chunk would be slow), and in at most
+#: 1/WRITE_SPAN_SHARE of the budget (so two writers leave most of it to the passes).
+WRITE_SPAN_BYTES = 16 << 20
+WRITE_SPAN_SHARE = 16
 #: Transposes: bytes in flight per nonzero of a read block (int64 minor indices, masks,
 #: positions, majors, values, sort order).
 READ_BYTES_PER_NONZERO = 40
@@ -146,6 +151,18 @@ def write_unit(plan: ArrayPlan) -> int:
     return max(1, (plan.shards or plan.chunks or plan.shape or (1,))[0])
 
 
+def write_span(plan: ArrayPlan, budget: int) -> int:
+    """Elements a shard writer (:class:`annlayout.write.copies.SequentialWriter`) converts and
+    writes at once: one shard, or the whole chunks that fit in ``WRITE_SPAN_BYTES`` and in
+    ``budget // WRITE_SPAN_SHARE`` (at least one chunk)."""
+    unit = write_unit(plan)
+    if plan.shards:
+        return unit
+    per_unit = unit * math.prod(plan.shape[1:]) * np.dtype(plan.dtype).itemsize
+    room = min(WRITE_SPAN_BYTES, budget // WRITE_SPAN_SHARE)
+    return unit * max(1, room // max(1, per_unit))
+
+
 def array_blocks(
     element: str,
     source: str,
@@ -237,6 +254,8 @@ class Transpose:
     fixed: int  # indptrs and counts
     budget: int  # per worker
     source: str = ""  # the input's sparse group, where not ``element`` (legacy ``raw.X``)
+    #: elements each shard writer (data, indices) writes at once (:func:`write_span`)
+    spans: Mapping[str, int] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
         if not self.source:
@@ -288,15 +307,15 @@ def plan_transpose(
     # the input's axes: its major axis is the minor axis of the orientation built
     n_major, n_minor = (shape[1], shape[0]) if orientation == "csr" else (shape[0], shape[1])
     fixed = transpose_fixed(n_major, n_minor)
+    spans = {name: write_span(arrays[name], budget) for name in ("data", "indices")}
     writes = sum(
-        write_unit(arrays[name]) * np.dtype(arrays[name].dtype).itemsize * WRITE_OVERHEAD
-        for name in ("data", "indices")
+        spans[name] * np.dtype(arrays[name].dtype).itemsize * WRITE_OVERHEAD for name in spans
     )
     return Transpose(
         element=plan.path, group=group, orientation=orientation, arrays=dict(arrays),
         nnz=plan.nnz or 0, data_itemsize=data_itemsize,
         sizes=transpose_sizes(budget, writes=writes, fixed=fixed), writes=writes, fixed=fixed,
-        budget=budget,
+        budget=budget, spans=spans,
     )  # fmt: skip
 
 
@@ -540,6 +559,7 @@ __all__ = [
     "transpose_fixed",
     "transpose_sizes",
     "verify_sizes",
+    "write_span",
     "write_unit",
 ]
 

@@ -144,6 +144,7 @@ def transposed_ranges(
             out_major[slots] = major
             fill[minor[group_start]] += group_size
         yield base, base + size, out_data, out_major
+        del out_data, out_major  # before the next pass allocates its own
         lo = hi
 
 
@@ -152,20 +153,35 @@ class SequentialWriter:
     chunks).
 
     Ranges arrive in order but need not align with shard boundaries; the tail of a range
-    that ends inside a shard is held until the next range completes it, so every shard is
-    written exactly once. ``position``: where the first range goes (a unit boundary);
-    ``grow``: the array is lengthened as ranges arrive (an append whose final length is
-    known only at the end).
+    that ends inside a shard is held (copied, so the caller's buffer can be freed) until the
+    next range completes it, so every shard is written exactly once. ``position``: where the
+    first range goes (a unit boundary); ``grow``: the array is lengthened as ranges arrive
+    (an append whose final length is known only at the end); ``span``: elements written at
+    once, a multiple of ``unit`` (default one unit).
+
+    One span is converted and written at a time, so besides the caller's ranges the writer
+    holds one span and what the codecs make of it: what the memory model counts
+    (:func:`annlayout.planning.memory.write_span`), not the whole range a pass produces.
     """
 
-    def __init__(self, array: Any, unit: int, dtype: Any, *, position: int = 0, grow: bool = False):
+    def __init__(
+        self,
+        array: Any,
+        unit: int,
+        dtype: Any,
+        *,
+        position: int = 0,
+        grow: bool = False,
+        span: int | None = None,
+    ):
         self.array, self.unit, self.dtype = array, max(1, unit), np.dtype(dtype)
+        self.span = max(1, (span or self.unit) // self.unit) * self.unit
         self.position, self.grow = position, grow
         self.pending: list[np.ndarray] = []
         self.pending_size = 0
 
     def write(self, values: np.ndarray) -> None:
-        self.pending.append(values.astype(self.dtype, copy=False))
+        self.pending.append(values)
         self.pending_size += values.shape[0]
         whole = (self.pending_size // self.unit) * self.unit
         if whole:
@@ -175,13 +191,31 @@ class SequentialWriter:
         if self.pending_size:
             self._flush(self.pending_size)
 
+    def _take(self, size: int) -> np.ndarray:
+        """The next ``size`` pending elements, converted, in one new array."""
+        first = self.pending[0]
+        out = np.empty((size, *first.shape[1:]), dtype=self.dtype)
+        filled = 0
+        while filled < size:
+            piece = self.pending[0]
+            n = min(size - filled, piece.shape[0])
+            out[filled : filled + n] = piece[:n]
+            filled += n
+            if n == piece.shape[0]:
+                self.pending.pop(0)
+            else:
+                self.pending[0] = piece[n:]
+        self.pending_size -= size
+        return out
+
     def _flush(self, size: int) -> None:
-        joined = np.concatenate(self.pending) if len(self.pending) > 1 else self.pending[0]
         stop = self.position + size
         if self.grow and stop > self.array.shape[0]:
             self.array.resize((stop, *self.array.shape[1:]))
-        self.array[self.position : stop] = joined[:size]
-        self.position = stop
-        rest = joined[size:]
-        self.pending = [rest] if rest.shape[0] else []
-        self.pending_size = rest.shape[0]
+        while self.position < stop:
+            n = min(self.span, stop - self.position)
+            self.array[self.position : self.position + n] = self._take(n)
+            self.position += n
+        if self.pending_size:  # the tail, owned: a view would keep the caller's range alive
+            self.pending = [self._take(self.pending_size)]
+            self.pending_size = self.pending[0].shape[0]
