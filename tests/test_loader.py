@@ -482,3 +482,30 @@ def test_under_torch_it_is_an_iterable_dataset_split_by_worker_and_rank(paths, m
     copy = pickle.loads(pickle.dumps(under_torch))
     assert isinstance(copy, IterableDataset)
     assert all(np.array_equal(a.index, b) for a, b in zip(copy, want, strict=True))
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_a_real_torch_dataloader_sees_every_row_once_as_torch_tensors(paths, expected, num_workers):
+    """With torch installed (not in CI: its PyPI wheels pull several GB of CUDA libraries; run
+    in an environment with torch, see benchmarks/README.md): a plain DataLoader over the
+    loader, in worker processes, yields sparse CSR tensors whose rows are anndata's."""
+    torch = pytest.importorskip("torch")
+    from torch.utils.data import DataLoader
+
+    loader = annlayout.open(paths["ml-minibatch"]).batches(
+        50, seed=3, block=20, output="torch", obs=["cell_type"]
+    )
+    assert isinstance(loader, torch.utils.data.IterableDataset)
+    seen = []
+    for batch in DataLoader(loader, batch_size=None, num_workers=num_workers):
+        assert batch.X.layout == torch.sparse_csr and batch.X.shape[0] == len(batch.index)
+        want = expected.X[np.asarray(batch.index)]
+        got = sp.csr_matrix(
+            (batch.X.values().numpy(), batch.X.col_indices().numpy(),
+             batch.X.crow_indices().numpy()), shape=tuple(batch.X.shape),
+        )  # fmt: skip
+        assert (got != want).nnz == 0
+        assert list(batch.obs["cell_type"]) == list(expected.obs["cell_type"].iloc[batch.index])
+        seen.append(np.asarray(batch.index))
+    rows = np.concatenate(seen)
+    assert np.array_equal(np.sort(rows), np.arange(expected.n_obs))
