@@ -124,7 +124,7 @@ def test_min_mixing_excludes_a_candidate_with_its_reason(tmp_path, stores):
 
 def test_search_explores_chunks_with_block_and_buffer(tmp_path, stores):
     result = run_bench(
-        stores["shuffled"], _training(batch_size=100, label="group"), workdir=tmp_path,
+        stores["shuffled"], _training(batch_size=100, block=25, label="group"), workdir=tmp_path,
         layouts=[str(stores["rows25"])], rounds=2, sample=None, readers=("annlayout",),
         search=True,
     )  # fmt: skip

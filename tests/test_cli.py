@@ -46,7 +46,7 @@ def test_layouts_lists_every_shipped_layout():
     output = run("layouts").output
     for name in SHIPPED:
         assert name in output
-    assert "Random minibatches of cells" in output
+    assert "Minibatches of cells for training" in output
 
 
 def test_layouts_json_lists_name_target_and_description():

@@ -38,7 +38,27 @@ pytest.importorskip("s3fs")
 pytest.importorskip("obstore")
 
 SRC = str(Path(annlayout.__file__).resolve().parents[1])
-PRIVATE_TMP = 'mount -t tmpfs tmpfs /tmp && exec "$@"'
+# A tmpfs over /tmp, through which only $KEEP (the interpreter's environment and the source,
+# when they live under /tmp, as CI's fresh virtualenv does) shows again, bound from the old
+# /tmp held meanwhile at a private mount point outside it.
+PRIVATE_TMP = """set -e
+old=$(mktemp -d /dev/shm/annlayout-old-tmp.XXXXXX)
+mount --bind /tmp "$old"
+mount -t tmpfs tmpfs /tmp
+for dir in $KEEP; do
+    mkdir -p "$dir"
+    mount --bind "$old/${dir#/tmp/}" "$dir"
+done
+umount "$old"
+rmdir "$old"
+exec "$@"
+"""
+
+
+def _kept_under_tmp() -> str:
+    """What a worker needs from the driver's /tmp: its Python environment and the source."""
+    found = {Path(p).resolve() for p in (sys.prefix, SRC)}
+    return " ".join(str(p) for p in sorted(found) if p.is_relative_to("/tmp"))
 
 
 def _private_tmp_works() -> bool:
@@ -46,7 +66,8 @@ def _private_tmp_works() -> bool:
         return False
     probe = ["unshare", "--mount", "--propagation", "private", "sh", "-c", PRIVATE_TMP, "sh",
              "true"]  # fmt: skip
-    return subprocess.run(probe, capture_output=True, timeout=30).returncode == 0
+    run = subprocess.run(probe, capture_output=True, timeout=30, env={**os.environ, "KEEP": ""})
+    return run.returncode == 0
 
 
 @dataclass
@@ -93,7 +114,7 @@ def cluster(s3, tmp_path_factory):
             if private:
                 wrapped = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
                            PRIVATE_TMP, "sh", *worker]  # fmt: skip
-                start(wrapped, f"worker{number}")
+                start(wrapped, f"worker{number}", {"KEEP": _kept_under_tmp()})
             else:
                 own = logs / f"tmp{number}"
                 own.mkdir()

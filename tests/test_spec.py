@@ -404,6 +404,7 @@ def test_union_tags_come_from_the_model_validated():
     assert union_tags(Layout) == {"zstd", "blosc", "gzip", "none"}
     assert union_tags(Workload) == {
         "random-rows", "row-slices", "gene-queries", "category-genes", "obs-columns", "full-scan",
+        "training",
     }  # fmt: skip
 
 
