@@ -416,3 +416,30 @@ def test_verify_cli_exit_codes(pair):
     zarr.open_array(out / "X" / "indices", mode="r+")[0] = 3
     result = CliRunner().invoke(main, ["verify", str(source), str(out)])
     assert result.exit_code == 1 and "X/indices" in result.output
+
+
+def test_ctrl_c_while_apply_verifies_stops_it_and_keeps_the_checkpoint(tmp_path, monkeypatch):
+    """apply defers SIGINT while it writes; verifying (minutes on a large store) checks it
+    between elements and blocks, where a new-user trial saw it ignored: the run went on and
+    put the output in place."""
+    from annlayout.storage.commit import Interrupted
+    from annlayout.verify import compare
+
+    source = tmp_path / "in.h5ad"
+    X = sp.random(2_000, 300, density=0.05, format="csr", dtype=np.float32, random_state=0)
+    ad.AnnData(X=X).write_h5ad(source)
+    real = compare.compare_element
+
+    def signalled(*args, **kwargs):
+        signal.raise_signal(signal.SIGINT)  # recorded by apply's handler, not raised here
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(compare, "compare_element", signalled)
+    out = tmp_path / "out.zarr"
+    with pytest.raises(Interrupted) as stopped:
+        annlayout.apply("ml-minibatch", source, out, small_element=0)
+    assert stopped.value.signum == signal.SIGINT and not out.exists()
+    assert stopped.value.kept == (temporary_sibling(out), tmp_path / ".out.zarr.annlayout-resume")
+    monkeypatch.undo()
+    resumed = annlayout.apply("ml-minibatch", source, out, small_element=0, resume=True)
+    assert resumed.verified and resumed.resumed_tasks > 0

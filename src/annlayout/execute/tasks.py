@@ -400,8 +400,8 @@ def _unreachable(
     ``written``: (location, the driver's probe file beside it, if local)."""
     import uuid
 
-    from annlayout.storage.remote import delete_objects, is_url, store_backend
     from annlayout.storage import scratch
+    from annlayout.storage.remote import delete_objects, is_url, store_backend
 
     with store_backend(backend):
         for location in inputs:

@@ -38,6 +38,7 @@ from annlayout.format.encodings import (
     written_elements,
 )
 from annlayout.planning.memory import parse_size, transpose_fixed, verify_sizes
+from annlayout.storage.commit import check_interrupted
 from annlayout.storage.stores import AnnDataStore, open_anndata
 from annlayout.write.copies import copy_group, stale_reason, transposed_indptr, transposed_ranges
 
@@ -88,6 +89,7 @@ def _report(a: AnnDataStore, b: AnnDataStore, memory: int) -> VerifyReport:
         expected = {p: (e, v) for p, e, v in written_elements(upgraded)}
         found = {p: (e, v) for p, e, v in written_elements(b.upgraded())}
         for path, (encoding, value) in expected.items():
+            check_interrupted()  # apply defers Ctrl-C while it verifies: honoured here
             if path not in found:
                 if encoding != "null":
                     report.differences.append(f"{path}: missing from {b.location}")
@@ -237,6 +239,7 @@ def compare_transposed(
         a["data"], a["indices"], indptr_a, expected_indptr,
         budget=sizes.pass_budget, read_block=sizes.read_block,
     ):  # fmt: skip
+        check_interrupted()
         stored_data = np.asarray(b["data"][start:stop])
         stored_indices = np.asarray(b["indices"][start:stop])
         stored_indices, stored_data = _sorted_within(stored_indices, stored_data, indptr_b, start)
@@ -292,6 +295,7 @@ def _compare_blocks(a: Any, b: Any, block_bytes: int, *, check_dtype: bool) -> s
     # hold 1.25x a float32 block more
     sub = max(1, COMPARE_VALUES // row_values)
     for start in range(0, rows, step):
+        check_interrupted()
         block_a = np.asarray(a[start : start + step])
         block_b = np.asarray(b[start : start + step])
         count, first = 0, 0
@@ -464,6 +468,7 @@ def stored_row_digests(node: Any, memory: int, start: int = 0) -> np.ndarray:
         step = rows_per_block(int(indptr[-1] - indptr[start]), max(1, n_rows - start), memory)
         found = []
         for lo in range(start, n_rows, step):
+            check_interrupted()
             hi = min(n_rows, lo + step)
             a, b = int(indptr[lo]), int(indptr[hi])
             digests = _pair_digests(np.asarray(indices[a:b]), np.asarray(data[a:b]))
@@ -473,6 +478,7 @@ def stored_row_digests(node: Any, memory: int, start: int = 0) -> np.ndarray:
     n_cols = indptr.size - 1
     step = rows_per_block(int(indptr[-1]), max(1, n_cols), memory)
     for lo in range(0, n_cols, step):
+        check_interrupted()
         hi = min(n_cols, lo + step)
         a, b = int(indptr[lo]), int(indptr[hi])
         cols = np.repeat(np.arange(lo, hi), np.diff(indptr[lo : hi + 1]))
@@ -496,6 +502,7 @@ def input_row_digests(parts: list[RowsOf], memory: int, n_store: int | None = No
             absent = np.setdiff1d(np.arange(n_store), part.columns[part.columns >= 0])
             extra = _pair_digests(absent, np.full(absent.size, np.nan)).sum(dtype=np.uint64)
         for lo in range(0, n_rows, step):
+            check_interrupted()
             found.append(block_row_digests(part.matrix.rows(lo, min(n_rows, lo + step)),
                                            part.columns) + extra)  # fmt: skip
     return np.concatenate(found)
