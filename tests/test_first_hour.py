@@ -338,6 +338,7 @@ def test_obs_shows_its_shape_and_columns_and_reads_as_pandas():
     assert repr(obs).startswith(
         f"annlayout.Frame: {len(expected):,} rows x {expected.shape[1]} columns ("
     )
+    assert obs.head(3).equals(expected.head(3))
     frame = obs.to_pandas()
     assert list(frame.columns) == list(expected.columns)
     assert frame.index.equals(expected.index)

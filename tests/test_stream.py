@@ -332,6 +332,7 @@ def test_a_killed_apply_resumes_from_the_blocks_it_completed(tmp_path):
         **{**options, "memory": "16MiB"},
     )  # fmt: skip
     assert other.verified and other.resumed_tasks == 0
+    assert any(n.startswith("--resume: ") and "started clean" in n for n in other.notes)
     assert annlayout.verify(clean, out) == []
     from click.testing import CliRunner
 

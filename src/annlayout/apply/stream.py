@@ -300,6 +300,11 @@ def _apply(
                 blocks = rewriter.restore(store, tmp, prepared)
             else:
                 if journal is not None:
+                    if resume and Path(tmp).exists():
+                        stopped_notes.append(
+                            f"--resume: {tmp} was made from other inputs or options (or "
+                            "another annlayout version); removed, the run started clean"
+                        )
                     remove(journal)
                     remove(Path(tmp))  # a partial output from other inputs or options
                 blocks = rewriter.prepare(store, tmp)

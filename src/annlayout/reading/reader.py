@@ -220,6 +220,10 @@ class Frame:
     def shape(self) -> tuple[int, int]:
         return len(self), len(self.columns)
 
+    def head(self, n: int = 5) -> pd.DataFrame:
+        """The first ``n`` rows, as pandas' ``head`` (only they are read)."""
+        return self.rows(np.arange(min(n, len(self))))
+
     def to_pandas(self) -> pd.DataFrame:
         """Every row and column, as anndata reads them (the whole frame is read)."""
         return self.rows(np.arange(len(self)))
