@@ -224,7 +224,8 @@ def _break_tie(tied: list[Candidate]) -> tuple[Candidate, str]:
         winner = small[0]
         next_size = min(c.size for c in tied if c is not winner)
         return winner, (
-            f"the smallest on disk ({human_size(winner.size)} against {human_size(next_size)})"
+            f"the smallest on disk ({human_size(winner.size)}, "
+            f"{(next_size - winner.size) / next_size:.0%} less than the next, {human_size(next_size)})"
         )
     fewest = min(c.objects for c in small)
     few = [c for c in small if c.objects == fewest]
