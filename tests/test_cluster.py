@@ -51,6 +51,7 @@ for dir in $KEEP; do
 done
 umount "$old"
 rmdir "$old"
+cd /  # the driver's working directory may be under the old /tmp (CI's clone): gone here
 exec "$@"
 """
 
