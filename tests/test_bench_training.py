@@ -271,7 +271,7 @@ def test_training_through_annbatch(tmp_path, stores):
     the recommendation can be asked for it."""
     pytest.importorskip("annbatch")
     result = run_bench(
-        stores["ordered"], _training(batch_size=100, buffer=4, label="group"),
+        stores["ordered"], _training(batch_size=100, buffer=1, label="group"),
         workdir=tmp_path, layouts=[str(stores["rows25"]), str(stores["rows2000"])], rounds=2,
         sample=None, reader="annbatch",
     )  # fmt: skip
@@ -285,7 +285,8 @@ def test_training_through_annbatch(tmp_path, stores):
         assert theirs.mixing_ratio is not None
     small = next(c for c in result.candidates if c.name == "rows25")
     whole = next(c for c in result.candidates if c.name == "rows2000")
-    # 4 blocks of 25 rows a buffer on the ordered store: annbatch mixes little there too
+    # a buffer of one default block (500 rows of 25-row chunks) on the ordered store: annbatch
+    # mixes little there too; one 2,000-row chunk holds every group
     assert small.results[-1].mixing_ratio < 0.6 < whole.results[-1].mixing_ratio
     (entry,) = result.loader()
     assert entry["reader"] == "annbatch"

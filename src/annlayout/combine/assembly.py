@@ -430,7 +430,7 @@ def slots(executor: Executor) -> int:
     if isinstance(executor, Distributed):
         from dask.distributed import Client
 
-        with Client(executor.address) as client:
+        with Client(executor.address, set_as_default=False) as client:
             return max(1, sum(client.nthreads().values()))
     return 1
 

@@ -333,9 +333,9 @@ def _run_threads(tasks: Sequence[Task], workers: int, advance: Advance) -> None:
 def _run_distributed(tasks: Sequence[Task], address: str, advance: Advance) -> None:
     from dask.distributed import Client, as_completed
 
-    with Client(address) as client:
+    with Client(address, set_as_default=False) as client:
         futures = client.map(run_task, list(tasks), pure=False)
-        for future in as_completed(futures):
+        for future in as_completed(futures, loop=client.loop):
             try:
                 check_interrupted()
             except Interrupted:
@@ -373,7 +373,7 @@ def check_reachable(address: str, inputs: Sequence[str], output: str, *writable:
                         )
                     ).name
             written.append((location, probe))
-        with Client(address, timeout=REACH_TIMEOUT) as client:
+        with Client(address, timeout=REACH_TIMEOUT, set_as_default=False) as client:
             answers = client.run(_unreachable, list(inputs), written, chosen_backend())
     for worker, problem in sorted(answers.items()):
         if problem:
