@@ -260,18 +260,16 @@ def _apply(
     result = ApplyResult(path=output, layout=layout.name, plan=plan)
     pipeline = codec_pipeline_name if layout.target.format == "zarr" else None
     pipeline = codec_pipeline_for(pipeline, source, *([] if staging else [output]))
+    # a local zarr output journals its tasks, so a killed run can be resumed
+    journal = None if remote or layout.target.format != "zarr" else resume_dir(Path(output))
     output_context: AbstractContextManager[Path | str]
     staged = None if staging is None else StagedRemoteOutput(str(output), staging, progress)
     if staged is not None:  # built and verified locally, then uploaded root last
         output_context = staged
     elif remote:
         output_context = remote_output(str(output))
-    else:
-        # a journaled output is removed here on failure, and kept when interrupted
-        journaled = layout.target.format == "zarr"
-        output_context = atomic_output(Path(output), keep=resume or journaled)
-    # a local zarr output journals its tasks, so a killed run can be resumed
-    journal = None if remote or layout.target.format != "zarr" else resume_dir(Path(output))
+    else:  # a journaled output is removed here on failure, and kept when interrupted
+        output_context = atomic_output(Path(output), keep=resume or journal is not None)
     if resume and journal is None:
         raise ApplyError(f"{output}: --resume continues local zarr outputs only")
     stopped_notes: list[str] = []
