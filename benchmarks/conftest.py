@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import warnings
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
@@ -28,6 +29,13 @@ import pytest
 
 REPORT_KEY = pytest.StashKey[list[str]]()
 SETTINGS_KEY = pytest.StashKey["BenchSettings"]()
+
+
+def cache_dir() -> Path:
+    """Where generated benchmark inputs are kept between runs: ``$ANNLAYOUT_BENCH_CACHE``,
+    default ``<tmp>/annlayout-bench-cache``."""
+    cache = os.environ.get("ANNLAYOUT_BENCH_CACHE", "").strip()
+    return Path(cache) if cache else Path(tempfile.gettempdir()) / "annlayout-bench-cache"
 
 
 def env_int(name: str, default: int, *, minimum: int = 0) -> int:

@@ -47,10 +47,8 @@ verifies its output against the inputs (its default); the others do not verify.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,7 +56,7 @@ from typing import Any
 import pytest
 
 from annlayout.planning.memory import parse_size
-from conftest import env_flag, env_int
+from conftest import cache_dir, env_flag, env_int
 from tables import publish, text_table
 from test_apply import MB, console_script, environment, measure, record, require
 
@@ -121,7 +119,6 @@ class ScaleSettings:
 
     @classmethod
     def from_env(cls) -> ScaleSettings:
-        cache = os.environ.get("ANNLAYOUT_BENCH_CACHE", "").strip()
         return cls(
             cells=env_int("ANNLAYOUT_BENCH_CONCAT_CELLS", 1_000_000, minimum=2),
             files=env_int("ANNLAYOUT_BENCH_CONCAT_FILES", 10, minimum=2),
@@ -129,7 +126,7 @@ class ScaleSettings:
             nnz_per_cell=env_int("ANNLAYOUT_BENCH_CONCAT_NNZ", 300, minimum=1),
             rounds=env_int("ANNLAYOUT_BENCH_CONCAT_ROUNDS", 1, minimum=1),
             warmup_rounds=env_int("ANNLAYOUT_BENCH_CONCAT_WARMUP", 0, minimum=0),
-            cache=Path(cache) if cache else Path(tempfile.gettempdir()) / "annlayout-bench-cache",
+            cache=cache_dir(),
         )
 
     @property

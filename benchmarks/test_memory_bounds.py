@@ -27,10 +27,8 @@ Settings (environment): ``ANNLAYOUT_BENCH_MEMORY_CELLS`` (200000), ``_GENES`` (2
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +36,7 @@ from typing import Any
 import pytest
 
 from annlayout.planning.memory import parse_size
-from conftest import env_flag, env_int
+from conftest import cache_dir, env_flag, env_int
 from tables import publish, text_table
 from test_apply import MB, console_script, environment, run_measured
 
@@ -66,12 +64,11 @@ class MemorySettings:
 
     @classmethod
     def from_env(cls) -> MemorySettings:
-        cache = os.environ.get("ANNLAYOUT_BENCH_CACHE", "").strip()
         return cls(
             cells=env_int("ANNLAYOUT_BENCH_MEMORY_CELLS", 200_000, minimum=2),
             genes=env_int("ANNLAYOUT_BENCH_MEMORY_GENES", 20_000, minimum=1),
             nnz_per_cell=env_int("ANNLAYOUT_BENCH_MEMORY_NNZ", 900, minimum=1),
-            cache=Path(cache) if cache else Path(tempfile.gettempdir()) / "annlayout-bench-cache",
+            cache=cache_dir(),
         )
 
     @property
