@@ -280,6 +280,17 @@ def test_extends_unknown_parent(tmp_path):
     assert "did you mean 'ml-minibatch'" in message
 
 
+def test_unknown_parent_is_reported_with_the_files_other_problems(tmp_path):
+    """One run names every problem of the file: a misspelt parent was reported only after the
+    schema errors were fixed."""
+    path = write(
+        tmp_path, "c.yaml", "annlayout: 1\nname: c\nextends: ml-minibatc\nchunkz: 4\n"
+    )
+    found = messages(path)
+    assert found[0].startswith("c.yaml:3: extends: ml-minibatc: no such layout")
+    assert found[1].startswith("c.yaml:4: chunkz:")
+
+
 def test_child_switching_to_v2_conflicts_with_inherited_shards(tmp_path):
     path = write(
         tmp_path,
@@ -455,6 +466,7 @@ def test_listing_agrees_with_loading():
     ],
 )
 def test_listing_reports_what_loading_reports(tmp_path, monkeypatch, text, expected):
+    import annlayout.layout.listing
     import annlayout.layout.shipped
 
     (tmp_path / "x.yaml").write_text(text)

@@ -44,6 +44,17 @@ def load_layout(name_or_path: str | Path | Layout) -> Layout:
     return _load(_locate(name_or_path), chain=())
 
 
+
+def _extends_problems(extends: Any, path: Path, node: Any) -> list[tuple[int, str]]:
+    """The ``extends:`` value's problem as a ``(line, text)`` pair, if it names no layout."""
+    if not isinstance(extends, str):
+        return []  # a wrong type is the schema's problem, reported with the others
+    try:
+        _locate(extends, relative_to=path.parent)
+    except LayoutError as err:
+        return [(line_of(node, ("extends",)), f"extends: {err.messages[0]}")]
+    return []
+
 def _load(path: Path, chain: tuple[Path, ...]) -> Layout:
     path = path.resolve()
     if path in chain:
@@ -62,6 +73,8 @@ def _load(path: Path, chain: tuple[Path, ...]) -> Layout:
             (line_of(node, loc), f"{loc_text(loc)}: {message}")
             for loc, message in _unwritable(target, data)
         ]
+        # a misspelt parent is one more problem of this file, not one for the next run
+        problems += _extends_problems(data.get("extends"), path, node)
         raise LayoutError(by_line(label, problems)) from None
     shipped = path.resolve().parent == layouts_dir().resolve()
     for index, rule in enumerate(own.rules):
@@ -70,12 +83,9 @@ def _load(path: Path, chain: tuple[Path, ...]) -> Layout:
 
     layout = own
     if own.extends:
-        try:
-            parent_path = _locate(own.extends, relative_to=path.parent)
-        except LayoutError as err:
-            raise LayoutError(
-                [f"{label}:{line_of(node, ('extends',))}: extends: {err.messages[0]}"]
-            ) from None
+        if problem := _extends_problems(own.extends, path, node):
+            raise LayoutError(by_line(label, problem))
+        parent_path = _locate(own.extends, relative_to=path.parent)
         layout = _merge(_load(parent_path, (*chain, path)), own)
     layout._source = str(path)
 
