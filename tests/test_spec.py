@@ -283,9 +283,7 @@ def test_extends_unknown_parent(tmp_path):
 def test_unknown_parent_is_reported_with_the_files_other_problems(tmp_path):
     """One run names every problem of the file: a misspelt parent was reported only after the
     schema errors were fixed."""
-    path = write(
-        tmp_path, "c.yaml", "annlayout: 1\nname: c\nextends: ml-minibatc\nchunkz: 4\n"
-    )
+    path = write(tmp_path, "c.yaml", "annlayout: 1\nname: c\nextends: ml-minibatc\nchunkz: 4\n")
     found = messages(path)
     assert found[0].startswith("c.yaml:3: extends: ml-minibatc: no such layout")
     assert found[1].startswith("c.yaml:4: chunkz:")

@@ -44,7 +44,6 @@ def load_layout(name_or_path: str | Path | Layout) -> Layout:
     return _load(_locate(name_or_path), chain=())
 
 
-
 def _extends_problems(extends: Any, path: Path, node: Any) -> list[tuple[int, str]]:
     """The ``extends:`` value's problem as a ``(line, text)`` pair, if it names no layout."""
     if not isinstance(extends, str):
@@ -54,6 +53,7 @@ def _extends_problems(extends: Any, path: Path, node: Any) -> list[tuple[int, st
     except LayoutError as err:
         return [(line_of(node, ("extends",)), f"extends: {err.messages[0]}")]
     return []
+
 
 def _load(path: Path, chain: tuple[Path, ...]) -> Layout:
     path = path.resolve()
