@@ -14,7 +14,8 @@ import numpy as np
 from pydantic import BaseModel
 
 from annlayout.base.errors import PlanError
-from annlayout.layout.spec import SPARSE_ENCODINGS, Layout, ResolvedSettings, Target
+from annlayout.format.registry import get, lookup
+from annlayout.layout.spec import Layout, ResolvedSettings, Target
 from annlayout.planning.codecs import CodecModel, describe, storable
 from annlayout.planning.survey_models import ArrayInfo, ElementInfo, Survey
 
@@ -226,7 +227,8 @@ def plan_element(
         nnz=element.nnz,
         arrays=[],
     )
-    if element.encoding in SPARSE_ENCODINGS:
+    spec = get(element.encoding)
+    if spec is not None and spec.sparse:
         _plan_sparse(plan, element, settings, target)
     else:
         plan.arrays = [
@@ -245,7 +247,7 @@ def _plan_sparse(
 ) -> None:
     assert element.shape is not None and element.nnz is not None
     shape, nnz = element.shape, element.nnz
-    stored = "csr" if element.encoding == "csr_matrix" else "csc"
+    stored = lookup(element.encoding, element.path).oriented(element.path)
     orientations = list(settings.orientations or [stored])
     plan.orientation, plan.copies = orientations[0], orientations[1:]
     data = element.array("data")
