@@ -143,6 +143,7 @@ def test_what_each_encoding_is():
         "nullable-string-array", "awkward-array",
     }  # fmt: skip
     assert lookup("dataframe", "obs").versions == ("0.2.0", "0.1.0")
+    assert names(lambda e: e.empty) == {"null"} and names(lambda e: e.root) == {"anndata"}
     assert lookup("nullable-string-array", "obs/x").string_parts == ("values",)
     with pytest.raises(UnknownEncodingError, match=r"^obs: no orientation for encoding"):
         lookup("dataframe", "obs").oriented("obs")

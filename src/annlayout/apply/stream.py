@@ -523,7 +523,8 @@ class Rewriter:
     def _stream(self, source: StandIn, target: Any, key: str, plan: ElementPlan) -> Iterator[Block]:
         node = source.node
         backend = backend_of(target)
-        if lookup(plan.encoding, plan.path).sparse:
+        spec = lookup(plan.encoding, plan.path)
+        if spec.sparse:
             _check_complete(plan.path, node)
             assert plan.orientation is not None  # a sparse element's plan has one
             group = target.require_group(key)
@@ -538,7 +539,7 @@ class Rewriter:
                 arrays = plan.parts(orientation)
                 for name, array in arrays.items():
                     create_array(into, name, None, array, backend)
-                if orientation == plan.encoding[:3]:  # same as the input: copied in blocks
+                if orientation == spec.orientation:  # same as the input: copied in blocks
                     into["indptr"][...] = node["indptr"][...].astype(arrays["indptr"].dtype)
                     for name in ("data", "indices"):
                         yield from self._blocks(

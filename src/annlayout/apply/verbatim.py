@@ -182,7 +182,8 @@ def _as_stored(encoding: Encoding) -> bool:
     """Copied as stored, in the version anndata writes today: every element but containers
     (walked) and those anndata's round trip changes (record and awkward arrays) or writes
     nothing for (null)."""
-    return not encoding.container and encoding.name not in ("rec-array", "awkward-array", "null")
+    changed = encoding.name in ("rec-array", "awkward-array")
+    return not (encoding.container or encoding.empty or changed)
 
 
 Check = Callable[[Any, str, ElementPlan, Encoding, _RoundTrip, bool], str | None]

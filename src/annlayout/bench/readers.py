@@ -72,7 +72,7 @@ def open_reader(kind: str, source: Any) -> Read | None:
     if kind == "read_lazy":
         return _read_lazy_reader(source)
     handle = open_handle(source)
-    if handle.X is not None and handle.X.encoding.endswith("_matrix"):
+    if handle.X is not None and handle.X.sparse:
         handle.X.warm()  # indptrs and shard indexes: read once per open handle, untimed
     return _annlayout_reader(handle)
 

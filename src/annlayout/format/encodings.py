@@ -398,7 +398,8 @@ def writing() -> Iterator[None]:
 
 def is_null_raw(path: str, encoding: str | None) -> bool:
     """No raw: anndata 0.12+ may store one as a "null" element, and writes nothing for it."""
-    return path == "raw" and encoding == "null"
+    spec = get(encoding)
+    return path == "raw" and spec is not None and spec.empty
 
 
 def element_path(store: Any, key: str) -> str:

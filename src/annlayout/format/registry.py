@@ -43,6 +43,8 @@ class Encoding:
     string_parts: tuple[str, ...] = ()  # parts that always hold text
     scalar: bool = False  # a 0-d value
     matrix: bool = False  # rows of values a reader selects from (X, layers, obsm)
+    empty: bool = False  # no value (None): anndata writes nothing for an absent raw
+    noun: str | None = None  # what a user calls it ("a CSR sparse matrix"), where it has a name
     columns: bool = False  # a container of columns, read whole with it (a dataframe)
 
     @property
@@ -138,23 +140,35 @@ for _encoding in (
     Encoding("anndata", "0.1.0", container=True, root=True),
     Encoding("raw", "0.1.0", container=True),
     Encoding("dict", "0.1.0", container=True),
-    Encoding("dataframe", "0.2.0", older=("0.1.0",), container=True, columns=True),
-    Encoding("array", "0.2.0", matrix=True),
-    Encoding("string-array", "0.2.0", strings=True),
-    Encoding("rec-array", "0.2.0"),
+    Encoding(
+        "dataframe", "0.2.0", older=("0.1.0",), container=True, columns=True,
+        noun="a dataframe",
+    ),
+    Encoding("array", "0.2.0", matrix=True, noun="a dense array"),
+    Encoding("string-array", "0.2.0", strings=True, noun="an array of strings"),
+    Encoding("rec-array", "0.2.0", noun="a record array"),
     Encoding("numeric-scalar", "0.2.0", scalar=True),
     Encoding("string", "0.2.0", strings=True, scalar=True),
-    Encoding("null", "0.1.0", scalar=True),
-    Encoding("csr_matrix", "0.1.0", composite=True, parts=_SPARSE_PARTS, orientation="csr", matrix=True),
-    Encoding("csc_matrix", "0.1.0", composite=True, parts=_SPARSE_PARTS, orientation="csc", matrix=True),
-    Encoding("categorical", "0.2.0", composite=True, parts=("codes", "categories")),
+    Encoding("null", "0.1.0", scalar=True, empty=True),
+    Encoding(
+        "csr_matrix", "0.1.0", composite=True, parts=_SPARSE_PARTS, orientation="csr",
+        matrix=True, noun="a CSR sparse matrix",
+    ),
+    Encoding(
+        "csc_matrix", "0.1.0", composite=True, parts=_SPARSE_PARTS, orientation="csc",
+        matrix=True, noun="a CSC sparse matrix",
+    ),
+    Encoding(
+        "categorical", "0.2.0", composite=True, parts=("codes", "categories"),
+        noun="a categorical",
+    ),
     Encoding("nullable-integer", "0.1.0", composite=True, parts=_NULLABLE_PARTS),
     Encoding("nullable-boolean", "0.1.0", composite=True, parts=_NULLABLE_PARTS),
     Encoding(
         "nullable-string-array", "0.1.0", composite=True, parts=_NULLABLE_PARTS,
         string_parts=("values",),
     ),
-    Encoding("awkward-array", "0.1.0", composite=True),
+    Encoding("awkward-array", "0.1.0", composite=True, noun="an awkward array"),
 ):  # fmt: skip
     register(_encoding)
 

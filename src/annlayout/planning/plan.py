@@ -164,17 +164,6 @@ def make_plan(layout: Layout, survey: Survey) -> Plan:
     )
 
 
-#: anndata's encodings as a user would name what they stored
-_ENCODING_NOUNS = {
-    "array": "a dense array",
-    "csr_matrix": "a CSR sparse matrix",
-    "csc_matrix": "a CSC sparse matrix",
-    "dataframe": "a dataframe",
-    "categorical": "a categorical",
-    "string-array": "an array of strings",
-    "awkward-array": "an awkward array",
-    "rec-array": "a record array",
-}
 #: where columns are genes: a CSC copy answers gene queries
 _GENE_COLUMNS = ("X", "layers/", "raw/X")
 
@@ -192,7 +181,8 @@ def _unmatched(layout: Layout, index: int, survey: Survey, planned: list[Element
             continue
         if taken is not None and taken.match.names(element.path):
             continue  # another rule for this path took it: the layout meant that
-        noun = _ENCODING_NOUNS.get(element.encoding, f"stored as {element.encoding}")
+        spec = get(element.encoding)
+        noun = spec.noun if spec is not None and spec.noun else f"stored as {element.encoding}"
         wanted = " or ".join(rule.match.encodings)
         copy = (rule.orientations or [])[1:]
         lost = ""

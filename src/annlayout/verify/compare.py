@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,7 +93,7 @@ def _report(a: AnnDataStore, b: AnnDataStore, memory: int) -> VerifyReport:
         for path, (encoding, value) in expected.items():
             check_interrupted()  # apply defers Ctrl-C while it verifies: honoured here
             if path not in found:
-                if encoding != "null":
+                if not _empty(encoding):
                     report.differences.append(f"{path}: missing from {b.location}")
                 continue
             other_encoding, other = found.pop(path)
@@ -113,7 +113,7 @@ def _report(a: AnnDataStore, b: AnnDataStore, memory: int) -> VerifyReport:
                     f"({type(err).__name__}: {reason})"
                 )
     report.differences += [
-        f"{path}: not in {a.location}" for path, (e, _) in found.items() if e != "null"
+        f"{path}: not in {a.location}" for path, (e, _) in found.items() if not _empty(e)
     ]
     return report
 
@@ -175,6 +175,12 @@ def compare_element(
 def _sparse(encoding: str | None) -> bool:
     spec = get(encoding)
     return spec is not None and spec.sparse
+
+
+def _empty(encoding: str | None) -> bool:
+    """No value (an absent raw): missing on one side is no difference."""
+    spec = get(encoding)
+    return spec is not None and spec.empty
 
 
 def _frame_difference(a: pd.DataFrame, b: pd.DataFrame) -> str | None:
@@ -485,18 +491,13 @@ def _dense_row_digests(node: Any, memory: int, start: int) -> np.ndarray:
 def _csr_row_digests(node: Any, memory: int, start: int) -> np.ndarray:
     from annlayout.planning.memory import rows_per_block
 
-    n_rows, _ = sparse_shape(node)
-    indptr = np.asarray(node["indptr"][...], dtype=np.int64)
-    data, indices = node["data"], node["indices"]
+    n_rows, indptr, data, indices = _sparse_arrays(node)
     step = rows_per_block(int(indptr[-1] - indptr[start]), max(1, n_rows - start), memory)
-    found = []
-    for lo in range(start, n_rows, step):
-        check_interrupted()
-        hi = min(n_rows, lo + step)
-        a, b = int(indptr[lo]), int(indptr[hi])
+    found = [np.zeros(0, np.uint64)]
+    for lo, hi, a, b in _major_runs(indptr, start, n_rows, step):
         digests = _pair_digests(np.asarray(indices[a:b]), np.asarray(data[a:b]))
         found.append(_row_sums(indptr[lo : hi + 1], digests))
-    return np.concatenate([np.zeros(0, np.uint64), *found])
+    return np.concatenate(found)
 
 
 @_ROW_DIGESTS.register("csc_matrix")
@@ -504,20 +505,32 @@ def _csc_row_digests(node: Any, memory: int, start: int) -> np.ndarray:
     """Each column's values added to their rows."""
     from annlayout.planning.memory import rows_per_block
 
-    n_rows, _ = sparse_shape(node)
-    indptr = np.asarray(node["indptr"][...], dtype=np.int64)
-    data, indices = node["data"], node["indices"]
+    n_rows, indptr, data, indices = _sparse_arrays(node)
     digests = np.zeros(n_rows, np.uint64)
     n_cols = indptr.size - 1
     step = rows_per_block(int(indptr[-1]), max(1, n_cols), memory)
-    for lo in range(0, n_cols, step):
-        check_interrupted()
-        hi = min(n_cols, lo + step)
-        a, b = int(indptr[lo]), int(indptr[hi])
+    for lo, hi, a, b in _major_runs(indptr, 0, n_cols, step):
         cols = np.repeat(np.arange(lo, hi), np.diff(indptr[lo : hi + 1]))
         rows = np.asarray(indices[a:b], dtype=np.int64)
         np.add.at(digests, rows, _pair_digests(cols, np.asarray(data[a:b])))
     return digests[start:]
+
+
+def _sparse_arrays(node: Any) -> tuple[int, np.ndarray, Any, Any]:
+    """A sparse group's rows, its indptr in memory, and its data and indices arrays."""
+    n_rows, _ = sparse_shape(node)
+    return n_rows, np.asarray(node["indptr"][...], dtype=np.int64), node["data"], node["indices"]
+
+
+def _major_runs(
+    indptr: np.ndarray, first: int, n: int, step: int
+) -> Iterator[tuple[int, int, int, int]]:
+    """Runs of ``step`` rows (CSR) or columns (CSC) from ``first`` to ``n``, with the range of
+    their nonzeros; stopped between two runs by an interrupt."""
+    for lo in range(first, n, step):
+        check_interrupted()
+        hi = min(n, lo + step)
+        yield lo, hi, int(indptr[lo]), int(indptr[hi])
 
 
 def input_row_digests(parts: list[RowsOf], memory: int, n_store: int | None = None) -> np.ndarray:
