@@ -60,10 +60,10 @@ from annlayout.execute.tasks import (
 )
 from annlayout.format.encodings import (
     PROVENANCE_KEY,
-    SPARSE_ENCODINGS,
     StandIn,
     Upgraded,
     element_path,
+    encoding_attrs,
     encoding_of,
     is_numeric_array,
     read_upgraded,
@@ -73,6 +73,7 @@ from annlayout.format.encodings import (
     write_sparse_attrs,
     writing,
 )
+from annlayout.format.registry import get, lookup
 from annlayout.layout.spec import Layout, load_layout
 from annlayout.planning.codecs import codec_pipeline
 from annlayout.planning.memory import (
@@ -513,7 +514,8 @@ class Rewriter:
         not a planned path (``raw.X`` is planned as ``raw/X``) is judged from the input."""
         if path in self.plans:
             return streamable(self.plans[path], self.small)
-        if encoding_of(node) in SPARSE_ENCODINGS:
+        spec = get(encoding_of(node))
+        if spec is not None and spec.sparse:
             return sparse_nbytes(node) > self.small
         size = math.prod(node.shape) * np.dtype(node.dtype).itemsize
         return is_numeric_array(node) and size > self.small
@@ -521,7 +523,8 @@ class Rewriter:
     def _stream(self, source: StandIn, target: Any, key: str, plan: ElementPlan) -> Iterator[Block]:
         node = source.node
         backend = backend_of(target)
-        if plan.encoding in SPARSE_ENCODINGS:
+        spec = lookup(plan.encoding, plan.path)
+        if spec.sparse:
             _check_complete(plan.path, node)
             assert plan.orientation is not None  # a sparse element's plan has one
             group = target.require_group(key)
@@ -536,7 +539,7 @@ class Rewriter:
                 arrays = plan.parts(orientation)
                 for name, array in arrays.items():
                     create_array(into, name, None, array, backend)
-                if orientation == plan.encoding[:3]:  # same as the input: copied in blocks
+                if orientation == spec.orientation:  # same as the input: copied in blocks
                     into["indptr"][...] = node["indptr"][...].astype(arrays["indptr"].dtype)
                     for name in ("data", "indices"):
                         yield from self._blocks(
@@ -548,7 +551,7 @@ class Rewriter:
         else:
             array = plan.arrays[0]
             created = create_array(target, key, None, array, backend)
-            created.attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
+            created.attrs.update(encoding_attrs("array"))
             yield from self._blocks(
                 plan.path, plan.path, array, source=source.path, source_dtype=node.dtype
             )
@@ -583,7 +586,7 @@ class Rewriter:
             transpose = foreseen.get(group)
             if transpose is None:  # not foreseen by the model (checked here instead)
                 plan = self.plans[path]
-                orientation = "csc" if plan.encoding == "csr_matrix" else "csr"
+                orientation = lookup(plan.encoding, path).transposed.oriented(path)
                 item = int(self.source_root[path]["data"].dtype.itemsize)
                 transpose = plan_transpose(plan, orientation, arrays, item, self.budget, group)
                 if transpose.problem:

@@ -23,41 +23,22 @@ from typing import Any
 import numpy as np
 
 from annlayout.format.encodings import (
-    CONTAINER_ENCODINGS,
     PROVENANCE_KEY,
-    SPARSE_ENCODINGS,
     attr,
+    encoding_attrs,
     encoding_of,
     is_group,
     is_h5py,
     is_null_raw,
     legacy_forms,
+    sparse_class,
     sparse_shape,
 )
+from annlayout.format.registry import Dispatch, Encoding, get, lookup
 from annlayout.planning.plan import ArrayPlan, ElementPlan
 from annlayout.write.arrays import Backend, create_array, create_group
 from annlayout.write.callback import write_sparse
 
-#: the encodings copied as stored, each in the one version anndata writes today
-CURRENT = {
-    "anndata": "0.1.0",
-    "raw": "0.1.0",
-    "dict": "0.1.0",
-    "dataframe": "0.2.0",
-    "array": "0.2.0",
-    "string-array": "0.2.0",
-    "numeric-scalar": "0.2.0",
-    "string": "0.2.0",
-    "categorical": "0.2.0",
-    "nullable-integer": "0.1.0",
-    "nullable-boolean": "0.1.0",
-    "nullable-string-array": "0.1.0",
-    "csr_matrix": "0.1.0",
-    "csc_matrix": "0.1.0",
-}
-#: elements stored as one array, and whether it holds strings
-SINGLE = {"array": False, "numeric-scalar": False, "string-array": True, "string": True}
-STRING_ENCODINGS = ("string-array", "nullable-string-array")
 #: the attributes anndata writes (other keys of the input are not anndata's to keep)
 ANNDATA_ATTRS = (
     "encoding-type",
@@ -102,7 +83,8 @@ def plan_as_stored(root: Any, plans: Mapping[str, ElementPlan], large: Large) ->
         return AsStoredPlan(legacy[0])
     if PROVENANCE_KEY in root.attrs:
         return AsStoredPlan("an annlayout output (its records are not anndata's)")
-    if _encoding(root) != ("anndata", CURRENT["anndata"]):
+    spec = get(encoding_of(root))
+    if spec is None or not spec.root or attr(root, "encoding-version") != spec.version:
         return AsStoredPlan("the root is not anndata 0.1.0")
     round_trip = _RoundTrip(
         str_columns=_major_minor("pandas") >= (3, 0), na_value=_major_minor("anndata") >= (0, 13)
@@ -133,10 +115,10 @@ def _check_group(
     units: dict[str, str],
 ) -> str | None:
     """Fills ``units``; returns why the store is refused, if it is."""
-    dataframe = encoding_of(group) == "dataframe"
+    dataframe = _is_dataframe(group)
     if dataframe:
         index = attr(group, "_index")
-        if index in group and encoding_of(group[index]) not in STRING_ENCODINGS:
+        if index in group and not _text_column(encoding_of(group[index])):
             # the AnnData anndata makes turns it into strings, not its dataframe writer
             return f"{prefix}{index}: an index that is not strings"
     for key in sorted(group):  # zarr lists members in no fixed order: the same reason each time
@@ -154,13 +136,29 @@ def _check_group(
                 return f"{problem}, and too large to write through anndata"
             if problem is not None:
                 units.setdefault(prefix.rstrip("/") if dataframe else path, problem)
-        elif encoding in CONTAINER_ENCODINGS and CURRENT[encoding] == encoding_version:
+        elif _current_container(encoding, encoding_version):
             problem = _check_group(node, f"{path}/", plans, large, round_trip, seen, units)
             if problem is not None:
                 return problem
         else:
             return f"{path}: {encoding} {encoding_version} is not copied as stored"
     return None
+
+
+def _is_dataframe(group: Any) -> bool:
+    spec = get(encoding_of(group))
+    return spec is not None and spec.columns
+
+
+def _text_column(encoding: str | None) -> bool:
+    """A column of strings (plain or nullable): what anndata's index is."""
+    spec = get(encoding)
+    return spec is not None and not spec.scalar and (spec.strings or bool(spec.string_parts))
+
+
+def _current_container(encoding: str | None, encoding_version: str | None) -> bool:
+    spec = get(encoding)
+    return spec is not None and spec.container and spec.version == encoding_version
 
 
 def _check_element(
@@ -172,35 +170,85 @@ def _check_element(
     round_trip: _RoundTrip,
     column: bool,
 ) -> str | None:
-    if (
-        plan.encoding != encoding
-        or encoding in CONTAINER_ENCODINGS
-        or CURRENT.get(str(encoding)) != encoding_version
-    ):
+    spec, check = get(encoding), _CHECKS.get(encoding)
+    if plan.encoding != encoding or spec is None or check is None:
         return f"{path}: {encoding} {encoding_version} is not copied as stored"
-    if column and round_trip.str_columns and encoding == "string-array":
+    if spec.version != encoding_version:
+        return f"{path}: {encoding} {encoding_version} is not copied as stored"
+    return check(node, path, plan, spec, round_trip, column)
+
+
+def _as_stored(encoding: Encoding) -> bool:
+    """Copied as stored, in the version anndata writes today: every element but containers
+    (walked) and those anndata's round trip changes (record and awkward arrays) or writes
+    nothing for (null)."""
+    changed = encoding.name in ("rec-array", "awkward-array")
+    return not (encoding.container or encoding.empty or changed)
+
+
+Check = Callable[[Any, str, ElementPlan, Encoding, _RoundTrip, bool], str | None]
+#: why an element in today's encoding is not copied as stored (None: it is)
+_CHECKS: Dispatch[Check] = Dispatch("check for copying as stored", covers=_as_stored)
+
+
+@_CHECKS.register("csr_matrix", "csc_matrix")
+def _check_sparse(node: Any, path: str, plan: ElementPlan, spec: Encoding, *_: Any) -> None:
+    return None  # its parts are converted as planned (orientation, index dtypes)
+
+
+@_CHECKS.register("numeric-scalar", "string")
+def _check_single(node: Any, path: str, plan: ElementPlan, spec: Encoding, *_: Any) -> str | None:
+    return _check_array(node, path, plan.arrays[0], strings=spec.strings)
+
+
+@_CHECKS.register("array")
+def _check_dense(node: Any, path: str, plan: ElementPlan, spec: Encoding, *rest: Any) -> str | None:
+    if not node.shape:
+        return f"{path}: a 0-d array, which anndata writes as a scalar"
+    return _check_single(node, path, plan, spec, *rest)
+
+
+@_CHECKS.register("string-array")
+def _check_strings(
+    node: Any, path: str, plan: ElementPlan, spec: Encoding, round_trip: _RoundTrip, column: bool
+) -> str | None:
+    if column and round_trip.str_columns:
         return f"{path}: a string column anndata may write as a nullable string array"
-    if encoding in SPARSE_ENCODINGS:
-        return None  # its parts are converted as planned (orientation, index dtypes)
-    if encoding in SINGLE:
-        if encoding == "array" and not node.shape:
-            return f"{path}: a 0-d array, which anndata writes as a scalar"
-        return _check_array(node, path, plan.arrays[0], strings=SINGLE[encoding])
-    if encoding == "nullable-string-array" and round_trip.na_value != ("na-value" in node.attrs):
-        return f"{path}: a nullable string array anndata writes with another na-value"
+    return _check_single(node, path, plan, spec, round_trip, column)
+
+
+@_CHECKS.register("nullable-integer", "nullable-boolean")
+def _check_parts(node: Any, path: str, plan: ElementPlan, spec: Encoding, *_: Any) -> str | None:
     parts = {a.name: a for a in plan.arrays}
     if set(node) != set(parts):
         return f"{path}: parts {sorted(node)} are not the planned {sorted(parts)}"
     for name, part in parts.items():
-        strings = name == "categories" and _is_string(node[name])
-        strings = strings or (name == "values" and encoding == "nullable-string-array")
+        strings = name in spec.string_parts or (name == "categories" and _is_string(node[name]))
         problem = _check_array(node[name], f"{path}/{name}", part, strings=strings)
         if problem is not None:
             return problem
-    if encoding == "categorical":
-        codes = np.dtype(node["codes"].dtype)
-        if codes != _pandas_codes_dtype(node["categories"].shape[0]):
-            return f"{path}: {codes} codes, which pandas narrows"
+    return None
+
+
+@_CHECKS.register("nullable-string-array")
+def _check_nullable_strings(
+    node: Any, path: str, plan: ElementPlan, spec: Encoding, round_trip: _RoundTrip, column: bool
+) -> str | None:
+    if round_trip.na_value != ("na-value" in node.attrs):
+        return f"{path}: a nullable string array anndata writes with another na-value"
+    return _check_parts(node, path, plan, spec, round_trip, column)
+
+
+@_CHECKS.register("categorical")
+def _check_categorical(
+    node: Any, path: str, plan: ElementPlan, spec: Encoding, *rest: Any
+) -> str | None:
+    problem = _check_parts(node, path, plan, spec, *rest)
+    if problem is not None:
+        return problem
+    codes = np.dtype(node["codes"].dtype)
+    if codes != _pandas_codes_dtype(node["categories"].shape[0]):
+        return f"{path}: {codes} codes, which pandas narrows"
     return None
 
 
@@ -252,7 +300,7 @@ def copy_as_stored(
     yield from _copy_group(source, target, "", plans, as_stored.units, backend, large, stream, unit)
     for key in MAPPINGS:
         if key not in target:  # anndata writes them empty; a file may lack them
-            create_group(target, key, {"encoding-type": "dict", "encoding-version": "0.1.0"})
+            create_group(target, key, encoding_attrs("dict"))
 
 
 def _copy_group(
@@ -267,7 +315,7 @@ def _copy_group(
     unit: Unit,
 ) -> Iterator[Any]:
     # a dataframe's columns are written whole, as anndata reads them: never streamed
-    dataframe = encoding_of(source) == "dataframe"
+    dataframe = _is_dataframe(source)
     for key in source:
         node, path = source[key], f"{prefix}{key}"
         plan = plans.get(path)
@@ -282,26 +330,37 @@ def _copy_group(
             )
         elif not dataframe and large(path, node):
             yield from stream(path, node, target, key, plan)
-        elif plan.encoding in SPARSE_ENCODINGS:
-            _copy_sparse(node, target, key, plan, backend)
-        elif plan.encoding in SINGLE:
-            _copy_array(node, target, key, plan.arrays[0], backend)
         else:
-            group = create_group(target, key, _anndata_attrs(node))
-            for part in plan.arrays:
-                _copy_array(node[part.name], group, part.name, part, backend)
+            _COPIES.of(plan.encoding, path)(node, target, key, plan, backend)
 
 
 def _anndata_attrs(node: Any) -> dict[str, Any]:
     return {key: attr(node, key) for key in ANNDATA_ATTRS if key in node.attrs}
 
 
-def _copy_sparse(node: Any, target: Any, key: str, plan: ElementPlan, backend: Backend) -> None:
-    import scipy.sparse as sp
+Copy = Callable[[Any, Any, str, ElementPlan, Backend], None]
+#: how a small element is copied as stored (the encodings _CHECKS passes)
+_COPIES: Dispatch[Copy] = Dispatch("copy as stored", covers=_as_stored)
 
-    cls = sp.csr_matrix if encoding_of(node) == "csr_matrix" else sp.csc_matrix
-    parts = (np.asarray(node[name][()]) for name in ("data", "indices", "indptr"))
-    write_sparse(target, key, cls(tuple(parts), shape=sparse_shape(node)), plan, backend)
+
+@_COPIES.register("csr_matrix", "csc_matrix")
+def _copy_sparse(node: Any, target: Any, key: str, plan: ElementPlan, backend: Backend) -> None:
+    spec = lookup(encoding_of(node), plan.path)
+    parts = (np.asarray(node[name][()]) for name in spec.parts)
+    matrix = sparse_class(spec.orientation)(tuple(parts), shape=sparse_shape(node))
+    write_sparse(target, key, matrix, plan, backend)
+
+
+@_COPIES.register("array", "numeric-scalar", "string-array", "string")
+def _copy_single(node: Any, target: Any, key: str, plan: ElementPlan, backend: Backend) -> None:
+    _copy_array(node, target, key, plan.arrays[0], backend)
+
+
+@_COPIES.register("categorical", "nullable-integer", "nullable-boolean", "nullable-string-array")
+def _copy_parts(node: Any, target: Any, key: str, plan: ElementPlan, backend: Backend) -> None:
+    group = create_group(target, key, _anndata_attrs(node))
+    for part in plan.arrays:
+        _copy_array(node[part.name], group, part.name, part, backend)
 
 
 def _copy_array(node: Any, target: Any, key: str, plan: ArrayPlan, backend: Backend) -> None:

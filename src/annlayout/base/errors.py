@@ -33,6 +33,18 @@ class ElementReadError(NotAnnDataError):
         super().__init__(f"{path}: cannot read: {reason}")
 
 
+class UnknownEncodingError(NotAnnDataError):
+    """An element whose encoding annlayout has not registered (a newer anndata's, another
+    tool's), or one a behaviour has no entry for (row digests of a categorical, say)."""
+
+    def __init__(self, element: str, encoding: str | None, behaviour: str | None = None):
+        self.element, self.encoding, self.behaviour = element, encoding, behaviour
+        if behaviour is None:
+            super().__init__(f"{element}: unknown encoding {encoding!r}")
+        else:
+            super().__init__(f"{element}: no {behaviour} for encoding {encoding!r}")
+
+
 class PlanError(AnnlayoutError, ValueError):
     """A layout cannot be applied to an element (e.g. int32 indices for 3 billion nonzeros)."""
 
@@ -84,5 +96,6 @@ __all__ = [
     "LoaderError",
     "NotAnnDataError",
     "PlanError",
+    "UnknownEncodingError",
     "UnreachableError",
 ]

@@ -24,7 +24,7 @@ import scipy.sparse as sp
 
 from annlayout.base.optional import installed, requirement
 from annlayout.bench.workloads import Operation
-from annlayout.format.encodings import SPARSE_ENCODINGS, encoding_of
+from annlayout.format.encodings import encoding_spec
 from annlayout.planning.codecs import codec_pipeline
 
 #: the readers of every pattern but training's (selections: X[rows, cols], obs columns)
@@ -72,7 +72,7 @@ def open_reader(kind: str, source: Any) -> Read | None:
     if kind == "read_lazy":
         return _read_lazy_reader(source)
     handle = open_handle(source)
-    if handle.X is not None and handle.X.encoding.endswith("_matrix"):
+    if handle.X is not None and handle.X.sparse:
         handle.X.warm()  # indptrs and shard indexes: read once per open handle, untimed
     return _annlayout_reader(handle)
 
@@ -112,7 +112,7 @@ def _sparse_dataset_reader(store: Any, pipeline: str) -> Read | None:
 
     with codec_pipeline(pipeline):
         group = _zarr_group(store)
-        if encoding_of(group["X"]) not in SPARSE_ENCODINGS:
+        if not encoding_spec(group["X"], "X").sparse:
             return None
         matrix = ad.io.sparse_dataset(group["X"])
 
@@ -134,7 +134,7 @@ def _read_lazy_reader(store: Any) -> Read | None:
     import anndata as ad
 
     group = _zarr_group(store)
-    if encoding_of(group["X"]) not in SPARSE_ENCODINGS:
+    if not encoding_spec(group["X"], "X").sparse:
         return None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -215,7 +215,7 @@ def _annbatch_epoch(source: Any, batch_size: int, block: int, buffer: int, seed:
     import anndata as ad
 
     group = _zarr_group(source)
-    dense = encoding_of(group["X"]) not in SPARSE_ENCODINGS
+    dense = not encoding_spec(group["X"], "X").sparse
 
     def epoch(number: int) -> Iterable[tuple[np.ndarray, Any]]:
         loader = annbatch.Loader(

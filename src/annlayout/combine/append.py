@@ -56,10 +56,12 @@ from annlayout.execute.tasks import Stores, TransposeTask, opened
 from annlayout.format.encodings import (
     PROVENANCE_KEY,
     encoding_of,
+    encoding_spec,
     json_attr,
     set_json_attr,
     writing,
 )
+from annlayout.format.registry import get
 from annlayout.layout.spec import Layout
 from annlayout.planning.codecs import codec_pipeline
 from annlayout.planning.memory import parse_size, plan_transpose
@@ -399,12 +401,13 @@ def _matrices(store: Location, root: Any, datasets: list[Any]) -> dict[str, list
 def _check_appendable(store: Location, root: Any, path: str) -> None:
     node = root[path]
     encoding = encoding_of(node) or "array"
-    if encoding == "csc_matrix":
+    spec = get(encoding)
+    if spec is not None and spec.matrix and not spec.by_rows:
         raise AppendError(
             f"{store}: {path} is stored CSC first, so every column changes with new cells; "
             "use annlayout concat"
         )
-    if encoding not in ("csr_matrix", "array"):
+    if spec is None or not spec.by_rows:
         raise AppendError(f"{store}: {path} is stored as {encoding}; append grows arrays and CSR")
 
 
@@ -434,7 +437,8 @@ def _obsm_rows(
         return found
     for key in sorted(root["obsm"]):
         node = root["obsm"][key]
-        if (encoding_of(node) or "array") != "array":
+        spec = get(encoding_of(node) or "array")
+        if spec is None or not spec.dense:
             raise AppendError(
                 f"{store}: obsm[{key!r}] is stored as {encoding_of(node)}; append grows arrays only"
             )
@@ -487,7 +491,7 @@ def _growths(
 def _sparse_paths(root: Any, matrices: dict[str, list[Any]], raw: Any) -> list[str]:
     """The matrices the store holds as CSR (the others are dense arrays)."""
     paths = [*matrices, *(["raw/X"] if raw is not None else [])]
-    return [path for path in paths if encoding_of(root[path]) == "csr_matrix"]
+    return [path for path in paths if encoding_spec(root[path], path).sparse]
 
 
 # --------------------------------------------------------------------------- the new store
@@ -585,7 +589,7 @@ def _grow_matrix(
     """The new rows of one matrix written after the store's: a CSR matrix's data, indices
     and indptr, or a dense array's rows."""
     node = root[path]
-    dense = (encoding_of(node) or "array") == "array"
+    dense = encoding_spec(node, path).dense
     stored = np.dtype(node.dtype if dense else node["data"].dtype)
     for source, matrix, column_map in zip(sources, present, maps, strict=True):
         if not np.can_cast(matrix.dtype, stored, "same_kind"):
@@ -820,6 +824,6 @@ def _verify(
     if found:
         problems.append(f"obs: {found}")
     for path in checked:
-        if encoding_of(new[path]) == "csr_matrix":
+        if encoding_spec(new[path], path).sparse:  # CSR: appendable ones are
             problems += check_copy(path, new[path], budget)
     return problems

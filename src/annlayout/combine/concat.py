@@ -47,7 +47,7 @@ from annlayout.combine.collection import (
     shuffled,
 )
 from annlayout.execute.tasks import Distributed, Executor, check_reachable, executor_for
-from annlayout.format.encodings import SPARSE_ENCODINGS, writing
+from annlayout.format.encodings import encoding_attrs, writing
 from annlayout.layout.spec import load_layout
 from annlayout.planning.codecs import codec_pipeline
 from annlayout.planning.memory import plan_within_budget, rows_per_block
@@ -262,7 +262,7 @@ def _combined_survey(
         n_obs = sum(m.shape[0] for m in present)
         dtype = np.result_type(*(m.dtype for m in present))
         nnz = sum(m.nnz for m in present)
-        if all(m.encoding not in SPARSE_ENCODINGS for m in present):
+        if all(not m.sparse for m in present):
             encoding, arrays = "array", [array_info("", (n_obs, n_vars), dtype)]
         else:
             index = np.int32 if n_vars < 2**31 else np.int64
@@ -724,9 +724,7 @@ def _assemble(
 def _on_tasks(present: list[Any]) -> bool:
     """Sparse matrices that tasks can read again by location (a legacy raw is read whole
     into memory): combined by tasks; the rest (dense, rare) in this process."""
-    return all(isinstance(m, Matrix) for m in present) and any(
-        m.encoding in SPARSE_ENCODINGS for m in present
-    )
+    return all(isinstance(m, Matrix) for m in present) and any(m.sparse for m in present)
 
 
 def _write_small(root: Any, combined: Any, raw: Any) -> None:
@@ -739,10 +737,10 @@ def _write_small(root: Any, combined: Any, raw: Any) -> None:
             ad.experimental.write_elem(root, key, value if key in ("obs", "var") else dict(value))
         if raw is not None:
             raw_group = root.create_group("raw")
-            raw_group.attrs.update({"encoding-type": "raw", "encoding-version": "0.1.0"})
+            raw_group.attrs.update(encoding_attrs("raw"))
             ad.experimental.write_elem(raw_group, "var", raw[0].var)
             ad.experimental.write_elem(raw_group, "varm", dict(raw[0].varm))
-    root.attrs.update({"encoding-type": "anndata", "encoding-version": "0.1.0"})
+    root.attrs.update(encoding_attrs("anndata"))
 
 
 def _write_matrix(
@@ -763,7 +761,7 @@ def _write_matrix(
     n_obs = sum(m.shape[0] for m in present)
     if (log.get(path) or {}).get("done"):
         return
-    if all(m.encoding not in SPARSE_ENCODINGS for m in present):  # rare: redone whole
+    if all(not m.sparse for m in present):  # rare: redone whole
         if any((m < 0).any() for m in maps):  # outer join: anndata fills NaN
             dtype = np.result_type(dtype, np.float32)
         rows = max(1, min(n_obs, budget // 4 // max(1, n_vars * dtype.itemsize)))
@@ -982,7 +980,7 @@ def csr_blocks(
     sizes = [(int(m.shape[0]), int(m.nnz)) for m in present]
     blocks = input_blocks(sizes, budget // (READERS + 1), start)
     for number in sorted({block[0] for block in blocks}):
-        if present[number].encoding in SPARSE_ENCODINGS:  # its indptr and shard indexes
+        if present[number].sparse:  # its indptr and shard indexes
             present[number].warm()  # read here, not by two threads at once
     monotonic = [is_monotonic(column_map) for column_map in maps]
     jobs = [(number, present[number], maps[number], monotonic[number], lo, hi, at)

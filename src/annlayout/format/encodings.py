@@ -25,19 +25,8 @@ from typing import Any
 import numpy as np
 
 from annlayout.base.errors import ElementReadError
+from annlayout.format.registry import Encoding, get, lookup, sparse_encoding
 
-#: Groups whose children are elements of their own.
-CONTAINER_ENCODINGS = frozenset({"anndata", "raw", "dict", "dataframe"})
-SPARSE_ENCODINGS = frozenset({"csr_matrix", "csc_matrix"})
-#: Elements stored as a group of arrays that belong together (one rule governs all parts).
-COMPOSITE_ENCODINGS = SPARSE_ENCODINGS | {
-    "categorical",
-    "nullable-integer",
-    "nullable-boolean",
-    "nullable-string-array",
-    "awkward-array",
-}
-SPARSE_PARTS = ("data", "indices", "indptr")
 #: How surveys and plans name dtypes that have no fixed numpy item size.
 STRING, RECORD, CATEGORY, AWKWARD = "string", "record", "category", "awkward"
 #: Variable-length strings have no fixed item size; sizes are estimated with this many bytes.
@@ -117,6 +106,13 @@ def encoding_of(node: Any) -> str | None:
     return encoding
 
 
+def encoding_spec(node: Any, element: str | None = None) -> Encoding:
+    """The registered encoding of a node (anndata < 0.8 wrote arrays without one); an unknown
+    one is a one-line error naming the element."""
+    where = element if element is not None else str(getattr(node, "name", "")).strip("/")
+    return lookup(encoding_of(node) or "array", where)
+
+
 def sparse_shape(node: Any) -> tuple[int, int]:
     """The shape of a sparse group: its ``shape`` attribute, or anndata < 0.7's text form."""
     shape = attr(node, "shape")
@@ -128,23 +124,31 @@ def sparse_shape(node: Any) -> tuple[int, int]:
     return rows, cols
 
 
+def encoding_attrs(name: str) -> dict[str, str]:
+    """The attributes anndata writes for an element of a registered encoding, in the version
+    it writes today."""
+    encoding = lookup(name, name)
+    return {"encoding-type": encoding.name, "encoding-version": encoding.version}
+
+
 def write_sparse_attrs(group: Any, orientation: str, shape: tuple[int, ...]) -> None:
     """The attributes that make a group an anndata sparse matrix."""
-    group.attrs.update(
-        {
-            "encoding-type": f"{orientation}_matrix",
-            "encoding-version": "0.1.0",
-            "shape": [int(n) for n in shape],
-        }
-    )
+    name = sparse_encoding(orientation).name
+    group.attrs.update({**encoding_attrs(name), "shape": [int(n) for n in shape]})
+
+
+def sparse_class(orientation: str | None) -> type:
+    """scipy's matrix class of an orientation."""
+    import scipy.sparse as sp
+
+    return sp.csr_matrix if orientation == "csr" else sp.csc_matrix
 
 
 def sparse_nbytes(node: Any) -> int:
     """Uncompressed bytes of a sparse group's three parts, from metadata."""
+    parts = lookup(encoding_of(node), node.name).parts
     return sum(
-        int(np.prod(node[p].shape)) * np.dtype(node[p].dtype).itemsize
-        for p in SPARSE_PARTS
-        if p in node
+        int(np.prod(node[p].shape)) * np.dtype(node[p].dtype).itemsize for p in parts if p in node
     )
 
 
@@ -225,20 +229,17 @@ def read_upgraded(root: Any, large: Large) -> Upgraded:
     read_dataframe = _legacy_dataframe_reader(root)
 
     def placeholder(path: str, node: Any) -> Any | None:
-        encoding = encoding_of(node)
-        if encoding in SPARSE_ENCODINGS:
+        spec = get(encoding_of(node) or "array")  # anndata < 0.8 wrote arrays without one
+        if spec is not None and spec.sparse:
             if not large(path, node):
                 return None
-            import scipy.sparse as sp
-
-            cls = sp.csr_matrix if encoding == "csr_matrix" else sp.csc_matrix
+            cls = sparse_class(spec.orientation)
             value = cls(sparse_shape(node), dtype=np.dtype(node["data"].dtype))
-        elif encoding in (None, "array") and is_numeric_array(node) and large(path, node):
+        elif spec is not None and spec.dense and is_numeric_array(node) and large(path, node):
             value = np.broadcast_to(np.zeros((), dtype=node.dtype), tuple(node.shape))
-            encoding = "array"
         else:
             return None
-        result.stand_ins[id(value)] = StandIn(node, path, encoding)
+        result.stand_ins[id(value)] = StandIn(node, path, spec.name)
         result._keep.append(value)
         return value
 
@@ -266,13 +267,14 @@ def read_upgraded(root: Any, large: Large) -> Upgraded:
             found = placeholder(path, elem)
             if found is not None:
                 return found
-        if iospec.encoding_type in COMPOSITE_ENCODINGS - SPARSE_ENCODINGS | {"dataframe"}:
+        spec = get(iospec.encoding_type)
+        if spec is not None and spec.holds_whole:
             inside_composite[0] += 1
             try:
                 return func(elem)
             finally:
                 inside_composite[0] -= 1
-        if iospec.encoding_type == "anndata" or elem_name.endswith("/"):
+        if (spec is not None and spec.root) or elem_name.endswith("/"):
             parts: dict[str, Any] = {  # read_dispatched returns what the callback returns
                 k: read_dispatched(elem[k], callback) for k in elem if not k.startswith("raw.")
             }
@@ -364,8 +366,8 @@ def written_elements(upgraded: Upgraded) -> Iterator[tuple[str, str, Any]]:
         source = upgraded.stand_in(elem)
         if source is not None:
             found.append((path, source.encoding, source))
-        elif encoding in CONTAINER_ENCODINGS:
-            if encoding == "dataframe":
+        elif (spec := get(encoding)) is not None and spec.container:
+            if spec.columns:  # yielded before its columns: its dtypes and column order
                 found.append((path, encoding, elem))
             func(store, key, elem, dataset_kwargs={})
         else:
@@ -396,7 +398,8 @@ def writing() -> Iterator[None]:
 
 def is_null_raw(path: str, encoding: str | None) -> bool:
     """No raw: anndata 0.12+ may store one as a "null" element, and writes nothing for it."""
-    return path == "raw" and encoding == "null"
+    spec = get(encoding)
+    return path == "raw" and spec is not None and spec.empty
 
 
 def element_path(store: Any, key: str) -> str:

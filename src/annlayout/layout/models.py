@@ -46,9 +46,6 @@ EncodingType = Literal[
     "rec-array",
     "null",
 ]
-# the same set as annlayout.format.encodings.SPARSE_ENCODINGS, written again so that loading a layout
-# stays free of numpy (encodings needs it; tests/test_cli.py checks what spec imports)
-SPARSE_ENCODINGS = frozenset({"csr_matrix", "csc_matrix"})
 IndexDtype = Literal["keep", "minimal", "int32", "int64"]
 Orientation = Literal["csr", "csc"]
 
@@ -510,7 +507,6 @@ def _glob(pattern: str) -> re.Pattern[str]:
 
 __all__ = [
     "BUILTIN_DEFAULTS",
-    "SPARSE_ENCODINGS",
     "Blosc",
     "ChunkSpec",
     "Codec",

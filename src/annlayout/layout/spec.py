@@ -12,7 +12,6 @@ from annlayout.base.errors import LayoutError
 from annlayout.layout.files import json_schema, load_layout
 from annlayout.layout.models import (
     BUILTIN_DEFAULTS,
-    SPARSE_ENCODINGS,
     Blosc,
     ChunkSpec,
     Codec,
@@ -36,7 +35,6 @@ from annlayout.layout.shipped import layouts_dir, shipped_layouts
 
 __all__ = [
     "BUILTIN_DEFAULTS",
-    "SPARSE_ENCODINGS",
     "Blosc",
     "ChunkSpec",
     "Codec",

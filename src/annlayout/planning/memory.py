@@ -28,7 +28,7 @@ from pydantic import ByteSize, TypeAdapter
 
 from annlayout.base.defaults import MEMORY, VERIFY_MEMORY, WHOLE_BELOW
 from annlayout.base.errors import ApplyError, IntegrityError
-from annlayout.layout.spec import SPARSE_ENCODINGS
+from annlayout.format.registry import get, lookup
 from annlayout.planning.plan import ArrayPlan, ElementPlan, Plan, human_size, make_plan
 
 #: A block holds the slice as read, its conversion (when the dtype changes) and about twice
@@ -326,11 +326,13 @@ def streamable(plan: ElementPlan, small: int) -> bool:
     """Streamed in blocks (or transposed) rather than read whole through anndata."""
     if plan.nbytes <= small:
         return False
-    if plan.encoding in SPARSE_ENCODINGS:
+    spec = get(plan.encoding)
+    if spec is not None and spec.sparse:
         return True
     array = plan.arrays[0] if plan.arrays else None
     return (
-        plan.encoding == "array"
+        spec is not None
+        and spec.dense
         and array is not None
         and len(array.shape) >= 1
         and array.dtype not in ("string", "record")
@@ -469,12 +471,13 @@ def element_memory(
 ) -> ElementMemory:
     if not streamable(plan, small):
         return ElementMemory(plan.path, streamed=False, whole=ENCODE_FACTOR * plan.nbytes)
-    if plan.encoding not in SPARSE_ENCODINGS:
+    spec = lookup(plan.encoding, plan.path)
+    if not spec.sparse:
         array = plan.arrays[0]
         dtype = _numeric(dtypes.get(plan.path)) or array.dtype
         blocks = array_blocks(plan.path, plan.path, plan.path, array, dtype, budget)
         return ElementMemory(plan.path, streamed=True, arrays=(blocks,))
-    current = plan.encoding[:3]
+    current = spec.orientation
     assert plan.orientation is not None  # a sparse element's plan has one
     data_dtype = _numeric(dtypes.get(f"{plan.path}/data")) or np.dtype(plan.arrays[0].dtype)
     orientations = [(plan.orientation, "")] + [(o, f"{o}/") for o in plan.copies]

@@ -14,7 +14,8 @@ import numpy as np
 from pydantic import BaseModel
 
 from annlayout.base.errors import PlanError
-from annlayout.layout.spec import SPARSE_ENCODINGS, Layout, ResolvedSettings, Target
+from annlayout.format.registry import get, lookup
+from annlayout.layout.spec import Layout, ResolvedSettings, Target
 from annlayout.planning.codecs import CodecModel, describe, storable
 from annlayout.planning.survey_models import ArrayInfo, ElementInfo, Survey
 
@@ -163,17 +164,6 @@ def make_plan(layout: Layout, survey: Survey) -> Plan:
     )
 
 
-#: anndata's encodings as a user would name what they stored
-_ENCODING_NOUNS = {
-    "array": "a dense array",
-    "csr_matrix": "a CSR sparse matrix",
-    "csc_matrix": "a CSC sparse matrix",
-    "dataframe": "a dataframe",
-    "categorical": "a categorical",
-    "string-array": "an array of strings",
-    "awkward-array": "an awkward array",
-    "rec-array": "a record array",
-}
 #: where columns are genes: a CSC copy answers gene queries
 _GENE_COLUMNS = ("X", "layers/", "raw/X")
 
@@ -191,7 +181,8 @@ def _unmatched(layout: Layout, index: int, survey: Survey, planned: list[Element
             continue
         if taken is not None and taken.match.names(element.path):
             continue  # another rule for this path took it: the layout meant that
-        noun = _ENCODING_NOUNS.get(element.encoding, f"stored as {element.encoding}")
+        spec = get(element.encoding)
+        noun = spec.noun if spec is not None and spec.noun else f"stored as {element.encoding}"
         wanted = " or ".join(rule.match.encodings)
         copy = (rule.orientations or [])[1:]
         lost = ""
@@ -226,7 +217,8 @@ def plan_element(
         nnz=element.nnz,
         arrays=[],
     )
-    if element.encoding in SPARSE_ENCODINGS:
+    spec = get(element.encoding)
+    if spec is not None and spec.sparse:
         _plan_sparse(plan, element, settings, target)
     else:
         plan.arrays = [
@@ -245,7 +237,7 @@ def _plan_sparse(
 ) -> None:
     assert element.shape is not None and element.nnz is not None
     shape, nnz = element.shape, element.nnz
-    stored = "csr" if element.encoding == "csr_matrix" else "csc"
+    stored = lookup(element.encoding, element.path).oriented(element.path)
     orientations = list(settings.orientations or [stored])
     plan.orientation, plan.copies = orientations[0], orientations[1:]
     data = element.array("data")

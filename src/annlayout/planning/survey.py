@@ -8,7 +8,7 @@ is what a rewrite writes: its small elements are read, its arrays described from
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +18,7 @@ from annlayout.base.errors import NotAnnDataError
 from annlayout.format.encodings import (
     AWKWARD,
     CATEGORY,
-    CONTAINER_ENCODINGS,
     RECORD,
-    SPARSE_ENCODINGS,
     STRING,
     STRING_ITEMSIZE_ESTIMATE,
     StandIn,
@@ -33,6 +31,7 @@ from annlayout.format.encodings import (
     unholdable,
     written_elements,
 )
+from annlayout.format.registry import Dispatch, Encoding, get
 from annlayout.planning.survey_models import ArrayInfo, ElementInfo, Survey
 from annlayout.storage.stores import AnnDataStore, open_anndata
 
@@ -79,7 +78,8 @@ def _walk(group: Any, prefix: str) -> Iterator[ElementInfo]:
             else:
                 yield _array_element(node, path, "array")
             continue
-        if encoding in CONTAINER_ENCODINGS:
+        spec = get(encoding)  # an unknown one is described as found; anndata names it later
+        if spec is not None and spec.container:
             yield from _walk(node, path + "/")
         elif is_group(node):
             yield _composite_element(node, path, encoding)
@@ -96,24 +96,51 @@ def _array_element(node: Any, path: str, encoding: str) -> ElementInfo:
 
 def _composite_element(group: Any, path: str, encoding: str) -> ElementInfo:
     arrays = [_array_info(group[k], k) for k in _children(group) if not is_group(group[k])]
-    if encoding in SPARSE_ENCODINGS:  # a second orientation, as "csc/data", ...
+    spec = get(encoding)
+    if spec is not None and spec.sparse:  # a second orientation, as "csc/data", ...
         for copy in ("csr", "csc"):
             if copy in group and is_group(group[copy]):
                 sub = group[copy]
                 arrays += [_array_info(sub[k], f"{copy}/{k}") for k in _children(sub)]
     element = ElementInfo(path=path, encoding=encoding, arrays=arrays)
-    names = {a.name: a for a in arrays}
-    if encoding in SPARSE_ENCODINGS:
-        element.shape = sparse_shape(group)
-        element.nnz = names["data"].shape[0] if "data" in names else 0
-        element.dtype = names["data"].dtype if "data" in names else None
-    elif encoding == "categorical" and "codes" in names:
-        element.shape, element.dtype = names["codes"].shape, CATEGORY
-    elif "values" in names:
-        element.shape, element.dtype = names["values"].shape, names["values"].dtype
-    elif encoding == "awkward-array":
-        element.shape, element.dtype = (int(attr(group, "length")),), AWKWARD
+    describe = _DESCRIBE_STORED.get(encoding) or _stored_values  # other tools' groups too
+    describe(element, group, {a.name: a for a in arrays})
     return element
+
+
+#: an element's shape and dtype from its stored group and its parts
+_DESCRIBE_STORED: Dispatch[Callable[[ElementInfo, Any, dict[str, ArrayInfo]], None]] = Dispatch(
+    "description", covers=lambda e: e.composite
+)
+
+
+@_DESCRIBE_STORED.register("csr_matrix", "csc_matrix")
+def _stored_sparse(element: ElementInfo, group: Any, parts: dict[str, ArrayInfo]) -> None:
+    element.shape = sparse_shape(group)
+    element.nnz = parts["data"].shape[0] if "data" in parts else 0
+    element.dtype = parts["data"].dtype if "data" in parts else None
+
+
+@_DESCRIBE_STORED.register("categorical")
+def _stored_categorical(element: ElementInfo, group: Any, parts: dict[str, ArrayInfo]) -> None:
+    if "codes" in parts:
+        element.shape, element.dtype = parts["codes"].shape, CATEGORY
+    else:
+        _stored_values(element, group, parts)
+
+
+@_DESCRIBE_STORED.register("nullable-integer", "nullable-boolean", "nullable-string-array")
+def _stored_values(element: ElementInfo, group: Any, parts: dict[str, ArrayInfo]) -> None:
+    if "values" in parts:
+        element.shape, element.dtype = parts["values"].shape, parts["values"].dtype
+
+
+@_DESCRIBE_STORED.register("awkward-array")
+def _stored_awkward(element: ElementInfo, group: Any, parts: dict[str, ArrayInfo]) -> None:
+    if "values" in parts:
+        _stored_values(element, group, parts)
+    else:
+        element.shape, element.dtype = (int(attr(group, "length")),), AWKWARD
 
 
 def _array_info(node: Any, name: str) -> ArrayInfo:
@@ -190,12 +217,13 @@ def describe_upgraded(upgraded: Upgraded) -> list[ElementInfo]:
     where a stand-in holds their place (see :func:`annlayout.format.encodings.read_upgraded`)."""
     elements = []
     for path, encoding, value in written_elements(upgraded):
+        spec = get(encoding)
         if isinstance(value, StandIn):
-            if encoding in SPARSE_ENCODINGS:
+            if spec is not None and spec.sparse:
                 elements.append(_composite_element(value.node, path, encoding))
             else:
                 elements.append(_array_element(value.node, path, encoding))
-        elif encoding != "dataframe":
+        elif spec is None or not spec.columns:  # a dataframe's columns are its elements
             elements.append(describe_in_memory(path, encoding, value))
     return elements
 
@@ -204,14 +232,13 @@ def describe_in_memory(path: str, encoding: str, elem: Any) -> ElementInfo:
     """An :class:`ElementInfo` for an in-memory leaf element, without computing dask arrays."""
     parts = list(in_memory_parts(encoding, elem))
     element = ElementInfo(path=path, encoding=encoding, arrays=parts)
-    if encoding in SPARSE_ENCODINGS:
+    spec = get(encoding)
+    if spec is not None and spec.sparse:
         element.shape = tuple(int(n) for n in elem.shape)
         element.nnz = int(elem.nnz)
         element.dtype = _dtype_text(elem.dtype)[0]
-    elif encoding == "categorical":
-        element.shape, element.dtype = (len(elem),), CATEGORY
-    elif encoding == "awkward-array":
-        element.shape, element.dtype = (len(elem),), AWKWARD
+    elif encoding in _IN_MEMORY_DTYPE:
+        element.shape, element.dtype = (len(elem),), _IN_MEMORY_DTYPE[encoding]
     elif parts:
         element.shape, element.dtype = parts[0].shape, parts[0].dtype
     return element
@@ -227,33 +254,66 @@ def array_info(name: str, shape: tuple, dtype: Any) -> ArrayInfo:
 
 
 def in_memory_parts(encoding: str, elem: Any) -> Iterator[ArrayInfo]:
-    info = array_info
-    if encoding in SPARSE_ENCODINGS:
-        yield info("data", elem.data.shape, elem.data.dtype)
-        yield info("indices", elem.indices.shape, elem.indices.dtype)
-        yield info("indptr", elem.indptr.shape, elem.indptr.dtype)
-    elif encoding == "categorical":
-        yield info("codes", elem.codes.shape, elem.codes.dtype)
-        yield info("categories", elem.categories.shape, elem.categories.to_numpy().dtype)
-    elif encoding.startswith("nullable-"):
-        values = elem.to_numpy(na_value="" if encoding == "nullable-string-array" else 0)
-        dtype = values.dtype if encoding == "nullable-string-array" else elem.dtype.numpy_dtype
-        yield info("values", (len(elem),), dtype)
-        yield info("mask", (len(elem),), np.bool_)
-    elif encoding == "awkward-array":
-        import awkward as ak
+    """The arrays anndata writes for an in-memory element (one, unnamed, for a single array)."""
+    parts = _PARTS_IN_MEMORY.get(encoding) or _array_parts  # other tools': as an array
+    yield from parts(get(encoding), elem)
 
-        _, _, buffers = ak.to_buffers(elem)
-        for name, buffer in buffers.items():
-            yield info(name, np.asarray(buffer).shape, np.asarray(buffer).dtype)
-    elif encoding in ("numeric-scalar", "string"):
-        yield info("", (), np.asarray(elem).dtype)
-    elif encoding == "null":
-        yield info("", (), np.float32)
-    else:  # array, string-array, rec-array (numpy, dask, h5py/zarr arrays, lists)
-        shape = getattr(elem, "shape", None)
-        dtype = getattr(elem, "dtype", None)
-        if shape is None or dtype is None:
-            array = np.asarray(elem)
-            shape, dtype = array.shape, array.dtype
-        yield info("", shape, dtype)
+
+Parts = Callable[[Encoding | None, Any], Iterator[ArrayInfo]]
+#: the arrays anndata writes for an in-memory element of each encoding
+_PARTS_IN_MEMORY: Dispatch[Parts] = Dispatch("parts", covers=lambda e: not e.container)
+#: how a survey names the dtype of composites whose values are not one numpy dtype
+_IN_MEMORY_DTYPE = {"categorical": CATEGORY, "awkward-array": AWKWARD}
+
+
+@_PARTS_IN_MEMORY.register("csr_matrix", "csc_matrix")
+def _sparse_parts(spec: Encoding | None, elem: Any) -> Iterator[ArrayInfo]:
+    assert spec is not None
+    for name in spec.parts:
+        part = getattr(elem, name)
+        yield array_info(name, part.shape, part.dtype)
+
+
+@_PARTS_IN_MEMORY.register("categorical")
+def _categorical_parts(spec: Encoding | None, elem: Any) -> Iterator[ArrayInfo]:
+    yield array_info("codes", elem.codes.shape, elem.codes.dtype)
+    yield array_info("categories", elem.categories.shape, elem.categories.to_numpy().dtype)
+
+
+@_PARTS_IN_MEMORY.register("nullable-integer", "nullable-boolean", "nullable-string-array")
+def _nullable_parts(spec: Encoding | None, elem: Any) -> Iterator[ArrayInfo]:
+    strings = spec is not None and "values" in spec.string_parts
+    values = elem.to_numpy(na_value="" if strings else 0)
+    dtype = values.dtype if strings else elem.dtype.numpy_dtype
+    yield array_info("values", (len(elem),), dtype)
+    yield array_info("mask", (len(elem),), np.bool_)
+
+
+@_PARTS_IN_MEMORY.register("awkward-array")
+def _awkward_parts(spec: Encoding | None, elem: Any) -> Iterator[ArrayInfo]:
+    import awkward as ak
+
+    _, _, buffers = ak.to_buffers(elem)
+    for name, buffer in buffers.items():
+        yield array_info(name, np.asarray(buffer).shape, np.asarray(buffer).dtype)
+
+
+@_PARTS_IN_MEMORY.register("numeric-scalar", "string")
+def _scalar_parts(spec: Encoding | None, elem: Any) -> Iterator[ArrayInfo]:
+    yield array_info("", (), np.asarray(elem).dtype)
+
+
+@_PARTS_IN_MEMORY.register("null")
+def _null_parts(spec: Encoding | None, elem: Any) -> Iterator[ArrayInfo]:
+    yield array_info("", (), np.float32)
+
+
+@_PARTS_IN_MEMORY.register("array", "string-array", "rec-array")
+def _array_parts(spec: Encoding | None, elem: Any) -> Iterator[ArrayInfo]:
+    """numpy, dask, h5py/zarr arrays, lists"""
+    shape = getattr(elem, "shape", None)
+    dtype = getattr(elem, "dtype", None)
+    if shape is None or dtype is None:
+        array = np.asarray(elem)
+        shape, dtype = array.shape, array.dtype
+    yield array_info("", shape, dtype)

@@ -571,7 +571,7 @@ def _matrix(dataset: Any, layer: str | None) -> Any:
             layers = ", ".join(dataset.layers) or "none"
             raise LoaderError(f"{dataset.source}: no layer {layer!r} (layers: {layers})")
         matrix, name = dataset.layers[layer], f"layers/{layer}"
-    if matrix.encoding not in ("array", "csr_matrix", "csc_matrix"):
+    if not matrix.is_matrix:
         raise LoaderError(f"{dataset.source}: {name} is a {matrix.encoding}, not a matrix")
     if "csc" in matrix.orientations and "csr" not in matrix.orientations:
         raise LoaderError(
@@ -615,7 +615,7 @@ def _obs_frame(datasets: list[Any], columns: tuple[str, ...]) -> pd.DataFrame:
 def _block_bytes(matrix: Any, starts: np.ndarray) -> np.ndarray:
     """Bytes each block between ``starts`` holds once read (values, indices, offsets)."""
     rows = np.diff(starts)
-    if matrix.encoding == "array":
+    if not matrix.sparse:
         return rows * int(np.prod(matrix.shape[1:])) * matrix.dtype.itemsize
     nnz = np.diff(matrix.indptr()[starts])
     index_bytes = 4 if matrix.nnz < 2**31 else 8

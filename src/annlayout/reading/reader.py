@@ -25,7 +25,8 @@ import pandas as pd
 import scipy.sparse as sp
 
 from annlayout.base.errors import NotAnnDataError
-from annlayout.format.encodings import SPARSE_ENCODINGS, attr, encoding_of, is_group, sparse_shape
+from annlayout.format.encodings import attr, encoding_of, is_group, sparse_shape
+from annlayout.format.registry import Encoding, get
 from annlayout.reading.loader import AsyncBatches, Batches, abatches, batches
 from annlayout.storage.remote import codec_pipeline_for
 from annlayout.storage.stores import check_anndata_root, open_store
@@ -176,7 +177,7 @@ class Dataset:
         cols = self.var.positions(var)
         obsm = {}
         for key, matrix in self.obsm.items():
-            if matrix.encoding == "array" or matrix.encoding in SPARSE_ENCODINGS:
+            if matrix.is_matrix:
                 obsm[key] = matrix[rows, :]
         return ad.AnnData(
             X=None if self.X is None else self.X[rows, cols],
@@ -324,6 +325,7 @@ class LoadedMatrix:
     def __init__(self, value: Any, rows: Frame, columns: Frame):
         self._value, self._rows, self._columns = value, rows, columns
         self.encoding = "csr_matrix" if sp.issparse(value) else "array"
+        self.is_matrix, self.sparse = True, bool(sp.issparse(value))
         self.shape = tuple(value.shape)
         self.dtype = np.dtype(value.dtype)
         self.nnz = int(value.nnz) if sp.issparse(value) else int(np.prod(value.shape))
@@ -351,12 +353,17 @@ class Matrix:
         self._node, self._dataset, self._var_axis = node, dataset, var_axis
         self._columns = columns  # names of the columns, when not the dataset's var
         self.encoding = encoding_of(node) or "array"
+        # another tool's encoding is not a matrix, as an awkward array or a dataframe is not
+        spec: Encoding | None = get(self.encoding)
+        self.is_matrix = spec is not None and spec.matrix
+        self.sparse = spec is not None and spec.sparse
+        self._orientation = spec.orientation if spec is not None else None
 
     @property
     def shape(self) -> tuple[int, ...]:
-        if self.encoding in SPARSE_ENCODINGS:
+        if self.sparse:
             return sparse_shape(self._node)
-        if self.encoding != "array":  # an awkward array or a dataframe in obsm
+        if not self.is_matrix:  # an awkward array or a dataframe in obsm
             raise TypeError(f"{self._node.name}: a {self.encoding} element is not a matrix")
         return tuple(self._node.shape)
 
@@ -369,9 +376,9 @@ class Matrix:
             cols = np.arange(self.shape[1])[cols_key] if isinstance(cols_key, slice) else (
                 np.asarray([cols_key]).ravel().astype(np.int64)
             )  # fmt: skip
-        if self.encoding in SPARSE_ENCODINGS:
+        if self.sparse:
             return self._sparse(rows, cols)
-        if self.encoding != "array":
+        if not self.is_matrix:
             raise TypeError(f"{self._node.name}: cannot select from a {self.encoding} element")
         return _dense_take(self._node, rows, cols)
 
@@ -383,9 +390,9 @@ class Matrix:
     def take(self, rows: np.ndarray) -> Any:
         """Rows at sorted, distinct positions with every column (the loader's buffers):
         CSR for a sparse matrix, an array else."""
-        if self.encoding in SPARSE_ENCODINGS:
+        if self.sparse:
             return self._sparse(rows, np.arange(self.shape[1]))
-        if self.encoding != "array":
+        if not self.is_matrix:
             raise TypeError(f"{self._node.name}: cannot select from a {self.encoding} element")
         runs = _runs(rows, rows + 1)
         if not runs:
@@ -396,7 +403,7 @@ class Matrix:
     def orientations(self) -> Sequence[str]:
         """The orientations a read may use: ``csr``/``csc`` (a stale copy left out), or
         ``dense``."""
-        if self.encoding not in SPARSE_ENCODINGS:
+        if not self.sparse:
             return ("dense",)
         return tuple(self._orientations)
 
@@ -411,7 +418,7 @@ class Matrix:
         whole chunks (a row straddling two chunks belongs to the first). None where the
         values are not chunked (a contiguous h5py dataset: any run of rows reads alone)."""
         n = self.shape[0]
-        if self.encoding in SPARSE_ENCODINGS:
+        if self.sparse:
             if "csr" not in self._orientations:
                 return np.array([0, n])
             arrays, indptr = self._orientations["csr"]
@@ -428,20 +435,20 @@ class Matrix:
 
     @property
     def dtype(self) -> np.dtype:
-        values = self._node["data"] if self.encoding in SPARSE_ENCODINGS else self._node
+        values = self._node["data"] if self.sparse else self._node
         return np.dtype(values.dtype)
 
     @property
     def nnz(self) -> int:
         """Stored values: nonzeros of a sparse matrix, every value of a dense one."""
-        if self.encoding in SPARSE_ENCODINGS:
+        if self.sparse:
             return int(self._node["data"].shape[0])
         return int(np.prod(self.shape))
 
     def rows(self, start: int, stop: int) -> Any:
         """Rows ``start:stop`` with every column: CSR for a sparse matrix, an array else."""
         positions = np.arange(start, stop)
-        if self.encoding in SPARSE_ENCODINGS:
+        if self.sparse:
             return self._sparse(positions, np.arange(self.shape[1]))
         return np.asarray(self._node[start:stop])
 
@@ -450,10 +457,13 @@ class Matrix:
     @cached_property
     def _orientations(self) -> dict[str, tuple[_Arrays, np.ndarray]]:
         """Usable orientations: name -> (its data and indices, indptr in memory)."""
-        primary = self.encoding[:3]
+        primary = self._orientation
+        assert primary is not None  # read for sparse matrices only
         indptr = self._node["indptr"][...]
         pipeline = codec_pipeline_for("zarrs", self._dataset.source)
-        found = {primary: (_Arrays(self._node, pipeline), indptr)}
+        found: dict[str, tuple[_Arrays, np.ndarray]] = {
+            primary: (_Arrays(self._node, pipeline), indptr)
+        }
         copy = copy_group(self._node)
         if copy is not None:
             reason = stale_reason(self._node, copy, indptr)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,13 +31,14 @@ import pandas as pd
 from annlayout.base.defaults import VERIFY_MEMORY
 from annlayout.base.malloc import release_memory
 from annlayout.format.encodings import (
-    SPARSE_ENCODINGS,
     StandIn,
     encoding_of,
+    encoding_spec,
     is_group,
     sparse_shape,
     written_elements,
 )
+from annlayout.format.registry import Dispatch, get
 from annlayout.planning.memory import parse_size, transpose_fixed, verify_sizes
 from annlayout.storage.commit import check_interrupted
 from annlayout.storage.stores import AnnDataStore, open_anndata
@@ -91,7 +93,7 @@ def _report(a: AnnDataStore, b: AnnDataStore, memory: int) -> VerifyReport:
         for path, (encoding, value) in expected.items():
             check_interrupted()  # apply defers Ctrl-C while it verifies: honoured here
             if path not in found:
-                if encoding != "null":
+                if not _empty(encoding):
                     report.differences.append(f"{path}: missing from {b.location}")
                 continue
             other_encoding, other = found.pop(path)
@@ -102,7 +104,7 @@ def _report(a: AnnDataStore, b: AnnDataStore, memory: int) -> VerifyReport:
                 report.differences += compare_element(
                     path, encoding, value, other_encoding, other, block_bytes, memory
                 )
-                if isinstance(other, StandIn) and other_encoding in SPARSE_ENCODINGS:
+                if isinstance(other, StandIn) and _sparse(other_encoding):
                     report.differences += check_copy(path, other.node, memory)
             except Exception as err:  # a corrupt chunk: the codec's words, named by element
                 reason = str(err).splitlines()[0] if str(err) else type(err).__name__
@@ -111,7 +113,7 @@ def _report(a: AnnDataStore, b: AnnDataStore, memory: int) -> VerifyReport:
                     f"({type(err).__name__}: {reason})"
                 )
     report.differences += [
-        f"{path}: not in {a.location}" for path, (e, _) in found.items() if e != "null"
+        f"{path}: not in {a.location}" for path, (e, _) in found.items() if not _empty(e)
     ]
     return report
 
@@ -152,7 +154,7 @@ def compare_element(
     block_bytes: int,
     memory: int = DEFAULT_VERIFY_MEMORY,
 ) -> list[str]:
-    if encoding_a in SPARSE_ENCODINGS and encoding_b in SPARSE_ENCODINGS:
+    if _sparse(encoding_a) and _sparse(encoding_b):
         if isinstance(a, StandIn) and isinstance(b, StandIn):
             return _compare_sparse(path, a.node, b.node, block_bytes, memory)
     elif encoding_a != encoding_b:
@@ -165,8 +167,20 @@ def compare_element(
         from anndata.io import read_elem
 
         a, b = (read_elem(v.node) if isinstance(v, StandIn) else v for v in (a, b))
-    problem = _frame_difference(a, b) if encoding_a == "dataframe" else difference(a, b)
+    spec = get(encoding_a)
+    problem = _frame_difference(a, b) if spec is not None and spec.columns else difference(a, b)
     return [f"{path}: {problem}"] if problem else []
+
+
+def _sparse(encoding: str | None) -> bool:
+    spec = get(encoding)
+    return spec is not None and spec.sparse
+
+
+def _empty(encoding: str | None) -> bool:
+    """No value (an absent raw): missing on one side is no difference."""
+    spec = get(encoding)
+    return spec is not None and spec.empty
 
 
 def _frame_difference(a: pd.DataFrame, b: pd.DataFrame) -> str | None:
@@ -451,40 +465,72 @@ def block_row_digests(block: Any, columns: np.ndarray | None = None) -> np.ndarr
 def stored_row_digests(node: Any, memory: int, start: int = 0) -> np.ndarray:
     """A row digest per row of a stored matrix from row ``start`` on (CSR, CSC or dense),
     read in blocks within ``memory``."""
+    element = str(node.name).strip("/")
+    digests = _ROW_DIGESTS.of(encoding_of(node) or "array", element)
+    return digests(node, memory, start)
+
+
+RowDigests = Callable[[Any, int, int], np.ndarray]
+#: how a stored matrix of each encoding is read for its rows' digests
+_ROW_DIGESTS: Dispatch[RowDigests] = Dispatch("row digests", covers=lambda e: e.matrix)
+
+
+@_ROW_DIGESTS.register("array")
+def _dense_row_digests(node: Any, memory: int, start: int) -> np.ndarray:
     from annlayout.planning.memory import rows_per_block
 
-    encoding = encoding_of(node) or "array"
-    if encoding not in SPARSE_ENCODINGS:
-        n_rows = int(node.shape[0])
-        per_row = max(1, math.prod(node.shape[1:]))
-        step = rows_per_block(per_row * max(1, n_rows - start), max(1, n_rows - start), memory)
-        blocks = [block_row_digests(np.asarray(node[lo : lo + step]))
-                  for lo in range(start, n_rows, step)]  # fmt: skip
-        return np.concatenate([np.zeros(0, np.uint64), *blocks])
-    n_rows, _ = sparse_shape(node)
-    indptr = np.asarray(node["indptr"][...], dtype=np.int64)
-    data, indices = node["data"], node["indices"]
-    if encoding == "csr_matrix":
-        step = rows_per_block(int(indptr[-1] - indptr[start]), max(1, n_rows - start), memory)
-        found = []
-        for lo in range(start, n_rows, step):
-            check_interrupted()
-            hi = min(n_rows, lo + step)
-            a, b = int(indptr[lo]), int(indptr[hi])
-            digests = _pair_digests(np.asarray(indices[a:b]), np.asarray(data[a:b]))
-            found.append(_row_sums(indptr[lo : hi + 1], digests))
-        return np.concatenate([np.zeros(0, np.uint64), *found])
-    digests = np.zeros(n_rows, np.uint64)  # CSC: each column's values added to their rows
+    n_rows = int(node.shape[0])
+    per_row = max(1, math.prod(node.shape[1:]))
+    step = rows_per_block(per_row * max(1, n_rows - start), max(1, n_rows - start), memory)
+    blocks = [block_row_digests(np.asarray(node[lo : lo + step]))
+              for lo in range(start, n_rows, step)]  # fmt: skip
+    return np.concatenate([np.zeros(0, np.uint64), *blocks])
+
+
+@_ROW_DIGESTS.register("csr_matrix")
+def _csr_row_digests(node: Any, memory: int, start: int) -> np.ndarray:
+    from annlayout.planning.memory import rows_per_block
+
+    n_rows, indptr, data, indices = _sparse_arrays(node)
+    step = rows_per_block(int(indptr[-1] - indptr[start]), max(1, n_rows - start), memory)
+    found = [np.zeros(0, np.uint64)]
+    for lo, hi, a, b in _major_runs(indptr, start, n_rows, step):
+        digests = _pair_digests(np.asarray(indices[a:b]), np.asarray(data[a:b]))
+        found.append(_row_sums(indptr[lo : hi + 1], digests))
+    return np.concatenate(found)
+
+
+@_ROW_DIGESTS.register("csc_matrix")
+def _csc_row_digests(node: Any, memory: int, start: int) -> np.ndarray:
+    """Each column's values added to their rows."""
+    from annlayout.planning.memory import rows_per_block
+
+    n_rows, indptr, data, indices = _sparse_arrays(node)
+    digests = np.zeros(n_rows, np.uint64)
     n_cols = indptr.size - 1
     step = rows_per_block(int(indptr[-1]), max(1, n_cols), memory)
-    for lo in range(0, n_cols, step):
-        check_interrupted()
-        hi = min(n_cols, lo + step)
-        a, b = int(indptr[lo]), int(indptr[hi])
+    for lo, hi, a, b in _major_runs(indptr, 0, n_cols, step):
         cols = np.repeat(np.arange(lo, hi), np.diff(indptr[lo : hi + 1]))
         rows = np.asarray(indices[a:b], dtype=np.int64)
         np.add.at(digests, rows, _pair_digests(cols, np.asarray(data[a:b])))
     return digests[start:]
+
+
+def _sparse_arrays(node: Any) -> tuple[int, np.ndarray, Any, Any]:
+    """A sparse group's rows, its indptr in memory, and its data and indices arrays."""
+    n_rows, _ = sparse_shape(node)
+    return n_rows, np.asarray(node["indptr"][...], dtype=np.int64), node["data"], node["indices"]
+
+
+def _major_runs(
+    indptr: np.ndarray, first: int, n: int, step: int
+) -> Iterator[tuple[int, int, int, int]]:
+    """Runs of ``step`` rows (CSR) or columns (CSC) from ``first`` to ``n``, with the range of
+    their nonzeros; stopped between two runs by an interrupt."""
+    for lo in range(first, n, step):
+        check_interrupted()
+        hi = min(n, lo + step)
+        yield lo, hi, int(indptr[lo]), int(indptr[hi])
 
 
 def input_row_digests(parts: list[RowsOf], memory: int, n_store: int | None = None) -> np.ndarray:
@@ -515,7 +561,7 @@ def rows_difference(
     """Does ``node`` hold, from row ``start`` on, the rows of ``parts`` in ``order`` (row
     ``i`` holds row ``order[i]`` of the stacked inputs)? The first row that does not, named
     with its input and row, or None."""
-    dense_float = (encoding_of(node) or "array") == "array" and np.dtype(node.dtype).kind == "f"
+    dense_float = encoding_spec(node, path).dense and np.dtype(node.dtype).kind == "f"
     expected = input_row_digests(parts, memory, int(node.shape[1]) if dense_float else None)
     found = stored_row_digests(node, memory, start)
     if order is not None:

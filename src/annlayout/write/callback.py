@@ -18,14 +18,8 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
-from annlayout.format.encodings import (
-    COMPOSITE_ENCODINGS,
-    CONTAINER_ENCODINGS,
-    SPARSE_ENCODINGS,
-    element_path,
-    is_null_raw,
-    write_sparse_attrs,
-)
+from annlayout.format.encodings import element_path, is_null_raw, write_sparse_attrs
+from annlayout.format.registry import get
 from annlayout.layout.spec import CopySettings, ElementSettings, Layout, ResolvedSettings
 from annlayout.planning.codecs import describe
 from annlayout.planning.plan import ElementPlan, Kind, plan_array, plan_element
@@ -57,7 +51,8 @@ class LayoutCallback:
         encoding = iospec.encoding_type
         if is_null_raw(element_path(store, elem_name), encoding):
             return  # write_h5ad and write_zarr write nothing; write_dispatched would a null
-        if encoding in CONTAINER_ENCODINGS:
+        spec = get(encoding)  # None: an encoding of a newer anndata, written as an array
+        if spec is not None and spec.container:
             func(store, elem_name, elem, dataset_kwargs={})
             return
         path = element_path(store, elem_name)
@@ -75,13 +70,13 @@ class LayoutCallback:
             return
 
         rule, settings = self.layout.rule_for(path, encoding)
-        if encoding in SPARSE_ENCODINGS:
+        if spec is not None and spec.sparse:
             self._write_sparse(store, elem_name, path, encoding, elem, settings, rule, backend)
             return
         info = describe_in_memory(path, encoding, elem)
         element_plan = plan_element(info, settings, target, rule, self.layout)
         self.plans[path] = element_plan
-        if encoding in COMPOSITE_ENCODINGS:
+        if spec is not None and spec.composite:
             self._owners[path] = settings
             try:
                 func(store, elem_name, elem, dataset_kwargs={})
