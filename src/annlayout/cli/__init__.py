@@ -374,8 +374,8 @@ def inspect_command(store: str, as_json: bool) -> None:
 
 
 MEMORY_HELP = (
-    "Memory budget for copying large elements, shared by --workers (e.g. 512MiB, 4GB); "
-    "what does not fit is refused before anything is written."
+    "Memory budget for copying large elements (e.g. 512MiB, 4GB); what does not fit is "
+    "refused before anything is written."
 )
 
 
@@ -387,7 +387,7 @@ def run_options(
     and checked once (``--workers 0`` is refused in one line). ``--store-backend`` is the
     group's option, read from there. ``help``: a command's own words for an option."""
     helps = {
-        "memory": MEMORY_HELP,
+        "memory": MEMORY_HELP + (" Shared by --workers." if "workers" in names else ""),
         "workers": "Run with N local threads (dask); --memory is shared by them.",
         "scheduler": "Run on the dask.distributed cluster at ADDRESS; its workers must reach "
         "the inputs and OUTPUT (checked before work starts).",
