@@ -45,6 +45,9 @@ def test_workers_zero_is_refused_in_one_line(stores, tmp_path, command):
     assert not output.exists()
     with pytest.raises(ApplyError, match="--workers"):
         annlayout.apply("ml-minibatch", stores["h5ad"], output, workers=0)
+    planned = CliRunner().invoke(main, ["plan", "ml-minibatch", str(stores["h5ad"]),
+                                        "--memory", "1GiB", "--workers", "0"])  # fmt: skip
+    assert planned.exit_code == 1 and "--workers 0" in planned.stderr
 
 
 class _RecordingEnviron(UserDict):

@@ -198,6 +198,66 @@ def schema_command() -> None:
     click.echo(json.dumps(json_schema(), indent=2))
 
 
+MEMORY_HELP = (
+    "Memory budget for copying large elements (e.g. 512MiB, 4GB); what does not fit is "
+    "refused before anything is written."
+)
+
+
+def run_options(
+    *names: str, memory: str = defaults.MEMORY, help: dict[str, str] | None = None
+) -> Callable[[Any], Any]:
+    """The options every run shares (annlayout.RunOptions), each defined once here: a command
+    takes the ones it has (``names``) and receives them as one ``options: RunOptions``, made
+    and checked once (``--workers 0`` is refused in one line). ``--store-backend`` is the
+    group's option, read from there. ``help``: a command's own words for an option."""
+    helps = {
+        "memory": MEMORY_HELP + (" Shared by --workers." if "workers" in names else ""),
+        "workers": "Run with N local threads (dask); --memory is shared by them.",
+        "scheduler": "Run on the dask.distributed cluster at ADDRESS; its workers must reach "
+        "the inputs and OUTPUT (checked before work starts).",
+        "verify": "Skip comparing the result with its inputs.",
+        "resume": "Continue a run that was killed (same inputs and options); without it a "
+        "rerun starts clean.",
+        "codec_pipeline": "zarr codec pipeline: zarrs (Rust, parallel) or zarr-python's own.",
+        **(help or {}),
+    }
+    options = {
+        "memory": click.option("--memory", default=memory, show_default=True, help=helps["memory"]),
+        "workers": click.option(
+            "--workers", type=int, default=1, show_default=True, help=helps["workers"]
+        ),
+        "scheduler": click.option("--scheduler", metavar="ADDRESS", help=helps["scheduler"]),
+        "verify": click.option("--no-verify", "no_verify", is_flag=True, help=helps["verify"]),
+        "resume": click.option("--resume", is_flag=True, help=helps["resume"]),
+        "codec_pipeline": click.option(
+            "--codec-pipeline",
+            type=click.Choice(["zarrs", "zarr"]),
+            default="zarrs",
+            show_default=True,
+            help=helps["codec_pipeline"],
+        ),
+    }
+    params = {"verify": "no_verify"}  # the option's Python name, where it differs
+
+    def decorate(command: Any) -> Any:
+        @functools.wraps(command)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            from annlayout.base.options import RunOptions
+
+            given = {name: kwargs.pop(params.get(name, name)) for name in names}
+            if "verify" in given:
+                given["verify"] = not given["verify"]
+            backend = click.get_current_context().find_root().params.get("store_backend")
+            return command(*args, options=RunOptions(**given, store_backend=backend), **kwargs)
+
+        for name in reversed(names):
+            wrapper = options[name](wrapper)
+        return wrapper
+
+    return decorate
+
+
 @main.command("plan")
 @click.argument("layout")
 @click.argument("input")
@@ -208,17 +268,20 @@ def schema_command() -> None:
     "peak memory), and refuse, as apply would, an element that does not fit.",
 )
 @click.option(
-    "--workers", default=1, show_default=True, help="With --memory: the budget is shared by N."
-)
-@click.option(
     "--whole-below",
     default=defaults.WHOLE_BELOW,
     show_default=True,
     help="With --memory: elements smaller than this are copied whole, as apply's option.",
 )
 @handle_errors
+@run_options("workers", help={"workers": "With --memory: the budget is shared by N."})
 def plan_command(
-    layout: str, input: str, as_json: bool, memory: str | None, workers: int, whole_below: str
+    layout: str,
+    input: str,
+    as_json: bool,
+    memory: str | None,
+    whole_below: str,
+    options: RunOptions,
 ) -> None:
     """Show how LAYOUT would store INPUT, element by element (writes nothing).
 
@@ -236,7 +299,7 @@ def plan_command(
         survey = annlayout.survey(input)
         plan = annlayout.make_plan(annlayout.load_layout(layout), survey)
         small = parse_size(whole_below, "--whole-below")
-        model = memory_plan(plan, source_dtypes(survey), parse_size(memory), workers, small)
+        model = memory_plan(plan, source_dtypes(survey), parse_size(memory), options.workers, small)
         model.check()
     if as_json:
         data = plan.to_dict()
@@ -371,66 +434,6 @@ def inspect_command(store: str, as_json: bool) -> None:
             )
     out.print(table)
     out.print(f"{len(survey.elements)} elements, {human_size(total)} stored", highlight=False)
-
-
-MEMORY_HELP = (
-    "Memory budget for copying large elements (e.g. 512MiB, 4GB); what does not fit is "
-    "refused before anything is written."
-)
-
-
-def run_options(
-    *names: str, memory: str = defaults.MEMORY, help: dict[str, str] | None = None
-) -> Callable[[Any], Any]:
-    """The options every run shares (annlayout.RunOptions), each defined once here: a command
-    takes the ones it has (``names``) and receives them as one ``options: RunOptions``, made
-    and checked once (``--workers 0`` is refused in one line). ``--store-backend`` is the
-    group's option, read from there. ``help``: a command's own words for an option."""
-    helps = {
-        "memory": MEMORY_HELP + (" Shared by --workers." if "workers" in names else ""),
-        "workers": "Run with N local threads (dask); --memory is shared by them.",
-        "scheduler": "Run on the dask.distributed cluster at ADDRESS; its workers must reach "
-        "the inputs and OUTPUT (checked before work starts).",
-        "verify": "Skip comparing the result with its inputs.",
-        "resume": "Continue a run that was killed (same inputs and options); without it a "
-        "rerun starts clean.",
-        "codec_pipeline": "zarr codec pipeline: zarrs (Rust, parallel) or zarr-python's own.",
-        **(help or {}),
-    }
-    options = {
-        "memory": click.option("--memory", default=memory, show_default=True, help=helps["memory"]),
-        "workers": click.option(
-            "--workers", type=int, default=1, show_default=True, help=helps["workers"]
-        ),
-        "scheduler": click.option("--scheduler", metavar="ADDRESS", help=helps["scheduler"]),
-        "verify": click.option("--no-verify", "no_verify", is_flag=True, help=helps["verify"]),
-        "resume": click.option("--resume", is_flag=True, help=helps["resume"]),
-        "codec_pipeline": click.option(
-            "--codec-pipeline",
-            type=click.Choice(["zarrs", "zarr"]),
-            default="zarrs",
-            show_default=True,
-            help=helps["codec_pipeline"],
-        ),
-    }
-    params = {"verify": "no_verify"}  # the option's Python name, where it differs
-
-    def decorate(command: Any) -> Any:
-        @functools.wraps(command)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            from annlayout.base.options import RunOptions
-
-            given = {name: kwargs.pop(params.get(name, name)) for name in names}
-            if "verify" in given:
-                given["verify"] = not given["verify"]
-            backend = click.get_current_context().find_root().params.get("store_backend")
-            return command(*args, options=RunOptions(**given, store_backend=backend), **kwargs)
-
-        for name in reversed(names):
-            wrapper = options[name](wrapper)
-        return wrapper
-
-    return decorate
 
 
 @main.command("apply")
