@@ -263,10 +263,7 @@ def test_a_missing_output_is_called_output(stores):
 # -- 11. global options after the command name
 
 
-def test_global_options_are_accepted_after_the_command(stores, monkeypatch):
-    # the option sets the variable for the process: recorded here, so it is undone after
-    monkeypatch.setenv("ANNLAYOUT_STORE_BACKEND", "obstore")
-    monkeypatch.delenv("ANNLAYOUT_STORE_BACKEND")
+def test_global_options_are_accepted_after_the_command(stores):
     run("inspect", stores["zarr3"], "--store-backend", "fsspec")
     run("inspect", stores["zarr3"], "--store-backend=obstore")
     result = run("inspect", "missing.zarr", "--debug", code=1)

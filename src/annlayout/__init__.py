@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from annlayout.apply.in_memory import WriteResult, write
     from annlayout.apply.stream import ApplyResult, apply
     from annlayout.base.errors import AnnlayoutError, ApplyError, LayoutError, PlanError
+    from annlayout.base.options import RunOptions
     from annlayout.combine.append import append
     from annlayout.combine.concat import concat
     from annlayout.layout.files import json_schema, load_layout
@@ -41,6 +42,7 @@ _LAZY = {
     "ApplyError": "annlayout.base.errors",
     "LayoutError": "annlayout.base.errors",
     "PlanError": "annlayout.base.errors",
+    "RunOptions": "annlayout.base.options",
     "Layout": "annlayout.layout.models",
     "layout_callback": "annlayout.write.callback",
     "json_schema": "annlayout.layout.files",
@@ -101,13 +103,23 @@ def plan(layout, source) -> Plan:
     return make_plan(load_layout(layout), survey(source))
 
 
-def verify(source, rewritten, *, memory: int | str = VERIFY_MEMORY) -> list[str]:
+def verify(
+    source, rewritten, *, options: RunOptions | None = None, memory: int | str | None = None
+) -> list[str]:
     """Elements that differ between two AnnData stores (one line each); empty when equal.
 
-    ``memory`` (bytes, or a size such as ``"512MiB"``) bounds the blocks compared at once."""
+    ``memory`` (bytes, or a size such as ``"512MiB"``; default 512MiB) bounds the blocks
+    compared at once; ``options`` (:class:`RunOptions`): its ``memory`` and ``store_backend``,
+    ``memory=`` over them."""
+    from annlayout.base.options import RunOptions
+    from annlayout.storage.remote import store_backend
     from annlayout.verify.compare import verify_stores
 
-    return verify_stores(source, rewritten, memory=memory)
+    if options is None and memory is None:
+        memory = VERIFY_MEMORY
+    options = RunOptions.merged(options, memory=memory)
+    with store_backend(options.store_backend):
+        return verify_stores(source, rewritten, memory=options.budget)
 
 
 class _Package(types.ModuleType):
@@ -135,6 +147,7 @@ __all__ = [
     "LayoutError",
     "Plan",
     "PlanError",
+    "RunOptions",
     "Survey",
     "WriteResult",
     "__version__",

@@ -11,8 +11,8 @@ from typing import Any
 from annlayout.base.errors import ApplyError
 from annlayout.format.encodings import PROVENANCE_KEY, set_json_attr
 from annlayout.layout.spec import Layout, load_layout
-from annlayout.planning.codecs import codec_pipeline as use_codec_pipeline
 from annlayout.planning.plan import ElementPlan
+from annlayout.storage.pipeline import codec_pipeline as use_codec_pipeline
 from annlayout.storage.remote import codec_pipeline_for, is_url, zarr_exists
 from annlayout.storage.stores import check_output_name, consolidate_metadata, provenance, zarr_store
 from annlayout.write.callback import LayoutCallback

@@ -36,6 +36,7 @@ from annlayout.base.defaults import MEMORY, WHOLE_BELOW
 from annlayout.base.errors import ElementReadError
 from annlayout.base.malloc import bound_malloc_arenas, release_memory
 from annlayout.base.optional import dask_requirement
+from annlayout.base.options import Backend, CodecPipeline, Progress, RunOptions
 from annlayout.base.version import package_version
 from annlayout.execute.resume import (
     JOURNAL,
@@ -75,7 +76,6 @@ from annlayout.format.encodings import (
 )
 from annlayout.format.registry import get, lookup
 from annlayout.layout.spec import Layout, load_layout
-from annlayout.planning.codecs import codec_pipeline
 from annlayout.planning.memory import (
     Block,
     MemoryPlan,
@@ -104,7 +104,9 @@ from annlayout.storage.commit import (
     staging_dir,
     temporary_sibling,
 )
+from annlayout.storage.pipeline import codec_pipeline
 from annlayout.storage.remote import chosen_backend, codec_pipeline_for
+from annlayout.storage.remote import store_backend as use_store_backend
 from annlayout.storage.stores import (
     AnnDataStore,
     check_output_name,
@@ -167,36 +169,58 @@ class ApplyResult:
         }
 
 
-Progress = Callable[[str, int, int], None]  # (what, done, total)
-
-
 def apply(
     layout: str | Path | Layout,
     source: str | Path,
     output: str | Path,
     *,
     overwrite: bool = False,
-    codec_pipeline_name: str | None = "zarrs",
-    memory: str | int = MEMORY,
-    workers: int = 1,
-    scheduler: str | None = None,
-    verify: bool = True,
-    progress: Progress | None = None,
+    options: RunOptions | None = None,
     small_element: str | int = WHOLE_BELOW,
-    resume: bool = False,
     check: Callable[[Path | str], None] | None = None,
+    memory: str | int | None = None,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    verify: bool | None = None,
+    resume: bool | None = None,
+    codec_pipeline_name: CodecPipeline | None = None,
+    store_backend: Backend | None = None,
+    progress: Progress | None = None,
 ) -> ApplyResult:
     """Rewrite the AnnData store ``source`` into ``output`` with ``layout``, out of core.
 
+    ``options`` (:class:`~annlayout.RunOptions`) says how the run goes; ``memory=``,
+    ``workers=``, ``scheduler=``, ``verify=``, ``resume=``, ``codec_pipeline_name=``,
+    ``store_backend=`` and ``progress=`` may be given instead, or over its settings (the
+    defaults: 2GiB, 1 worker, verified, not resumed, zarrs, obstore where installed).
     Large elements are copied block by block within ``memory`` (a byte size, shared by
     ``workers``); what does not fit is refused before anything is written. The input is only
     read; ``output`` appears only when complete and (unless ``verify=False``) verified.
     ``resume``: a local zarr output whose run was killed continues from the tasks that run
     completed, when the input, layout, memory and workers are the same (otherwise it starts
     clean); a resumed run that fails keeps its partial output for the next ``resume``.
+    ``small_element``: elements smaller than this are copied whole (``--whole-below``).
     ``check``: called with the finished output before it replaces ``output`` (with
     ``verify``): concat's verification against its inputs raises there.
     """
+    options = RunOptions.merged(
+        options, memory=memory, workers=workers, scheduler=scheduler, verify=verify,
+        resume=resume, codec_pipeline=codec_pipeline_name, store_backend=store_backend,
+        progress=progress,
+    )  # fmt: skip
+    with use_store_backend(options.store_backend):
+        return _apply_run(layout, source, output, overwrite, options, small_element, check)
+
+
+def _apply_run(
+    layout: str | Path | Layout,
+    source: str | Path,
+    output: str | Path,
+    overwrite: bool,
+    options: RunOptions,
+    small_element: str | int,
+    check: Callable[[Path | str], None] | None,
+) -> ApplyResult:
     start = time.perf_counter()
     bound_malloc_arenas()  # best before codec threads start: the CLI calls it first
     layout = load_layout(layout)
@@ -212,14 +236,11 @@ def apply(
         output = Path(output)
         check_paths(Path(source), output, overwrite=overwrite)
     source = source if is_url(source) else Path(source)
-    if scheduler and not dask_requirement(workers, scheduler):
+    if options.scheduler and not dask_requirement(options.workers, options.scheduler):
         # before any work: the workers read the input and write the output themselves
-        check_reachable(scheduler, [task_location(source)], task_location(output))
+        check_reachable(options.scheduler, [task_location(source)], task_location(output))
     with open_anndata(source) as store:
-        return _apply(
-            layout, store, output, remote, codec_pipeline_name, memory, workers, scheduler,
-            verify, progress, small_element, start, resume, check,
-        )  # fmt: skip
+        return _apply(layout, store, output, remote, options, small_element, start, check)
 
 
 def _apply(
@@ -227,20 +248,14 @@ def _apply(
     store: AnnDataStore,
     output: Any,
     remote: bool,
-    codec_pipeline_name: str | None,
-    memory: str | int,
-    workers: int,
-    scheduler: str | None,
-    verify: bool,
-    progress: Progress | None,
+    options: RunOptions,
     small_element: str | int,
     start: float,
-    resume: bool = False,
     check: Callable[[Path | str], None] | None = None,
 ) -> ApplyResult:
+    budget, workers, scheduler = options.budget, options.workers, options.scheduler
+    progress, resume = options.progress, options.resume
     source = store.location
-    budget = parse_size(memory)
-    workers = max(1, int(workers))
     survey = survey_opened(store)
     small = parse_size(small_element, "--whole-below")
     plan, memory_model = plan_within_budget(layout, survey, budget, workers, small)
@@ -259,7 +274,7 @@ def _apply(
         check_free_space(Path(output).parent, output_bytes)
 
     result = ApplyResult(path=output, layout=layout.name, plan=plan)
-    pipeline = codec_pipeline_name if layout.target.format == "zarr" else None
+    pipeline: str | None = options.codec_pipeline if layout.target.format == "zarr" else None
     pipeline = codec_pipeline_for(pipeline, source, *([] if staging else [output]))
     # a local zarr output journals its tasks, so a killed run can be resumed
     journal = None if remote or layout.target.format != "zarr" else resume_dir(Path(output))
@@ -327,7 +342,7 @@ def _apply(
             rewriter.finish(tmp)
             if staged is not None:  # up while verification reads the local copy; root after
                 staged.send_objects()
-            if verify:
+            if options.verify:
                 from annlayout.verify.compare import verify_report
 
                 started = time.perf_counter()

@@ -83,12 +83,18 @@ class IntegrityError(AnnlayoutError, RuntimeError):
     the run stops rather than write a store with a gap."""
 
 
+class CodecPipelineConflict(AnnlayoutError, RuntimeError):
+    """Two runs in one process asked for different zarr codec pipelines at once: zarr has one
+    process-wide setting (:mod:`annlayout.storage.pipeline`)."""
+
+
 __all__ = [
     "AnnlayoutError",
     "AppendError",
     "ApplyError",
     "BenchError",
     "ChunkReadError",
+    "CodecPipelineConflict",
     "ConcatError",
     "ElementReadError",
     "IntegrityError",

@@ -25,14 +25,14 @@ import scipy.sparse as sp
 from annlayout.base.optional import installed, requirement
 from annlayout.bench.workloads import Operation
 from annlayout.format.encodings import encoding_spec
-from annlayout.planning.codecs import codec_pipeline
+from annlayout.storage.pipeline import codec_pipeline
 
 #: the readers of every pattern but training's (selections: X[rows, cols], obs columns)
 ROW_READERS = ("annlayout", "sparse_dataset-zarrs", "sparse_dataset-zarr", "read_lazy")
 #: the readers of training patterns: loaders (annlayout's ``batches``, annbatch's ``Loader``)
 LOADERS = ("annlayout", "annbatch")
 READERS = (*ROW_READERS, "annbatch")
-#: the zarr codec pipeline (annlayout.planning.codecs.CODEC_PIPELINES) each sparse_dataset reader uses
+#: the zarr codec pipeline (annlayout.storage.pipeline.CODEC_PIPELINES) each sparse_dataset reader uses
 PIPELINES = {"sparse_dataset-zarrs": "zarrs", "sparse_dataset-zarr": "zarr"}
 
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import shlex
 import sys
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +21,7 @@ from rich.table import Table
 from annlayout.base import defaults
 
 if TYPE_CHECKING:
+    from annlayout.base.options import RunOptions
     from annlayout.planning.plan import Plan
 
 # Commands import what they use: `annlayout --help` and `annlayout layouts` start without
@@ -159,10 +160,12 @@ def main(debug: bool, store_backend: str | None) -> None:
     --store-backend may also follow the command name.
     """
     from annlayout.base.malloc import bound_malloc_arenas
+    from annlayout.storage.remote import store_backend as use_store_backend
 
-    if store_backend:  # the environment carries it to worker processes too
-        os.environ["ANNLAYOUT_STORE_BACKEND"] = store_backend
-
+    # for this thread's opens (inspect, plan, bench...); runs also carry it in their
+    # RunOptions (run_options below), which hands it to their tasks. Never the environment:
+    # $ANNLAYOUT_STORE_BACKEND is only read, as this option's default.
+    click.get_current_context().with_resource(use_store_backend(store_backend))
     bound_malloc_arenas()  # before zarr and zarrs start their threads
 
 
@@ -195,6 +198,66 @@ def schema_command() -> None:
     click.echo(json.dumps(json_schema(), indent=2))
 
 
+MEMORY_HELP = (
+    "Memory budget for copying large elements (e.g. 512MiB, 4GB); what does not fit is "
+    "refused before anything is written."
+)
+
+
+def run_options(
+    *names: str, memory: str = defaults.MEMORY, help: dict[str, str] | None = None
+) -> Callable[[Any], Any]:
+    """The options every run shares (annlayout.RunOptions), each defined once here: a command
+    takes the ones it has (``names``) and receives them as one ``options: RunOptions``, made
+    and checked once (``--workers 0`` is refused in one line). ``--store-backend`` is the
+    group's option, read from there. ``help``: a command's own words for an option."""
+    helps = {
+        "memory": MEMORY_HELP + (" Shared by --workers." if "workers" in names else ""),
+        "workers": "Run with N local threads (dask); --memory is shared by them.",
+        "scheduler": "Run on the dask.distributed cluster at ADDRESS; its workers must reach "
+        "the inputs and OUTPUT (checked before work starts).",
+        "verify": "Skip comparing the result with its inputs.",
+        "resume": "Continue a run that was killed (same inputs and options); without it a "
+        "rerun starts clean.",
+        "codec_pipeline": "zarr codec pipeline: zarrs (Rust, parallel) or zarr-python's own.",
+        **(help or {}),
+    }
+    options = {
+        "memory": click.option("--memory", default=memory, show_default=True, help=helps["memory"]),
+        "workers": click.option(
+            "--workers", type=int, default=1, show_default=True, help=helps["workers"]
+        ),
+        "scheduler": click.option("--scheduler", metavar="ADDRESS", help=helps["scheduler"]),
+        "verify": click.option("--no-verify", "no_verify", is_flag=True, help=helps["verify"]),
+        "resume": click.option("--resume", is_flag=True, help=helps["resume"]),
+        "codec_pipeline": click.option(
+            "--codec-pipeline",
+            type=click.Choice(["zarrs", "zarr"]),
+            default="zarrs",
+            show_default=True,
+            help=helps["codec_pipeline"],
+        ),
+    }
+    params = {"verify": "no_verify"}  # the option's Python name, where it differs
+
+    def decorate(command: Any) -> Any:
+        @functools.wraps(command)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            from annlayout.base.options import RunOptions
+
+            given = {name: kwargs.pop(params.get(name, name)) for name in names}
+            if "verify" in given:
+                given["verify"] = not given["verify"]
+            backend = click.get_current_context().find_root().params.get("store_backend")
+            return command(*args, options=RunOptions(**given, store_backend=backend), **kwargs)
+
+        for name in reversed(names):
+            wrapper = options[name](wrapper)
+        return wrapper
+
+    return decorate
+
+
 @main.command("plan")
 @click.argument("layout")
 @click.argument("input")
@@ -205,17 +268,20 @@ def schema_command() -> None:
     "peak memory), and refuse, as apply would, an element that does not fit.",
 )
 @click.option(
-    "--workers", default=1, show_default=True, help="With --memory: the budget is shared by N."
-)
-@click.option(
     "--whole-below",
     default=defaults.WHOLE_BELOW,
     show_default=True,
     help="With --memory: elements smaller than this are copied whole, as apply's option.",
 )
 @handle_errors
+@run_options("workers", help={"workers": "With --memory: the budget is shared by N."})
 def plan_command(
-    layout: str, input: str, as_json: bool, memory: str | None, workers: int, whole_below: str
+    layout: str,
+    input: str,
+    as_json: bool,
+    memory: str | None,
+    whole_below: str,
+    options: RunOptions,
 ) -> None:
     """Show how LAYOUT would store INPUT, element by element (writes nothing).
 
@@ -233,7 +299,7 @@ def plan_command(
         survey = annlayout.survey(input)
         plan = annlayout.make_plan(annlayout.load_layout(layout), survey)
         small = parse_size(whole_below, "--whole-below")
-        model = memory_plan(plan, source_dtypes(survey), parse_size(memory), workers, small)
+        model = memory_plan(plan, source_dtypes(survey), parse_size(memory), options.workers, small)
         model.check()
     if as_json:
         data = plan.to_dict()
@@ -376,53 +442,32 @@ def inspect_command(store: str, as_json: bool) -> None:
 @click.argument("output")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 @click.option(
-    "--memory",
-    default=defaults.MEMORY,
-    show_default=True,
-    help="Memory budget for copying large elements, shared by --workers (e.g. 512MiB, 4GB); "
-    "an element that does not fit is refused before anything is written.",
-)
-@click.option("--workers", default=1, show_default=True, help="Copy with N local threads (dask).")
-@click.option("--scheduler", metavar="ADDRESS", help="Copy on a dask.distributed cluster.")
-@click.option("--no-verify", is_flag=True, help="Skip comparing the output with the input.")
-@click.option(
     "--whole-below",
     default=defaults.WHOLE_BELOW,
     show_default=True,
     help="Copy elements smaller than this whole; stream the rest in blocks.",
 )
-@click.option(
-    "--codec-pipeline",
-    type=click.Choice(["zarrs", "zarr"]),
-    default="zarrs",
-    show_default=True,
-    help="zarr codec pipeline: zarrs (Rust, parallel) or zarr-python's own.",
-)
-@click.option(
-    "--resume",
-    is_flag=True,
-    help="Continue a run that was killed (same INPUT, layout, --memory and --workers) from "
-    "the blocks it completed; without it a rerun starts clean. Local zarr outputs.",
-)
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 @click.option("--verbose", "-v", is_flag=True, help="List each legacy form that was upgraded.")
 @handle_errors
+@run_options(
+    "memory", "workers", "scheduler", "verify", "codec_pipeline", "resume",
+    help={
+        "resume": "Continue a run that was killed (same INPUT, layout, --memory and --workers) "
+        "from the blocks it completed; without it a rerun starts clean. Local zarr outputs.",
+    },
+)  # fmt: skip
 def apply_command(
     layout: str,
     input: str,
     output: str,
     overwrite: bool,
-    memory: str,
-    workers: int,
-    scheduler: str | None,
-    no_verify: bool,
     whole_below: str,
-    codec_pipeline: str,
-    resume: bool,
     as_json: bool,
     quiet: bool,
     verbose: bool,
+    options: RunOptions,
 ) -> None:
     """Rewrite INPUT (h5ad or zarr) into OUTPUT with LAYOUT, out of core.
 
@@ -445,14 +490,8 @@ def apply_command(
             input,
             output,
             overwrite=overwrite,
-            codec_pipeline_name=codec_pipeline,
-            memory=memory,
-            workers=workers,
-            scheduler=scheduler,
-            verify=not no_verify,
-            progress=progress,
+            options=replace(options, progress=progress),
             small_element=whole_below,
-            resume=resume,
         )
     summary = result.summary()
     if as_json:
@@ -543,19 +582,6 @@ def _combining_options(join_help: str, cells: str) -> Callable[[Any], Any]:
 )
 @click.option("--groupby", metavar="COLUMN", help="Order the cells by an obs column instead.")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
-@click.option("--memory", default=defaults.MEMORY, show_default=True, help="Memory budget.")
-@click.option(
-    "--workers",
-    default=1,
-    show_default=True,
-    help="Combine the inputs and write the layout with N threads (dask); --memory is shared.",
-)
-@click.option(
-    "--scheduler",
-    metavar="ADDRESS",
-    help="Combine and write on a dask cluster; its workers must reach the inputs, OUTPUT "
-    "and the scratch (checked before work starts).",
-)
 @click.option(
     "--scratch",
     "scratch_at",
@@ -564,17 +590,21 @@ def _combining_options(join_help: str, cells: str) -> Callable[[Any], Any]:
     "every worker reaches); default: beside OUTPUT, or the local temporary directory for an "
     "s3:// OUTPUT without --scheduler. Removed at the end unless kept for --resume.",
 )
-@click.option(
-    "--resume",
-    is_flag=True,
-    help="Continue a run that was killed (same inputs and options): combining the inputs from "
-    "the rows (or, with --workers/--scheduler, the tasks) it recorded, the layout step from "
-    "the blocks it completed; without it a rerun starts clean.",
-)
-@click.option("--no-verify", is_flag=True, help="Skip comparing the output with the inputs.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 @handle_errors
+@run_options(
+    "memory", "workers", "scheduler", "verify", "codec_pipeline", "resume",
+    help={
+        "workers": "Combine the inputs and write the layout with N threads (dask); --memory "
+        "is shared.",
+        "scheduler": "Combine and write on a dask cluster; its workers must reach the inputs, "
+        "OUTPUT and the scratch (checked before work starts).",
+        "resume": "Continue a run that was killed (same inputs and options): combining the "
+        "inputs from the rows (or, with --workers/--scheduler, the tasks) it recorded, the "
+        "layout step from the blocks it completed; without it a rerun starts clean.",
+    },
+)  # fmt: skip
 def concat_command(
     layout: str,
     paths: tuple[str, ...],
@@ -586,14 +616,10 @@ def concat_command(
     shuffle: int | None,
     groupby: str | None,
     overwrite: bool,
-    memory: str,
-    workers: int,
-    scheduler: str | None,
     scratch_at: str | None,
-    resume: bool,
-    no_verify: bool,
     as_json: bool,
     quiet: bool,
+    options: RunOptions,
 ) -> None:
     """Combine INPUT stores (h5ad, zarr; local or s3://) into OUTPUT with LAYOUT, as
     anndata.concat would, streaming X and the layers every input has.
@@ -617,9 +643,9 @@ def concat_command(
         result = concat(
             layout, inputs, output, join=join, label=label,  # type: ignore[arg-type]
             keys=keys.split(",") if keys else None, index_unique=index_unique,
-            merge=merge, shuffle=shuffle, groupby=groupby, memory=memory,  # type: ignore[arg-type]
-            workers=workers, scheduler=scheduler, overwrite=overwrite, resume=resume,
-            verify=not no_verify, progress=progress, scratch_at=scratch_at,
+            merge=merge, shuffle=shuffle, groupby=groupby,  # type: ignore[arg-type]
+            overwrite=overwrite, scratch_at=scratch_at,
+            options=replace(options, progress=progress),
         )  # fmt: skip
     if as_json:
         click.echo(json.dumps(result.summary(), indent=2))
@@ -649,11 +675,10 @@ def concat_command(
     "inner: every input must have all the store's genes; outer: absent ones are zeros.",
     "each new cell's",
 )
-@click.option("--memory", default=defaults.MEMORY, show_default=True, help="Memory budget.")
-@click.option("--no-verify", is_flag=True, help="Skip comparing the result with its sources.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 @handle_errors
+@run_options("memory", "verify", "codec_pipeline")
 def append_command(
     store: str,
     inputs: tuple[str, ...],
@@ -661,10 +686,9 @@ def append_command(
     label: str | None,
     keys: str | None,
     index_unique: str | None,
-    memory: str,
-    no_verify: bool,
     as_json: bool,
     quiet: bool,
+    options: RunOptions,
 ) -> None:
     """Add the cells of INPUT stores to STORE, in its recorded layout and with its genes:
     shards before the last partial one are kept, not rewritten. Atomic: an interrupted or
@@ -680,7 +704,7 @@ def append_command(
         result = append(
             store, inputs, join=join, label=label,  # type: ignore[arg-type]
             keys=keys.split(",") if keys else None, index_unique=index_unique,
-            memory=memory, verify=not no_verify, progress=progress,
+            options=replace(options, progress=progress),
         )  # fmt: skip
     if as_json:
         click.echo(json.dumps({**result.summary(), "inputs": list(inputs)}, indent=2))
@@ -727,15 +751,18 @@ def _progress(enabled: bool):
 @click.argument("source", metavar="INPUT")
 @click.argument("rewritten", metavar="OUTPUT")
 @click.option("--json", "as_json", is_flag=True, help="Print the differences as JSON.")
-@click.option(
-    "--memory",
-    default=defaults.VERIFY_MEMORY,
-    show_default=True,
-    help="Memory budget for comparing blocks (and transposes, where orientations differ).",
-)
 @click.option("--verbose", "-v", is_flag=True, help="List each legacy form that was upgraded.")
 @handle_errors
-def verify_command(source: str, rewritten: str, as_json: bool, memory: str, verbose: bool) -> None:
+@run_options(
+    "memory",
+    memory=defaults.VERIFY_MEMORY,
+    help={
+        "memory": "Memory budget for comparing blocks (and transposes, where orientations differ)."
+    },
+)
+def verify_command(
+    source: str, rewritten: str, as_json: bool, verbose: bool, options: RunOptions
+) -> None:
     """Compare every element of OUTPUT with INPUT; exit 1 if any differs.
 
     \b
@@ -748,10 +775,9 @@ def verify_command(source: str, rewritten: str, as_json: bool, memory: str, verb
     upgrade in OUTPUT are the same element (counted as upgraded, listed with --verbose), not
     a difference.
     """
-    from annlayout.planning.memory import parse_size
     from annlayout.verify.compare import verify_report
 
-    report = verify_report(source, rewritten, memory=parse_size(memory))
+    report = verify_report(source, rewritten, memory=options.budget)
     differences = report.differences
     if as_json:
         data = {"equal": not differences, "differences": differences, "upgrades": report.upgrades}

@@ -39,9 +39,9 @@ import numpy as np
 import scipy.sparse as sp
 
 from annlayout.apply.stream import Progress, peak_rss
-from annlayout.base.defaults import MEMORY
 from annlayout.base.errors import AppendError, IntegrityError, NotAnnDataError
 from annlayout.base.malloc import release_memory
+from annlayout.base.options import Backend, CodecPipeline, RunOptions
 from annlayout.combine.concat import (
     ORDER_KEY,
     Join,
@@ -63,8 +63,7 @@ from annlayout.format.encodings import (
 )
 from annlayout.format.registry import get
 from annlayout.layout.spec import Layout
-from annlayout.planning.codecs import codec_pipeline
-from annlayout.planning.memory import parse_size, plan_transpose
+from annlayout.planning.memory import plan_transpose
 from annlayout.planning.plan import ElementPlan, make_plan
 from annlayout.planning.survey import survey_opened
 from annlayout.storage.commit import (
@@ -75,6 +74,7 @@ from annlayout.storage.commit import (
     replace,
 )
 from annlayout.storage.journal import commit, has_journal, roll_back
+from annlayout.storage.pipeline import codec_pipeline
 from annlayout.storage.remote import (
     chosen_backend,
     codec_pipeline_for,
@@ -83,6 +83,7 @@ from annlayout.storage.remote import (
     listing,
 )
 from annlayout.storage.remote import remove as remove_objects
+from annlayout.storage.remote import store_backend as use_store_backend
 from annlayout.storage.stores import (
     AnnDataStore,
     consolidate_metadata,
@@ -166,17 +167,50 @@ def append(
     label: str | None = None,
     keys: Sequence[str] | None = None,
     index_unique: str | None = None,
-    memory: str | int = MEMORY,
-    verify: bool = True,
+    options: RunOptions | None = None,
+    memory: str | int | None = None,
+    verify: bool | None = None,
+    codec_pipeline_name: CodecPipeline | None = None,
+    store_backend: Backend | None = None,
     progress: Progress | None = None,
 ) -> AppendResult:
     """Add the cells of ``inputs`` to ``store`` (a zarr store annlayout wrote: a path or an
     ``s3://`` URL), keeping its recorded layout and genes. Atomic: the store changes only
     once the append is complete and verified; on object storage a kill while its objects
-    are replaced is rolled back by the next append to it."""
+    are replaced is rolled back by the next append to it. ``options`` and the keywords after
+    it: as :func:`annlayout.apply` takes them (an append runs in one process and is not
+    resumed: it is atomic instead)."""
+    options = RunOptions.merged(
+        options, memory=memory, verify=verify, codec_pipeline=codec_pipeline_name,
+        store_backend=store_backend, progress=progress,
+    )  # fmt: skip
+    if options.workers != 1 or options.scheduler or options.resume:
+        given = "--workers" if options.workers != 1 else "--scheduler"
+        raise AppendError(
+            f"append: {'--resume' if options.resume else given} is not an option of append "
+            "(it runs in one process, and is atomic rather than resumed)"
+        )
+    with use_store_backend(options.store_backend):
+        return _append(
+            store, inputs, join=join, label=label, keys=keys, index_unique=index_unique,
+            options=options,
+        )  # fmt: skip
+
+
+def _append(
+    store: str | Path,
+    inputs: Sequence[str | Path],
+    *,
+    join: Join,
+    label: str | None,
+    keys: Sequence[str] | None,
+    index_unique: str | None,
+    options: RunOptions,
+) -> AppendResult:
     import anndata as ad
     import zarr
 
+    budget, verify, progress = options.budget, options.verify, options.progress
     start = time.perf_counter()
     if not inputs:
         raise AppendError("append: no inputs given")
@@ -198,7 +232,6 @@ def append(
         mended = recover(store)  # an append killed while it replaced the store
         if mended:
             notes.append(mended)
-    budget = parse_size(memory)
     layout, record = _recorded_layout(store)
     root: Any = zarr.open_group(zarr_store(store), mode="r")
     n_vars = len(_index(root["var"]))
@@ -237,7 +270,7 @@ def append(
                if (copy := copy_group(root[path])) is not None]  # fmt: skip
     tmp = _sibling(store)
     _remove(tmp)  # left by a run that was killed
-    pipeline = codec_pipeline_for("zarrs", store)
+    pipeline = codec_pipeline_for(options.codec_pipeline, store)
     with deferred_interrupts():
         try:
             linked = _link_tree(root, store, tmp, growths, skipped=["obs"], emptied=rebuilt)

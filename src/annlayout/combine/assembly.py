@@ -58,12 +58,12 @@ from annlayout.execute.tasks import (
     execute,
     signature,
 )
-from annlayout.planning.codecs import codec_pipeline
 from annlayout.planning.memory import check_disjoint_units, rows_per_block
 from annlayout.reading.reader import Dataset, Matrix
 from annlayout.reading.reader import open as open_dataset
 from annlayout.storage import scratch
 from annlayout.storage.commit import check_interrupted
+from annlayout.storage.pipeline import opening
 from annlayout.storage.remote import codec_pipeline_for, store_backend
 
 # values per chunk of the combined arrays (uncompressed): small beside a bucket's nonzeros
@@ -283,7 +283,7 @@ def _open_group(path: str) -> dict[str, Any]:
     from annlayout.storage.stores import zarr_store
 
     # uncompressed: zarrs writes faster (where it can reach the store)
-    with _open_lock, codec_pipeline(codec_pipeline_for("zarrs", path)):
+    with opening(codec_pipeline_for("zarrs", path)):
         return {
             name: zarr.open_array(zarr_store(f"{path}/{name}", read_only=False), mode="r+")
             for name in ("indptr", "indices", "data")

@@ -15,6 +15,7 @@ row of ``anndata.concat``'s result that row ``i`` holds.
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import io
 import json
@@ -25,7 +26,7 @@ import uuid
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,8 +34,9 @@ import numpy as np
 import scipy.sparse as sp
 
 from annlayout.apply.stream import ApplyResult, Progress, apply, parse_size, task_location
-from annlayout.base.defaults import MEMORY, WHOLE_BELOW
+from annlayout.base.defaults import WHOLE_BELOW
 from annlayout.base.errors import AnnlayoutError, ConcatError, IntegrityError, NotAnnDataError
+from annlayout.base.options import Backend, CodecPipeline, RunOptions
 from annlayout.combine.assembly import Source, assemble_sparse
 from annlayout.combine.buckets import RowBuckets
 from annlayout.combine.collection import (
@@ -49,7 +51,6 @@ from annlayout.combine.collection import (
 from annlayout.execute.tasks import Distributed, Executor, check_reachable, executor_for
 from annlayout.format.encodings import encoding_attrs, writing
 from annlayout.layout.spec import load_layout
-from annlayout.planning.codecs import codec_pipeline
 from annlayout.planning.memory import plan_within_budget, rows_per_block
 from annlayout.planning.plan import human_size
 from annlayout.planning.survey import Survey, array_info, survey_adata
@@ -63,7 +64,9 @@ from annlayout.storage.commit import (
     check_paths,
     deferred_interrupts,
 )
+from annlayout.storage.pipeline import codec_pipeline
 from annlayout.storage.remote import chosen_backend, codec_pipeline_for, is_url
+from annlayout.storage.remote import store_backend as use_store_backend
 from annlayout.storage.stores import check_output_name, footprint
 from annlayout.storage.stores import fingerprint as inputs_fingerprint
 from annlayout.verify.compare import RowsOf, frame_values_difference, rows_difference
@@ -108,14 +111,17 @@ def concat(
     merge: Merge = None,
     shuffle: int | None = None,
     groupby: str | None = None,
-    memory: str | int = MEMORY,
-    workers: int = 1,
-    scheduler: str | None = None,
     overwrite: bool = False,
-    resume: bool = False,
-    verify: bool = True,
-    progress: Progress | None = None,
     scratch_at: str | Path | None = None,
+    options: RunOptions | None = None,
+    memory: str | int | None = None,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    verify: bool | None = None,
+    resume: bool | None = None,
+    codec_pipeline_name: CodecPipeline | None = None,
+    store_backend: Backend | None = None,
+    progress: Progress | None = None,
 ) -> ConcatResult:
     """Combine ``inputs`` into ``output`` with ``layout``, as ``anndata.concat(inputs, join=,
     label=, keys=, index_unique=, merge=, uns_merge=merge)`` would, out of core.
@@ -131,10 +137,42 @@ def concat(
     ``resume``: a run that was killed continues
     (when the inputs and options are the same) from what it recorded beside the output: the
     rows it combined, or the combined inputs and the layout's blocks it completed; otherwise
-    it starts clean, as without ``resume``.
+    it starts clean, as without ``resume``. ``options`` and the keywords after it: as
+    :func:`annlayout.apply` takes them.
     """
+    options = RunOptions.merged(
+        options, memory=memory, workers=workers, scheduler=scheduler, verify=verify,
+        resume=resume, codec_pipeline=codec_pipeline_name, store_backend=store_backend,
+        progress=progress,
+    )  # fmt: skip
+    with use_store_backend(options.store_backend):
+        return _concat(
+            layout, inputs, output, join=join, label=label, keys=keys,
+            index_unique=index_unique, merge=merge, shuffle=shuffle, groupby=groupby,
+            overwrite=overwrite, scratch_at=scratch_at, options=options,
+        )  # fmt: skip
+
+
+def _concat(
+    layout: Any,
+    inputs: Sequence[str | Path],
+    output: str | Path,
+    *,
+    join: Join,
+    label: str | None,
+    keys: Sequence[str] | None,
+    index_unique: str | None,
+    merge: Merge,
+    shuffle: int | None,
+    groupby: str | None,
+    overwrite: bool,
+    scratch_at: str | Path | None,
+    options: RunOptions,
+) -> ConcatResult:
     import anndata as ad
 
+    budget, workers, scheduler = options.budget, options.workers, options.scheduler
+    progress, resume = options.progress, options.resume
     start = time.perf_counter()
     layout = load_layout(layout)
     check_output_name(output, layout.target.format, layout.name)
@@ -144,7 +182,6 @@ def concat(
         raise ConcatError(f"--keys: {len(keys)} keys for {len(inputs)} inputs")
     if shuffle is not None and groupby is not None:
         raise ConcatError("concat: --shuffle and --groupby each set the order; give one")
-    budget = parse_size(memory)
     if not is_url(output):  # before the inputs are combined, not after
         for path in inputs:
             if not is_url(path):
@@ -202,7 +239,7 @@ def concat(
     # the layout step planned and refused now, as apply would, before any input is combined
     small = parse_size(WHOLE_BELOW, "--whole-below")
     expected = _combined_survey(combined, matrices, raw)
-    plan_within_budget(layout, expected, budget, max(1, int(workers)), small)
+    plan_within_budget(layout, expected, budget, workers, small)
     notes: list[str] = [repeated] if repeated else []
     with _scratch(location, resume, notes) as tmp:
         assembled = scratch.join(tmp, "assembled.zarr")
@@ -225,9 +262,8 @@ def concat(
                                 index_unique=index_unique, merge=merge)  # fmt: skip
         try:
             applied = apply(
-                layout, assembled, output, overwrite=overwrite, memory=memory,
-                workers=workers, scheduler=scheduler, verify=verify, progress=progress,
-                resume=resume and _resumable(layout, output), check=check,
+                layout, assembled, output, overwrite=overwrite, check=check,
+                options=replace(options, resume=resume and _resumable(layout, output)),
             )  # fmt: skip
         except IntegrityError:
             scratch.remove(done)  # the combined inputs are wrong: not kept for --resume
@@ -923,7 +959,10 @@ def prefetched(blocks: Iterator[Any]) -> Iterator[Any]:
         except BaseException as err:  # handed to the caller, raised there
             handoff.put(("error", err))
 
-    producer = threading.Thread(target=produce, daemon=True, name="annlayout-prefetch")
+    producer = threading.Thread(  # in the caller's context: its object-store client
+        target=contextvars.copy_context().run, args=(produce,), daemon=True,
+        name="annlayout-prefetch",
+    )  # fmt: skip
     producer.start()
     try:
         while True:
@@ -1013,7 +1052,9 @@ def ordered_map(function: Any, items: Sequence[Any], workers: int) -> Iterator[A
     pending: deque[Future[Any]] = deque()
     try:
         for item in items:
-            pending.append(pool.submit(function, item))
+            # in the caller's context (its object-store client): a copy each, as a context
+            # is entered by one thread at a time
+            pending.append(pool.submit(contextvars.copy_context().run, function, item))
             if len(pending) > workers:
                 yield pending.popleft().result()
         while pending:

@@ -59,9 +59,6 @@ class Stores:
 
 # the driver's open roots, by (role, location): tasks in its process use them
 _opened: dict[tuple[str, str], Any] = {}
-# zarr picks an array's codec pipeline from its global config when the array object is made:
-# arrays are made one at a time under the pipeline, so threads never see another's setting
-_open_lock = threading.RLock()
 
 
 @contextmanager
@@ -77,12 +74,14 @@ def opened(stores: Stores, source_root: Any, target_root: Any) -> Iterator[None]
 
 
 def open_array(stores: Stores, role: str, name: str) -> Any:
-    """``name`` (an array path) in the source or target store, with the task's codec pipeline."""
-    from annlayout.planning.codecs import codec_pipeline
+    """``name`` (an array path) in the source or target store, with the task's codec pipeline
+    (zarr picks it when the array object is made: opened under storage/pipeline.py's lock, so
+    threads never see another's setting, which also makes a root open once per process)."""
+    from annlayout.storage.pipeline import opening
     from annlayout.storage.remote import store_backend
 
     location = stores.source if role == "source" else stores.target
-    with _open_lock, codec_pipeline(stores.codec_pipeline), store_backend(stores.store_backend):
+    with opening(stores.codec_pipeline), store_backend(stores.store_backend):
         root = _opened.get((role, location))
         if root is None:
             root = (
@@ -252,9 +251,19 @@ class Journaled:
         return done
 
 
-def run_task(task: Task) -> int:
-    """What a dask.distributed worker runs (progress is counted when the task completes)."""
-    return task.run(None)
+def run_task(task: Task, backend: str | None = None) -> int:
+    """What a dask.distributed worker runs (progress is counted when the task completes),
+    with the driver's object-store client: a worker's own setting is not the run's."""
+    return _run_with(backend, task, None)
+
+
+def _run_with(backend: str | None, task: Task, advance: Advance | None) -> int:
+    """``task`` run with the object-store client ``backend``: the driver's choice is its
+    thread's (storage/remote.py), so each task thread is handed it."""
+    from annlayout.storage.remote import store_backend
+
+    with store_backend(backend):
+        return task.run(advance)
 
 
 # --------------------------------------------------------------------------- executors
@@ -305,12 +314,15 @@ def execute(tasks: Sequence[Task], executor: Executor, progress: Progress | None
             if progress:
                 progress("copy", done, total)
 
+    from annlayout.storage.remote import chosen_backend
+
+    backend = chosen_backend()  # the driver's, handed to every task
     if progress:
         progress("copy", 0, total)
     if isinstance(executor, Distributed):
-        _run_distributed(tasks, executor.address, advance)
+        _run_distributed(tasks, executor.address, advance, backend)
     elif isinstance(executor, Threads) and executor.workers > 1:
-        _run_threads(tasks, executor.workers, advance)
+        _run_threads(tasks, executor.workers, advance, backend)
     else:
         for task in tasks:
             check_interrupted()
@@ -318,23 +330,25 @@ def execute(tasks: Sequence[Task], executor: Executor, progress: Progress | None
     return done
 
 
-def _run_threads(tasks: Sequence[Task], workers: int, advance: Advance) -> None:
+def _run_threads(tasks: Sequence[Task], workers: int, advance: Advance, backend: str) -> None:
     import dask
 
     # named in order: dask orders independent tasks by name, and a task's neighbours share
     # its input (opened once per process)
     delayed = [
-        dask.delayed(task.run, pure=False)(advance, dask_key_name=f"task-{number:09d}")
+        dask.delayed(_run_with, pure=False)(
+            backend, task, advance, dask_key_name=f"task-{number:09d}"
+        )
         for number, task in enumerate(tasks)
     ]
     dask.compute(*delayed, scheduler="threads", num_workers=workers)
 
 
-def _run_distributed(tasks: Sequence[Task], address: str, advance: Advance) -> None:
+def _run_distributed(tasks: Sequence[Task], address: str, advance: Advance, backend: str) -> None:
     from dask.distributed import Client, as_completed
 
     with Client(address, set_as_default=False) as client:
-        futures = client.map(run_task, list(tasks), pure=False)
+        futures = client.map(run_task, list(tasks), backend=backend, pure=False)
         for future in as_completed(futures, loop=client.loop):
             try:
                 check_interrupted()

@@ -1,10 +1,9 @@
-"""One codec description, three storage dialects: zarr v3, zarr v2 (numcodecs) and h5py;
-and the codec pipeline zarr encodes and decodes chunks with (zarrs or zarr-python's own)."""
+"""One codec description, three storage dialects: zarr v3, zarr v2 (numcodecs) and h5py.
+The codec pipeline zarr encodes and decodes chunks with is set in storage/pipeline.py."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any
 
 from annlayout.layout.spec import Blosc, Gzip, NoCodec, Zstd
@@ -96,27 +95,3 @@ def describe_stored(compressors: Sequence[Any]) -> str:
         else:
             parts.append(name)
     return "+".join(parts) or "none"
-
-
-CODEC_PIPELINES = {
-    "zarrs": "zarrs.ZarrsCodecPipeline",
-    "zarr": "zarr.core.codec_pipeline.BatchedCodecPipeline",
-}
-
-
-@contextmanager
-def codec_pipeline(name: str | None) -> Iterator[None]:
-    """Use the zarrs (Rust) codec pipeline, or zarr-python's own, for the duration."""
-    import zarr
-
-    if name is None:
-        yield
-        return
-    if name not in CODEC_PIPELINES:
-        raise ValueError(
-            f"codec pipeline must be one of {', '.join(CODEC_PIPELINES)}, not {name!r}"
-        )
-    if name == "zarrs":
-        import zarrs  # noqa: F401  (registers the pipeline)
-    with zarr.config.set({"codec_pipeline.path": CODEC_PIPELINES[name]}):
-        yield

@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from pydantic import ByteSize, TypeAdapter
 
 from annlayout.base.defaults import MEMORY, VERIFY_MEMORY, WHOLE_BELOW
 from annlayout.base.errors import ApplyError, IntegrityError
+from annlayout.base.sizes import parse_size
 from annlayout.format.registry import get, lookup
 from annlayout.planning.plan import ArrayPlan, ElementPlan, Plan, human_size, make_plan
 
@@ -59,19 +59,6 @@ MIN_VERIFY_BYTES = 1 << 20
 MAX_VERIFY_BYTES = 64 << 20
 
 MiB = 1 << 20
-
-
-def parse_size(value: str | int, option: str = "--memory") -> int:
-    """A byte size (``2GiB``, ``512MB``, ``0``, an int) as bytes; ApplyError names the option."""
-    if isinstance(value, str) and value.strip().isdigit() and int(value) != 0:
-        # a bare "10" meant as 10 GiB would be a 10-byte budget: ask for the unit instead
-        raise ApplyError(
-            f"{option} {value!r}: give a unit (e.g. {value.strip()}GiB or {value.strip()}MB)"
-        )
-    try:
-        return int(TypeAdapter(ByteSize).validate_python(value))
-    except Exception:
-        raise ApplyError(f"{option} {value!r}: not a byte size (e.g. 2GiB, 512MB, 0)") from None
 
 
 DEFAULT_MEMORY = parse_size(MEMORY)

@@ -533,11 +533,9 @@ class _Arrays:
             if name in self._arrays:
                 return
             if hasattr(self.group, "metadata"):  # zarr fixes the codec pipeline when it opens
-                from annlayout.planning.codecs import (
-                    codec_pipeline,  # an array: open it under zarrs
-                )
+                from annlayout.storage.pipeline import opening
 
-                with codec_pipeline(self.pipeline):
+                with opening(self.pipeline):  # an array: open it under zarrs
                     array = self.group[name]
             else:
                 array = self.group[name]

@@ -7,6 +7,7 @@ Ctrl-C; a kill -9 leaves the sibling behind, and the next run removes it first.
 
 from __future__ import annotations
 
+import contextvars
 import os
 import shutil
 import signal
@@ -344,9 +345,10 @@ class StagedRemoteOutput:
         sender = self._stack.enter_context(
             ThreadPoolExecutor(1, thread_name_prefix="annlayout-upload")
         )  # left before the staging directory is removed
-        self._sending = sender.submit(
-            upload_objects, self.local, self.url, between=self._between, progress=self.progress
-        )
+        self._sending = sender.submit(  # in this thread's context: its object-store client
+            contextvars.copy_context().run, upload_objects, self.local, self.url,
+            between=self._between, progress=self.progress,
+        )  # fmt: skip
 
     def _between(self) -> None:
         check_interrupted()

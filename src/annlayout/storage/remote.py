@@ -2,9 +2,12 @@
 
 Two clients reach object storage: obstore (Rust's object_store: concurrent ranged reads,
 multipart uploads and retries with backoff built in) and fsspec (s3fs on botocore). Which one
-opens a URL is a process-wide choice, the ``ANNLAYOUT_STORE_BACKEND`` environment variable
-(what ``--store-backend`` sets), so that worker processes inherit it; obstore is the default
-where it is installed (measured faster, see docs/cookbook/object-storage.md).
+opens a URL is chosen per run (``RunOptions.store_backend``, ``--store-backend``) and held in a
+context variable (:func:`store_backend`), so two threads never see each other's choice and
+nothing writes the environment; tasks carry the choice to their threads and to a cluster's
+workers explicitly. ``$ANNLAYOUT_STORE_BACKEND`` is read as the default where nothing was
+chosen; obstore is the default where it is installed (measured faster, see
+docs/cookbook/object-storage.md).
 
 Credentials, region and endpoint come from where each client looks: the ``AWS_*`` (or
 ``GOOGLE_*``, ``AZURE_*``) environment variables. Both clients retry throttling (429, 503),
@@ -21,18 +24,18 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import timedelta
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from annlayout.base.errors import NotAnnDataError
+from annlayout.base.options import BACKENDS, Backend
 
 if TYPE_CHECKING:
     from obstore.store import ClientConfig, RetryConfig
 
-Backend = Literal["obstore", "fsspec"]
-BACKENDS: tuple[Backend, ...] = ("obstore", "fsspec")
 BACKEND_ENV = "ANNLAYOUT_STORE_BACKEND"
 
 # Retry budget for both clients: about a minute of backoff (0.1 s doubling to 15 s) before a
@@ -57,10 +60,14 @@ def is_url(location: object) -> bool:
     return "://" in str(location)
 
 
+#: The client chosen for this thread (and the tasks it hands the choice to), if any.
+_chosen: ContextVar[Backend | None] = ContextVar("annlayout_store_backend", default=None)
+
+
 def chosen_backend(name: str | None = None) -> Backend:
-    """The client for URLs: ``name``, else ``$ANNLAYOUT_STORE_BACKEND``, else obstore when
-    it is installed, else fsspec."""
-    chosen = name or os.environ.get(BACKEND_ENV) or ""
+    """The client for URLs: ``name``, else the one :func:`store_backend` set in this thread,
+    else ``$ANNLAYOUT_STORE_BACKEND``, else obstore when it is installed, else fsspec."""
+    chosen = name or _chosen.get() or os.environ.get(BACKEND_ENV) or ""
     if not chosen:
         from annlayout.base.optional import missing
 
@@ -74,21 +81,18 @@ def chosen_backend(name: str | None = None) -> Backend:
 def store_backend(name: str | None) -> Iterator[None]:
     """Open URLs with ``name`` (obstore or fsspec) within the block; None changes nothing.
 
-    ``with annlayout.store_backend("fsspec"): annlayout.apply(...)``; it sets
-    ``$ANNLAYOUT_STORE_BACKEND``, so worker processes started within inherit the choice.
+    ``with annlayout.store_backend("fsspec"): annlayout.apply(...)``. The choice belongs to
+    the calling thread (a context variable): another thread's is its own, and the tasks a run
+    starts are handed it (``RunOptions.store_backend`` says the same for one run).
     """
     if name is None:
         yield
         return
-    saved = os.environ.get(BACKEND_ENV)
-    os.environ[BACKEND_ENV] = chosen_backend(name)
+    token = _chosen.set(chosen_backend(name))
     try:
         yield
     finally:
-        if saved is None:
-            os.environ.pop(BACKEND_ENV, None)
-        else:
-            os.environ[BACKEND_ENV] = saved
+        _chosen.reset(token)
 
 
 def codec_pipeline_for(pipeline: str | None, *locations: object) -> str | None:
