@@ -83,11 +83,50 @@ def _mib(n: float) -> str:
     return f"{n / MiB:,.0f} MiB" if n >= MiB else f"{n / 1024:,.0f} KiB"
 
 
+#: concat and append: row blocks of the inputs read and remapped ahead of the one being
+#: written, on as many threads (:func:`annlayout.combine.concat.csr_blocks`).
+READ_AHEAD = 2
+#: concat and append: a dense block, and the combined values written between two checkpoints
+#: of concat's combining step, take this share of the budget.
+BLOCK_SHARE = 4
+
+
+def per_worker(budget: int, workers: int) -> int:
+    """What each of ``workers`` tasks running at once may hold (each runs within it)."""
+    return max(1, budget // max(1, int(workers)))
+
+
+def input_block_budget(budget: int) -> int:
+    """The budget of one input row block (:func:`rows_per_block`): the block being written
+    and the ``READ_AHEAD`` blocks read ahead of it are all in memory at once."""
+    return budget // (READ_AHEAD + 1)
+
+
+def dense_rows(n_vars: int, itemsize: int, budget: int) -> int:
+    """Rows of a dense matrix moved at once (read, put on the result's columns, written):
+    ``1/BLOCK_SHARE`` of the budget, for the block as read, as placed and as encoded."""
+    return max(1, budget // BLOCK_SHARE // max(1, n_vars * itemsize))
+
+
+def checkpoint_bytes(budget: int) -> int:
+    """Values concat's combining step writes between two records of its progress: a
+    ``1/BLOCK_SHARE`` of the budget is cheap to record and little to redo (a 1 GiB budget:
+    every 256 MB, 1-2 s of writing)."""
+    return budget // BLOCK_SHARE
+
+
+def compared_rows(row_bytes: int, budget: int) -> int:
+    """Rows of an array compared at once, read from both sides: one side's block of
+    :func:`verify_sizes` each."""
+    side, _ = verify_sizes(budget)
+    return max(1, side // max(1, row_bytes))
+
+
 def rows_per_block(nnz: int, n_obs: int, budget: int) -> int:
     """Rows whose nonzeros (value, index, row id, sort order: about 28 bytes each, twice
-    while remapping) fill a quarter of the budget."""
+    while remapping) fill ``1/BLOCK_SHARE`` of the budget."""
     per_row = max(1.0, nnz / max(1, n_obs)) * 28 * 2
-    return max(1, int(budget / 4 / per_row))
+    return max(1, int(budget / BLOCK_SHARE / per_row))
 
 
 # --------------------------------------------------------------------------- blocks
@@ -152,15 +191,24 @@ def write_unit(plan: ArrayPlan) -> int:
 
 
 def write_span(plan: ArrayPlan, budget: int) -> int:
-    """Elements a shard writer (:class:`annlayout.write.copies.SequentialWriter`) converts and
-    writes at once: one shard, or the whole chunks that fit in ``WRITE_SPAN_BYTES`` and in
-    ``budget // WRITE_SPAN_SHARE`` (at least one chunk)."""
+    """Elements a shard writer (:class:`annlayout.write.whole_chunks.WholeChunkWriter`) of
+    ``plan`` converts and writes at once (:func:`span_of`)."""
     unit = write_unit(plan)
-    if plan.shards:
-        return unit
     per_unit = unit * math.prod(plan.shape[1:]) * np.dtype(plan.dtype).itemsize
+    return span_of(unit, per_unit, bool(plan.shards), budget)
+
+
+def span_of(unit: int, unit_bytes: int, sharded: bool, budget: int) -> int:
+    """Elements a :class:`~annlayout.write.whole_chunks.WholeChunkWriter` converts and writes
+    at once, whoever writes (apply's transposes, append's growing arrays, concat's combined
+    matrices): one shard (``unit`` elements of ``unit_bytes``), or the whole chunks that fit
+    in ``WRITE_SPAN_BYTES`` and in ``budget // WRITE_SPAN_SHARE`` (at least one chunk), so a
+    writer holds a bounded span, not what its caller hands it, and one zarr call writes
+    many small chunks."""
+    if sharded:
+        return unit
     room = min(WRITE_SPAN_BYTES, budget // WRITE_SPAN_SHARE)
-    return unit * max(1, room // max(1, per_unit))
+    return unit * max(1, room // max(1, unit_bytes))
 
 
 def array_blocks(
@@ -551,10 +599,16 @@ __all__ = [
     "Transpose",
     "TransposeSizes",
     "array_blocks",
+    "checkpoint_bytes",
+    "compared_rows",
+    "dense_rows",
+    "input_block_budget",
     "memory_plan",
     "parse_size",
+    "per_worker",
     "read_block",
     "source_dtypes",
+    "span_of",
     "streamable",
     "transpose_fixed",
     "transpose_sizes",
