@@ -76,6 +76,7 @@ from annlayout.format.encodings import (
 from annlayout.layout.spec import Layout, load_layout
 from annlayout.planning.codecs import codec_pipeline
 from annlayout.planning.memory import (
+    DEFAULT_MEMORY,
     Block,
     MemoryPlan,
     array_blocks,
@@ -118,8 +119,6 @@ from annlayout.storage.stores import (
 from annlayout.write.arrays import backend_of, create_array
 from annlayout.write.callback import LayoutCallback
 from annlayout.write.copies import mirror_record, write_record
-
-DEFAULT_MEMORY = MEMORY  # the defaults live in annlayout.base.defaults
 
 
 @dataclass

@@ -65,8 +65,10 @@ from annlayout.planning.codecs import codec_pipeline
 from annlayout.planning.memory import (
     compared_rows,
     dense_rows,
+    grown_memory,
     parse_size,
     plan_transpose,
+    source_dtypes,
     span_of,
 )
 from annlayout.planning.plan import ElementPlan, make_plan
@@ -223,6 +225,7 @@ def append(
     raw = None
     if "raw" in root and "X" in root["raw"]:
         raw = _raw_inputs(store, root, datasets, join, notes)
+    _check_memory(root, layout, datasets, matrices, raw, budget)  # before any data is read
     light = [small_elements_of(data) for data in datasets]
     check_obsm_widths(datasets, light)
     obsm = _obsm_rows(store, root, datasets, light)
@@ -477,6 +480,29 @@ def _combined_obs(
         )  # fmt: skip
         old = ad.AnnData(obs=read_elem(root["obs"]))
         return ad.concat([old, new], join="outer").obs, old.n_obs
+
+
+def _check_memory(
+    root: Any,
+    layout: Layout,
+    datasets: list[Any],
+    matrices: dict[str, list[Any]],
+    raw: tuple[list[Any], list[np.ndarray], int] | None,
+    budget: int,
+) -> None:
+    """The store's elements that grow, planned at their grown size within ``budget`` as
+    apply plans (:func:`~annlayout.planning.memory.grown_memory`), from metadata only: a
+    shard or a second orientation that cannot fit is refused in one line before any input
+    is read."""
+    n_new = sum(int(data.shape[0]) for data in datasets)
+    added = {path: (n_new, sum(m.nnz for m in present)) for path, present in matrices.items()}
+    if raw is not None:
+        added["raw/X"] = (n_new, sum(m.nnz for m in raw[0]))
+    if "obsm" in root:
+        added.update({f"obsm/{key}": (n_new, 0) for key in root["obsm"]})
+    survey = survey_opened(AnnDataStore(location="", format="zarr", root=root, provenance=None))
+    model = grown_memory(make_plan(layout, survey), source_dtypes(survey), budget, added)
+    model.check(AppendError)
 
 
 def _growths(

@@ -27,7 +27,7 @@ import numpy as np
 from pydantic import ByteSize, TypeAdapter
 
 from annlayout.base.defaults import MEMORY, VERIFY_MEMORY, WHOLE_BELOW
-from annlayout.base.errors import ApplyError, IntegrityError
+from annlayout.base.errors import AnnlayoutError, ApplyError, IntegrityError
 from annlayout.layout.spec import SPARSE_ENCODINGS
 from annlayout.planning.plan import ArrayPlan, ElementPlan, Plan, human_size, make_plan
 
@@ -266,6 +266,12 @@ def transpose_fixed(n_major: int, n_minor: int) -> int:
     return 16 * (n_major + 1) + 32 * (n_minor + 1)
 
 
+def pass_nonzeros(pass_budget: int, data_itemsize: int) -> int:
+    """Nonzeros one pass of a transpose builds within ``pass_budget``: each its value and its
+    int64 major index (``PASS_INDEX_BYTES``), at least one."""
+    return max(1, pass_budget // (data_itemsize + PASS_INDEX_BYTES))
+
+
 def transpose_sizes(budget: int, *, writes: int = 0, fixed: int = 0) -> TransposeSizes:
     """``apply``: passes get what the shard writers, the indptrs and the reads leave."""
     block = read_block(budget)
@@ -477,12 +483,13 @@ class MemoryPlan:
             "stream what can be"
         ]
 
-    def check(self) -> None:
-        """Refuse, in one line naming the array or element, what does not fit the budget."""
+    def check(self, error: type[AnnlayoutError] = ApplyError) -> None:
+        """Refuse, in one line naming the array or element, what does not fit the budget
+        (as ``error``: the command's own)."""
         problems = self.violations
         if problems:
             more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-            raise ApplyError(problems[0] + more)
+            raise error(problems[0] + more)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -569,6 +576,34 @@ def plan_within_budget(
     return plan, model
 
 
+def grown_memory(
+    plan: Plan,
+    dtypes: Mapping[str, str],
+    budget: int,
+    added: Mapping[str, tuple[int, int]],
+    small: int = DEFAULT_WHOLE_BELOW,
+) -> MemoryPlan:
+    """append's memory model: each element it grows (``added``: path -> the rows and
+    nonzeros the inputs add) as apply would copy it at its grown size: its shards written
+    whole (from the last partial one on) and its second orientations rebuilt by the
+    transpose. What does not fit is a violation, refused before any input is read, as apply
+    refuses. Elements under ``small`` are left out as apply leaves them out: whatever append
+    holds of one (a few times its size) is within the allowance beside the budget."""
+    elements = []
+    for element in plan.elements:
+        if element.path not in added or element.shape is None:
+            continue
+        rows, nnz = added[element.path]
+        grown = element.model_copy(
+            update={
+                "shape": (element.shape[0] + rows, *element.shape[1:]),
+                "nnz": None if element.nnz is None else element.nnz + nnz,
+            }
+        )
+        elements.append(element_memory(grown, dtypes, budget, small))
+    return MemoryPlan(budget=budget, workers=1, small=small, elements=tuple(elements))
+
+
 def memory_plan(
     plan: Plan,
     dtypes: Mapping[str, str],
@@ -602,9 +637,11 @@ __all__ = [
     "checkpoint_bytes",
     "compared_rows",
     "dense_rows",
+    "grown_memory",
     "input_block_budget",
     "memory_plan",
     "parse_size",
+    "pass_nonzeros",
     "per_worker",
     "read_block",
     "source_dtypes",

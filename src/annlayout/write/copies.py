@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from annlayout.planning.memory import MAX_READ_BLOCK, PASS_INDEX_BYTES
+from annlayout.planning.memory import MAX_READ_BLOCK, pass_nonzeros
 from annlayout.storage.h5 import read_slice
 
 COPY_KEY = "annlayout-copy-of"
@@ -109,8 +109,7 @@ def transposed_ranges(
     n_minor = len(new_indptr) - 1
     if nnz == 0:
         return
-    item = np.dtype(data.dtype).itemsize + PASS_INDEX_BYTES  # value + int64 major index
-    per_pass = max(1, budget // item)
+    per_pass = pass_nonzeros(budget, np.dtype(data.dtype).itemsize)
     row_starts = np.asarray(indptr, dtype=np.int64)
     lo = 0
     while lo < n_minor:
