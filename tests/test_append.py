@@ -22,6 +22,7 @@ from click.testing import CliRunner
 
 import annlayout
 from annlayout import append, concat
+from annlayout.base.errors import AppendError
 from annlayout.cli import main
 from annlayout.generate.synthetic import make_part
 from annlayout.reading.reader import open as open_dataset
@@ -476,3 +477,38 @@ def test_append_killed_inside_the_commit_leaves_a_whole_store_and_the_next_run_m
     got = ad.read_zarr(store)
     assert got.n_obs == before.n_obs + result.n_obs_added and result.verified
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_append_refuses_a_budget_its_shards_cannot_fit_before_reading_any_data(
+    tmp_path, monkeypatch
+):
+    """Planned up front as apply is: X (over --whole-below, so streamed) is one shard of
+    2.2M values that a 1 MiB budget cannot hold while it is written; refused in one line,
+    before the inputs' cells or matrices are read, and the store is left as it was."""
+    import annlayout.combine.append as appending
+
+    n_obs, per_row = 11_000, 200
+    X = sp.csr_matrix(
+        (
+            np.ones(n_obs * per_row, dtype=np.float32),
+            np.tile(np.arange(0, 2_000, 10, dtype=np.int32), n_obs),
+            np.arange(n_obs + 1, dtype=np.int64) * per_row,
+        ),
+        shape=(n_obs, 2_000),
+    )
+    source, new = tmp_path / "first.h5ad", tmp_path / "new.h5ad"
+    ad.AnnData(X=X).write_h5ad(source)
+    ad.AnnData(X=X[:50]).write_h5ad(new)
+    store = tmp_path / "store.zarr"
+    annlayout.apply("ml-minibatch", source, store)
+    files = _files(store)
+
+    def read(*args, **kwargs):
+        raise AssertionError("an input's data was read before the budget was checked")
+
+    monkeypatch.setattr(appending, "csr_blocks", read)
+    monkeypatch.setattr(appending, "small_elements_of", read)
+    with pytest.raises(AppendError, match=r"^X/data: one shard is .*more than --memory"):
+        append(store, [new], memory="1MiB")
+    assert _files(store) == files
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

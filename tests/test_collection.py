@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from annlayout.combine.buckets import RowBuckets
+from annlayout.combine.buckets import RowBuckets, equal_edges
 from annlayout.combine.collection import (
     column_maps,
     grouped,
@@ -90,19 +90,19 @@ def test_row_buckets_deliver_every_row_at_its_new_place(tmp_path, rows_per_bucke
     order = np.random.default_rng(3).permutation(300)
     rank = np.empty_like(order)
     rank[order] = np.arange(300)
-    buckets = RowBuckets(tmp_path / "b", rank, rows_per_bucket)
+    buckets = RowBuckets(tmp_path / "b", equal_edges(300, rows_per_bucket))
     for start in range(0, 300, 64):
         block = matrix[start : start + 64]
-        buckets.add_csr(start, block.indptr, block.indices, block.data)
+        buckets.add_csr(rank[start : start + 64], block.indptr, block.indices, block.data)
     parts = []
     for number, (p, i, v) in enumerate(buckets.drain_csr()):
         parts.append(sp.csr_matrix((v, i, p), shape=(p.size - 1, 20)))
         buckets.discard(number)
     assert (sp.vstack(parts) != matrix[order]).nnz == 0
     assert list(buckets.files()) == ["rows.bin"]  # the values given back as they were written
-    dense = RowBuckets(tmp_path / "d", rank, rows_per_bucket)
+    dense = RowBuckets(tmp_path / "d", equal_edges(300, rows_per_bucket))
     for start in range(0, 300, 64):
-        dense.add_dense(start, matrix[start : start + 64].toarray())
+        dense.add_dense(rank[start : start + 64], matrix[start : start + 64].toarray())
     np.testing.assert_array_equal(np.vstack(list(dense.drain_dense())), matrix[order].toarray())
 
 
@@ -114,18 +114,21 @@ def test_row_buckets_resume_from_a_checkpoint(tmp_path, rows_per_bucket, killed_
     matrix = sp.random(300, 20, density=0.2, format="csr", random_state=5, dtype=np.float64)
     rank = np.random.default_rng(6).permutation(300)
     starts = range(0, 300, 64)
-    killed = RowBuckets(tmp_path / "b", rank, rows_per_bucket)
+    edges = equal_edges(300, rows_per_bucket)
+    killed = RowBuckets(tmp_path / "b", edges)
     for number, start in enumerate(starts):
         block = matrix[start : start + 64]
-        killed.add_csr(start, block.indptr, block.indices, block.data.astype(np.float32))
+        ranks = rank[start : start + 64]
+        killed.add_csr(ranks, block.indptr, block.indices, block.data.astype(np.float32))
         if number == killed_after:
             checkpoint, dtypes = killed.files(), killed.dtypes
         if number == killed_after + 1:
             break  # written after the checkpoint: cut off on resuming
-    resumed = RowBuckets(tmp_path / "b", rank, rows_per_bucket, restore=checkpoint, dtypes=dtypes)
+    resumed = RowBuckets(tmp_path / "b", edges, restore=checkpoint, dtypes=dtypes)
     for start in starts[killed_after + 1 :]:
         block = matrix[start : start + 64]
-        resumed.add_csr(start, block.indptr, block.indices, block.data.astype(np.float32))
+        ranks = rank[start : start + 64]
+        resumed.add_csr(ranks, block.indptr, block.indices, block.data.astype(np.float32))
     parts = [sp.csr_matrix((v, i, p), shape=(p.size - 1, 20)) for p, i, v in resumed.drain_csr()]
     order = np.argsort(rank)
     assert (sp.vstack(parts) != matrix[order].astype(np.float32)).nnz == 0

@@ -624,7 +624,7 @@ def test_resume_after_the_last_partial_bucket_was_recorded(tmp_path, monkeypatch
     def interrupted(self):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(concatenate.ChunkAppender, "finish", interrupted)
+    monkeypatch.setattr(concatenate.WholeChunkWriter, "close", interrupted)
     with pytest.raises(KeyboardInterrupt):
         concat("ml-minibatch", [source, source], out, index_unique="-", shuffle=1, memory="1MiB")
     record = json.loads((scratch / "assembling" / "X.json").read_text())
@@ -828,7 +828,12 @@ def test_resume_may_switch_between_serial_and_tasks(tmp_path, collection, monkey
 def test_whole_chunks_are_written_by_their_bucket_and_shared_ones_from_the_pieces(tmp_path):
     import zarr
 
-    from annlayout.combine.assembly import write_pieces, write_whole_chunks
+    from annlayout.write.whole_chunks import WholeChunkWriter, write_pieces
+
+    def write_whole_chunks(array, start, values):  # as a gather task writes its bucket
+        writer = WholeChunkWriter(array, 4, array.dtype, position=start, keep_partial=True)
+        writer.write(values)
+        return writer.close()
 
     array = zarr.create_array(tmp_path / "a.zarr", shape=(10,), chunks=(4,), dtype="i8")
     values = np.arange(10) + 100

@@ -17,7 +17,6 @@ from hypothesis import strategies as st
 
 import annlayout
 from annlayout.write.copies import (
-    SequentialWriter,
     copy_group,
     indptr_checksum,
     read_record,
@@ -25,6 +24,7 @@ from annlayout.write.copies import (
     transposed_indptr,
     transposed_ranges,
 )
+from annlayout.write.whole_chunks import WholeChunkWriter
 
 from .conftest import full_adata, read_any
 from .test_stream import make_input
@@ -72,7 +72,7 @@ def test_out_of_core_transpose_equals_scipy(rows, cols, density, budget, block, 
     np.testing.assert_array_equal(data, expected.data)
 
 
-def test_sequential_writer_writes_each_unit_once():
+def test_whole_chunk_writer_writes_each_unit_once():
     writes = []
 
     class Recorder(np.ndarray):
@@ -81,7 +81,7 @@ def test_sequential_writer_writes_each_unit_once():
             super().__setitem__(key, value)
 
     target = np.zeros(103).view(Recorder)
-    writer = SequentialWriter(target, 10, np.float64)
+    writer = WholeChunkWriter(target, 10, np.float64)
     for piece in np.array_split(np.arange(103.0), 7):
         writer.write(piece)
     writer.close()
@@ -93,7 +93,7 @@ def test_sequential_writer_writes_each_unit_once():
     assert writes[-1][1] == 103
 
 
-def test_sequential_writer_converts_and_writes_one_span_at_a_time():
+def test_whole_chunk_writer_converts_and_writes_one_span_at_a_time():
     """A transpose pass hands the writer hundreds of MB: converting or joining it whole, or
     writing several shards in one call, held multiples of what the memory model counts
     (1.6 GB peak RSS at --memory 1GiB), and a view of the tail kept the pass alive."""
@@ -106,7 +106,7 @@ def test_sequential_writer_converts_and_writes_one_span_at_a_time():
 
     values = np.arange(100_000, dtype=np.int64)
     target = np.zeros(100_000, dtype=np.int32).view(Recorder)
-    writer = SequentialWriter(target, 1000, np.int32, span=2000)
+    writer = WholeChunkWriter(target, 1000, np.int32, span=2000)
     tracemalloc.start()
     writer.write(values[:55_500])
     _, peak = tracemalloc.get_traced_memory()

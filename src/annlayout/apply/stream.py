@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from annlayout.apply.verbatim import AsStoredPlan, copy_as_stored, plan_as_stored
-from annlayout.base.defaults import MEMORY, WHOLE_BELOW
+from annlayout.base.defaults import WHOLE_BELOW
 from annlayout.base.errors import ElementReadError
 from annlayout.base.malloc import bound_malloc_arenas, release_memory
 from annlayout.base.optional import dask_requirement
@@ -77,6 +77,7 @@ from annlayout.format.encodings import (
 from annlayout.format.registry import get, lookup
 from annlayout.layout.spec import Layout, load_layout
 from annlayout.planning.memory import (
+    DEFAULT_MEMORY,
     Block,
     MemoryPlan,
     array_blocks,
@@ -121,8 +122,6 @@ from annlayout.storage.stores import (
 from annlayout.write.arrays import backend_of, create_array
 from annlayout.write.callback import LayoutCallback
 from annlayout.write.copies import mirror_record, write_record
-
-DEFAULT_MEMORY = MEMORY  # the defaults live in annlayout.base.defaults
 
 
 @dataclass

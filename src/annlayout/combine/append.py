@@ -63,7 +63,14 @@ from annlayout.format.encodings import (
 )
 from annlayout.format.registry import get
 from annlayout.layout.spec import Layout
-from annlayout.planning.memory import plan_transpose
+from annlayout.planning.memory import (
+    compared_rows,
+    dense_rows,
+    grown_memory,
+    plan_transpose,
+    source_dtypes,
+    span_of,
+)
 from annlayout.planning.plan import ElementPlan, make_plan
 from annlayout.planning.survey import survey_opened
 from annlayout.storage.commit import (
@@ -99,7 +106,8 @@ from annlayout.verify.compare import (
     rows_difference,
 )
 from annlayout.write.callback import layout_callback
-from annlayout.write.copies import SequentialWriter, copy_group, mirror_record, write_record
+from annlayout.write.copies import copy_group, mirror_record, write_record
+from annlayout.write.whole_chunks import WholeChunkWriter
 
 APPEND_SUFFIX = ".annlayout-append"
 METADATA_FILES = frozenset({"zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadata"})
@@ -251,6 +259,7 @@ def _append(
     raw = None
     if "raw" in root and "X" in root["raw"]:
         raw = _raw_inputs(store, root, datasets, join, notes)
+    _check_memory(root, layout, datasets, matrices, raw, budget)  # before any data is read
     light = [small_elements_of(data) for data in datasets]
     check_obsm_widths(datasets, light)
     obsm = _obsm_rows(store, root, datasets, light)
@@ -297,7 +306,7 @@ def _append(
                         progress, sources,
                     )  # fmt: skip
                 for key, values in obsm.items():
-                    _grow_rows(root, target, f"obsm/{key}", iter([values]))
+                    _grow_rows(root, target, f"obsm/{key}", iter([values]), budget)
                 check_interrupted()
                 _rebuild_copies(tmp, target, layout, rebuilt, budget, progress)
             appended = {"inputs": [str(p) for p in inputs], "n_obs": n_new,
@@ -509,6 +518,29 @@ def _combined_obs(
         return ad.concat([old, new], join="outer").obs, old.n_obs
 
 
+def _check_memory(
+    root: Any,
+    layout: Layout,
+    datasets: list[Any],
+    matrices: dict[str, list[Any]],
+    raw: tuple[list[Any], list[np.ndarray], int] | None,
+    budget: int,
+) -> None:
+    """The store's elements that grow, planned at their grown size within ``budget`` as
+    apply plans (:func:`~annlayout.planning.memory.grown_memory`), from metadata only: a
+    shard or a second orientation that cannot fit is refused in one line before any input
+    is read."""
+    n_new = sum(int(data.shape[0]) for data in datasets)
+    added = {path: (n_new, sum(m.nnz for m in present)) for path, present in matrices.items()}
+    if raw is not None:
+        added["raw/X"] = (n_new, sum(m.nnz for m in raw[0]))
+    if "obsm" in root:
+        added.update({f"obsm/{key}": (n_new, 0) for key in root["obsm"]})
+    survey = survey_opened(AnnDataStore(location="", format="zarr", root=root, provenance=None))
+    model = grown_memory(make_plan(layout, survey), source_dtypes(survey), budget, added)
+    model.check(AppendError)
+
+
 def _growths(
     root: Any, matrices: dict[str, list[Any]], raw: Any, obsm: dict[str, np.ndarray]
 ) -> list[Growth]:
@@ -638,11 +670,13 @@ def _grow_matrix(
                 "fill with NaN"
             )
     if dense:
-        rows = max(1, budget // 4 // max(1, n_vars * node.dtype.itemsize))
+        rows = dense_rows(n_vars, node.dtype.itemsize, budget)
         blocks = (block for _, block in dense_blocks(present, maps, n_vars, node.dtype, rows))
-        _grow_rows(root, target, path, blocks)
+        _grow_rows(root, target, path, blocks, budget)
         return
-    writers = {name: _writer(root, target, f"{path}/{name}") for name in ("data", "indices")}
+    writers = {
+        name: _writer(root, target, f"{path}/{name}", budget) for name in ("data", "indices")
+    }
     offsets = [np.zeros(0, dtype=np.int64)]  # the new rows' ends: 8 bytes a cell, kept
     offset = int(node["data"].shape[0])
     sparse = csr_blocks(present, maps, budget, path, progress)
@@ -660,7 +694,7 @@ def _grow_matrix(
     new_offsets = np.concatenate(offsets)
     stored = np.dtype(node["indptr"].dtype)
     if offset <= np.iinfo(stored).max:
-        _grow_rows(root, target, f"{path}/indptr", iter([new_offsets]))
+        _grow_rows(root, target, f"{path}/indptr", iter([new_offsets]), budget)
     else:  # the offsets outgrew the stored dtype: the layout's choice for the grown matrix
         _replan_indptr(root, target, layout, path, new_offsets)
     group = target[path]
@@ -692,21 +726,26 @@ def _replan_indptr(
     create_array(group, "indptr", values.astype(planned.dtype), planned, backend_of(group))
 
 
-def _writer(root: Any, target: Any, path: str) -> SequentialWriter:
+def _writer(root: Any, target: Any, path: str, budget: int) -> WholeChunkWriter:
     """A writer appending to ``path`` in ``target``, from the boundary :func:`_link_tree`
     kept up to (:class:`Growth`): the old tail from the store first."""
     old = root[path]
     array = target[path]
     growth = Growth.of(path, old)
-    array.resize((growth.boundary, *array.shape[1:]))
-    writer = SequentialWriter(array, growth.unit, array.dtype, position=growth.boundary, grow=True)
+    unit_bytes = growth.unit * int(np.prod(array.shape[1:], dtype=np.int64)) * array.dtype.itemsize
+    span = span_of(growth.unit, unit_bytes, array.shards is not None, budget)
+    writer = WholeChunkWriter(
+        array, growth.unit, array.dtype, position=growth.boundary, grow=True, span=span
+    )
     if growth.old_length > growth.boundary:
         writer.write(old[growth.boundary :])
     return writer
 
 
-def _grow_rows(root: Any, target: Any, path: str, blocks: Iterator[np.ndarray]) -> None:
-    writer = _writer(root, target, path)
+def _grow_rows(
+    root: Any, target: Any, path: str, blocks: Iterator[np.ndarray], budget: int
+) -> None:
+    writer = _writer(root, target, path, budget)
     for block in blocks:
         check_interrupted()
         writer.write(block.astype(writer.dtype, copy=False))
@@ -823,9 +862,10 @@ def _verify(
     old: Any = zarr.open_group(zarr_store(store), mode="r")
     new: Any = zarr.open_group(zarr_store(tmp), mode="r")
     problems: list[str] = []
-    step = max(1, budget // 64)
     for growth in growths:
         a, b = old[growth.path], new[growth.path]
+        row_bytes = int(np.prod(a.shape[1:], dtype=np.int64)) * a.dtype.itemsize
+        step = compared_rows(row_bytes, budget)
         for start in range(growth.boundary, growth.old_length, step):
             stop = min(growth.old_length, start + step)
             if not np.array_equal(a[start:stop], b[start:stop], equal_nan=a.dtype.kind == "f"):

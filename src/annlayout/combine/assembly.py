@@ -43,8 +43,8 @@ from typing import Any
 import numpy as np
 
 from annlayout.base.errors import IntegrityError
+from annlayout.combine.buckets import RowBuckets, equal_edges
 from annlayout.combine.collection import (
-    by_bucket,
     in_new_order,
     input_blocks,
     is_monotonic,
@@ -58,13 +58,14 @@ from annlayout.execute.tasks import (
     execute,
     signature,
 )
-from annlayout.planning.memory import check_disjoint_units, rows_per_block
+from annlayout.planning.memory import check_disjoint_units, per_worker, rows_per_block, span_of
 from annlayout.reading.reader import Dataset, Matrix
 from annlayout.reading.reader import open as open_dataset
 from annlayout.storage import scratch
 from annlayout.storage.commit import check_interrupted
 from annlayout.storage.pipeline import opening
 from annlayout.storage.remote import codec_pipeline_for, store_backend
+from annlayout.write.whole_chunks import WholeChunkWriter, whole_span, write_pieces
 
 # values per chunk of the combined arrays (uncompressed): small beside a bucket's nonzeros
 # (hundreds of thousands at a 1 GiB budget), so the chunks buckets share, which the driver
@@ -139,32 +140,34 @@ class ScatterTask:
         return scratch.exists(scratch.join(self.directory, "bounds.npy"))
 
     def run(self, advance: Callable[[int], None] | None = None) -> int:
-        n_buckets = self.edges.size - 1
-        rows_in, values_in = np.zeros(n_buckets, np.int64), np.zeros(n_buckets, np.int64)
         with tempfile.TemporaryDirectory(prefix="annlayout-scatter-") as spool:
             spooled = Path(spool)
+            buckets = RowBuckets(spooled / "buckets", self.edges)
             for block in self.blocks:
                 check_interrupted()
-                for bucket, rows, idx, val in self._split(block):
-                    rows_in[bucket] += rows.shape[0]
-                    values_in[bucket] += idx.size
-                    for name, values in (("rows", rows), ("indices", idx), ("data", val)):
-                        with open(spooled / f"{bucket:06d}.{name}", "ab") as out:
-                            values.tofile(out)
+                buckets.add_csr(*self._read(block))
+            held = [buckets.held(bucket) for bucket in range(buckets.n_buckets)]
+            rows_in = np.array([ranks.size for ranks, _ in held], dtype=np.int64)
+            values_in = np.array([int(lengths.sum()) for _, lengths in held], dtype=np.int64)
             hit = np.flatnonzero(rows_in)
             row_ends, value_ends = np.cumsum(rows_in[hit]), np.cumsum(values_in[hit])
             bounds = np.stack([
                 hit, row_ends - rows_in[hit], row_ends, value_ends - values_in[hit], value_ends,
             ]).astype(np.int64)  # fmt: skip
-            for name in ("rows", "indices", "data"):
-                joined = spooled / f"{name}.bin"
-                with open(joined, "wb") as out:
+            # one file of each with the buckets one after another: a gather task reads a range
+            with open(spooled / "rows.bin", "wb") as out:
+                for bucket in hit.tolist():
+                    np.column_stack(held[bucket]).astype(np.int64).tofile(out)
+            for name in ("indices", "data"):
+                with open(spooled / f"{name}.bin", "wb") as out:
                     for bucket in hit.tolist():
-                        with open(spooled / f"{bucket:06d}.{name}", "rb") as piece:
+                        with open(buckets.file(bucket, name), "rb") as piece:
                             shutil.copyfileobj(piece, out)
-                        os.unlink(spooled / f"{bucket:06d}.{name}")
-                # raw: a gather task reads a range of it
-                scratch.put_file(joined, scratch.join(self.directory, f"{name}.bin"))
+                        os.unlink(buckets.file(bucket, name))
+            for name in ("rows", "indices", "data"):
+                scratch.put_file(
+                    spooled / f"{name}.bin", scratch.join(self.directory, f"{name}.bin")
+                )
         saved = io.BytesIO()
         np.save(saved, bounds)
         scratch.write_bytes(scratch.join(self.directory, "bounds.npy"), saved.getbuffer())
@@ -172,8 +175,9 @@ class ScatterTask:
             advance(self.nbytes)
         return self.nbytes
 
-    def _split(self, block: Rows) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
-        """(bucket, rows: new position and nonzeros of each, indices, data) of a block."""
+    def _read(self, block: Rows) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(new positions, indptr, indices, data) of a block's rows on the result's columns,
+        in the combined dtypes."""
         import scipy.sparse as sp
 
         matrix = source_matrix(block.source)
@@ -188,12 +192,7 @@ class ScatterTask:
         rank = (
             block.rank if block.rank is not None else np.arange(block.first, block.first + n_rows)
         )
-        buckets = np.searchsorted(self.edges, rank, side="right") - 1
-        order, ptr, idx, val, row_bounds = by_bucket(buckets, self.edges.size - 1, ptr, idx, val)
-        rows = np.column_stack([rank[order], np.diff(ptr)]).astype(np.int64)
-        for bucket in np.flatnonzero(np.diff(row_bounds)):  # a block meets few unshuffled
-            lo, hi = row_bounds[bucket], row_bounds[bucket + 1]
-            yield int(bucket), rows[lo:hi], idx[ptr[lo] : ptr[hi]], val[ptr[lo] : ptr[hi]]
+        return rank, ptr, idx, val
 
 
 # --------------------------------------------------------------------------- gather
@@ -222,6 +221,7 @@ class GatherTask:
     group: str
     pieces: str  # the file of the pieces of chunks it shares
     nbytes: int
+    budget: int  # what the task may hold: its writers' spans come from it
 
     @property
     def done(self) -> bool:
@@ -267,7 +267,7 @@ class GatherTask:
         }
         pieces: dict[str, np.ndarray] = {}
         for name, (start, values) in starts.items():
-            for number, (at, piece) in enumerate(write_whole_chunks(arrays[name], start, values)):
+            for number, (at, piece) in enumerate(self._write(arrays[name], start, values)):
                 pieces[f"{name}.{number}.{at}"] = piece
         saved = io.BytesIO()
         np.savez(saved, **pieces)  # type: ignore[arg-type]
@@ -275,6 +275,17 @@ class GatherTask:
         if advance:
             advance(self.nbytes)
         return self.nbytes
+
+    def _write(self, array: Any, start: int, values: np.ndarray) -> list[tuple[int, np.ndarray]]:
+        """``values`` written at ``start`` where they cover a chunk whole; the pieces of the
+        chunks they cover in part, which the driver writes (:func:`write_pieces`)."""
+        chunk = int(array.chunks[0])
+        span = span_of(chunk, chunk * array.dtype.itemsize, False, self.budget)
+        writer = WholeChunkWriter(
+            array, chunk, array.dtype, position=start, span=span, keep_partial=True
+        )
+        writer.write(values)
+        return writer.close()
 
 
 def _open_group(path: str) -> dict[str, Any]:
@@ -288,54 +299,6 @@ def _open_group(path: str) -> dict[str, Any]:
             name: zarr.open_array(zarr_store(f"{path}/{name}", read_only=False), mode="r+")
             for name in ("indptr", "indices", "data")
         }
-
-
-def write_whole_chunks(array: Any, start: int, values: np.ndarray) -> list[tuple[int, np.ndarray]]:
-    """``values`` written at ``start`` of a 1-D ``array`` where they cover a chunk whole; the
-    pieces of the chunks they cover in part are returned ((position, values) each, within one
-    chunk), for whoever writes those chunks whole."""
-    chunk, size, stop = int(array.chunks[0]), int(array.shape[0]), start + values.size
-    lo, hi = whole_chunk_span(chunk, size, start, stop)
-    if lo < hi:
-        array[lo:hi] = values[lo - start : hi - start]
-        spans = [(start, lo), (hi, stop)]
-    else:  # no chunk whole: within one chunk, or across the one boundary lo
-        middle = lo if start < lo < stop else start
-        spans = [(start, middle), (middle, stop)]
-    return [(a, values[a - start : b - start]) for a, b in spans if b > a]
-
-
-def whole_chunk_span(chunk: int, size: int, start: int, stop: int) -> tuple[int, int]:
-    """The chunks that values ``start:stop`` of an array of ``size`` cover whole (empty
-    where ``lo >= hi``); ``lo`` is the first chunk boundary at or after ``start``."""
-    lo = -(-start // chunk) * chunk
-    hi = stop if stop == size else stop // chunk * chunk
-    return lo, hi
-
-
-def write_pieces(array: Any, pieces: Iterator[tuple[int, np.ndarray]], name: str) -> None:
-    """Chunks put together from ``pieces`` (in position order, each within one chunk) and
-    written whole, one at a time. ``name``: the array's, for errors."""
-    chunk, size = int(array.chunks[0]), int(array.shape[0])
-    current, at = -1, 0  # the chunk being filled, where it is filled to
-    parts: list[np.ndarray] = []
-    for position, values in pieces:
-        number = position // chunk
-        if (position + values.size - 1) // chunk != number:
-            raise IntegrityError(f"{name}: a piece at {position} crosses a chunk boundary")
-        if number != current:
-            if parts:
-                raise IntegrityError(f"{name}: chunk {current} is incomplete")
-            current, at = number, number * chunk
-        if position != at:
-            raise IntegrityError(f"{name}: values {at} to {position} are missing")
-        parts.append(values)
-        at += values.size
-        if at == min(size, (number + 1) * chunk):
-            array[number * chunk : at] = np.concatenate(parts)
-            parts = []
-    if parts:
-        raise IntegrityError(f"{name}: chunk {current} is incomplete")
 
 
 # --------------------------------------------------------------------------- driver
@@ -362,7 +325,7 @@ def assemble_sparse(
     to ``directory`` (a path or URL), which a resumed run finds as the killed one left it (a
     different plan starts it again)."""
     workers = executor.workers if isinstance(executor, Threads) else 1
-    per_task = max(1, budget // max(1, workers))
+    per_task = per_worker(budget, workers)
     dtype = np.dtype(dtype)
     index_dtype = np.dtype(np.int32 if n_vars < 2**31 else np.int64)
     dtypes = (index_dtype.str, dtype.str)
@@ -411,6 +374,7 @@ def assemble_sparse(
             group,
             scratch.join(directory, "gather", f"{bucket:06d}.npz"),
             int(values_in[bucket]) * (index_dtype.itemsize + dtype.itemsize),
+            per_task,
         )
         for bucket in range(n_buckets)
     ]
@@ -439,7 +403,7 @@ def gather_writes(
     task: GatherTask, chunks: dict[str, tuple[int, int]]
 ) -> dict[str, tuple[int, int]]:
     """The values each array of ``task``'s group receives from it (its whole chunks): the
-    span :func:`write_whole_chunks` writes, by array name (absent: none whole)."""
+    span :meth:`GatherTask._write` writes, by array name (absent: none whole)."""
     starts = {
         "indptr": (task.first_row + (task.bucket > 0), task.first_row + task.n_rows + 1),
         "indices": (task.first_value, task.first_value + task.n_values),
@@ -448,7 +412,7 @@ def gather_writes(
     spans = {}
     for name, (start, stop) in starts.items():
         chunk, size = chunks[name]
-        lo, hi = whole_chunk_span(chunk, size, start, stop)
+        lo, hi = whole_span(chunk, size, start, stop)
         if lo < hi:
             spans[name] = (lo, hi)
     return spans
@@ -485,11 +449,10 @@ def _scatter_tasks(
     n_obs = sum(int(m.shape[0]) for m in matrices)
     blocks = input_blocks([(int(m.shape[0]), int(m.nnz)) for m in matrices], per_task)
     if rank is None:
-        starts = [at for *_, at in blocks]
+        edges = np.array([*([at for *_, at in blocks] or [0]), n_obs], dtype=np.int64)
     else:
         per_bucket = rows_per_block(sum(int(m.nnz) for m in matrices), n_obs, per_task)
-        starts = list(range(0, n_obs, per_bucket))
-    edges = np.array([*(starts or [0]), n_obs], dtype=np.int64)
+        edges = equal_edges(n_obs, per_bucket)
     monotonic = [is_monotonic(column_map) for column_map in maps]
     itemsize = sum(np.dtype(d).itemsize for d in dtypes)
     rows, sizes = [], []

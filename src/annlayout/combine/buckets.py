@@ -1,11 +1,15 @@
-"""Rows moved to new positions out of core: a bucketed two-pass shuffle through files.
+"""Rows moved to new positions out of core: the one bucketed reorder, through files.
 
 A permutation of a matrix bigger than memory cannot be gathered row by row from the inputs
 (a million random reads). Instead the rows stream past once, in input order, and each is
 appended to the file of the bucket its new position falls in (bucket ``b`` holds the new
-positions ``b * rows_per_bucket`` onwards); then each bucket, small enough for memory, is
-read back whole, its rows put in their final order, and handed on. Every read and write is
-sequential, and memory holds one input block or one bucket.
+positions ``edges[b]:edges[b + 1]``); then each bucket, small enough for memory, is read back
+whole, its rows put in their final order (:func:`~annlayout.combine.collection.in_new_order`),
+and handed on. Every read and write is sequential, and memory holds one input block or one
+bucket. concat's serial path (``--shuffle``, ``--groupby``) drains its buckets itself; on dask
+(:mod:`annlayout.combine.assembly`) each scatter task spools its blocks through
+:class:`RowBuckets` and hands its buckets' files to the gather tasks, which order them the same
+way.
 
 Everything the buckets hold is in their files (each row's new position and length too, in
 ``rows.bin``), only ever appended to; so :meth:`RowBuckets.files` taken after a block is a
@@ -26,26 +30,37 @@ from annlayout.base.errors import IntegrityError
 from annlayout.combine.collection import by_bucket, in_new_order
 
 
+def equal_edges(n_rows: int, rows_per_bucket: int) -> np.ndarray:
+    """Buckets of ``rows_per_bucket`` new positions each (the last may be short; one empty
+    bucket where there are no rows): the ``n_buckets + 1`` edges."""
+    starts = np.arange(0, n_rows, max(1, rows_per_bucket), dtype=np.int64)
+    return np.append(starts if starts.size else np.zeros(1, np.int64), n_rows)
+
+
+def bucket_of(edges: np.ndarray, ranks: np.ndarray) -> np.ndarray:
+    """The bucket each new position in ``ranks`` falls in."""
+    return np.searchsorted(edges, ranks, side="right") - 1
+
+
 class RowBuckets:
-    """Rows of one matrix on their way to the positions ``rank`` gives them (``rank[r]``:
-    the new position of row ``r``). Sparse rows (``add_csr``) or dense ones (``add_dense``),
-    not both; ``drain`` yields the buckets in order, rows sorted. ``restore``: the
-    :meth:`files` of an earlier run in ``directory`` to continue from (else it starts empty);
-    ``dtypes`` (name -> dtype of the values) must be given for it."""
+    """Rows of one matrix on their way to new positions, in the buckets ``edges`` bounds
+    (:func:`equal_edges`, or any increasing edges). Sparse rows (``add_csr``) or dense ones
+    (``add_dense``), not both, each with its new position; ``drain`` yields the buckets in
+    order, rows sorted, and every new position of a bucket must have arrived once.
+    ``restore``: the :meth:`files` of an earlier run in ``directory`` to continue from (else
+    it starts empty); ``dtypes`` (name -> dtype of the values) must be given for it."""
 
     def __init__(
         self,
         directory: Path,
-        rank: np.ndarray,
-        rows_per_bucket: int,
+        edges: np.ndarray,
         *,
         restore: dict[str, int] | None = None,
         dtypes: dict[str, str] | None = None,
     ):
         self.directory = directory
-        self.rank = rank
-        self.rows_per_bucket = max(1, rows_per_bucket)
-        self.n_buckets = max(1, -(-rank.size // self.rows_per_bucket))
+        self.edges = np.asarray(edges, dtype=np.int64)
+        self.n_buckets = self.edges.size - 1
         self._ranks: list[list[np.ndarray]] = [[] for _ in range(self.n_buckets)]
         self._lengths: list[list[np.ndarray]] = [[] for _ in range(self.n_buckets)]
         self._dtypes: dict[str, np.dtype] = {k: np.dtype(v) for k, v in (dtypes or {}).items()}
@@ -71,7 +86,7 @@ class RowBuckets:
             elif entry.stat().st_size > files[entry.name]:
                 os.truncate(entry.path, files[entry.name])
         pairs = np.fromfile(self.directory / "rows.bin", dtype=np.int64).reshape(-1, 2)
-        buckets = pairs[:, 0] // self.rows_per_bucket
+        buckets = bucket_of(self.edges, pairs[:, 0])
         order = np.argsort(buckets, kind="stable")  # each bucket's rows in the order they came
         bounds = np.searchsorted(buckets[order], np.arange(self.n_buckets + 1))
         for bucket in range(self.n_buckets):
@@ -80,45 +95,47 @@ class RowBuckets:
             self._lengths[bucket] = [rows[:, 1]]
 
     def add_csr(
-        self, first_row: int, indptr: np.ndarray, indices: np.ndarray, data: np.ndarray
+        self, ranks: np.ndarray, indptr: np.ndarray, indices: np.ndarray, data: np.ndarray
     ) -> None:
-        """Rows ``first_row:first_row + len(indptr) - 1`` of the matrix, as CSR."""
-        rows = np.arange(first_row, first_row + indptr.size - 1)
-        buckets = self.rank[rows] // self.rows_per_bucket
-        order, ptr, idx, val, _ = by_bucket(buckets, self.n_buckets, indptr, indices, data)
-        self._split(rows[order], ptr, {"indices": idx, "data": val})
+        """Rows as CSR, ``ranks`` their new positions."""
+        order, ptr, idx, val, _ = by_bucket(
+            bucket_of(self.edges, ranks), self.n_buckets, indptr, indices, data
+        )
+        self._split(ranks[order], ptr, {"indices": idx, "data": val})
 
-    def add_dense(self, first_row: int, block: np.ndarray) -> None:
-        rows = np.arange(first_row, first_row + block.shape[0])
-        order = np.argsort(self.rank[rows] // self.rows_per_bucket, kind="stable")
+    def add_dense(self, ranks: np.ndarray, block: np.ndarray) -> None:
+        """Rows of a dense block, ``ranks`` their new positions."""
+        order = np.argsort(bucket_of(self.edges, ranks), kind="stable")
         self._row_shape = block.shape[1:]
         per_row = int(np.prod(self._row_shape, dtype=np.int64))
-        ptr = np.arange(rows.size + 1, dtype=np.int64) * per_row
-        self._split(rows[order], ptr, {"data": block[order].reshape(-1)})
+        ptr = np.arange(ranks.size + 1, dtype=np.int64) * per_row
+        self._split(ranks[order], ptr, {"data": block[order].reshape(-1)})
 
-    def _split(self, rows: np.ndarray, ptr: np.ndarray, arrays: dict[str, np.ndarray]) -> None:
-        buckets = self.rank[rows] // self.rows_per_bucket
+    def _split(self, ranks: np.ndarray, ptr: np.ndarray, arrays: dict[str, np.ndarray]) -> None:
+        """Rows grouped by bucket (``ranks`` in bucket order) appended to their buckets."""
+        buckets = bucket_of(self.edges, ranks)
         bounds = np.searchsorted(buckets, np.arange(self.n_buckets + 1))
         for name, values in arrays.items():
             self._dtypes[name] = values.dtype
         for bucket in np.unique(buckets):
             lo, hi = bounds[bucket], bounds[bucket + 1]
-            self._ranks[bucket].append(self.rank[rows[lo:hi]])
+            self._ranks[bucket].append(ranks[lo:hi])
             self._lengths[bucket].append(np.diff(ptr[lo : hi + 1]))
             for name, values in arrays.items():
-                with open(self._file(bucket, name), "ab") as out:
+                with open(self.file(bucket, name), "ab") as out:
                     values[ptr[lo] : ptr[hi]].tofile(out)
         # last: a checkpoint's rows.bin never names values that are not in the files yet
-        pairs = np.column_stack([self.rank[rows], np.diff(ptr)]).astype(np.int64)
+        pairs = np.column_stack([ranks, np.diff(ptr)]).astype(np.int64)
         with open(self.directory / "rows.bin", "ab") as out:
             pairs.tofile(out)
 
-    def _file(self, bucket: int, name: str) -> Path:
+    def file(self, bucket: int, name: str) -> Path:
+        """The file of a bucket's ``indices`` or ``data``."""
         return self.directory / f"{bucket:06d}.{name}"
 
     def _read(self, bucket: int, name: str, expected: int) -> np.ndarray:
         """``expected`` values of a bucket's file (none: it may never have been made)."""
-        path = self._file(bucket, name)
+        path = self.file(bucket, name)
         if not expected:
             return np.empty(0, dtype=self._dtypes.get(name, np.float32))
         values = np.fromfile(path, dtype=self._dtypes[name])
@@ -130,7 +147,7 @@ class RowBuckets:
         """A bucket's files, once its rows are written: the disk is given back as the
         shuffle proceeds (not on reading it, so a run killed meanwhile can read it again)."""
         for name in ("indices", "data"):
-            self._file(bucket, name).unlink(missing_ok=True)
+            self.file(bucket, name).unlink(missing_ok=True)
 
     def drain_csr(self, first: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Per bucket from ``first`` on, in order: (indptr, indices, data) of its rows in
@@ -139,8 +156,8 @@ class RowBuckets:
             ranks, lengths = self._take(bucket)
             nnz = int(lengths.sum())
             indices, data = self._read(bucket, "indices", nnz), self._read(bucket, "data", nnz)
-            start = bucket * self.rows_per_bucket
-            yield in_new_order(ranks, lengths, indices, data, start, ranks.size, bucket)
+            start, stop = int(self.edges[bucket]), int(self.edges[bucket + 1])
+            yield in_new_order(ranks, lengths, indices, data, start, stop - start, bucket)
 
     def drain_dense(self) -> Iterator[np.ndarray]:
         for bucket in range(self.n_buckets):
@@ -151,12 +168,17 @@ class RowBuckets:
             yield block[np.argsort(ranks, kind="stable")]
             self.discard(bucket)
 
-    def _take(self, bucket: int) -> tuple[np.ndarray, np.ndarray]:
+    def held(self, bucket: int) -> tuple[np.ndarray, np.ndarray]:
+        """A bucket's rows as they arrived: each one's new position and its values (a part of
+        the bucket where others hold the rest: a scatter task's)."""
         ranks = np.concatenate(self._ranks[bucket] or [np.empty(0, np.int64)])
         lengths = np.concatenate(self._lengths[bucket] or [np.empty(0, np.int64)])
+        return ranks.astype(np.int64, copy=False), lengths.astype(np.int64, copy=False)
+
+    def _take(self, bucket: int) -> tuple[np.ndarray, np.ndarray]:
+        ranks, lengths = self.held(bucket)
         self._ranks[bucket], self._lengths[bucket] = [], []
-        first = bucket * self.rows_per_bucket
-        expected = min(self.rank.size, first + self.rows_per_bucket) - first
+        expected = int(self.edges[bucket + 1] - self.edges[bucket])
         if ranks.size != expected:  # every new position arrives exactly once
             raise IntegrityError(f"bucket {bucket}: {ranks.size} rows arrived, {expected} expected")
         return ranks, lengths

@@ -38,7 +38,7 @@ from annlayout.base.defaults import WHOLE_BELOW
 from annlayout.base.errors import AnnlayoutError, ConcatError, IntegrityError, NotAnnDataError
 from annlayout.base.options import Backend, CodecPipeline, RunOptions
 from annlayout.combine.assembly import Source, assemble_sparse
-from annlayout.combine.buckets import RowBuckets
+from annlayout.combine.buckets import RowBuckets, equal_edges
 from annlayout.combine.collection import (
     column_maps,
     grouped,
@@ -51,7 +51,15 @@ from annlayout.combine.collection import (
 from annlayout.execute.tasks import Distributed, Executor, check_reachable, executor_for
 from annlayout.format.encodings import encoding_attrs, writing
 from annlayout.layout.spec import load_layout
-from annlayout.planning.memory import plan_within_budget, rows_per_block
+from annlayout.planning.memory import (
+    READ_AHEAD,
+    checkpoint_bytes,
+    dense_rows,
+    input_block_budget,
+    plan_within_budget,
+    rows_per_block,
+    span_of,
+)
 from annlayout.planning.plan import human_size
 from annlayout.planning.survey import Survey, array_info, survey_adata
 from annlayout.planning.survey_models import ElementInfo
@@ -70,6 +78,7 @@ from annlayout.storage.remote import store_backend as use_store_backend
 from annlayout.storage.stores import check_output_name, footprint
 from annlayout.storage.stores import fingerprint as inputs_fingerprint
 from annlayout.verify.compare import RowsOf, frame_values_difference, rows_difference
+from annlayout.write.whole_chunks import WholeChunkWriter
 
 Join = Literal["inner", "outer"]
 Merge = Literal["same", "unique", "first", "only"] | None
@@ -800,7 +809,7 @@ def _write_matrix(
     if all(not m.sparse for m in present):  # rare: redone whole
         if any((m < 0).any() for m in maps):  # outer join: anndata fills NaN
             dtype = np.result_type(dtype, np.float32)
-        rows = max(1, min(n_obs, budget // 4 // max(1, n_vars * dtype.itemsize)))
+        rows = min(max(1, n_obs), dense_rows(n_vars, dtype.itemsize, budget))
         array = root.create_array(
             path, shape=(n_obs, n_vars), dtype=dtype, chunks=(rows, max(1, n_vars)),
             compressors=None, overwrite=True,
@@ -808,14 +817,16 @@ def _write_matrix(
         array.attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
         blocks = dense_blocks(present, maps, n_vars, dtype, rows)
         if rank is not None:
-            dense = RowBuckets(scratch / path, rank, rows)
+            dense = RowBuckets(scratch / path, equal_edges(rank.size, rows))
             for first, block in blocks:
                 check_interrupted()
-                dense.add_dense(first, block)
+                dense.add_dense(rank[first : first + block.shape[0]], block)
             blocks = _numbered(dense.drain_dense())
-        for first, block in blocks:
+        writer = WholeChunkWriter(array, rows, dtype)  # an input's last block is short
+        for _, block in blocks:
             check_interrupted()
-            array[first : first + block.shape[0]] = block
+            writer.write(block)
+        writer.close()
         log.put(path, done=True)
         return
     record = log.get(path)
@@ -832,8 +843,9 @@ def _write_matrix(
     else:  # resumed: the whole chunks recorded are kept, the rest cut off; the tails read
         group = root[path]
         tails = log.arrays(path)
+    lengths = record.get("lengths", {})
     parts = {
-        name: ChunkAppender(group[name], record.get("lengths", {}).get(name, 0), tails.get(name))
+        name: _appender(group[name], lengths.get(name, 0), tails.get(name), budget)
         for name in ("data", "indices", "indptr")
     }
     data, indices, indptr = parts["data"], parts["indices"], parts["indptr"]
@@ -843,7 +855,7 @@ def _write_matrix(
 
     def checkpoint() -> None:
         record.update(rows=rows_written, nnz=offset,
-                      lengths={name: part.stored for name, part in parts.items()})  # fmt: skip
+                      lengths={name: part.position for name, part in parts.items()})  # fmt: skip
         log.put(path, {name: part.tail for name, part in parts.items()}, **record)
 
     buckets: RowBuckets | None = None
@@ -856,14 +868,15 @@ def _write_matrix(
         if progress and 0 < scattered < n_obs:
             progress(f"resuming the shuffle of {path} at row {scattered:,}", scattered, n_obs)
         buckets = RowBuckets(
-            scratch / path, rank, per_bucket, restore=record.get("files"),
+            scratch / path, equal_edges(rank.size, per_bucket), restore=record.get("files"),
             dtypes=record.get("dtypes"),
         )  # fmt: skip
         for first, ptr, idx, val in csr_blocks(present, maps, budget, path, progress, scattered):
             check_interrupted()
             # the inputs' dtypes may differ: the bucket files hold the result's
             val = val.astype(data.dtype, copy=False)
-            buckets.add_csr(first, ptr, idx.astype(indices.dtype, copy=False), val)
+            ranks = rank[first : first + ptr.size - 1]
+            buckets.add_csr(ranks, ptr, idx.astype(indices.dtype, copy=False), val)
             record.update(rows_per_bucket=per_bucket, scattered=first + ptr.size - 1,
                           files=buckets.files(), dtypes=buckets.dtypes)  # fmt: skip
             checkpoint()
@@ -875,9 +888,9 @@ def _write_matrix(
     since, drained_buckets = 0, []  # bytes written since the last checkpoint; buckets in them
     for number, ptr, idx, val in sparse:
         check_interrupted()
-        data.append(val.astype(data.dtype, copy=False))
-        indices.append(idx.astype(indices.dtype, copy=False))
-        indptr.append(ptr[1:] + offset)
+        data.write(val.astype(data.dtype, copy=False))
+        indices.write(idx.astype(indices.dtype, copy=False))
+        indptr.write(ptr[1:] + offset)
         offset += int(ptr[-1])
         rows_written += ptr.size - 1
         since += val.nbytes + idx.nbytes
@@ -890,50 +903,20 @@ def _write_matrix(
                     buckets.discard(bucket)
             drained_buckets.clear()
     for part in parts.values():
-        part.finish()
+        part.close()
     log.put(path, done=True)
 
 
-def checkpoint_bytes(budget: int) -> int:
-    """Values written between two records of a matrix's progress: a quarter budget is cheap
-    to record and little to redo (a 1 GiB budget: every 256 MB, 1-2 s of writing)."""
-    return budget // 4
-
-
-class ChunkAppender:
-    """Values appended to a 1-D zarr array in whole chunks only, the rest (the tail) kept
-    until more come, so no chunk is ever written twice: a run killed while it writes can
-    spoil only chunks written after its last checkpoint (the array's whole chunks and the
-    tail, :meth:`Checkpoints.put`), never one the checkpoint counts."""
-
-    def __init__(self, array: Any, stored: int, tail: np.ndarray | None):
-        self.array = array
-        self.chunk = int(array.chunks[0])
-        self.dtype = np.dtype(array.dtype)
-        if array.shape[0] != stored:
-            array.resize((stored,))
-        self.tail = np.empty(0, self.dtype) if tail is None else tail.astype(self.dtype)
-
-    @property
-    def stored(self) -> int:
-        return int(self.array.shape[0])
-
-    def append(self, values: np.ndarray) -> None:
-        if self.tail.size + values.size < self.chunk:
-            self.tail = np.concatenate([self.tail, values])
-            return
-        head = self.chunk - self.tail.size  # the tail filled to a whole chunk first
-        self.array.append(np.concatenate([self.tail, values[:head]]))
-        rest = values[head:]
-        whole = rest.size // self.chunk * self.chunk
-        if whole:
-            self.array.append(rest[:whole])
-        self.tail = rest[whole:].copy()  # not a view: the block it came from can go
-
-    def finish(self) -> None:
-        if self.tail.size:
-            self.array.append(self.tail)
-            self.tail = self.tail[:0]
+def _appender(array: Any, stored: int, tail: np.ndarray | None, budget: int) -> WholeChunkWriter:
+    """A combined array appended to in whole chunks only, the rest (the tail) kept until
+    more come, so no chunk is ever written twice: a run killed while it writes can spoil
+    only chunks written after its last checkpoint (the array's whole chunks and the tail,
+    :meth:`Checkpoints.put`), never one the checkpoint counts. ``stored``: the whole chunks
+    a resumed run keeps (the rest is cut off)."""
+    chunk = int(array.chunks[0])
+    span = span_of(chunk, chunk * np.dtype(array.dtype).itemsize, False, budget)
+    return WholeChunkWriter(array, chunk, array.dtype, position=stored, grow=True, span=span,
+                            tail=tail)  # fmt: skip
 
 
 def prefetched(blocks: Iterator[Any]) -> Iterator[Any]:
@@ -999,9 +982,6 @@ def dense_blocks(
             at += stop - start
 
 
-READERS = 2  # threads reading and remapping input blocks ahead of the caller
-
-
 def csr_blocks(
     present: list[Any],
     maps: list[np.ndarray],
@@ -1011,13 +991,13 @@ def csr_blocks(
     start: int = 0,
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
     """(first row, indptr, indices, data) of the inputs' row blocks, on the result's
-    columns, in order. :data:`READERS` threads read and remap the next blocks while the
-    caller works on this one (h5py and pread reads, scipy's row sort and numpy's gathers
-    release the GIL): the caller's block and ``READERS`` more are in memory, each within
-    ``budget / (READERS + 1)``. ``start``: the first row of the stacked inputs to yield
+    columns, in order. :data:`~annlayout.planning.memory.READ_AHEAD` threads read and remap
+    the next blocks while the caller works on this one (h5py and pread reads, scipy's row
+    sort and numpy's gathers release the GIL): the caller's block and ``READ_AHEAD`` more are
+    in memory, each within :func:`~annlayout.planning.memory.input_block_budget`. ``start``: the first row of the stacked inputs to yield
     (a resumed run's)."""
     sizes = [(int(m.shape[0]), int(m.nnz)) for m in present]
-    blocks = input_blocks(sizes, budget // (READERS + 1), start)
+    blocks = input_blocks(sizes, input_block_budget(budget), start)
     for number in sorted({block[0] for block in blocks}):
         if present[number].sparse:  # its indptr and shard indexes
             present[number].warm()  # read here, not by two threads at once
@@ -1034,7 +1014,7 @@ def csr_blocks(
         return at, ptr, idx, val
 
     last_of_input = {job[0]: i for i, job in enumerate(jobs)}
-    for i, block in enumerate(ordered_map(remapped, jobs, READERS)):
+    for i, block in enumerate(ordered_map(remapped, jobs, READ_AHEAD)):
         yield block
         number = jobs[i][0]
         if progress and last_of_input[number] == i:

@@ -13,7 +13,7 @@ output, written through one h5py handle, needs that).
 Executors: :class:`Serial` (in order, in the calling thread), :class:`Threads` (dask's threaded
 scheduler) and :class:`Distributed` (a dask.distributed scheduler address). Each task runs within
 the budget per worker the memory model gave it; a transpose is sequential inside (count pass,
-range passes, a :class:`~annlayout.write.copies.SequentialWriter` per array), and transposes of
+range passes, a :class:`~annlayout.write.whole_chunks.WholeChunkWriter` per array), and transposes of
 different elements or orientations run in parallel like blocks do.
 """
 
@@ -36,7 +36,8 @@ from annlayout.execute.resume import record
 from annlayout.planning.memory import Block, Transpose, write_unit
 from annlayout.storage.commit import Interrupted, check_interrupted
 from annlayout.storage.h5 import read_slice
-from annlayout.write.copies import SequentialWriter, transposed_indptr, transposed_ranges
+from annlayout.write.copies import transposed_indptr, transposed_ranges
+from annlayout.write.whole_chunks import WholeChunkWriter
 
 Progress = Callable[[str, int, int], None]  # (what, done, total)
 Advance = Callable[[int], None]
@@ -194,7 +195,7 @@ class TransposeTask:
             for name in ("data", "indices", "indptr")
         }
         writers = {
-            name: SequentialWriter(
+            name: WholeChunkWriter(
                 target[name],
                 write_unit(t.arrays[name]),
                 t.arrays[name].dtype,

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from annlayout.base.defaults import MEMORY, VERIFY_MEMORY, WHOLE_BELOW
-from annlayout.base.errors import ApplyError, IntegrityError
+from annlayout.base.errors import AnnlayoutError, ApplyError, IntegrityError
 from annlayout.base.sizes import parse_size
 from annlayout.format.registry import get, lookup
 from annlayout.planning.plan import ArrayPlan, ElementPlan, Plan, human_size, make_plan
@@ -70,11 +70,50 @@ def _mib(n: float) -> str:
     return f"{n / MiB:,.0f} MiB" if n >= MiB else f"{n / 1024:,.0f} KiB"
 
 
+#: concat and append: row blocks of the inputs read and remapped ahead of the one being
+#: written, on as many threads (:func:`annlayout.combine.concat.csr_blocks`).
+READ_AHEAD = 2
+#: concat and append: a dense block, and the combined values written between two checkpoints
+#: of concat's combining step, take this share of the budget.
+BLOCK_SHARE = 4
+
+
+def per_worker(budget: int, workers: int) -> int:
+    """What each of ``workers`` tasks running at once may hold (each runs within it)."""
+    return max(1, budget // max(1, int(workers)))
+
+
+def input_block_budget(budget: int) -> int:
+    """The budget of one input row block (:func:`rows_per_block`): the block being written
+    and the ``READ_AHEAD`` blocks read ahead of it are all in memory at once."""
+    return budget // (READ_AHEAD + 1)
+
+
+def dense_rows(n_vars: int, itemsize: int, budget: int) -> int:
+    """Rows of a dense matrix moved at once (read, put on the result's columns, written):
+    ``1/BLOCK_SHARE`` of the budget, for the block as read, as placed and as encoded."""
+    return max(1, budget // BLOCK_SHARE // max(1, n_vars * itemsize))
+
+
+def checkpoint_bytes(budget: int) -> int:
+    """Values concat's combining step writes between two records of its progress: a
+    ``1/BLOCK_SHARE`` of the budget is cheap to record and little to redo (a 1 GiB budget:
+    every 256 MB, 1-2 s of writing)."""
+    return budget // BLOCK_SHARE
+
+
+def compared_rows(row_bytes: int, budget: int) -> int:
+    """Rows of an array compared at once, read from both sides: one side's block of
+    :func:`verify_sizes` each."""
+    side, _ = verify_sizes(budget)
+    return max(1, side // max(1, row_bytes))
+
+
 def rows_per_block(nnz: int, n_obs: int, budget: int) -> int:
     """Rows whose nonzeros (value, index, row id, sort order: about 28 bytes each, twice
-    while remapping) fill a quarter of the budget."""
+    while remapping) fill ``1/BLOCK_SHARE`` of the budget."""
     per_row = max(1.0, nnz / max(1, n_obs)) * 28 * 2
-    return max(1, int(budget / 4 / per_row))
+    return max(1, int(budget / BLOCK_SHARE / per_row))
 
 
 # --------------------------------------------------------------------------- blocks
@@ -139,15 +178,24 @@ def write_unit(plan: ArrayPlan) -> int:
 
 
 def write_span(plan: ArrayPlan, budget: int) -> int:
-    """Elements a shard writer (:class:`annlayout.write.copies.SequentialWriter`) converts and
-    writes at once: one shard, or the whole chunks that fit in ``WRITE_SPAN_BYTES`` and in
-    ``budget // WRITE_SPAN_SHARE`` (at least one chunk)."""
+    """Elements a shard writer (:class:`annlayout.write.whole_chunks.WholeChunkWriter`) of
+    ``plan`` converts and writes at once (:func:`span_of`)."""
     unit = write_unit(plan)
-    if plan.shards:
-        return unit
     per_unit = unit * math.prod(plan.shape[1:]) * np.dtype(plan.dtype).itemsize
+    return span_of(unit, per_unit, bool(plan.shards), budget)
+
+
+def span_of(unit: int, unit_bytes: int, sharded: bool, budget: int) -> int:
+    """Elements a :class:`~annlayout.write.whole_chunks.WholeChunkWriter` converts and writes
+    at once, whoever writes (apply's transposes, append's growing arrays, concat's combined
+    matrices): one shard (``unit`` elements of ``unit_bytes``), or the whole chunks that fit
+    in ``WRITE_SPAN_BYTES`` and in ``budget // WRITE_SPAN_SHARE`` (at least one chunk), so a
+    writer holds a bounded span, not what its caller hands it, and one zarr call writes
+    many small chunks."""
+    if sharded:
+        return unit
     room = min(WRITE_SPAN_BYTES, budget // WRITE_SPAN_SHARE)
-    return unit * max(1, room // max(1, per_unit))
+    return unit * max(1, room // max(1, unit_bytes))
 
 
 def array_blocks(
@@ -203,6 +251,12 @@ def transpose_fixed(n_major: int, n_minor: int) -> int:
     """Bytes a transpose holds throughout: the input's indptr (as stored and as int64), and per
     minor index the new indptr, the counts, the bincount and the fill positions (int64)."""
     return 16 * (n_major + 1) + 32 * (n_minor + 1)
+
+
+def pass_nonzeros(pass_budget: int, data_itemsize: int) -> int:
+    """Nonzeros one pass of a transpose builds within ``pass_budget``: each its value and its
+    int64 major index (``PASS_INDEX_BYTES``), at least one."""
+    return max(1, pass_budget // (data_itemsize + PASS_INDEX_BYTES))
 
 
 def transpose_sizes(budget: int, *, writes: int = 0, fixed: int = 0) -> TransposeSizes:
@@ -418,12 +472,13 @@ class MemoryPlan:
             "stream what can be"
         ]
 
-    def check(self) -> None:
-        """Refuse, in one line naming the array or element, what does not fit the budget."""
+    def check(self, error: type[AnnlayoutError] = ApplyError) -> None:
+        """Refuse, in one line naming the array or element, what does not fit the budget
+        (as ``error``: the command's own)."""
         problems = self.violations
         if problems:
             more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-            raise ApplyError(problems[0] + more)
+            raise error(problems[0] + more)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -511,6 +566,34 @@ def plan_within_budget(
     return plan, model
 
 
+def grown_memory(
+    plan: Plan,
+    dtypes: Mapping[str, str],
+    budget: int,
+    added: Mapping[str, tuple[int, int]],
+    small: int = DEFAULT_WHOLE_BELOW,
+) -> MemoryPlan:
+    """append's memory model: each element it grows (``added``: path -> the rows and
+    nonzeros the inputs add) as apply would copy it at its grown size: its shards written
+    whole (from the last partial one on) and its second orientations rebuilt by the
+    transpose. What does not fit is a violation, refused before any input is read, as apply
+    refuses. Elements under ``small`` are left out as apply leaves them out: whatever append
+    holds of one (a few times its size) is within the allowance beside the budget."""
+    elements = []
+    for element in plan.elements:
+        if element.path not in added or element.shape is None:
+            continue
+        rows, nnz = added[element.path]
+        grown = element.model_copy(
+            update={
+                "shape": (element.shape[0] + rows, *element.shape[1:]),
+                "nnz": None if element.nnz is None else element.nnz + nnz,
+            }
+        )
+        elements.append(element_memory(grown, dtypes, budget, small))
+    return MemoryPlan(budget=budget, workers=1, small=small, elements=tuple(elements))
+
+
 def memory_plan(
     plan: Plan,
     dtypes: Mapping[str, str],
@@ -541,10 +624,18 @@ __all__ = [
     "Transpose",
     "TransposeSizes",
     "array_blocks",
+    "checkpoint_bytes",
+    "compared_rows",
+    "dense_rows",
+    "grown_memory",
+    "input_block_budget",
     "memory_plan",
     "parse_size",
+    "pass_nonzeros",
+    "per_worker",
     "read_block",
     "source_dtypes",
+    "span_of",
     "streamable",
     "transpose_fixed",
     "transpose_sizes",

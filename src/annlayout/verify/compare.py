@@ -28,7 +28,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from annlayout.base.defaults import VERIFY_MEMORY
 from annlayout.base.malloc import release_memory
 from annlayout.format.encodings import (
     StandIn,
@@ -39,12 +38,16 @@ from annlayout.format.encodings import (
     written_elements,
 )
 from annlayout.format.registry import Dispatch, get
-from annlayout.planning.memory import parse_size, transpose_fixed, verify_sizes
+from annlayout.planning.memory import (
+    DEFAULT_VERIFY_MEMORY,
+    parse_size,
+    transpose_fixed,
+    verify_sizes,
+)
 from annlayout.storage.commit import check_interrupted
 from annlayout.storage.stores import AnnDataStore, open_anndata
 from annlayout.write.copies import copy_group, stale_reason, transposed_indptr, transposed_ranges
 
-DEFAULT_VERIFY_MEMORY = parse_size(VERIFY_MEMORY)
 #: Values compared at once within a block (its masks: a few MB).
 COMPARE_VALUES = 1 << 20
 

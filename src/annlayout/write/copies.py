@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from annlayout.planning.memory import MAX_READ_BLOCK, pass_nonzeros
 from annlayout.storage.h5 import read_slice
 
 COPY_KEY = "annlayout-copy-of"
@@ -76,11 +77,8 @@ def stale_reason(element: Any, copy: Any, primary_indptr: np.ndarray | None = No
     return None
 
 
-READ_BLOCK = 1 << 22  # nonzeros read at a time while counting and transposing
-
-
 def transposed_indptr(
-    indices: Any, nnz: int, n_minor: int, read_block: int = READ_BLOCK
+    indices: Any, nnz: int, n_minor: int, read_block: int = MAX_READ_BLOCK
 ) -> np.ndarray:
     """The indptr of the transpose: nonzeros per minor index, counted in one pass."""
     counts = np.zeros(n_minor, dtype=np.int64)
@@ -98,7 +96,7 @@ def transposed_ranges(
     new_indptr: np.ndarray,
     *,
     budget: int,
-    read_block: int = READ_BLOCK,
+    read_block: int = MAX_READ_BLOCK,
 ) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
     """Transpose a compressed sparse matrix out of core.
 
@@ -111,8 +109,7 @@ def transposed_ranges(
     n_minor = len(new_indptr) - 1
     if nnz == 0:
         return
-    item = np.dtype(data.dtype).itemsize + 8  # value + int64 major index while building
-    per_pass = max(1, budget // item)
+    per_pass = pass_nonzeros(budget, np.dtype(data.dtype).itemsize)
     row_starts = np.asarray(indptr, dtype=np.int64)
     lo = 0
     while lo < n_minor:
@@ -146,76 +143,3 @@ def transposed_ranges(
         yield base, base + size, out_data, out_major
         del out_data, out_major  # before the next pass allocates its own
         lo = hi
-
-
-class SequentialWriter:
-    """Writes consecutive ranges along an array's first axis in whole units (shards, or
-    chunks).
-
-    Ranges arrive in order but need not align with shard boundaries; the tail of a range
-    that ends inside a shard is held (copied, so the caller's buffer can be freed) until the
-    next range completes it, so every shard is written exactly once. ``position``: where the
-    first range goes (a unit boundary); ``grow``: the array is lengthened as ranges arrive
-    (an append whose final length is known only at the end); ``span``: elements written at
-    once, a multiple of ``unit`` (default one unit).
-
-    One span is converted and written at a time, so besides the caller's ranges the writer
-    holds one span and what the codecs make of it: what the memory model counts
-    (:func:`annlayout.planning.memory.write_span`), not the whole range a pass produces.
-    """
-
-    def __init__(
-        self,
-        array: Any,
-        unit: int,
-        dtype: Any,
-        *,
-        position: int = 0,
-        grow: bool = False,
-        span: int | None = None,
-    ):
-        self.array, self.unit, self.dtype = array, max(1, unit), np.dtype(dtype)
-        self.span = max(1, (span or self.unit) // self.unit) * self.unit
-        self.position, self.grow = position, grow
-        self.pending: list[np.ndarray] = []
-        self.pending_size = 0
-
-    def write(self, values: np.ndarray) -> None:
-        self.pending.append(values)
-        self.pending_size += values.shape[0]
-        whole = (self.pending_size // self.unit) * self.unit
-        if whole:
-            self._flush(whole)
-
-    def close(self) -> None:
-        if self.pending_size:
-            self._flush(self.pending_size)
-
-    def _take(self, size: int) -> np.ndarray:
-        """The next ``size`` pending elements, converted, in one new array."""
-        first = self.pending[0]
-        out = np.empty((size, *first.shape[1:]), dtype=self.dtype)
-        filled = 0
-        while filled < size:
-            piece = self.pending[0]
-            n = min(size - filled, piece.shape[0])
-            out[filled : filled + n] = piece[:n]
-            filled += n
-            if n == piece.shape[0]:
-                self.pending.pop(0)
-            else:
-                self.pending[0] = piece[n:]
-        self.pending_size -= size
-        return out
-
-    def _flush(self, size: int) -> None:
-        stop = self.position + size
-        if self.grow and stop > self.array.shape[0]:
-            self.array.resize((stop, *self.array.shape[1:]))
-        while self.position < stop:
-            n = min(self.span, stop - self.position)
-            self.array[self.position : self.position + n] = self._take(n)
-            self.position += n
-        if self.pending_size:  # the tail, owned: a view would keep the caller's range alive
-            self.pending = [self._take(self.pending_size)]
-            self.pending_size = self.pending[0].shape[0]
