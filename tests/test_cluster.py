@@ -31,7 +31,9 @@ import annlayout
 from annlayout.base.errors import IntegrityError, UnreachableError
 from annlayout.combine.concat import concat
 from annlayout.generate.synthetic import make_part
-from annlayout.storage.remote import listing, upload
+from annlayout.storage.remote import listing, upload, write_object
+
+from .conftest import read_any
 
 pytest.importorskip("distributed")
 pytest.importorskip("s3fs")
@@ -333,3 +335,176 @@ def test_cli_scratch_goes_where_asked_and_is_removed(tmp_path, monkeypatch):
     assert done.exit_code == 0, done.output
     assert seen and all(directory.startswith(f"{scratch}/.out.zarr-") for directory in seen)
     assert list(scratch.iterdir()) == [] and annlayout.verify(out, out) == []
+
+
+# The CLI, which prints the tasks it hands to dask ("tasks ScatterTask 2") and, with
+# HOLD set, is held once X's scatter step is recorded (every scatter task's files on S3, the
+# combined arrays not yet made) until a signal arrives: the signal lands at the same point of
+# every run, sent from outside as a user's Ctrl-C or a scheduler's SIGTERM would be.
+WATCHED_CLI = """import os, sys, time
+import annlayout.combine.assembly as assembly
+from annlayout.cli import run
+from annlayout.storage import commit
+create, execute = assembly._create_arrays, assembly.execute
+def held(*args, **kwargs):
+    print("scattered", flush=True)
+    deadline = time.monotonic() + 120
+    while os.environ.get("HOLD") and not commit._pending and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return create(*args, **kwargs)
+def told(tasks, *args, **kwargs):
+    kinds = sorted({type(task).__name__ for task in tasks})
+    print("tasks", *kinds or ["none"], len(tasks), flush=True)
+    return execute(tasks, *args, **kwargs)
+assembly._create_arrays, assembly.execute = held, told
+run(sys.argv[1:])
+"""
+
+
+def _cli(*args: str, hold: bool = False) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")]),
+           "HOLD": "1" if hold else ""}  # fmt: skip
+    return subprocess.Popen([sys.executable, "-c", WATCHED_CLI, *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
+
+
+def _finished(child: subprocess.Popen[str]) -> tuple[int, str, str]:
+    try:
+        stdout, stderr = child.communicate(timeout=300)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    return child.returncode, stdout, stderr
+
+
+def _interrupted_after_scatter(args: list[str], signum: int) -> tuple[str, str]:
+    """Run the CLI with ``args``, send ``signum`` once its scatter step is recorded; what it
+    printed (it exited as the signal says)."""
+    child = _cli(*args, hold=True)
+    assert child.stdout is not None
+    seen = []
+    while not seen or seen[-1] != "scattered\n":
+        seen.append(child.stdout.readline())
+        assert seen[-1], (seen, _finished(child))
+    child.send_signal(signum)
+    code, stdout, stderr = _finished(child)
+    assert code == 128 + signum, stderr
+    return "".join(seen) + stdout, stderr
+
+
+def test_concat_on_a_cluster_interrupted_keeps_its_s3_scratch_and_resumes(
+    cluster, s3, remote_inputs
+):
+    """SIGINT and SIGTERM while concat runs on the cluster with its scratch on S3: the
+    scratch is kept as a named checkpoint, the message names it and the command that resumes;
+    a run without --resume removes it and says so; --resume continues from it. Both results
+    equal anndata.concat, and no scratch is left."""
+    urls, adatas = remote_inputs
+    output = f"{s3}/cluster/out/resumed.zarr"
+    scratch_at = f"{s3}/cluster/scratch-interrupted"
+    args = ["concat", "ml-minibatch", *urls, output, "--scheduler", cluster.address,
+            "--scratch", scratch_at, "--shuffle", "4", "--join", "outer", "--index-unique", "-",
+            "--memory", "1MiB"]  # fmt: skip
+    options = {"join": "outer", "index_unique": "-"}
+
+    def kept() -> list[str]:
+        return sorted({key.split(".annlayout-concat")[0] for key in listing(scratch_at)})
+
+    printed, stderr = _interrupted_after_scatter([*args, "--quiet"], signal.SIGINT)
+    assert "tasks ScatterTask 2\n" in printed  # a task per worker thread
+    (checkpoint,) = kept()
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    named = f"{scratch_at}/{checkpoint.rsplit('/', 1)[-1]}.annlayout-concat"
+    assert named in lines[0] and "interrupted by SIGINT" in lines[0], stderr
+    assert f"annlayout {' '.join([*args, '--quiet'])} --resume continues from it" in lines[0]
+    assert not listing(output)
+
+    code, printed, stderr = _finished(_cli(*args))
+    assert code == 0, stderr
+    assert f"removed {named}" in stderr
+    assert "tasks ScatterTask 2\n" in printed  # started clean
+    _equals_anndata_concat(output, adatas, **options)
+    assert not listing(scratch_at)
+
+    fresh = f"{s3}/cluster/out/resumed-after-sigterm.zarr"
+    args[args.index(output)] = fresh
+    _, stderr = _interrupted_after_scatter([*args, "--quiet"], signal.SIGTERM)
+    assert "interrupted by SIGTERM" in stderr and len(kept()) == 1, stderr
+    assert [key for key in listing(scratch_at) if key.endswith("bounds.npy")]
+    assert not listing(fresh)
+    code, printed, stderr = _finished(_cli(*args, "--resume", "--quiet"))
+    assert code == 0, stderr
+    # the scatter step is not run again: its files on S3 are what the gather reads (the
+    # gather tasks may all have finished before the driver saw the signal: those done skipped)
+    assert printed.splitlines()[:2] == ["tasks none 0", "scattered"], printed
+    _equals_anndata_concat(fresh, adatas, **options)
+    assert not listing(scratch_at)
+
+
+CORPUS = Path(__file__).parent / "corpus" / "data"
+
+
+@pytest.mark.parametrize(
+    "files",
+    [
+        ["anndata-0.12.19-denseX-v3.zarr", "anndata-0.13.4-pandas2-denseX-v3.zarr"],
+        ["anndata-0.6.22.h5ad", "anndata-0.7.8.h5ad"],
+    ],
+    ids=["dense-X", "legacy-raw"],
+)
+def test_concat_on_a_cluster_of_dense_x_and_a_legacy_raw(cluster, s3, files, tmp_path, monkeypatch):
+    """A dense X and a legacy raw (anndata < 0.7, read whole by anndata) on the cluster,
+    inputs, output and scratch on S3: the driver combines them, in blocks within a quarter of
+    --memory, straight into the combined store in the scratch (which the workers, seeing a
+    /tmp of their own, read in the layout step); its shuffle's buckets stay on its own disk
+    and are gone afterwards. Equal to anndata.concat (X, layers and raw's X)."""
+    import tempfile
+
+    import annlayout.combine.concat as concatenate
+
+    driver_tmp = tmp_path / "driver-tmp"
+    driver_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(driver_tmp))
+    blocks: list[int] = []
+    dense_blocks = concatenate.dense_blocks
+
+    def watched(*args, **kwargs):
+        for first, block in dense_blocks(*args, **kwargs):
+            blocks.append(block.nbytes)
+            yield first, block
+
+    monkeypatch.setattr(concatenate, "dense_blocks", watched)
+    urls = []
+    for name in files:
+        url = f"{s3}/cluster/corpus/{name}"
+        if name.endswith(".h5ad"):
+            write_object(url, (CORPUS / name).read_bytes())
+        else:
+            upload(CORPUS / name, url)
+        urls.append(url)
+    output = f"{s3}/cluster/out/{files[0]}-combined.zarr"
+    options = {"join": "outer", "index_unique": "-"}
+    result = concat("ml-minibatch", urls, output, shuffle=3, memory="256KiB",
+                    scheduler=cluster.address, scratch_at=f"{s3}/cluster/scratch-corpus",
+                    **options)  # fmt: skip
+    assert result.verified
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        adatas = [read_any(CORPUS / name) for name in files]
+        expected = ad.concat(adatas, **options)  # type: ignore[call-overload]
+        got = ad.read_zarr(output)
+    expected = expected[np.asarray(got.uns["annlayout_order"]["source_row"])].copy()
+    assert list(got.obs_names) == list(expected.obs_names)
+    for key in ("X", *expected.layers):
+        want = expected.X if key == "X" else expected.layers[key]
+        have = got.X if key == "X" else got.layers[key]
+        assert sp.issparse(have) == sp.issparse(want), key
+        dense = [m.toarray() if sp.issparse(m) else np.asarray(m) for m in (want, have)]
+        np.testing.assert_array_equal(*dense, err_msg=key)
+    assert (sp.csr_matrix(got.raw.X) != sp.csr_matrix(expected.raw.X)).nnz == 0
+    assert not listing(f"{s3}/cluster/scratch-corpus")
+    assert list(driver_tmp.iterdir()) == []
+    if "denseX" in files[0]:  # combined by the driver, in blocks
+        assert len(blocks) > 2 and max(blocks) <= 2**18 // 4
