@@ -55,9 +55,10 @@ UNCHUNKED_BLOCK = 512
 #: chunks (64 rows) decoded about twice the bytes they kept; at 512 rows (annbatch's block)
 #: that is one chunk in nine, and a buffer still holds 64 blocks
 BLOCK_ROWS = 512
-#: buffers alive at once: the one being consumed, the one read ahead, and the copies a read
-#: (chunks decoded, then concatenated) or the in-memory shuffle makes of the newest
-BUFFERS_HELD = 3
+#: buffers alive at once: the one a held batch keeps (batches are views of their buffer's
+#: shuffled arrays), the one being consumed, and the newest twice (as decoded, and
+#: shuffled into the arrays its batches view)
+BUFFERS_HELD = 4
 
 
 @dataclass
@@ -79,8 +80,7 @@ class Batch:
 @dataclass
 class _Piece:
     """Rows read, before they are cut into batches; ``order``: the shuffled order they are
-    taken in (None: as stored). Each batch takes its rows straight from the buffer, so the
-    rows are copied once, not permuted as a whole and then sliced."""
+    taken in (None: as stored)."""
 
     X: Any
     index: np.ndarray
@@ -90,9 +90,15 @@ class _Piece:
     def __len__(self) -> int:
         return int(self.index.size)
 
-    def __getitem__(self, rows: slice) -> _Piece:
-        taken = rows if self.order is None else self.order[rows]
+    def gather(self, start: int, stop: int) -> _Piece:
+        """Rows ``start:stop`` of the order batches take them in, copied out at once."""
+        taken = slice(start, stop) if self.order is None else self.order[start:stop]
         return _Piece(self.X[taken], self.index[taken], self.source[taken])
+
+    def view(self, start: int, stop: int) -> _Piece:
+        """Rows ``start:stop`` as stored here, without a copy (views of these arrays)."""
+        return _Piece(_row_view(self.X, start, stop), self.index[start:stop],
+                      self.source[start:stop])  # fmt: skip
 
 
 def split(n_blocks: int, *, rank: int, world_size: int, worker: int, num_workers: int) -> slice:
@@ -230,8 +236,8 @@ class Batches:
         if largest * BUFFERS_HELD > self.memory:
             where = self.datasets[int(self._blocks[int(self._nbytes.argmax()), 0])].source
             raise LoaderError(
-                f"{where}: one block needs {_mib(largest)} ({BUFFERS_HELD} held: one "
-                f"consumed, one read ahead, one being made), more than memory={memory!r} "
+                f"{where}: one block needs {_mib(largest)} ({BUFFERS_HELD} held: one a kept "
+                f"batch views, one consumed, one read ahead twice), more than memory={memory!r} "
                 "allows; give a smaller block= or a larger memory="
             )
 
@@ -403,15 +409,23 @@ class Batches:
     def _segments(self, piece: _Piece, before: int) -> list[_Piece]:
         """A buffer's rows in the order batches take them, cut where batches begin (after
         ``before`` rows of earlier buffers, so its first segment completes the batch they
-        left open): the rows copied out of the buffer in shuffled order on the read pool's
-        threads, in parallel and while the consumer holds the buffer before, rather than
-        one batch at a time on the consumer's thread."""
+        left open). The shuffle is one gather per read-pool thread, each of a run of whole
+        batches into one new array (scipy's row gather, or numpy's ``take``), and the
+        batches are views of it: one allocation per run, not per batch, so the gathered
+        bytes are written once into memory the kernel maps in large pages (per-batch
+        arrays of a few MB faulted in every 4 KiB page, which cost as much as the copy)."""
         size, n = self.batch_size, len(piece)
         bounds = np.unique(np.r_[0, np.arange((-before) % size, n, size), n])
-        pairs = list(zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True))
-        if len(pairs) <= 1:
-            return [piece[a:b] for a, b in pairs]
-        return list(read_pool().map(lambda ab: piece[ab[0] : ab[1]], pairs))
+        if bounds.size <= 2 and piece.order is None:
+            return [piece] if n else []
+        runs = np.array_split(np.arange(bounds.size - 1), min(_workers(), bounds.size - 1))
+        spans = [(int(bounds[r[0]]), int(bounds[r[-1] + 1])) for r in runs if r.size]
+        gathered = list(read_pool().map(lambda ab: piece.gather(*ab), spans))
+        segments = []
+        for (a, _), part, run in zip(spans, gathered, runs, strict=False):
+            for k in run.tolist():
+                segments.append(part.view(int(bounds[k]) - a, int(bounds[k + 1]) - a))
+        return segments
 
     def _cut(self, buffers: Iterator[list[_Piece]]) -> Iterator[Batch]:
         """Batches of ``batch_size`` rows from the buffers' segments (cut where batches
@@ -634,6 +648,34 @@ def whole_chunk_runs(starts: np.ndarray, rows: int = BLOCK_ROWS) -> np.ndarray:
         kept.append(i)
     kept.append(last)
     return starts[kept]
+
+
+def _row_view(x: Any, start: int, stop: int) -> Any:
+    """Rows ``start:stop`` of a CSR matrix or an array, sharing its memory."""
+    if not sp.issparse(x):
+        return x[start:stop]
+    a, b = int(x.indptr[start]), int(x.indptr[stop])
+    indptr = x.indptr[start : stop + 1] - a
+    data, indices = _Window.of(x.data[a:b]), _Window.of(x.indices[a:b])
+    return sp.csr_matrix((data, indices, indptr), shape=(stop - start, x.shape[1]))
+
+
+class _Window:
+    """A view of part of a larger array whose ``base`` is this object, of the view's own
+    size: scipy's sparse constructors copy a view that is under half of its ``base``
+    (``_prune_array``), which would copy every batch out of its buffer once more."""
+
+    def __init__(self, view: np.ndarray):
+        self.__array_interface__ = view.__array_interface__
+        self.size, self._keep = view.size, view  # the buffer lives while a batch does
+
+    @classmethod
+    def of(cls, view: np.ndarray) -> np.ndarray:
+        return np.asarray(cls(view))
+
+
+def _workers() -> int:
+    return int(read_pool()._max_workers)
 
 
 def _concat(pieces: list[_Piece]) -> _Piece:
