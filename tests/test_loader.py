@@ -250,13 +250,13 @@ def test_annlayout_loader_needs_no_import_of_its_own():
 def test_memory_bounds_the_buffers_and_reads_run_one_buffer_ahead(paths):
     data = annlayout.open(paths["zarr3"])
     reads = []
-    take = data.X.take
+    take = data.X.atake
 
-    def counted(rows):
+    async def counted(rows):
         reads.append(rows.size)
-        return take(rows)
+        return await take(rows)
 
-    data.X.take = counted  # type: ignore[method-assign]
+    data.X.atake = counted  # type: ignore[method-assign]
     loader = data.batches(20, block=10, memory="120KiB")  # 40 KiB a buffer: ~2 blocks
     first = iter(loader)
     next(first)
@@ -367,6 +367,66 @@ def test_async_batches_and_reads_equal_the_sync_ones_off_the_loop_thread(paths, 
     assert_same_sparse(rows, data.X[[5, 1, 3], :])
     assert ticks > len(got)
     assert not on_loop  # zarr's own loop never entered from the caller's
+
+
+@pytest.mark.parametrize("store_backend", ["obstore", "fsspec"])
+def test_async_reads_fetch_on_the_callers_loop_from_a_slow_s3(
+    paths, proxied_s3, monkeypatch, store_backend
+):
+    """``abatches`` and ``X.aread`` fetch chunks on the caller's event loop (obstore's async
+    gets there; fsspec's, bound to zarr's loop, awaited from it) while another task keeps
+    running, over a link with a 20 ms round trip; their results equal the sync API's."""
+    import threading
+
+    from annlayout.storage import chunks
+
+    monkeypatch.setenv("ANNLAYOUT_STORE_BACKEND", store_backend)
+    url = f"{proxied_s3.url}/slow.zarr"
+    annlayout.apply("ml-minibatch", paths["h5ad"], url)
+    sync_batches = list(annlayout.open(url).batches(100, seed=3, obs=["cell_type"]))
+    want = annlayout.open(url).X[[7, 2, 40], :]
+    fetched_on: set[tuple[int, int]] = set()  # (thread, loop) of each chunk fetch
+    original = chunks._fetcher
+
+    def recorded(store):
+        fetch = original(store)
+
+        async def one(key, byte_range):
+            loop = asyncio.get_running_loop()
+            fetched_on.add((threading.get_ident(), id(loop)))
+            return await fetch(key, byte_range)
+
+        return one
+
+    monkeypatch.setattr(chunks, "_fetcher", recorded)
+    proxied_s3.proxy.rtt = 0.02
+
+    async def main():
+        data = annlayout.open(url)  # metadata only
+        ticks = 0
+
+        async def ticker():
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0.001)
+
+        running = asyncio.create_task(ticker())
+        got = [b async for b in data.abatches(100, seed=3, obs=["cell_type"])]
+        ticks_batches = ticks
+        rows = await data.X.aread([7, 2, 40])
+        running.cancel()
+        here = (threading.get_ident(), id(asyncio.get_running_loop()))
+        return got, rows, ticks_batches, here
+
+    got, rows, ticks, here = asyncio.run(main())
+    assert [b.index.tolist() for b in got] == [b.index.tolist() for b in sync_batches]
+    for a, b in zip(got, sync_batches, strict=True):
+        assert_same_sparse(a.X, b.X)
+        assert a.obs.equals(b.obs)
+    assert_same_sparse(rows, want)
+    assert ticks >= 20  # the loop ran other tasks during the reads: 20 ms per round trip
+    assert fetched_on == {here}  # every chunk and shard index fetched on the caller's loop
 
 
 # -- processes ---------------------------------------------------------------------------
