@@ -211,6 +211,30 @@ def test_numpy_output_and_layers_and_a_dense_store(tmp_path, paths, expected):
     assert sorted(np.concatenate([b.index for b in rows]).tolist()) == list(range(dense.n_obs))
 
 
+def test_jax_output_equals_anndatas_rows(tmp_path, paths, expected):
+    """A real jax (in the test extra): sparse X as BCSR, a dense store's as a jax array, each
+    equal to anndata's rows; ``device=`` puts them there."""
+    jax = pytest.importorskip("jax")
+    from jax.experimental import sparse as jsparse
+
+    data = annlayout.open(paths["ml-minibatch"])
+    device = jax.devices("cpu")[0]
+    seen = []
+    for batch in data.batches(64, output="jax", seed=4, device=device):
+        assert isinstance(batch.X, jsparse.BCSR) and batch.X.shape == (len(batch), data.shape[1])
+        x = batch.X  # compared through its arrays: todense() compiles for every nnz
+        got = sp.csr_matrix(tuple(np.asarray(a) for a in (x.data, x.indices, x.indptr)), x.shape)
+        assert_same_sparse(got, expected.X[batch.index])
+        assert x.data.devices() == {device}
+        seen.append(batch.index)
+    assert sorted(np.concatenate(seen).tolist()) == list(range(expected.n_obs))
+    dense = ad.AnnData(X=expected.X.toarray(), obs=expected.obs[[]])
+    dense.write_zarr(tmp_path / "dense.zarr")
+    for batch in annlayout.open(tmp_path / "dense.zarr").batches(70, output="jax", seed=1):
+        assert isinstance(batch.X, jax.Array)
+        assert np.array_equal(np.asarray(batch.X), dense.X[batch.index])
+
+
 def test_unchunked_values_are_read_in_blocks_of_their_own(tmp_path, expected):
     """A contiguous h5ad dataset (anndata's dense X) has no chunks to follow: blocks of
     UNCHUNKED_BLOCK rows, not the whole matrix as one block."""
