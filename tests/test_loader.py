@@ -6,6 +6,7 @@ S3)."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import multiprocessing
 import pickle
 import subprocess
@@ -209,6 +210,31 @@ def test_numpy_output_and_layers_and_a_dense_store(tmp_path, paths, expected):
     for b in handle.batches(70, layer="counts"):
         assert_same_sparse(b.X, expected.X[b.index])
     assert sorted(np.concatenate([b.index for b in rows]).tolist()) == list(range(dense.n_obs))
+
+
+def test_batches_are_cut_from_one_shuffled_copy_of_their_buffer(paths, expected):
+    """The shuffle copies a buffer's rows once, into arrays its batches view: consecutive
+    batches lie end to end in memory (not copied again one by one, which scipy does to a
+    view of a much larger array unless kept from it); only a batch that joins two buffers,
+    or starts another read-pool thread's share of one, does not follow its predecessor."""
+    from annlayout.storage.chunks import read_pool
+
+    data = annlayout.open(paths["ml-minibatch"])
+    loader = data.batches(10, block=100, buffer=data.shape[0], seed=1)  # one buffer
+    got = list(loader)
+
+    def address(a: np.ndarray) -> int:
+        return a.__array_interface__["data"][0]
+
+    adjacent = sum(
+        address(b.X.data) == address(a.X.data) + a.X.data.nbytes
+        and address(b.X.indices) == address(a.X.indices) + a.X.indices.nbytes
+        for a, b in itertools.pairwise(got)
+    )
+    cuts = read_pool()._max_workers  # where one thread's share of the buffer follows another's
+    assert len(got) - 1 - cuts > 0 and adjacent >= len(got) - 1 - cuts
+    for batch in got:  # contents as read, each batch apart from its neighbours
+        assert_same_sparse(batch.X, expected.X[batch.index])
 
 
 def test_jax_output_equals_anndatas_rows(tmp_path, paths, expected):
