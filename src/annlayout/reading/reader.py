@@ -64,8 +64,8 @@ class Dataset:
         return batches([self], batch_size, **options)
 
     def abatches(self, batch_size: int = 4096, **options: Any) -> AsyncBatches:
-        """:meth:`batches` as an async iterable on the caller's event loop (the store is
-        read on worker threads, the loop never waits for it)."""
+        """:meth:`batches` as an async iterable on the caller's event loop: chunks are
+        fetched there and decoded on the read pool's threads, the loop never waits."""
         return abatches([self], batch_size, **options)
 
     @cached_property
