@@ -6,6 +6,7 @@ S3)."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import multiprocessing
 import pickle
 import subprocess
@@ -211,6 +212,55 @@ def test_numpy_output_and_layers_and_a_dense_store(tmp_path, paths, expected):
     assert sorted(np.concatenate([b.index for b in rows]).tolist()) == list(range(dense.n_obs))
 
 
+def test_batches_are_cut_from_one_shuffled_copy_of_their_buffer(paths, expected):
+    """The shuffle copies a buffer's rows once, into arrays its batches view: consecutive
+    batches lie end to end in memory (not copied again one by one, which scipy does to a
+    view of a much larger array unless kept from it); only a batch that joins two buffers,
+    or starts another read-pool thread's share of one, does not follow its predecessor."""
+    from annlayout.storage.chunks import read_pool
+
+    data = annlayout.open(paths["ml-minibatch"])
+    loader = data.batches(10, block=100, buffer=data.shape[0], seed=1)  # one buffer
+    got = list(loader)
+
+    def address(a: np.ndarray) -> int:
+        return a.__array_interface__["data"][0]
+
+    adjacent = sum(
+        address(b.X.data) == address(a.X.data) + a.X.data.nbytes
+        and address(b.X.indices) == address(a.X.indices) + a.X.indices.nbytes
+        for a, b in itertools.pairwise(got)
+    )
+    cuts = read_pool()._max_workers  # where one thread's share of the buffer follows another's
+    assert len(got) - 1 - cuts > 0 and adjacent >= len(got) - 1 - cuts
+    for batch in got:  # contents as read, each batch apart from its neighbours
+        assert_same_sparse(batch.X, expected.X[batch.index])
+
+
+def test_jax_output_equals_anndatas_rows(tmp_path, paths, expected):
+    """A real jax (in the test extra): sparse X as BCSR, a dense store's as a jax array, each
+    equal to anndata's rows; ``device=`` puts them there."""
+    jax = pytest.importorskip("jax")
+    from jax.experimental import sparse as jsparse
+
+    data = annlayout.open(paths["ml-minibatch"])
+    device = jax.devices("cpu")[0]
+    seen = []
+    for batch in data.batches(64, output="jax", seed=4, device=device):
+        assert isinstance(batch.X, jsparse.BCSR) and batch.X.shape == (len(batch), data.shape[1])
+        x = batch.X  # compared through its arrays: todense() compiles for every nnz
+        got = sp.csr_matrix(tuple(np.asarray(a) for a in (x.data, x.indices, x.indptr)), x.shape)
+        assert_same_sparse(got, expected.X[batch.index])
+        assert x.data.devices() == {device}
+        seen.append(batch.index)
+    assert sorted(np.concatenate(seen).tolist()) == list(range(expected.n_obs))
+    dense = ad.AnnData(X=expected.X.toarray(), obs=expected.obs[[]])
+    dense.write_zarr(tmp_path / "dense.zarr")
+    for batch in annlayout.open(tmp_path / "dense.zarr").batches(70, output="jax", seed=1):
+        assert isinstance(batch.X, jax.Array)
+        assert np.array_equal(np.asarray(batch.X), dense.X[batch.index])
+
+
 def test_unchunked_values_are_read_in_blocks_of_their_own(tmp_path, expected):
     """A contiguous h5ad dataset (anndata's dense X) has no chunks to follow: blocks of
     UNCHUNKED_BLOCK rows, not the whole matrix as one block."""
@@ -250,13 +300,13 @@ def test_annlayout_loader_needs_no_import_of_its_own():
 def test_memory_bounds_the_buffers_and_reads_run_one_buffer_ahead(paths):
     data = annlayout.open(paths["zarr3"])
     reads = []
-    take = data.X.take
+    take = data.X.atake
 
-    def counted(rows):
+    async def counted(rows):
         reads.append(rows.size)
-        return take(rows)
+        return await take(rows)
 
-    data.X.take = counted  # type: ignore[method-assign]
+    data.X.atake = counted  # type: ignore[method-assign]
     loader = data.batches(20, block=10, memory="120KiB")  # 40 KiB a buffer: ~2 blocks
     first = iter(loader)
     next(first)
@@ -367,6 +417,66 @@ def test_async_batches_and_reads_equal_the_sync_ones_off_the_loop_thread(paths, 
     assert_same_sparse(rows, data.X[[5, 1, 3], :])
     assert ticks > len(got)
     assert not on_loop  # zarr's own loop never entered from the caller's
+
+
+@pytest.mark.parametrize("store_backend", ["obstore", "fsspec"])
+def test_async_reads_fetch_on_the_callers_loop_from_a_slow_s3(
+    paths, proxied_s3, monkeypatch, store_backend
+):
+    """``abatches`` and ``X.aread`` fetch chunks on the caller's event loop (obstore's async
+    gets there; fsspec's, bound to zarr's loop, awaited from it) while another task keeps
+    running, over a link with a 20 ms round trip; their results equal the sync API's."""
+    import threading
+
+    from annlayout.storage import chunks
+
+    monkeypatch.setenv("ANNLAYOUT_STORE_BACKEND", store_backend)
+    url = f"{proxied_s3.url}/slow.zarr"
+    annlayout.apply("ml-minibatch", paths["h5ad"], url)
+    sync_batches = list(annlayout.open(url).batches(100, seed=3, obs=["cell_type"]))
+    want = annlayout.open(url).X[[7, 2, 40], :]
+    fetched_on: set[tuple[int, int]] = set()  # (thread, loop) of each chunk fetch
+    original = chunks._fetcher
+
+    def recorded(store):
+        fetch = original(store)
+
+        async def one(key, byte_range):
+            loop = asyncio.get_running_loop()
+            fetched_on.add((threading.get_ident(), id(loop)))
+            return await fetch(key, byte_range)
+
+        return one
+
+    monkeypatch.setattr(chunks, "_fetcher", recorded)
+    proxied_s3.proxy.rtt = 0.02
+
+    async def main():
+        data = annlayout.open(url)  # metadata only
+        ticks = 0
+
+        async def ticker():
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0.001)
+
+        running = asyncio.create_task(ticker())
+        got = [b async for b in data.abatches(100, seed=3, obs=["cell_type"])]
+        ticks_batches = ticks
+        rows = await data.X.aread([7, 2, 40])
+        running.cancel()
+        here = (threading.get_ident(), id(asyncio.get_running_loop()))
+        return got, rows, ticks_batches, here
+
+    got, rows, ticks, here = asyncio.run(main())
+    assert [b.index.tolist() for b in got] == [b.index.tolist() for b in sync_batches]
+    for a, b in zip(got, sync_batches, strict=True):
+        assert_same_sparse(a.X, b.X)
+        assert a.obs.equals(b.obs)
+    assert_same_sparse(rows, want)
+    assert ticks >= 20  # the loop ran other tasks during the reads: 20 ms per round trip
+    assert fetched_on == {here}  # every chunk and shard index fetched on the caller's loop
 
 
 # -- processes ---------------------------------------------------------------------------

@@ -12,22 +12,22 @@ This module does that on annlayout's reader:
   its rows in a shuffled order; rows left over at the end of a buffer open the next batch,
   so every batch but the last of an epoch is full (with ``drop_last``, every rank yields
   as many full batches);
-- the next buffer is read on a background thread while the current one is consumed, at most
+- the next buffer is read in a task of its own while the current one is consumed, at most
   one buffer ahead, both within ``memory=``.
 
-The async form (:func:`abatches`, :meth:`Batches.aiter`) makes the loader and runs the same
-iterator on worker threads, one ``next`` at a time, so the caller's event loop never blocks
-and never enters zarr's own loop (a sync core offloaded, not a second async read path). This module sits below the reader: it takes datasets and reads them through their
-matrices' methods (``take``, ``chunk_starts``), so the reader can offer ``Dataset.batches``.
+The core is async (:meth:`Batches.aiter_worker`): chunks are fetched on the running event
+loop and decoded and shuffled on the read pool's threads. :func:`abatches` runs it on the
+caller's loop; the sync iterator drives it on zarr's event loop thread, which reads the
+next buffer between the caller's steps. This module sits below the reader: it takes
+datasets and reads them through their matrices' methods (``atake``, ``chunk_starts``), so
+the reader can offer ``Dataset.batches``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import queue
 import sys
-import threading
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from functools import partial
@@ -55,9 +55,10 @@ UNCHUNKED_BLOCK = 512
 #: chunks (64 rows) decoded about twice the bytes they kept; at 512 rows (annbatch's block)
 #: that is one chunk in nine, and a buffer still holds 64 blocks
 BLOCK_ROWS = 512
-#: buffers alive at once: the one being consumed, the one read ahead, and the copies a read
-#: (chunks decoded, then concatenated) or the in-memory shuffle makes of the newest
-BUFFERS_HELD = 3
+#: buffers alive at once: the one a held batch keeps (batches are views of their buffer's
+#: shuffled arrays), the one being consumed, and the newest twice (as decoded, and
+#: shuffled into the arrays its batches view)
+BUFFERS_HELD = 4
 
 
 @dataclass
@@ -79,8 +80,7 @@ class Batch:
 @dataclass
 class _Piece:
     """Rows read, before they are cut into batches; ``order``: the shuffled order they are
-    taken in (None: as stored). Each batch takes its rows straight from the buffer, so the
-    rows are copied once, not permuted as a whole and then sliced."""
+    taken in (None: as stored)."""
 
     X: Any
     index: np.ndarray
@@ -90,9 +90,15 @@ class _Piece:
     def __len__(self) -> int:
         return int(self.index.size)
 
-    def __getitem__(self, rows: slice) -> _Piece:
-        taken = rows if self.order is None else self.order[rows]
+    def gather(self, start: int, stop: int) -> _Piece:
+        """Rows ``start:stop`` of the order batches take them in, copied out at once."""
+        taken = slice(start, stop) if self.order is None else self.order[start:stop]
         return _Piece(self.X[taken], self.index[taken], self.source[taken])
+
+    def view(self, start: int, stop: int) -> _Piece:
+        """Rows ``start:stop`` as stored here, without a copy (views of these arrays)."""
+        return _Piece(_row_view(self.X, start, stop), self.index[start:stop],
+                      self.source[start:stop])  # fmt: skip
 
 
 def split(n_blocks: int, *, rank: int, world_size: int, worker: int, num_workers: int) -> slice:
@@ -230,8 +236,8 @@ class Batches:
         if largest * BUFFERS_HELD > self.memory:
             where = self.datasets[int(self._blocks[int(self._nbytes.argmax()), 0])].source
             raise LoaderError(
-                f"{where}: one block needs {_mib(largest)} ({BUFFERS_HELD} held: one "
-                f"consumed, one read ahead, one being made), more than memory={memory!r} "
+                f"{where}: one block needs {_mib(largest)} ({BUFFERS_HELD} held: one a kept "
+                f"batch views, one consumed, one read ahead twice), more than memory={memory!r} "
                 "allows; give a smaller block= or a larger memory="
             )
 
@@ -356,21 +362,33 @@ class Batches:
 
     def iter_worker(self, worker: int = 0, num_workers: int = 1) -> Iterator[Batch]:
         """The batches of one worker of ``num_workers`` (what ``iter()`` gives inside a
-        DataLoader worker), in this rank: for tests and for launchers of one's own."""
+        DataLoader worker), in this rank: for tests and for launchers of one's own. The
+        async core (:meth:`aiter_worker`) driven on zarr's event loop thread, whose loop
+        keeps reading the next buffer while the caller works on a batch."""
+        return _drive(self.aiter_worker(worker, num_workers))
+
+    async def aiter_worker(self, worker: int = 0, num_workers: int = 1) -> AsyncIterator[Batch]:
+        """:meth:`iter_worker` as an async iterator on the running event loop: each buffer
+        is fetched there (the next one while the current one's batches are consumed) and
+        decoded and shuffled on the read pool's threads."""
         rng = np.random.default_rng([self.seed, self.epoch, self.rank, worker, num_workers])
         buffers = self.buffers(worker, num_workers)
-        read_so_far = [0]
+        limit = self.count(worker, num_workers) if self.drop_last else None
+        read_so_far = 0
 
-        def read(buffer: list[tuple[int, np.ndarray]]) -> list[_Piece]:
-            piece = self._read(buffer, rng)
-            segments = self._segments(piece, read_so_far[0])
-            read_so_far[0] += len(piece)
+        async def read(buffer: list[tuple[int, np.ndarray]]) -> list[_Piece]:
+            nonlocal read_so_far
+            piece = await self._aread(buffer, rng)
+            segments = await self._asegments(piece, read_so_far)
+            read_so_far += len(piece)
             return segments
 
-        batches = self._cut(_read_ahead(buffers, read))
-        if not self.drop_last:
-            return batches
-        return _first(batches, self.count(worker, num_workers))
+        yielded = 0
+        async for batch in self._cut(_read_ahead(buffers, read)):
+            if limit is not None and yielded >= limit:
+                return
+            yield batch
+            yielded += 1
 
     def buffers(self, worker: int = 0, num_workers: int = 1) -> list[list[tuple[int, np.ndarray]]]:
         """What one worker reads this epoch, buffer by buffer: per store (its position in
@@ -387,37 +405,51 @@ class Batches:
             found.append(buffer)
         return found
 
-    def _read(self, buffer: list[tuple[int, np.ndarray]], rng: np.random.Generator) -> _Piece:
-        """A buffer's rows, one coalesced read per store, with the order its batches take
-        them in when shuffling."""
+    async def _aread(
+        self, buffer: list[tuple[int, np.ndarray]], rng: np.random.Generator
+    ) -> _Piece:
+        """A buffer's rows, one coalesced read per store (the stores at once), with the
+        order its batches take them in when shuffling."""
+        xs = await asyncio.gather(*(_atake(self.matrices[source], rows) for source, rows in buffer))
         piece = _concat(
             [
-                _Piece(self.matrices[source].take(rows), rows, np.full(rows.size, source, np.int32))
-                for source, rows in buffer
+                _Piece(x, rows, np.full(rows.size, source, np.int32))
+                for x, (source, rows) in zip(xs, buffer, strict=True)
             ]
         )
         if self.shuffle:
             piece.order = rng.permutation(len(piece))
         return piece
 
-    def _segments(self, piece: _Piece, before: int) -> list[_Piece]:
+    async def _asegments(self, piece: _Piece, before: int) -> list[_Piece]:
         """A buffer's rows in the order batches take them, cut where batches begin (after
         ``before`` rows of earlier buffers, so its first segment completes the batch they
-        left open): the rows copied out of the buffer in shuffled order on the read pool's
-        threads, in parallel and while the consumer holds the buffer before, rather than
-        one batch at a time on the consumer's thread."""
+        left open). The shuffle is one gather per read-pool thread, each of a run of whole
+        batches into one new array (scipy's row gather, or numpy's ``take``), and the
+        batches are views of it: one allocation per run, not per batch, so the gathered
+        bytes are written once into memory the kernel maps in large pages (per-batch
+        arrays of a few MB faulted in every 4 KiB page, which cost as much as the copy)."""
         size, n = self.batch_size, len(piece)
         bounds = np.unique(np.r_[0, np.arange((-before) % size, n, size), n])
-        pairs = list(zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True))
-        if len(pairs) <= 1:
-            return [piece[a:b] for a, b in pairs]
-        return list(read_pool().map(lambda ab: piece[ab[0] : ab[1]], pairs))
+        if bounds.size <= 2 and piece.order is None:
+            return [piece] if n else []
+        runs = np.array_split(np.arange(bounds.size - 1), min(_workers(), bounds.size - 1))
+        spans = [(int(bounds[r[0]]), int(bounds[r[-1] + 1])) for r in runs if r.size]
+        loop = asyncio.get_running_loop()
+        gathered = await asyncio.gather(
+            *(loop.run_in_executor(read_pool(), piece.gather, a, b) for a, b in spans)
+        )
+        segments = []
+        for (a, _), part, run in zip(spans, gathered, runs, strict=False):
+            for k in run.tolist():
+                segments.append(part.view(int(bounds[k]) - a, int(bounds[k + 1]) - a))
+        return segments
 
-    def _cut(self, buffers: Iterator[list[_Piece]]) -> Iterator[Batch]:
+    async def _cut(self, buffers: AsyncIterator[list[_Piece]]) -> AsyncIterator[Batch]:
         """Batches of ``batch_size`` rows from the buffers' segments (cut where batches
         begin): a segment shorter than a batch is joined with the next."""
         size, held = self.batch_size, list[_Piece]()
-        for segments in buffers:
+        async for segments in buffers:
             for segment in segments:
                 if not held and len(segment) == size:
                     yield self._batch(segment)
@@ -473,16 +505,9 @@ class AsyncBatches:
             self._batches.set_epoch(epoch)
 
     async def __aiter__(self) -> AsyncIterator[Batch]:
-        iterator = iter(await self.prepare())
-        try:
-            while True:
-                batch = await asyncio.to_thread(next, iterator, None)
-                if batch is None:
-                    return
-                yield batch
-        finally:
-            with suppress(ValueError):  # still running on its thread (cancelled): it ends there
-                iterator.close()  # type: ignore[attr-defined]
+        made = await self.prepare()
+        async for batch in made.aiter_worker(*made._worker()):
+            yield batch
 
 
 def abatches(datasets: Sequence[Any], batch_size: int = 4096, **options: Any) -> AsyncBatches:
@@ -506,33 +531,32 @@ class _Failed:
 _END = object()
 
 
-def _read_ahead(groups: list[Any], read: Callable[[Any], Any]) -> Iterator[Any]:
-    """``read(group)`` for each group on a background thread, at most one buffer ahead of
-    the one the caller holds; a read's error is raised here, in order: no gap is skipped."""
+async def _read_ahead(
+    groups: list[Any], read: Callable[[Any], Awaitable[Any]]
+) -> AsyncIterator[Any]:
+    """``await read(group)`` for each group in a task of its own, at most one buffer ahead
+    of the one the caller holds; a read's error is raised here, in order: no gap is
+    skipped. Leaving early cancels the task."""
     if not groups:
         return
-    ready: queue.Queue[Any] = queue.Queue()
-    slots = threading.Semaphore(2)  # the buffer consumed and the one read ahead
-    stop = threading.Event()
+    ready: asyncio.Queue[Any] = asyncio.Queue()
+    slots = asyncio.Semaphore(2)  # the buffer consumed and the one read ahead
 
-    def produce() -> None:
+    async def produce() -> None:
         try:
             for group in groups:
-                while not slots.acquire(timeout=0.1):
-                    if stop.is_set():
-                        return
-                if stop.is_set():
-                    return
-                ready.put(read(group))
-            ready.put(_END)
+                await slots.acquire()
+                ready.put_nowait(await read(group))
+            ready.put_nowait(_END)
+        except asyncio.CancelledError:
+            raise
         except BaseException as error:  # handed to the consumer, raised there
-            ready.put(_Failed(error))
+            ready.put_nowait(_Failed(error))
 
-    thread = threading.Thread(target=produce, name="annlayout-loader", daemon=True)
-    thread.start()
+    task = asyncio.get_running_loop().create_task(produce())
     try:
         while True:
-            item = ready.get()
+            item = await ready.get()
             if item is _END:
                 return
             if isinstance(item, _Failed):
@@ -541,21 +565,39 @@ def _read_ahead(groups: list[Any], read: Callable[[Any], Any]) -> Iterator[Any]:
             del item
             slots.release()  # the batches of this buffer are out: read the one after next
     finally:
-        stop.set()
+        task.cancel()
+
+
+def _drive(batches: AsyncIterator[Batch]) -> Iterator[Batch]:
+    """An async iterator as a sync one: each step run on zarr's event loop thread (its
+    loop serves every zarr read of the process), which runs the read-ahead task between
+    steps. Leaving early closes it there, which stops the read-ahead."""
+    from zarr.core.sync import sync
+
+    try:
+        while True:
+            try:
+                yield sync(_next(batches))
+            except StopAsyncIteration:
+                return
+    finally:
+        with suppress(Exception):  # e.g. at interpreter exit, zarr's loop already gone
+            sync(batches.aclose())  # type: ignore[attr-defined]
+
+
+async def _next(batches: AsyncIterator[Batch]) -> Batch:
+    return await anext(batches)
+
+
+async def _atake(matrix: Any, rows: np.ndarray) -> Any:
+    """Rows of a matrix awaited: natively where it can (``Matrix.atake``), else on a worker
+    thread (a legacy raw's X, in memory)."""
+    if hasattr(matrix, "atake"):
+        return await matrix.atake(rows)
+    return await asyncio.to_thread(matrix.take, rows)
 
 
 # -- helpers -----------------------------------------------------------------------------
-
-
-def _first(batches: Iterator[Batch], limit: int) -> Iterator[Batch]:
-    """The first ``limit`` batches; then the rest is abandoned (its read-ahead stopped)."""
-    try:
-        for number, batch in enumerate(batches):
-            if number >= limit:
-                return
-            yield batch
-    finally:
-        batches.close()  # type: ignore[attr-defined]
 
 
 def _matrix(dataset: Any, layer: str | None) -> Any:
@@ -634,6 +676,34 @@ def whole_chunk_runs(starts: np.ndarray, rows: int = BLOCK_ROWS) -> np.ndarray:
         kept.append(i)
     kept.append(last)
     return starts[kept]
+
+
+def _row_view(x: Any, start: int, stop: int) -> Any:
+    """Rows ``start:stop`` of a CSR matrix or an array, sharing its memory."""
+    if not sp.issparse(x):
+        return x[start:stop]
+    a, b = int(x.indptr[start]), int(x.indptr[stop])
+    indptr = x.indptr[start : stop + 1] - a
+    data, indices = _Window.of(x.data[a:b]), _Window.of(x.indices[a:b])
+    return sp.csr_matrix((data, indices, indptr), shape=(stop - start, x.shape[1]))
+
+
+class _Window:
+    """A view of part of a larger array whose ``base`` is this object, of the view's own
+    size: scipy's sparse constructors copy a view that is under half of its ``base``
+    (``_prune_array``), which would copy every batch out of its buffer once more."""
+
+    def __init__(self, view: np.ndarray):
+        self.__array_interface__ = view.__array_interface__
+        self.size, self._keep = view.size, view  # the buffer lives while a batch does
+
+    @classmethod
+    def of(cls, view: np.ndarray) -> np.ndarray:
+        return np.asarray(cls(view))
+
+
+def _workers() -> int:
+    return int(read_pool()._max_workers)
 
 
 def _concat(pieces: list[_Piece]) -> _Piece:

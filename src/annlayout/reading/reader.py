@@ -65,8 +65,8 @@ class Dataset:
         return batches([self], batch_size, **options)
 
     def abatches(self, batch_size: int = 4096, **options: Any) -> AsyncBatches:
-        """:meth:`batches` as an async iterable on the caller's event loop (the store is
-        read on worker threads, the loop never waits for it)."""
+        """:meth:`batches` as an async iterable on the caller's event loop: chunks are
+        fetched there and decoded on the read pool's threads, the loop never waits."""
         return abatches([self], batch_size, **options)
 
     @cached_property
@@ -383,9 +383,58 @@ class Matrix:
         return _dense_take(self._node, rows, cols)
 
     async def aread(self, rows: Any, cols: Any = slice(None)) -> Any:
-        """``self[rows, cols]`` awaited: read on a worker thread, so the caller's event loop
-        keeps running and zarr's own loop is never entered from it."""
-        return await asyncio.to_thread(self.__getitem__, (rows, cols))
+        """``self[rows, cols]`` awaited on the caller's event loop: a sparse matrix's
+        chunks (and a dense zarr array's, through zarr's ``AsyncArray``) are fetched there
+        and decoded on the read pool's threads; what has no async API (h5py, obs and var
+        names, the metadata and offsets read once per handle) is read on a worker thread.
+        The loop is never blocked, and zarr's ``sync`` is never entered from it."""
+        rows, cols = await asyncio.to_thread(
+            lambda: (self._dataset.obs.positions(rows), self._column_positions(cols))
+        )
+        if self.encoding in SPARSE_ENCODINGS:
+            await self.aprepare()
+            return await self._asparse(rows, cols)
+        if self.encoding != "array":
+            raise TypeError(f"{self._node.name}: cannot select from a {self.encoding} element")
+        if _async_array(self._node) is None:
+            return await asyncio.to_thread(_dense_take, self._node, rows, cols)
+        unique, inverse = np.unique(rows, return_inverse=True)
+        selection = (unique,) if len(self._node.shape) == 1 else (unique, cols)
+        block = await _on_store_loop(
+            self._node, _async_array(self._node).get_orthogonal_selection(selection)
+        )
+        return np.asarray(block)[inverse]
+
+    async def aprepare(self) -> None:
+        """Read now, without blocking the caller's loop, what the first read of a handle
+        otherwise reads: the offsets (indptr) and every shard index."""
+        if self.encoding not in SPARSE_ENCODINGS:
+            return
+        if "_orientations" not in self.__dict__:
+            await asyncio.to_thread(lambda: self._orientations)
+        for arrays, _ in self._orientations.values():
+            await arrays.awarm()
+
+    async def atake(self, rows: np.ndarray) -> Any:
+        """:meth:`take` awaited on the caller's event loop (the loader's async core)."""
+        if self.encoding in SPARSE_ENCODINGS:
+            await self.aprepare()
+            return await self._asparse(rows, np.arange(self.shape[1]))
+        runs = _runs(rows, rows + 1)
+        array = _async_array(self._node)
+        if array is None or not runs:
+            return await asyncio.to_thread(self.take, rows)
+        blocks = await _on_store_loop(
+            self._node, asyncio.gather(*(array.getitem(slice(a, b)) for a, b in runs))
+        )
+        return np.concatenate([np.asarray(b) for b in blocks])
+
+    def _column_positions(self, cols_key: Any) -> np.ndarray:
+        if self._var_axis:
+            return (self._columns or self._dataset.var).positions(cols_key)
+        if isinstance(cols_key, slice):
+            return np.arange(self.shape[1])[cols_key]
+        return np.asarray([cols_key]).ravel().astype(np.int64)
 
     def take(self, rows: np.ndarray) -> Any:
         """Rows at sorted, distinct positions with every column (the loader's buffers):
@@ -496,10 +545,26 @@ class Matrix:
     def _sparse(self, rows: np.ndarray, cols: np.ndarray) -> sp.csr_matrix:
         orientation = self.choose(rows, cols)
         arrays, indptr = self._orientations[orientation]
+        major = rows if orientation == "csr" else cols
+        unique = np.unique(major)
+        return self._assemble(orientation, rows, cols, _gather(arrays, indptr, unique))
+
+    async def _asparse(self, rows: np.ndarray, cols: np.ndarray) -> sp.csr_matrix:
+        """:meth:`_sparse` awaited on the caller's event loop."""
+        orientation = self.choose(rows, cols)
+        arrays, indptr = self._orientations[orientation]
+        unique = np.unique(rows if orientation == "csr" else cols)
+        gathered = await _agather(arrays, indptr, unique)
+        return self._assemble(orientation, rows, cols, gathered)
+
+    def _assemble(
+        self, orientation: str, rows: np.ndarray, cols: np.ndarray, gathered: Any
+    ) -> sp.csr_matrix:
+        """The selection as CSR from the sorted distinct majors' ``gathered`` arrays."""
+        data, indices, sub_indptr = gathered
         major, minor = (rows, cols) if orientation == "csr" else (cols, rows)
         n_minor = self.shape[1] if orientation == "csr" else self.shape[0]
         unique, inverse = np.unique(major, return_inverse=True)
-        data, indices, sub_indptr = _gather(arrays, indptr, unique)
         cls = sp.csr_matrix if orientation == "csr" else sp.csc_matrix
         shape = (unique.size, n_minor) if orientation == "csr" else (n_minor, unique.size)
         block = cls((data, indices, sub_indptr), shape=shape)
@@ -575,6 +640,36 @@ class _Arrays:
             indices = other.submit(self.read, "indices", runs, index_dtype)
             return self.read("data", runs), indices.result()
 
+    async def aread_both(
+        self, runs: list[tuple[int, int]], index_dtype: Any
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`read_both` awaited on the caller's event loop (both at once)."""
+        data, indices = await asyncio.gather(
+            self.aread("data", runs), self.aread("indices", runs, index_dtype)
+        )
+        return data, indices
+
+    async def aread(self, name: str, runs: list[tuple[int, int]], dtype: Any = None) -> np.ndarray:
+        """:meth:`read` awaited: through the chunk reader on the caller's loop; arrays it
+        cannot read (h5py, filters) through their own library on a worker thread."""
+        if name not in self._arrays:
+            await asyncio.to_thread(self._open, name)  # metadata: once per handle
+        reader = self._readers[name]
+        if reader is not None and hasattr(reader, "aread"):
+            return await reader.aread(runs, dtype)
+        return await asyncio.to_thread(self.read, name, runs, dtype)
+
+    async def awarm(self) -> None:
+        """:meth:`warm` awaited: shard indexes fetched on the caller's loop."""
+        for name in ("data", "indices"):
+            if name not in self._arrays:
+                await asyncio.to_thread(self._open, name)
+            reader = self._readers[name]
+            if reader is not None and hasattr(reader, "aload_indexes"):
+                await reader.aload_indexes()
+            elif reader is not None:
+                await asyncio.to_thread(reader.load_indexes)
+
     def _remote(self, name: str) -> bool:
         reader = self._readers[name]
         return reader is not None and reader.local_root is None
@@ -591,14 +686,28 @@ class _Arrays:
 
 def _gather(arrays: _Arrays, indptr: np.ndarray, majors: np.ndarray):
     """data, indices and indptr of sorted major slices, read as merged runs of positions."""
+    runs, sub_indptr, index_dtype = _gather_plan(indptr, majors)
+    data, indices = arrays.read_both(runs, index_dtype)
+    return data, indices, sub_indptr
+
+
+async def _agather(arrays: _Arrays, indptr: np.ndarray, majors: np.ndarray):
+    """:func:`_gather` awaited on the caller's event loop."""
+    runs, sub_indptr, index_dtype = _gather_plan(indptr, majors)
+    data, indices = await arrays.aread_both(runs, index_dtype)
+    return data, indices, sub_indptr
+
+
+def _gather_plan(
+    indptr: np.ndarray, majors: np.ndarray
+) -> tuple[list[tuple[int, int]], np.ndarray, Any]:
+    """The runs of positions sorted major slices read, their indptr, the index dtype."""
     starts, stops = indptr[majors].astype(np.int64), indptr[majors + 1].astype(np.int64)
     sub_indptr = np.zeros(majors.size + 1, dtype=np.int64)
     np.cumsum(stops - starts, out=sub_indptr[1:])
-    runs = _runs(starts, stops)
     # scipy keeps int32 indices when they fit: decoded straight into them, not copied after
     index_dtype = np.int32 if sub_indptr[-1] < 2**31 else np.int64
-    data, indices = arrays.read_both(runs, index_dtype)
-    return data, indices, sub_indptr.astype(index_dtype)
+    return _runs(starts, stops), sub_indptr.astype(index_dtype), index_dtype
 
 
 def _read_runs(array: Any, runs: list[tuple[int, int]]) -> np.ndarray:
@@ -625,6 +734,22 @@ def _runs(starts: np.ndarray, stops: np.ndarray) -> list[tuple[int, int]]:
     run_starts = starts[np.concatenate([[True], breaks])]
     run_stops = stops[np.concatenate([breaks, [True]])]
     return list(zip(run_starts.tolist(), run_stops.tolist(), strict=True))
+
+
+def _async_array(node: Any) -> Any:
+    """zarr's ``AsyncArray`` behind an array (None for h5py)."""
+    return getattr(node, "_async_array", None)
+
+
+async def _on_store_loop(node: Any, coroutine: Any) -> Any:
+    """``await coroutine`` of a zarr array: on the caller's loop where its store's client
+    is bound to no loop (local files, obstore), else on zarr's (fsspec)."""
+    from annlayout.storage.chunks import _local_root, _obstore_of, on_zarr_loop
+
+    store = node.store_path.store
+    if _local_root(store) is not None or _obstore_of(store) is not None:
+        return await coroutine
+    return await on_zarr_loop(coroutine)
 
 
 def _dense_take(node: Any, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:

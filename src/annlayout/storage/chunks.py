@@ -231,8 +231,11 @@ class ChunkReader:
         missing = [int(s) for s in shards if int(s) not in self._indexes]
         if not missing:
             return
-        size = self._chunks_per_shard * 16 + (4 if self.index_checksum else 0)
-        raw = self._fetch_indexes([self._key(s) for s in missing], size)
+        raw = self._fetch_indexes([self._key(s) for s in missing], self._index_size)
+        self._keep_indexes(missing, raw)
+
+    def _keep_indexes(self, missing: list[int], raw: Sequence[Payload | None]) -> None:
+        size = self._index_size
         for shard, buffer in zip(missing, raw, strict=True):
             if buffer is None:  # shard never written: every chunk is fill
                 self._indexes[shard] = np.full((self._chunks_per_shard, 2), EMPTY, np.uint64)
@@ -246,22 +249,68 @@ class ChunkReader:
                     raise ChunkReadError(f"{self._key(shard)}: shard index {error}") from None
             self._indexes[shard] = np.frombuffer(buffer, "<u8").reshape(-1, 2)
 
-    def _fetch_indexes(self, keys: list[str], size: int) -> Sequence[Payload | None]:
+    async def aload_indexes(self) -> None:
+        """:meth:`load_indexes` awaited on the caller's event loop."""
+        if self.shard_len:
+            await self._aload_indexes(np.arange(-(-self.length // self.shard_len)))
+
+    async def _aload_indexes(self, shards: np.ndarray) -> None:
+        import asyncio
+
+        missing = [int(s) for s in shards if int(s) not in self._indexes]
+        if not missing:
+            return
+        size, keys = self._index_size, [self._key(s) for s in missing]
         if self.local_root is not None:
-            return [_pread_index(self.local_root / key, size, self.index_at_end) for key in keys]
+            raw = await asyncio.get_running_loop().run_in_executor(
+                read_pool(), self._fetch_indexes, keys, size
+            )
+        else:
+            raw = await _astore_gets(self.store, self._index_requests(keys, size), self.link)
+        self._keep_indexes(missing, raw)
+
+    @property
+    def _index_size(self) -> int:
+        return self._chunks_per_shard * 16 + (4 if self.index_checksum else 0)
+
+    def _index_requests(self, keys: list[str], size: int) -> list[tuple[str, Any]]:
         from zarr.abc.store import RangeByteRequest, SuffixByteRequest
 
         request = SuffixByteRequest(size) if self.index_at_end else RangeByteRequest(0, size)
-        return _store_gets(self.store, [(key, request) for key in keys], self.link)
+        return [(key, request) for key in keys]
+
+    def _fetch_indexes(self, keys: list[str], size: int) -> Sequence[Payload | None]:
+        if self.local_root is not None:
+            return [_pread_index(self.local_root / key, size, self.index_at_end) for key in keys]
+        return _store_gets(self.store, self._index_requests(keys, size), self.link)
 
     # -- reading --------------------------------------------------------------------------
 
     def read(self, runs: Sequence[tuple[int, int]], dtype: Any = None) -> np.ndarray:
         """The positions of ``[start, stop)`` runs, concatenated (runs sorted, disjoint), as
         ``dtype`` (default the array's): cast chunk by chunk on the decoding threads."""
+        out, chunk_ids, targets = self._plan(runs, dtype)
+        if chunk_ids.size:
+            self._decode_into(chunk_ids, targets)
+        return out
+
+    async def aread(self, runs: Sequence[tuple[int, int]], dtype: Any = None) -> np.ndarray:
+        """:meth:`read` awaited on the caller's event loop: shard indexes and chunks are
+        fetched there (obstore's async gets; stores bound to zarr's loop, fsspec's, through
+        it without blocking the caller), files are read and chunks decoded on the read
+        pool's threads, so the loop is never blocked and zarr's ``sync`` never entered."""
+        out, chunk_ids, targets = self._plan(runs, dtype)
+        if chunk_ids.size:
+            await self._adecode_into(chunk_ids, targets)
+        return out
+
+    def _plan(
+        self, runs: Sequence[tuple[int, int]], dtype: Any
+    ) -> tuple[np.ndarray, np.ndarray, list[Target]]:
+        """The output of a read, the chunks it touches and where each one's values go."""
         dtype = np.dtype(dtype or self.dtype)
         if not runs:
-            return np.zeros(0, dtype)
+            return np.zeros(0, dtype), np.zeros(0, np.int64), []
         starts = np.fromiter((a for a, _ in runs), np.int64, len(runs))
         stops = np.fromiter((b for _, b in runs), np.int64, len(runs))
         if stops.max() > self.length or starts.min() < 0:
@@ -303,8 +352,7 @@ class ChunkReader:
                     ]
                 )
             )
-        self._decode_into(chunk_ids, targets)
-        return out
+        return out, chunk_ids, targets
 
     def _decode_into(self, chunk_ids: np.ndarray, targets: list[np.ndarray | _Scatter]) -> None:
         located = self._locate(chunk_ids)
@@ -312,6 +360,31 @@ class ChunkReader:
             self._fetch_and_decode(located, targets)
         else:
             self._run(self._read_local_batch, list(zip(located, targets, strict=True)))
+
+    async def _adecode_into(self, chunk_ids: np.ndarray, targets: list[Target]) -> None:
+        import asyncio
+
+        shards = np.unique(chunk_ids // self._chunks_per_shard) if self.shard_len else None
+        if shards is not None and any(int(s) not in self._indexes for s in shards):
+            await self._aload_indexes(shards)
+        located = self._locate(chunk_ids)
+        jobs = list(zip(located, targets, strict=True))
+        loop = asyncio.get_running_loop()
+        if self.local_root is not None:
+            await asyncio.gather(
+                *(
+                    loop.run_in_executor(read_pool(), self._read_local_batch, batch)
+                    for batch in self._batches(jobs)
+                )
+            )
+            return
+        never = [(None, target) for where, target in jobs if where is None]
+        if never:
+            await loop.run_in_executor(read_pool(), self._decode_batch, never)
+        requests = merged_requests(located, self.link.gap, self.link.request_span)
+        start = time.perf_counter()
+        nbytes, last_arrival = await self._stream(requests, located, targets)
+        self.link.observe(len(requests), nbytes, last_arrival - start)
 
     def _fetch_and_decode(
         self, located: list[tuple[str, int, int] | None], outputs: list[Target]
@@ -373,14 +446,21 @@ class ChunkReader:
 
     def _run(self, work: Callable[[list[Any]], None], jobs: list[tuple[Any, Target]]) -> None:
         """``work`` over ``jobs`` on the decoding pool, in a few tasks per worker."""
-        workers = read_pool()._max_workers
-        if len(jobs) <= 2 or workers == 1:
-            work(jobs)
+        batches = self._batches(jobs)
+        if len(batches) == 1:
+            work(batches[0])
             return
-        size = -(-len(jobs) // (4 * workers))  # a few tasks per worker: balanced, cheap
-        batches = [jobs[i : i + size] for i in range(0, len(jobs), size)]
         for future in [read_pool().submit(work, batch) for batch in batches]:
             future.result()
+
+    @staticmethod
+    def _batches(jobs: list[tuple[Any, Target]]) -> list[list[tuple[Any, Target]]]:
+        """``jobs`` cut into a few tasks per decoding worker: balanced, cheap to hand out."""
+        workers = read_pool()._max_workers
+        if len(jobs) <= 2 or workers == 1:
+            return [jobs]
+        size = -(-len(jobs) // (4 * workers))
+        return [jobs[i : i + size] for i in range(0, len(jobs), size)]
 
     def _read_local_batch(self, jobs: list[tuple[tuple[str, int, int] | None, Target]]) -> None:
         """pread each chunk; jobs come in key order, so one file is open at a time (unsharded
@@ -558,30 +638,46 @@ def _zarr_concurrency() -> int:
 def _store_gets(
     store: Any, requests: list[tuple[str, Any]], link: Link | None = None
 ) -> list[memoryview | None]:
-    """Gets of zarr byte requests (shard indexes), all at once, at most zarr's
-    ``async.concurrency`` in flight (obstore and fsspec retry transient errors), on zarr's
-    event loop."""
-    import asyncio
-
+    """:func:`_astore_gets` on zarr's event loop."""
     from zarr.core.sync import sync
 
+    return sync(_astore_gets(store, requests, link))
+
+
+async def _astore_gets(
+    store: Any, requests: list[tuple[str, Any]], link: Link | None = None
+) -> list[memoryview | None]:
+    """Gets of zarr byte requests (shard indexes), all at once, at most zarr's
+    ``async.concurrency`` in flight (obstore and fsspec retry transient errors)."""
+    import asyncio
+
     fetch = _fetcher(store)
+    limit = asyncio.Semaphore(_zarr_concurrency())
 
-    async def every() -> list[memoryview | None]:
-        limit = asyncio.Semaphore(_zarr_concurrency())
-
-        async def one(key: str, byte_range: Any) -> memoryview | None:
-            async with limit:
-                return await fetch(key, byte_range)
-
-        return list(await asyncio.gather(*(one(key, r) for key, r in requests)))
+    async def one(key: str, byte_range: Any) -> memoryview | None:
+        async with limit:
+            return await fetch(key, byte_range)
 
     start = time.perf_counter()
-    payloads = sync(every())
+    payloads = list(await asyncio.gather(*(one(key, r) for key, r in requests)))
     if link is not None:
         nbytes = sum(len(p) for p in payloads if p is not None)
         link.observe(len(requests), nbytes, time.perf_counter() - start)
     return payloads
+
+
+async def on_zarr_loop(coroutine: Awaitable[Any]) -> Any:
+    """``await coroutine`` run on zarr's event loop, the caller's loop left free meanwhile:
+    for stores whose clients are bound to the loop they were made on (fsspec's aiohttp
+    sessions are made on zarr's, as zarr opens them)."""
+    import asyncio
+
+    from zarr.core.sync import _get_loop
+
+    loop = _get_loop()
+    if asyncio.get_running_loop() is loop:
+        return await coroutine
+    return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coroutine, loop))  # type: ignore[arg-type]
 
 
 def _obstore_of(store: Any) -> Any:
@@ -607,7 +703,7 @@ def _fetcher(store: Any) -> Callable[[str, Any], Awaitable[memoryview | None]]:
     if client is None:
 
         async def from_store(key: str, byte_range: Any) -> memoryview | None:
-            buffer = await store.get(key, default_buffer_prototype(), byte_range)
+            buffer = await on_zarr_loop(store.get(key, default_buffer_prototype(), byte_range))
             return None if buffer is None else memoryview(buffer.to_bytes())
 
         return from_store
