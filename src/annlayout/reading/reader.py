@@ -391,7 +391,7 @@ class Matrix:
         rows, cols = await asyncio.to_thread(
             lambda: (self._dataset.obs.positions(rows), self._column_positions(cols))
         )
-        if self.encoding in SPARSE_ENCODINGS:
+        if self.sparse:
             await self.aprepare()
             return await self._asparse(rows, cols)
         if self.encoding != "array":
@@ -408,7 +408,7 @@ class Matrix:
     async def aprepare(self) -> None:
         """Read now, without blocking the caller's loop, what the first read of a handle
         otherwise reads: the offsets (indptr) and every shard index."""
-        if self.encoding not in SPARSE_ENCODINGS:
+        if not self.sparse:
             return
         if "_orientations" not in self.__dict__:
             await asyncio.to_thread(lambda: self._orientations)
@@ -417,7 +417,7 @@ class Matrix:
 
     async def atake(self, rows: np.ndarray) -> Any:
         """:meth:`take` awaited on the caller's event loop (the loader's async core)."""
-        if self.encoding in SPARSE_ENCODINGS:
+        if self.sparse:
             await self.aprepare()
             return await self._asparse(rows, np.arange(self.shape[1]))
         runs = _runs(rows, rows + 1)
