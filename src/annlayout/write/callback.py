@@ -14,15 +14,17 @@ each part needs its own chunks, and the index dtypes and orientation come from t
 
 from __future__ import annotations
 
+import contextvars
 import warnings
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from annlayout.format.encodings import element_path, is_null_raw, write_sparse_attrs
 from annlayout.format.registry import get
 from annlayout.layout.spec import CopySettings, ElementSettings, Layout, ResolvedSettings
 from annlayout.planning.codecs import describe
-from annlayout.planning.plan import ElementPlan, Kind, plan_array, plan_element
+from annlayout.planning.plan import ArrayPlan, ElementPlan, Kind, plan_array, plan_element
 from annlayout.planning.survey import describe_in_memory, in_memory_parts
 from annlayout.write.arrays import array_kwargs, backend_of, create_array, target_of
 from annlayout.write.copies import mirror_record, write_record
@@ -169,11 +171,34 @@ def write_sparse_group(
     assert plan.orientation is not None  # a sparse element's plan has one
     group = store.require_group(key)
     write_sparse_attrs(group, plan.orientation, matrix.shape)
-    for array_plan in plan.arrays:
-        values = getattr(matrix, array_plan.name)
-        values = values.astype(array_plan.dtype, copy=False)
-        create_array(group, array_plan.name, values, array_plan, backend)
+    write_parts(group, matrix, plan.parts(), backend)
     return group
+
+
+def write_parts(group: Any, matrix: Any, parts: dict[str, ArrayPlan], backend: Any) -> None:
+    """Write a sparse matrix's parts into ``group``, together where the backend allows.
+
+    zarrs copies an array's values and, for a shard the array only partly fills, a shard of
+    fill values on the calling thread while its encoding pool waits: with shards as large as
+    an array (``archive``, ``analysis``) that is most of the write. Written together, one
+    part's copies overlap another's encoding (``archive`` went from 1.34x to 1.06x of
+    ``write_zarr``'s time, measured interleaved on a quiet machine). The values are already
+    in memory; the extra is zarrs' transient copies. h5py writes one at a time anyway.
+    """
+
+    def write(name: str) -> None:
+        values = getattr(matrix, name).astype(parts[name].dtype, copy=False)
+        create_array(group, name, values, parts[name], backend)
+
+    if backend == "h5py" or len(parts) < 2:
+        for name in parts:
+            write(name)
+        return
+    with ThreadPoolExecutor(len(parts), thread_name_prefix="annlayout-part") as pool:
+        # each thread sees the caller's context (the store backend chosen for this run)
+        futures = [pool.submit(contextvars.copy_context().run, write, name) for name in parts]
+        for future in futures:
+            future.result()
 
 
 def write_copy_group(group: Any, primary: Any, plan: ElementPlan, backend: Any) -> Any:
@@ -184,9 +209,7 @@ def write_copy_group(group: Any, primary: Any, plan: ElementPlan, backend: Any) 
     sub = group.require_group(orientation)
     write_sparse_attrs(sub, orientation, copy.shape)
     write_record(sub, mirror_record(primary.shape, primary.nnz, primary.indptr, plan.orientation))
-    for name, array_plan in plan.parts(orientation).items():
-        values = getattr(copy, name).astype(array_plan.dtype, copy=False)
-        create_array(sub, name, values, array_plan, backend)
+    write_parts(sub, copy, plan.parts(orientation), backend)
     return sub
 
 
