@@ -1048,3 +1048,68 @@ def test_files_of_two_anndata_versions_pass_verification_against_the_inputs(
     got = read_any(out)
     order = np.asarray(got.uns.pop("annlayout_order")["source_row"])
     assert_same(got, expected[order].copy())
+
+
+CORPUS_PAIR = [
+    Path(__file__).parent / "corpus" / "data" / name
+    for name in ("anndata-0.12.19.h5ad", "anndata-0.11.4.h5ad")
+]
+
+
+def test_plan_of_several_inputs_shows_the_model_concat_checks_and_writes_nothing(
+    tmp_path, monkeypatch
+):
+    """`plan LAYOUT INPUT INPUT --memory` plans the store concat would write, from the
+    inputs' metadata, with the numbers concat itself checks (one function for both)."""
+    import annlayout.combine.concat as concatenate
+    from annlayout.combine.concat import concat_plan
+
+    monkeypatch.chdir(tmp_path)
+    args = ["plan", "archive", *map(str, CORPUS_PAIR), "--join", "outer", "--index-unique", "-",
+            "--memory", "1MiB"]  # fmt: skip
+    shown = CliRunner().invoke(main, args)
+    assert shown.exit_code == 0, (shown.output, shown.exception)
+    assert "memory: --memory 1.0 MiB" in shown.stdout and "X (csr)" in shown.stdout
+    as_json = CliRunner().invoke(main, [*args, "--json"])
+    assert as_json.exit_code == 0, (as_json.output, as_json.exception)
+    planned = json.loads(as_json.stdout)
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+    options = annlayout.RunOptions(memory="1MiB")
+    plan, model = concat_plan("archive", CORPUS_PAIR, join="outer", index_unique="-",
+                              options=options)  # fmt: skip
+    assert planned["memory"] == json.loads(json.dumps(model.to_json()))
+    assert planned["elements"] == json.loads(json.dumps(plan.to_dict()))["elements"]
+    checked = []
+    within = concatenate.plan_within_budget
+
+    def recording(*args, **kwargs):
+        checked.append(within(*args, **kwargs))
+        return checked[-1]
+
+    monkeypatch.setattr(concatenate, "plan_within_budget", recording)
+    concat("archive", CORPUS_PAIR, tmp_path / "out.zarr", join="outer", index_unique="-",
+           memory="1MiB")  # fmt: skip
+    assert [json.loads(json.dumps(m.to_json())) for _, m in checked] == [planned["memory"]]
+
+
+def test_plan_of_several_inputs_refuses_with_concats_own_line(tmp_path, monkeypatch):
+    """A budget concat refuses, plan refuses too: the same one line, exit 1, no traceback,
+    nothing written."""
+    import annlayout.combine.concat as concatenate
+
+    monkeypatch.setattr(concatenate, "WHOLE_BELOW", "1KiB")  # small elements streamed too
+    monkeypatch.chdir(tmp_path)
+    inputs = [*map(str, CORPUS_PAIR)]
+    planned = CliRunner().invoke(main, ["plan", "archive", *inputs, "--memory", "16KiB"])
+    ran = CliRunner().invoke(
+        main, ["concat", "archive", *inputs, str(tmp_path / "out.zarr"), "--memory", "16KiB"]
+    )
+    assert planned.exit_code == ran.exit_code == 1, (planned.output, planned.exception)
+    assert "more than --memory" in planned.stderr and len(planned.stderr.splitlines()) == 1
+    assert planned.stderr == ran.stderr and "Traceback" not in planned.output
+    assert list(tmp_path.iterdir()) == []
+    both = CliRunner().invoke(main, ["plan", "archive", *inputs, "--whole-below", "1MiB"])
+    assert both.exit_code == 1 and "--whole-below" in both.stderr
+    one = CliRunner().invoke(main, ["plan", "archive", inputs[0], "--join", "outer"])
+    assert one.exit_code == 1 and "--join" in one.stderr

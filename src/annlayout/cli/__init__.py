@@ -258,14 +258,39 @@ def run_options(
     return decorate
 
 
+def _combining_options(join_help: str, cells: str) -> Callable[[Any], Any]:
+    """--join, --label, --keys and --index-unique: concat and append combine their inputs
+    the same way (as anndata.concat does); only what the help says of them differs."""
+    options = [
+        click.option(
+            "--join",
+            type=click.Choice(["inner", "outer"]),
+            default="inner",
+            show_default=True,
+            help=join_help,
+        ),
+        click.option("--label", metavar="COLUMN", help=f"An obs column recording {cells} input."),
+        click.option("--keys", metavar="K1,K2,...", help="The --label values, one per input."),
+        click.option("--index-unique", metavar="SEP", help="Unique obs names: name + SEP + key."),
+    ]
+
+    def decorate(command: Any) -> Any:
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
+
+
 @main.command("plan")
 @click.argument("layout")
-@click.argument("input")
+@click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 @click.option(
     "--memory",
-    help="Also show how `apply --memory SIZE` would copy each element (blocks, transposes, "
-    "peak memory), and refuse, as apply would, an element that does not fit.",
+    help="Also show how `apply --memory SIZE` (or, for several INPUTs, `concat --memory "
+    "SIZE`) would copy each element (blocks, transposes, peak memory), and refuse, as the "
+    "command would, an element that does not fit.",
 )
 @click.option(
     "--whole-below",
@@ -273,30 +298,61 @@ def run_options(
     show_default=True,
     help="With --memory: elements smaller than this are copied whole, as apply's option.",
 )
+@_combining_options(
+    "For several INPUTs, as concat's: genes every input has (inner), or any input has (outer).",
+    "each cell's",
+)
 @handle_errors
 @run_options("workers", help={"workers": "With --memory: the budget is shared by N."})
 def plan_command(
     layout: str,
-    input: str,
+    inputs: tuple[str, ...],
     as_json: bool,
     memory: str | None,
     whole_below: str,
+    join: str,
+    label: str | None,
+    keys: str | None,
+    index_unique: str | None,
     options: RunOptions,
 ) -> None:
-    """Show how LAYOUT would store INPUT, element by element (writes nothing).
+    """Show how LAYOUT would store INPUT, element by element (writes nothing). Several
+    INPUTs: the store `concat LAYOUT INPUT... OUTPUT` would write, planned from their
+    metadata and refused where concat would refuse (at its default --memory when none is
+    given). To plan an append, run `annlayout append STORE INPUT... --plan`.
 
     \b
     LAYOUT  a shipped layout name (`annlayout layouts`) or a layout file
     INPUT   the AnnData store to plan for: .h5ad or .zarr, a path or an s3:// URL
     """
     import annlayout
+    from annlayout.planning.memory import memory_plan, parse_size, source_dtypes
 
-    if memory is None:
-        plan, model = annlayout.plan(layout, input), None
+    if len(inputs) > 1:
+        from annlayout.base.errors import PlanError
+        from annlayout.combine.concat import concat_plan
+
+        if parse_size(whole_below, "--whole-below") != parse_size(defaults.WHOLE_BELOW):
+            raise PlanError("--whole-below: apply's option; concat has none")
+        if memory is not None:
+            options = replace(options, memory=memory)
+        plan, model = concat_plan(
+            layout, inputs, join=join, label=label,  # type: ignore[arg-type]
+            keys=keys.split(",") if keys else None, index_unique=index_unique, options=options,
+        )  # fmt: skip
+        if memory is None:
+            model = None  # checked at concat's default budget; shown when asked for
+    elif join != "inner" or label or keys or index_unique:
+        from annlayout.base.errors import PlanError
+
+        raise PlanError(
+            "--join, --label, --keys, --index-unique: concat's options, for several INPUTs; "
+            "one was given"
+        )
+    elif memory is None:
+        plan, model = annlayout.plan(layout, inputs[0]), None
     else:
-        from annlayout.planning.memory import memory_plan, parse_size, source_dtypes
-
-        survey = annlayout.survey(input)
+        survey = annlayout.survey(inputs[0])
         plan = annlayout.make_plan(annlayout.load_layout(layout), survey)
         small = parse_size(whole_below, "--whole-below")
         model = memory_plan(plan, source_dtypes(survey), parse_size(memory), options.workers, small)
@@ -537,30 +593,6 @@ def _print_upgrades(upgrades: list[str], verbose: bool) -> None:
         )
 
 
-def _combining_options(join_help: str, cells: str) -> Callable[[Any], Any]:
-    """--join, --label, --keys and --index-unique: concat and append combine their inputs
-    the same way (as anndata.concat does); only what the help says of them differs."""
-    options = [
-        click.option(
-            "--join",
-            type=click.Choice(["inner", "outer"]),
-            default="inner",
-            show_default=True,
-            help=join_help,
-        ),
-        click.option("--label", metavar="COLUMN", help=f"An obs column recording {cells} input."),
-        click.option("--keys", metavar="K1,K2,...", help="The --label values, one per input."),
-        click.option("--index-unique", metavar="SEP", help="Unique obs names: name + SEP + key."),
-    ]
-
-    def decorate(command: Any) -> Any:
-        for option in reversed(options):
-            command = option(command)
-        return command
-
-    return decorate
-
-
 @main.command("concat")
 @click.argument("layout")
 @click.argument("paths", nargs=-1, required=True, metavar="INPUT... OUTPUT")
@@ -675,6 +707,13 @@ def concat_command(
     "inner: every input must have all the store's genes; outer: absent ones are zeros.",
     "each new cell's",
 )
+@click.option(
+    "--plan",
+    "plan_only",
+    is_flag=True,
+    help="Write nothing: show the memory model of growing STORE's elements within --memory "
+    "(as `plan --memory` shows apply's), refusing what the append would refuse.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 @handle_errors
@@ -686,6 +725,7 @@ def append_command(
     label: str | None,
     keys: str | None,
     index_unique: str | None,
+    plan_only: bool,
     as_json: bool,
     quiet: bool,
     options: RunOptions,
@@ -698,8 +738,21 @@ def append_command(
     STORE  a zarr store annlayout wrote (apply, concat): a path or an s3:// URL
     INPUT  AnnData stores whose cells are added, in order: .h5ad or .zarr
     """
-    from annlayout.combine.append import append
+    from annlayout.combine.append import append, append_plan
 
+    if plan_only:
+        model = append_plan(store, inputs, join=join, options=options)  # type: ignore[arg-type]
+        if as_json:
+            document = {"store": store, "inputs": list(inputs), "memory": model.to_json()}
+            click.echo(json.dumps(document, indent=2))
+        else:
+            out.print(
+                f"[bold]append[/] {len(inputs)} inputs to {escape(store)}: its elements that "
+                "grow, at their grown size",
+                highlight=False,
+            )
+            render_memory(model)
+        return
     with _progress(enabled=not (quiet or as_json)) as progress:
         result = append(
             store, inputs, join=join, label=label,  # type: ignore[arg-type]

@@ -64,6 +64,7 @@ from annlayout.format.encodings import (
 from annlayout.format.registry import get
 from annlayout.layout.spec import Layout
 from annlayout.planning.memory import (
+    MemoryPlan,
     compared_rows,
     dense_rows,
     grown_memory,
@@ -225,26 +226,21 @@ def _append(
     if keys is not None and len(keys) != len(inputs):
         raise AppendError(f"--keys: {len(keys)} keys for {len(inputs)} inputs")
     notes: list[str] = []
-    remote = is_url(store)
-    if remote:
-        store = str(store).rstrip("/")
-        if "/" not in store.partition("://")[2].strip("/"):
-            raise AppendError(f"{store}: a whole bucket; append works on a store under a prefix")
+    store = _location(store)
+    if isinstance(store, str):
         undone = roll_back(store)  # an append killed while it replaced the store's objects
         if undone == "restored":
             notes.append(f"{store}: an append that was cut short was rolled back first")
         elif undone == "finished":
             notes.append(f"{store}: an earlier append had finished; its journal was cleared")
-    else:  # a link to a store: the store itself is swapped, not the link
-        store = Path(store).resolve()
+    else:
         mended = recover(store)  # an append killed while it replaced the store
         if mended:
             notes.append(mended)
-    layout, record = _recorded_layout(store)
-    root: Any = zarr.open_group(zarr_store(store), mode="r")
-    n_vars = len(_index(root["var"]))
-    datasets = [open_input(path) for path in inputs]
-    check_unique_var(datasets)
+    planned = _planned(store, inputs, join, budget, notes)  # before any data is read
+    layout, record, root, n_vars = planned.layout, planned.record, planned.root, planned.n_vars
+    datasets, sources, maps = planned.datasets, planned.sources, planned.maps
+    matrices, raw = planned.matrices, planned.raw
     fingerprint = _fingerprint(inputs, join=join, label=label, keys=keys, index_unique=index_unique)
     for earlier in record.get("appended", []):  # a rerun after a kill past the exchange
         if earlier.get("fingerprint") == fingerprint:
@@ -252,14 +248,6 @@ def _append(
                 f"{store}: these inputs were already appended ({earlier.get('n_obs')} cells); "
                 "nothing written"
             )
-    var_names = _index(root["var"])
-    sources = [data.source for data in datasets]
-    maps = _gene_maps(store, var_names, sources, [d.var.index for d in datasets], join, notes)
-    matrices = _matrices(store, root, datasets)
-    raw = None
-    if "raw" in root and "X" in root["raw"]:
-        raw = _raw_inputs(store, root, datasets, join, notes)
-    _check_memory(root, layout, datasets, matrices, raw, budget)  # before any data is read
     light = [small_elements_of(data) for data in datasets]
     check_obsm_widths(datasets, light)
     obsm = _obsm_rows(store, root, datasets, light)
@@ -340,6 +328,75 @@ def _append(
     result.seconds = time.perf_counter() - start
     result.peak_rss = peak_rss()
     return result
+
+
+def append_plan(
+    store: str | Path,
+    inputs: Sequence[str | Path],
+    *,
+    join: Join = "inner",
+    options: RunOptions | None = None,
+    memory: str | int | None = None,
+) -> MemoryPlan:
+    """The memory model :func:`append` checks before it reads any data: the store's elements
+    that grow, at their grown size within the budget, from metadata only; refused (in the
+    line append gives) where append would refuse. Writes nothing, and leaves an append that
+    was cut short for the next append to recover."""
+    options = RunOptions.merged(options, memory=memory)
+    if not inputs:
+        raise AppendError("append: no inputs given")
+    with use_store_backend(options.store_backend):
+        return _planned(_location(store), inputs, join, options.budget, []).memory
+
+
+def _location(store: str | Path) -> Location:
+    """An object-store prefix without its trailing slash, or the local store itself (a link
+    to a store: the store is swapped, not the link)."""
+    if not is_url(store):
+        return Path(store).resolve()
+    store = str(store).rstrip("/")
+    if "/" not in store.partition("://")[2].strip("/"):
+        raise AppendError(f"{store}: a whole bucket; append works on a store under a prefix")
+    return store
+
+
+@dataclass
+class _Planned:
+    """What append knows before reading any data: the store's recorded layout, the inputs
+    opened and mapped onto its genes, and the memory model of growing it."""
+
+    layout: Layout
+    record: dict[str, Any]
+    root: Any
+    n_vars: int
+    datasets: list[Any]
+    sources: list[Any]
+    maps: list[np.ndarray]
+    matrices: dict[str, list[Any]]
+    raw: tuple[list[Any], list[np.ndarray], int] | None
+    memory: MemoryPlan
+
+
+def _planned(
+    store: Location, inputs: Sequence[str | Path], join: Join, budget: int, notes: list[str]
+) -> _Planned:
+    import zarr
+
+    layout, record = _recorded_layout(store)
+    root: Any = zarr.open_group(zarr_store(store), mode="r")
+    var_names = _index(root["var"])
+    datasets = [open_input(path) for path in inputs]
+    check_unique_var(datasets)
+    sources = [data.source for data in datasets]
+    maps = _gene_maps(store, var_names, sources, [d.var.index for d in datasets], join, notes)
+    matrices = _matrices(store, root, datasets)
+    raw = None
+    if "raw" in root and "X" in root["raw"]:
+        raw = _raw_inputs(store, root, datasets, join, notes)
+    memory = _memory_model(root, layout, datasets, matrices, raw, budget)
+    memory.check(AppendError)
+    return _Planned(layout, record, root, len(var_names), datasets, sources, maps, matrices,
+                    raw, memory)  # fmt: skip
 
 
 # --------------------------------------------------------------------------- the store
@@ -518,18 +575,18 @@ def _combined_obs(
         return ad.concat([old, new], join="outer").obs, old.n_obs
 
 
-def _check_memory(
+def _memory_model(
     root: Any,
     layout: Layout,
     datasets: list[Any],
     matrices: dict[str, list[Any]],
     raw: tuple[list[Any], list[np.ndarray], int] | None,
     budget: int,
-) -> None:
+) -> MemoryPlan:
     """The store's elements that grow, planned at their grown size within ``budget`` as
-    apply plans (:func:`~annlayout.planning.memory.grown_memory`), from metadata only: a
-    shard or a second orientation that cannot fit is refused in one line before any input
-    is read."""
+    apply plans (:func:`~annlayout.planning.memory.grown_memory`), from metadata only: what
+    holds a shard or a second orientation that cannot fit is a violation, which
+    :func:`_planned` refuses in one line before any input is read."""
     n_new = sum(int(data.shape[0]) for data in datasets)
     added = {path: (n_new, sum(m.nnz for m in present)) for path, present in matrices.items()}
     if raw is not None:
@@ -537,8 +594,7 @@ def _check_memory(
     if "obsm" in root:
         added.update({f"obsm/{key}": (n_new, 0) for key in root["obsm"]})
     survey = survey_opened(AnnDataStore(location="", format="zarr", root=root, provenance=None))
-    model = grown_memory(make_plan(layout, survey), source_dtypes(survey), budget, added)
-    model.check(AppendError)
+    return grown_memory(make_plan(layout, survey), source_dtypes(survey), budget, added)
 
 
 def _growths(

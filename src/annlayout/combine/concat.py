@@ -53,6 +53,7 @@ from annlayout.format.encodings import encoding_attrs, writing
 from annlayout.layout.spec import load_layout
 from annlayout.planning.memory import (
     READ_AHEAD,
+    MemoryPlan,
     checkpoint_bytes,
     dense_rows,
     input_block_budget,
@@ -60,7 +61,7 @@ from annlayout.planning.memory import (
     rows_per_block,
     span_of,
 )
-from annlayout.planning.plan import human_size
+from annlayout.planning.plan import Plan, human_size
 from annlayout.planning.survey import Survey, array_info, survey_adata
 from annlayout.planning.survey_models import ElementInfo
 from annlayout.reading.reader import Dataset, Matrix
@@ -178,19 +179,12 @@ def _concat(
     scratch_at: str | Path | None,
     options: RunOptions,
 ) -> ConcatResult:
-    import anndata as ad
-
     budget, workers, scheduler = options.budget, options.workers, options.scheduler
     progress, resume = options.progress, options.resume
     start = time.perf_counter()
     layout = load_layout(layout)
     check_output_name(output, layout.target.format, layout.name)
-    if not inputs:
-        raise ConcatError("concat: no inputs given")
-    if keys is not None and len(keys) != len(inputs):
-        raise ConcatError(f"--keys: {len(keys)} keys for {len(inputs)} inputs")
-    if shuffle is not None and groupby is not None:
-        raise ConcatError("concat: --shuffle and --groupby each set the order; give one")
+    _check_arguments(inputs, keys, shuffle, groupby)
     if not is_url(output):  # before the inputs are combined, not after
         for path in inputs:
             if not is_url(path):
@@ -205,50 +199,19 @@ def _concat(
     # before any input is read: a path the workers cannot see fails fast
     if dask is not None and isinstance(dask.executor, Distributed):
         check_reachable(dask.executor.address, [*map(str, inputs)], str(output), location)
-    datasets = [open_input(path) for path in inputs]
-    check_unique_var(datasets)
-    if join == "inner":
-        check_common_genes(datasets)
-    light = [small_elements_of(data) for data in datasets]
-    check_obsm_widths(datasets, light)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # obs names repeat between inputs: index_unique says
-        try:
-            combined = ad.concat(
-                light, join=join, label=label, keys=keys, index_unique=index_unique,
-                merge=merge, uns_merge=merge,
-            )  # fmt: skip
-        except Exception as err:
-            raise ConcatError(f"concat: anndata cannot combine the inputs: {err}") from None
-    repeated = repeated_obs_names(combined.obs_names, index_unique)
-    if repeated:
-        warnings.warn(repeated, UserWarning, stacklevel=2)  # as anndata.concat warns
-    sizes = np.array([part.n_obs for part in light], dtype=np.int64)
-    del light  # obsm can be hundreds of MB: one copy (the combined one) is enough
-    maps = column_maps(combined.var_names, [d.var.index for d in datasets])
-    sources = np.repeat(np.arange(len(datasets)), sizes)
-    order = _order(combined, shuffle, groupby)
-    if order is not None:
-        combined = combined[order].copy()
-        combined.uns[ORDER_KEY] = {
-            "source_row": order,
-            "method": "shuffle" if shuffle is not None else "groupby",
-            **({"seed": shuffle} if shuffle is not None else {"column": groupby}),
-            "inputs": np.array([str(path) for path in inputs], dtype=object),
-            "input_n_obs": sizes,
-        }
-        sources = sources[order]
-    matrices = {
-        path: [d.matrix(path) for d in datasets] for path in ["X", *common_layers(datasets)]
-    }
-    raw = _raw(datasets, combined, join, label, keys, index_unique)
+    met = _combined_metadata(inputs, join=join, label=label, keys=keys,
+                             index_unique=index_unique, merge=merge, shuffle=shuffle,
+                             groupby=groupby)  # fmt: skip
+    if met.repeated:
+        warnings.warn(met.repeated, UserWarning, stacklevel=2)  # as anndata.concat warns
+    # the layout step planned and refused now, as apply would, before any input is combined
+    _planned(layout, met, options)
+    datasets, combined, matrices, raw = met.datasets, met.combined, met.matrices, met.raw
+    repeated, order, sources, maps = met.repeated, met.order, met.sources, met.maps
+    del met  # combined, raw and matrices are let go of below, before the layout step
     fingerprint = inputs_fingerprint(inputs, join=join, label=label, keys=keys,
                                index_unique=index_unique, merge=merge, shuffle=shuffle,
                                groupby=groupby)  # fmt: skip
-    # the layout step planned and refused now, as apply would, before any input is combined
-    small = parse_size(WHOLE_BELOW, "--whole-below")
-    expected = _combined_survey(combined, matrices, raw)
-    plan_within_budget(layout, expected, budget, workers, small)
     notes: list[str] = [repeated] if repeated else []
     with _scratch(location, resume, notes) as tmp:
         assembled = scratch.join(tmp, "assembled.zarr")
@@ -289,6 +252,115 @@ def _concat(
     if len(datasets) > 1:
         result.mixing = mixing(sources, MIXING_WINDOW)
     return result
+
+
+def concat_plan(
+    layout: Any,
+    inputs: Sequence[str | Path],
+    *,
+    join: Join = "inner",
+    label: str | None = None,
+    keys: Sequence[str] | None = None,
+    index_unique: str | None = None,
+    merge: Merge = None,
+    shuffle: int | None = None,
+    groupby: str | None = None,
+    options: RunOptions | None = None,
+) -> tuple[Plan, MemoryPlan]:
+    """The plan and memory model of the store :func:`concat` would write from ``inputs``
+    (same keywords), from their metadata only: what concat itself checks before it reads any
+    data, and refused (in the line concat gives) where it would be. Writes nothing."""
+    options = RunOptions.merged(options)
+    _check_arguments(inputs, keys, shuffle, groupby)
+    with use_store_backend(options.store_backend):
+        met = _combined_metadata(inputs, join=join, label=label, keys=keys,
+                                 index_unique=index_unique, merge=merge, shuffle=shuffle,
+                                 groupby=groupby)  # fmt: skip
+        return _planned(load_layout(layout), met, options)
+
+
+def _check_arguments(
+    inputs: Sequence[str | Path], keys: Sequence[str] | None, shuffle: Any, groupby: Any
+) -> None:
+    if not inputs:
+        raise ConcatError("concat: no inputs given")
+    if keys is not None and len(keys) != len(inputs):
+        raise ConcatError(f"--keys: {len(keys)} keys for {len(inputs)} inputs")
+    if shuffle is not None and groupby is not None:
+        raise ConcatError("concat: --shuffle and --groupby each set the order; give one")
+
+
+@dataclass
+class _Combined:
+    """What concat knows of its result before reading any data: the inputs opened, their
+    small elements combined (in memory) and their matrices described."""
+
+    datasets: list[Dataset]
+    combined: Any
+    maps: list[np.ndarray]
+    sources: np.ndarray
+    order: np.ndarray | None
+    matrices: dict[str, list[Any]]
+    raw: Any
+    repeated: str | None
+
+
+def _combined_metadata(
+    inputs: Sequence[str | Path],
+    *,
+    join: Join,
+    label: str | None,
+    keys: Sequence[str] | None,
+    index_unique: str | None,
+    merge: Merge,
+    shuffle: int | None,
+    groupby: str | None,
+) -> _Combined:
+    import anndata as ad
+
+    datasets = [open_input(path) for path in inputs]
+    check_unique_var(datasets)
+    if join == "inner":
+        check_common_genes(datasets)
+    light = [small_elements_of(data) for data in datasets]
+    check_obsm_widths(datasets, light)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # obs names repeat between inputs: index_unique says
+        try:
+            combined = ad.concat(
+                light, join=join, label=label, keys=keys, index_unique=index_unique,
+                merge=merge, uns_merge=merge,
+            )  # fmt: skip
+        except Exception as err:
+            raise ConcatError(f"concat: anndata cannot combine the inputs: {err}") from None
+    repeated = repeated_obs_names(combined.obs_names, index_unique)
+    sizes = np.array([part.n_obs for part in light], dtype=np.int64)
+    del light  # obsm can be hundreds of MB: one copy (the combined one) is enough
+    maps = column_maps(combined.var_names, [d.var.index for d in datasets])
+    sources = np.repeat(np.arange(len(datasets)), sizes)
+    order = _order(combined, shuffle, groupby)
+    if order is not None:
+        combined = combined[order].copy()
+        combined.uns[ORDER_KEY] = {
+            "source_row": order,
+            "method": "shuffle" if shuffle is not None else "groupby",
+            **({"seed": shuffle} if shuffle is not None else {"column": groupby}),
+            "inputs": np.array([str(path) for path in inputs], dtype=object),
+            "input_n_obs": sizes,
+        }
+        sources = sources[order]
+    matrices = {
+        path: [d.matrix(path) for d in datasets] for path in ["X", *common_layers(datasets)]
+    }
+    raw = _raw(datasets, combined, join, label, keys, index_unique)
+    return _Combined(datasets, combined, maps, sources, order, matrices, raw, repeated)
+
+
+def _planned(layout: Any, met: _Combined, options: RunOptions) -> tuple[Plan, MemoryPlan]:
+    """The layout step planned on the store the inputs will make, refused as apply refuses."""
+    small = parse_size(WHOLE_BELOW, "--whole-below")
+    expected = _combined_survey(met.combined, met.matrices, met.raw)
+    return plan_within_budget(layout, expected, options.budget, options.workers, small)
 
 
 def _combined_survey(
