@@ -5,6 +5,7 @@ append that is killed or fails leaves the store exactly as it was."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -510,5 +511,76 @@ def test_append_refuses_a_budget_its_shards_cannot_fit_before_reading_any_data(
     monkeypatch.setattr(appending, "small_elements_of", read)
     with pytest.raises(AppendError, match=r"^X/data: one shard is .*more than --memory"):
         append(store, [new], memory="1MiB")
+    assert _files(store) == files
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+CORPUS_FILE = Path(__file__).parent / "corpus" / "data" / "anndata-0.12.19.h5ad"
+
+
+def test_append_plan_shows_the_model_append_checks_and_writes_nothing(tmp_path, monkeypatch):
+    """`append STORE INPUT --plan` shows the memory model append checks before reading any
+    data (one function for both), and leaves the store as it was."""
+    import annlayout.combine.append as appending
+    from annlayout.combine.append import append_plan
+
+    source = ad.read_h5ad(CORPUS_FILE)
+    for key in list(source.obsp):  # cells x cells: append refuses them (and says so)
+        del source.obsp[key]
+    new = tmp_path / "new.h5ad"
+    source.write_h5ad(new)
+    store = tmp_path / "store.zarr"
+    annlayout.apply("ml-minibatch", new, store)
+    files = _files(store)
+    args = ["append", str(store), str(new), "--memory", "1MiB", "--plan"]
+    shown = CliRunner().invoke(main, args)
+    assert shown.exit_code == 0, (shown.output, shown.exception)
+    assert "memory: --memory 1.0 MiB" in shown.stdout and "X" in shown.stdout
+    as_json = CliRunner().invoke(main, [*args, "--json"])
+    assert as_json.exit_code == 0, (as_json.output, as_json.exception)
+    planned = json.loads(as_json.stdout)["memory"]
+    assert "X" in [e["path"] for e in planned["elements"]]
+    assert _files(store) == files
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new.h5ad", "store.zarr"]
+
+    model = append_plan(store, [new], memory="1MiB")
+    assert planned == json.loads(json.dumps(model.to_json()))
+    checked = []
+    grown = appending.grown_memory
+
+    def recording(*args, **kwargs):
+        checked.append(grown(*args, **kwargs))
+        return checked[-1]
+
+    monkeypatch.setattr(appending, "grown_memory", recording)
+    append(store, [new], index_unique="-", memory="1MiB")
+    assert [json.loads(json.dumps(m.to_json())) for m in checked] == [planned]
+
+
+def test_append_plan_refuses_with_appends_own_line(tmp_path):
+    """A budget append refuses, --plan refuses too: the same one line, exit 1, no
+    traceback, the store as it was."""
+    n_obs, per_row = 11_000, 200
+    X = sp.csr_matrix(
+        (
+            np.ones(n_obs * per_row, dtype=np.float32),
+            np.tile(np.arange(0, 2_000, 10, dtype=np.int32), n_obs),
+            np.arange(n_obs + 1, dtype=np.int64) * per_row,
+        ),
+        shape=(n_obs, 2_000),
+    )
+    source, new = tmp_path / "first.h5ad", tmp_path / "new.h5ad"
+    ad.AnnData(X=X).write_h5ad(source)
+    ad.AnnData(X=X[:50]).write_h5ad(new)
+    store = tmp_path / "store.zarr"
+    annlayout.apply("ml-minibatch", source, store)
+    files = _files(store)
+    args = ["append", str(store), str(new), "--memory", "1MiB"]
+    planned = CliRunner().invoke(main, [*args, "--plan"])
+    ran = CliRunner().invoke(main, args)
+    assert planned.exit_code == ran.exit_code == 1, (planned.output, planned.exception)
+    assert planned.stderr.startswith("error: X/data: one shard is")
+    assert planned.stderr == ran.stderr and len(planned.stderr.splitlines()) == 1
+    assert "Traceback" not in planned.output
     assert _files(store) == files
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

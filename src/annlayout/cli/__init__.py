@@ -747,8 +747,8 @@ def append_command(
             click.echo(json.dumps(document, indent=2))
         else:
             out.print(
-                f"[bold]append[/] {len(inputs)} inputs to {escape(store)}: its elements that "
-                "grow, at their grown size",
+                f"[bold]append[/] {len(inputs)} input{'s' if len(inputs) > 1 else ''} to "
+                f"{escape(store)}: its elements that grow, at their grown size",
                 highlight=False,
             )
             render_memory(model)
