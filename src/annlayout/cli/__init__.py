@@ -22,6 +22,7 @@ from annlayout.base import defaults
 
 if TYPE_CHECKING:
     from annlayout.base.options import RunOptions
+    from annlayout.planning.memory import MemoryPlan
     from annlayout.planning.plan import Plan
 
 # Commands import what they use: `annlayout --help` and `annlayout layouts` start without
@@ -326,25 +327,24 @@ def plan_command(
     INPUT   the AnnData store to plan for: .h5ad or .zarr, a path or an s3:// URL
     """
     import annlayout
+    from annlayout.base.errors import PlanError
     from annlayout.planning.memory import memory_plan, parse_size, source_dtypes
 
+    model: MemoryPlan | None
     if len(inputs) > 1:
-        from annlayout.base.errors import PlanError
         from annlayout.combine.concat import concat_plan
 
         if parse_size(whole_below, "--whole-below") != parse_size(defaults.WHOLE_BELOW):
             raise PlanError("--whole-below: apply's option; concat has none")
         if memory is not None:
             options = replace(options, memory=memory)
-        plan, model = concat_plan(
+        plan, checked = concat_plan(
             layout, inputs, join=join, label=label,  # type: ignore[arg-type]
             keys=keys.split(",") if keys else None, index_unique=index_unique, options=options,
         )  # fmt: skip
-        if memory is None:
-            model = None  # checked at concat's default budget; shown when asked for
+        # checked at concat's default budget without --memory; shown when asked for
+        model = checked if memory is not None else None
     elif join != "inner" or label or keys or index_unique:
-        from annlayout.base.errors import PlanError
-
         raise PlanError(
             "--join, --label, --keys, --index-unique: concat's options, for several INPUTs; "
             "one was given"
