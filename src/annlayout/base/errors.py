@@ -88,6 +88,10 @@ class CodecPipelineConflict(AnnlayoutError, RuntimeError):
     process-wide setting (:mod:`annlayout.storage.pipeline`)."""
 
 
+class GenerateError(AnnlayoutError, ValueError):
+    """Sizes that describe no dataset (negative cells, fewer cells than files, ...)."""
+
+
 __all__ = [
     "AnnlayoutError",
     "AppendError",
@@ -97,6 +101,7 @@ __all__ = [
     "CodecPipelineConflict",
     "ConcatError",
     "ElementReadError",
+    "GenerateError",
     "IntegrityError",
     "LayoutError",
     "LoaderError",

@@ -1125,7 +1125,7 @@ Step = Callable[[str], None]  # says what a command is doing now
 def _check_generate_output(output: Path, files: int | None) -> None:
     """OUTPUT's extension says what is written: a file (.h5ad) or store (.zarr), or, with
     --files, a directory, whose name must not pass for one of those."""
-    from annlayout.generate.synthetic import GenerateError
+    from annlayout.base.errors import GenerateError
 
     suffix = output.suffix.lower()
     if files is not None and suffix in (*GENERATED_SUFFIXES, ".h5"):

@@ -12,15 +12,11 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from annlayout.base.errors import AnnlayoutError
+from annlayout.base.errors import GenerateError
 
 # One embedding width for single datasets and collection parts alike: what generate writes
 # is combined (concat, append) with what it wrote before, and obsm columns must line up.
 N_PCS = 50
-
-
-class GenerateError(AnnlayoutError, ValueError):
-    """Sizes that describe no dataset (negative cells, fewer cells than files, ...)."""
 
 
 def make_dataset(
