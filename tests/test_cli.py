@@ -518,10 +518,12 @@ def readme_commands(*names: str) -> list[list[str]]:
 
 
 def test_the_readme_collection_example_runs_as_written(tmp_path, monkeypatch):
-    """generate --files, concat, generate, append: as the README shows them, but small."""
+    """generate --files, concat, generate, append --plan, append: as the README shows them,
+    but small."""
     monkeypatch.chdir(tmp_path)
     commands = readme_commands("generate", "concat", "append")
-    assert [c[0] for c in commands] == ["generate", "concat", "generate", "append"]
+    assert [c[0] for c in commands] == ["generate", "concat", "generate", "append", "append"]
+    assert "--plan" in commands[3]  # planned first, then run: the plan writes nothing
     for args in commands:
         if args[0] == "generate":  # fewer cells and genes, the same for every file
             before = ["", *args[:-1]]
