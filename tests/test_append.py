@@ -488,20 +488,7 @@ def test_append_refuses_a_budget_its_shards_cannot_fit_before_reading_any_data(
     before the inputs' cells or matrices are read, and the store is left as it was."""
     import annlayout.combine.append as appending
 
-    n_obs, per_row = 11_000, 200
-    X = sp.csr_matrix(
-        (
-            np.ones(n_obs * per_row, dtype=np.float32),
-            np.tile(np.arange(0, 2_000, 10, dtype=np.int32), n_obs),
-            np.arange(n_obs + 1, dtype=np.int64) * per_row,
-        ),
-        shape=(n_obs, 2_000),
-    )
-    source, new = tmp_path / "first.h5ad", tmp_path / "new.h5ad"
-    ad.AnnData(X=X).write_h5ad(source)
-    ad.AnnData(X=X[:50]).write_h5ad(new)
-    store = tmp_path / "store.zarr"
-    annlayout.apply("ml-minibatch", source, store)
+    store, new = _one_shard_store(tmp_path)
     files = _files(store)
 
     def read(*args, **kwargs):
@@ -560,6 +547,22 @@ def test_append_plan_shows_the_model_append_checks_and_writes_nothing(tmp_path, 
 def test_append_plan_refuses_with_appends_own_line(tmp_path):
     """A budget append refuses, --plan refuses too: the same one line, exit 1, no
     traceback, the store as it was."""
+    store, new = _one_shard_store(tmp_path)
+    files = _files(store)
+    args = ["append", str(store), str(new), "--memory", "1MiB"]
+    planned = CliRunner().invoke(main, [*args, "--plan"])
+    ran = CliRunner().invoke(main, args)
+    assert planned.exit_code == ran.exit_code == 1, (planned.output, planned.exception)
+    assert planned.stderr.startswith("error: X/data: one shard is")
+    assert planned.stderr == ran.stderr and len(planned.stderr.splitlines()) == 1
+    assert "Traceback" not in planned.output
+    assert _files(store) == files
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def _one_shard_store(tmp_path):
+    """An ml-minibatch store whose X is one shard of 2.2M values (over --whole-below, so
+    streamed; more than a 1 MiB budget holds while it is written), and 50 more cells."""
     n_obs, per_row = 11_000, 200
     X = sp.csr_matrix(
         (
@@ -574,13 +577,4 @@ def test_append_plan_refuses_with_appends_own_line(tmp_path):
     ad.AnnData(X=X[:50]).write_h5ad(new)
     store = tmp_path / "store.zarr"
     annlayout.apply("ml-minibatch", source, store)
-    files = _files(store)
-    args = ["append", str(store), str(new), "--memory", "1MiB"]
-    planned = CliRunner().invoke(main, [*args, "--plan"])
-    ran = CliRunner().invoke(main, args)
-    assert planned.exit_code == ran.exit_code == 1, (planned.output, planned.exception)
-    assert planned.stderr.startswith("error: X/data: one shard is")
-    assert planned.stderr == ran.stderr and len(planned.stderr.splitlines()) == 1
-    assert "Traceback" not in planned.output
-    assert _files(store) == files
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    return store, new
